@@ -1,0 +1,493 @@
+//! The only module that knows the cloud API: [`FlinkClient`] signs and sends requests to
+//! Realtime Compute for Apache Flink (Ververica API 2022-07-18) and classifies what comes back.
+//!
+//! `signing` holds the ACS3-HMAC-SHA256 algorithm, `wire` the JSON shapes and the error table,
+//! `endpoint` the region table. Nothing here touches the database.
+
+pub mod endpoint;
+pub mod signing;
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use rand::RngCore;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::clock::Clock;
+use crate::domain::DeployResult;
+
+pub use endpoint::Endpoints;
+
+/// The API version every call names in `x-acs-version`.
+pub const API_VERSION: &str = "2022-07-18";
+
+/// An access key pair, optionally with an STS security token.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The AccessKey ID (not secret; it appears in the `Authorization` header).
+    pub access_key_id: String,
+    /// The AccessKey secret.
+    pub access_key_secret: SecretString,
+    /// The STS token for temporary credentials.
+    pub security_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("access_key_secret", &"[redacted]")
+            .field("security_token", &self.security_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// Where the credentials come from. The value is resolved once at startup.
+#[derive(Debug, Clone)]
+pub struct CredentialSource {
+    /// Human-readable name of the source, for `check-config` and logs.
+    pub name: &'static str,
+    /// The credentials themselves.
+    pub credentials: Arc<Credentials>,
+}
+
+/// The details of an error answer from the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status, when there was an HTTP answer.
+    pub http_status: Option<u16>,
+    /// `Code` / `code` / `errorCode`.
+    pub code: Option<String>,
+    /// `Message` / `message` / `errorMessage`, or our description of the failure.
+    pub message: Option<String>,
+    /// `RequestId` / `requestId`.
+    pub request_id: Option<String>,
+}
+
+/// How an error answer should be handled; see [`FlinkError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry with backoff.
+    Transient,
+    /// Retry later, slower.
+    RateLimited,
+    /// Our credentials are expired or unknown.
+    Credentials,
+    /// Our configuration, signature or clock is wrong.
+    Config,
+    /// We may not read this workspace.
+    AccessDenied,
+    /// This ticket cannot be polled (not found, invalid).
+    Ticket,
+}
+
+/// A failed API call, by what the caller should do next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FlinkError {
+    /// No HTTP answer: connect error, timeout, dropped connection.
+    #[error("network error: {0}")]
+    Network(String),
+    /// An answer we could not read (HTML, truncated, too large); retried a bounded number of times.
+    #[error("invalid response: {}", describe(.0))]
+    Decode(ApiError),
+    /// 5xx, `ServiceUnavailable`, `InternalError` and unknown codes: retry with backoff.
+    #[error("temporary API error: {}", describe(.0))]
+    Transient(ApiError),
+    /// 429 or `Throttling*`: retry no sooner than `retry_after`.
+    #[error("throttled: {}", describe(.error))]
+    RateLimited {
+        /// The answer.
+        error: ApiError,
+        /// The server's hint, if any.
+        retry_after: Option<Duration>,
+    },
+    /// `InvalidSecurityToken.*`, `InvalidAccessKeyId.*`: about us, not the ticket.
+    #[error("credentials rejected: {}", describe(.0))]
+    Credentials(ApiError),
+    /// Signature, clock or request-shape errors: about us, not the ticket.
+    #[error("request rejected: {}", describe(.0))]
+    Config(ApiError),
+    /// `Forbidden*`, `NoPermission`: this workspace is closed to our credentials.
+    #[error("access denied: {}", describe(.0))]
+    AccessDenied(ApiError),
+    /// Not found or invalid: this ticket cannot be polled.
+    #[error("ticket rejected: {}", describe(.0))]
+    Ticket(ApiError),
+}
+
+impl FlinkError {
+    /// The details of the answer, when there was one.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            FlinkError::Network(_) => None,
+            FlinkError::Decode(error)
+            | FlinkError::Transient(error)
+            | FlinkError::RateLimited { error, .. }
+            | FlinkError::Credentials(error)
+            | FlinkError::Config(error)
+            | FlinkError::AccessDenied(error)
+            | FlinkError::Ticket(error) => Some(error),
+        }
+    }
+
+    /// The code recorded in `tickets.error_code`: the API's code, or one of ours
+    /// (`NetworkError`, `InvalidResponse`, `HttpStatus<n>`) when the API gave none.
+    pub fn code(&self) -> String {
+        match self.api_error() {
+            Some(ApiError { code: Some(code), .. }) => code.clone(),
+            None => "NetworkError".to_owned(),
+            Some(error) => match self {
+                FlinkError::Decode(_) => "InvalidResponse".to_owned(),
+                _ => match error.http_status {
+                    Some(status) => format!("HttpStatus{status}"),
+                    None => "UnknownError".to_owned(),
+                },
+            },
+        }
+    }
+
+    /// The message recorded in `tickets.error_message`.
+    pub fn message(&self) -> String {
+        match self {
+            FlinkError::Network(message) => message.clone(),
+            other => other.api_error().and_then(|error| error.message.clone()).unwrap_or_else(|| other.to_string()),
+        }
+    }
+
+    /// The request ID of the answer, if any.
+    pub fn request_id(&self) -> Option<&str> {
+        self.api_error().and_then(|error| error.request_id.as_deref())
+    }
+}
+
+/// Settings for [`FlinkClient`].
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Where requests go.
+    pub endpoints: Endpoints,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout, including reading the body.
+    pub request_timeout: Duration,
+    /// Responses larger than this are refused as [`FlinkError::Decode`].
+    pub max_response_bytes: usize,
+    /// Extra PEM CA bundle to trust besides the system roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Which ticket to ask about.
+#[derive(Debug, Clone, Copy)]
+pub struct TicketRef<'a> {
+    /// The Flink namespace.
+    pub namespace: &'a str,
+    /// The workspace ID, sent in the `workspace` header.
+    pub workspace: &'a str,
+    /// The ticket ID returned by DeployDeploymentDraftAsync.
+    pub ticket_id: &'a str,
+    /// Region override for this ticket; the configured region otherwise.
+    pub region: Option<&'a str>,
+}
+
+/// A successful poll.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    /// The API's request ID.
+    pub request_id: Option<String>,
+    /// What it said about the ticket.
+    pub result: DeployResult,
+}
+
+/// A draft deploy request (DeployDeploymentDraftAsync).
+#[derive(Debug, Clone)]
+pub struct DeployRequest<'a> {
+    /// The Flink namespace.
+    pub namespace: &'a str,
+    /// The workspace ID.
+    pub workspace: &'a str,
+    /// The draft to deploy.
+    pub draft_id: &'a str,
+    /// The deployment target (queue) name; the default queue when absent.
+    pub target: Option<&'a str>,
+    /// Skip the deep validation before deploying.
+    pub skip_validate: bool,
+    /// Region override.
+    pub region: Option<&'a str>,
+}
+
+/// A signed HTTP client for the Flink API. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct FlinkClient {
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    credentials: CredentialSource,
+    clock: Arc<dyn Clock>,
+    max_response_bytes: usize,
+    /// Seconds to add to our clock when signing, measured from the server's `Date`.
+    clock_offset_secs: Arc<AtomicI64>,
+}
+
+impl FlinkClient {
+    /// Builds the client and its connection pool.
+    pub fn new(
+        settings: &ClientSettings,
+        credentials: CredentialSource,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<FlinkClient> {
+        use anyhow::Context as _;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("flink-ticketd/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading CA bundle {}", path.display()))?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parsing CA bundle {}", path.display()))?
+            {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        Ok(FlinkClient {
+            http: builder.build().context("building the HTTP client")?,
+            endpoints: settings.endpoints.clone(),
+            credentials,
+            clock,
+            max_response_bytes: settings.max_response_bytes,
+            clock_offset_secs: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    /// The name of the credential source in use.
+    pub fn credential_source(&self) -> &'static str {
+        self.credentials.name
+    }
+
+    /// GetDeployDeploymentDraftResult for one ticket.
+    pub async fn get_deploy_result(&self, ticket: TicketRef<'_>) -> Result<Polled, FlinkError> {
+        let path = format!(
+            "/api/v2/namespaces/{}/deployment-drafts/tickets/{}/async-deploy",
+            path_parameter(ticket.namespace)?,
+            path_parameter(ticket.ticket_id)?,
+        );
+        let reply =
+            self.call(ticket.region, "GET", &path, "GetDeployDeploymentDraftResult", ticket.workspace, None).await?;
+        let result = reply.data.as_ref().map(wire::parse_deploy_result).unwrap_or_default();
+        Ok(Polled { request_id: reply.request_id, result })
+    }
+
+    /// DeployDeploymentDraftAsync: starts a deploy and returns its ticket ID.
+    pub async fn deploy_draft(&self, request: &DeployRequest<'_>) -> Result<(String, Option<String>), FlinkError> {
+        let path = format!("/api/v2/namespaces/{}/deployment-drafts/async-deploy", path_parameter(request.namespace)?);
+        let mut body = serde_json::json!({
+            "deploymentDraftId": request.draft_id,
+            "skipValidate": request.skip_validate,
+        });
+        if let Some(target) = request.target {
+            body["deploymentTarget"] = serde_json::json!({"mode": "PER_JOB", "name": target});
+        }
+        let body = serde_json::to_vec(&body).expect("a JSON object of strings serialises");
+        let reply = self
+            .call(request.region, "POST", &path, "DeployDeploymentDraftAsync", request.workspace, Some(body))
+            .await?;
+        match wire::parse_submitted_ticket(reply.data.as_ref()) {
+            Some(ticket_id) => Ok((ticket_id, reply.request_id)),
+            None => Err(FlinkError::Decode(ApiError {
+                http_status: Some(200),
+                code: None,
+                message: Some("the answer has no data.ticketId".to_owned()),
+                request_id: reply.request_id,
+            })),
+        }
+    }
+
+    async fn call(
+        &self,
+        region: Option<&str>,
+        method: &str,
+        path: &str,
+        action: &str,
+        workspace: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<wire::Reply, FlinkError> {
+        let base = self.endpoints.base_url(region).map_err(|message| {
+            FlinkError::Ticket(ApiError {
+                code: Some("InvalidRegion".to_owned()),
+                message: Some(message),
+                ..ApiError::default()
+            })
+        })?;
+        let url = request_url(&base, path)?;
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let credentials = &self.credentials.credentials;
+        let body = body.unwrap_or_default();
+        let date = (self.clock.now() + chrono::Duration::seconds(self.clock_offset_secs.load(Ordering::Relaxed)))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let nonce = new_nonce();
+        let payload_hash = signing::payload_hash(&body);
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("host", &host),
+            ("x-acs-action", action),
+            ("x-acs-version", API_VERSION),
+            ("x-acs-date", &date),
+            ("x-acs-signature-nonce", &nonce),
+            ("x-acs-content-sha256", &payload_hash),
+            ("workspace", workspace),
+            ("accept", "application/json"),
+        ];
+        if !body.is_empty() {
+            headers.push(("content-type", "application/json; charset=utf-8"));
+        }
+        let token = credentials.security_token.as_ref().map(|token| token.expose_secret().to_owned());
+        if let Some(token) = &token {
+            headers.push(("x-acs-accesskey-id", &credentials.access_key_id));
+            headers.push(("x-acs-security-token", token));
+        }
+        let signed = signing::sign(
+            &signing::SigningInput { method, canonical_uri: path, query: &[], headers: &headers, body: &body },
+            &credentials.access_key_id,
+            credentials.access_key_secret.expose_secret(),
+        );
+        let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
+        for (name, value) in headers.iter().chain([&("authorization", signed.authorization.as_str())]) {
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                FlinkError::Ticket(ApiError {
+                    code: Some("InvalidTicket".to_owned()),
+                    message: Some(format!("the {name} header value is not valid in HTTP")),
+                    ..ApiError::default()
+                })
+            })?;
+            header_map.insert(HeaderName::from_static(name), value);
+        }
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("GET and POST are valid methods");
+        let response = self
+            .http
+            .request(method, url)
+            .headers(header_map)
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| FlinkError::Network(describe_transport(&error)))?;
+        let status = response.status().as_u16();
+        let retry_after = wire::retry_after(
+            header_text(response.headers(), "x-acs-retry-after"),
+            header_text(response.headers(), "retry-after"),
+        );
+        let body = read_capped(response, self.max_response_bytes).await?;
+        wire::parse_reply(status, retry_after, &body)
+    }
+}
+
+/// Encodes one path parameter, refusing the dot segments that URL normalisation would resolve
+/// into another path.
+pub fn path_parameter(value: &str) -> Result<String, FlinkError> {
+    if value.is_empty() || value == "." || value == ".." {
+        return Err(FlinkError::Ticket(ApiError {
+            code: Some("InvalidTicket".to_owned()),
+            message: Some(format!("{value:?} cannot be used as a path parameter")),
+            ..ApiError::default()
+        }));
+    }
+    Ok(signing::encode(value))
+}
+
+/// A fresh 32-hex-digit nonce from the thread's CSPRNG.
+fn new_nonce() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn request_url(base: &Url, path: &str) -> Result<Url, FlinkError> {
+    let mut url = base.clone();
+    url.set_path(path);
+    // The signature covers the path exactly as sent, so the URL must not have re-encoded it.
+    if url.path() != path {
+        return Err(FlinkError::Ticket(ApiError {
+            code: Some("InvalidTicket".to_owned()),
+            message: Some("the request path would be changed by URL normalisation".to_owned()),
+            ..ApiError::default()
+        }));
+    }
+    Ok(url)
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, FlinkError> {
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(FlinkError::Decode(ApiError {
+                        http_status: Some(status),
+                        code: None,
+                        message: Some(format!("response body larger than {cap} bytes")),
+                        request_id: None,
+                    }));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) => {
+                return Err(FlinkError::Decode(ApiError {
+                    http_status: Some(status),
+                    code: None,
+                    message: Some(format!("response body cut short: {}", describe_transport(&error))),
+                    request_id: None,
+                }));
+            }
+        }
+    }
+}
+
+fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// A transport error without the URL (which reqwest includes, and which is noise in a ticket row).
+fn describe_transport(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    if detail.is_empty() { kind.to_owned() } else { format!("{kind}: {detail}") }
+}
+
+fn describe(error: &ApiError) -> String {
+    let mut text = String::new();
+    if let Some(code) = &error.code {
+        text.push_str(code);
+    } else if let Some(status) = error.http_status {
+        text.push_str(&format!("HTTP {status}"));
+    }
+    if let Some(message) = &error.message {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(message);
+    }
+    if let Some(request_id) = &error.request_id {
+        text.push_str(&format!(" (request {request_id})"));
+    }
+    text
+}

@@ -1,0 +1,349 @@
+//! The cloud's wire format: the response envelope, the deploy result, error bodies and how error
+//! codes are classified. Parsing is deliberately lenient (numbers as strings, `null` or `""` for
+//! absent, unknown fields ignored) because the service and its documentation disagree on details.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{ApiError, ErrorClass, FlinkError};
+use crate::domain::{DeployResult, ValidationIssue};
+
+/// The parts of a successful envelope the daemon uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// `requestId` (or `RequestId`), for support tickets and logs.
+    pub request_id: Option<String>,
+    /// `data`, when present and not `null`.
+    pub data: Option<Value>,
+}
+
+/// Turns an HTTP answer into a [`Reply`] or a classified [`FlinkError`].
+///
+/// Success needs all three levels: a 2xx status, `success == true` in the envelope, and an
+/// `httpCode` that is absent or 200. `retry_after` is the server's hint from the headers.
+pub fn parse_reply(http_status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<Reply, FlinkError> {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
+    let Some(envelope) = parsed else {
+        let error = ApiError {
+            http_status: Some(http_status),
+            code: None,
+            message: Some(describe_unparsable(body)),
+            request_id: None,
+        };
+        // A body we cannot read is transient whatever the status: proxies answer with HTML.
+        return Err(match classify_status_only(http_status) {
+            ErrorClass::RateLimited => FlinkError::RateLimited { error, retry_after },
+            _ => FlinkError::Decode(error),
+        });
+    };
+
+    let request_id = text_field(&envelope, &["requestId", "RequestId"]);
+    let success = bool_field(&envelope, &["success"]);
+    let http_code = integer_field(&envelope, &["httpCode"]);
+    let ok_status = (200..300).contains(&http_status);
+    if ok_status && success == Some(true) && http_code.is_none_or(|code| code == 200) {
+        return Ok(Reply { request_id, data: envelope.get("data").filter(|data| !data.is_null()).cloned() });
+    }
+
+    let error = ApiError {
+        http_status: Some(http_status),
+        code: text_field(&envelope, &["Code", "code", "errorCode"]),
+        message: text_field(&envelope, &["Message", "message", "errorMessage"]),
+        request_id,
+    };
+    Err(classify(error, retry_after))
+}
+
+/// Reads the `data` of GetDeployDeploymentDraftResult. Every field is optional.
+pub fn parse_deploy_result(data: &Value) -> DeployResult {
+    let detail = data.get("artifactValidationDetail").filter(|v| v.is_object());
+    let validation_errors = detail.and_then(|detail| detail.get("errorDetails")).map(parse_issues).unwrap_or_default();
+    DeployResult {
+        ticket_status: text_field(data, &["ticketStatus"]),
+        deployment_id: text_field(data, &["deploymentId"]),
+        success: bool_field(data, &["success"]),
+        message: text_field(data, &["message"]),
+        validation_result: detail.and_then(|detail| text_field(detail, &["validationResult"])),
+        validation_errors,
+    }
+}
+
+/// Reads `data.ticketId` of DeployDeploymentDraftAsync.
+pub fn parse_submitted_ticket(data: Option<&Value>) -> Option<String> {
+    data.and_then(|data| text_field(data, &["ticketId"]))
+}
+
+/// Reads a retry-after hint: `x-acs-retry-after` is milliseconds (as the official SDK reads it),
+/// `Retry-After` is seconds. Unparsable values are ignored.
+pub fn retry_after(acs_retry_after_ms: Option<&str>, retry_after_secs: Option<&str>) -> Option<Duration> {
+    let from_ms = acs_retry_after_ms.and_then(|value| value.trim().parse::<u64>().ok()).map(Duration::from_millis);
+    let from_secs = retry_after_secs.and_then(|value| value.trim().parse::<u64>().ok()).map(Duration::from_secs);
+    from_ms.or(from_secs)
+}
+
+/// Classifies an API error by its code, falling back to the HTTP status only when there is no
+/// code (Alibaba's own tables disagree on statuses).
+pub fn classify(error: ApiError, retry_after: Option<Duration>) -> FlinkError {
+    let class = match error.code.as_deref() {
+        Some(code) => classify_code(code, error.message.as_deref())
+            .unwrap_or_else(|| classify_status_only(error.http_status.unwrap_or(0))),
+        None => classify_status_only(error.http_status.unwrap_or(0)),
+    };
+    match class {
+        ErrorClass::Transient => FlinkError::Transient(error),
+        ErrorClass::RateLimited => FlinkError::RateLimited { error, retry_after },
+        ErrorClass::Credentials => FlinkError::Credentials(error),
+        ErrorClass::Config => FlinkError::Config(error),
+        ErrorClass::AccessDenied => FlinkError::AccessDenied(error),
+        ErrorClass::Ticket => FlinkError::Ticket(error),
+    }
+}
+
+/// The class of a known code; `None` for codes the table does not name.
+fn classify_code(code: &str, message: Option<&str>) -> Option<ErrorClass> {
+    let class = match code {
+        "Throttling" | "Throttling.User" | "Throttling.Api" => ErrorClass::RateLimited,
+        code if code.starts_with("Throttling") => ErrorClass::RateLimited,
+        "ServiceUnavailable" | "InternalError" => ErrorClass::Transient,
+        code if code.starts_with("InvalidSecurityToken") || code.starts_with("InvalidAccessKeyId") => {
+            ErrorClass::Credentials
+        }
+        "SignatureDoesNotMatch" | "IncompleteSignature" | "SignatureNonceUsed" | "InvalidAction.NotFound" => {
+            ErrorClass::Config
+        }
+        code if code.starts_with("InvalidTimeStamp") || code.starts_with("Missing") => ErrorClass::Config,
+        "NoPermission" => ErrorClass::AccessDenied,
+        code if code.starts_with("Forbidden") => ErrorClass::AccessDenied,
+        // A poll's only parameters are the namespace, the ticket and the workspace, so a
+        // parameter or not-found error is about this ticket.
+        code if code.starts_with("InvalidParameter") || code.ends_with("NotFound") => ErrorClass::Ticket,
+        _ if message.is_some_and(|message| message.to_ascii_lowercase().contains("ticket")) => ErrorClass::Ticket,
+        _ => return None,
+    };
+    Some(class)
+}
+
+fn classify_status_only(http_status: u16) -> ErrorClass {
+    match http_status {
+        429 => ErrorClass::RateLimited,
+        404 => ErrorClass::Ticket,
+        _ => ErrorClass::Transient,
+    }
+}
+
+fn parse_issues(value: &Value) -> Vec<ValidationIssue> {
+    match value {
+        // The API documents one object; accept a list too.
+        Value::Array(items) => items.iter().filter_map(parse_issue).collect(),
+        other => parse_issue(other).into_iter().collect(),
+    }
+}
+
+fn parse_issue(value: &Value) -> Option<ValidationIssue> {
+    let object = value.as_object()?;
+    let issue = ValidationIssue {
+        line: position(object.get("lineNumber")),
+        column: position(object.get("columnNumber")),
+        end_line: position(object.get("endLineNumber")),
+        end_column: position(object.get("endColumnNumber")),
+        message: text_field(value, &["message"]),
+    };
+    let empty = issue.line.is_null()
+        && issue.column.is_null()
+        && issue.end_line.is_null()
+        && issue.end_column.is_null()
+        && issue.message.is_none();
+    (!empty).then_some(issue)
+}
+
+/// A position as a JSON integer when it is numeric, else the trimmed text, else `null`.
+fn position(value: Option<&Value>) -> Value {
+    match value {
+        Some(Value::Number(number)) => number.as_i64().map_or_else(|| Value::Number(number.clone()), Value::from),
+        Some(Value::String(text)) => {
+            let text = text.trim();
+            if is_blank(text) {
+                Value::Null
+            } else {
+                text.parse::<i64>().map_or_else(|_| Value::from(text), Value::from)
+            }
+        }
+        _ => Value::Null,
+    }
+}
+
+/// The first of `names` holding a non-blank string (or a number, rendered as text).
+fn text_field(value: &Value, names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| match value.get(*name)? {
+        Value::String(text) if !is_blank(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    })
+}
+
+fn bool_field(value: &Value, names: &[&str]) -> Option<bool> {
+    names.iter().find_map(|name| match value.get(*name)? {
+        Value::Bool(flag) => Some(*flag),
+        Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn integer_field(value: &Value, names: &[&str]) -> Option<i64> {
+    names.iter().find_map(|name| match value.get(*name)? {
+        Value::Number(number) => number.as_i64(),
+        Value::String(text) => text.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+/// Empty, whitespace, or the documentation's literal two-character `""`.
+fn is_blank(text: &str) -> bool {
+    let text = text.trim();
+    text.is_empty() || text == "\"\""
+}
+
+fn describe_unparsable(body: &[u8]) -> String {
+    const SHOWN: usize = 120;
+    if body.is_empty() {
+        return "empty response body".to_owned();
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(SHOWN)]);
+    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let ellipsis = if body.len() > SHOWN { "…" } else { "" };
+    format!("unparsable response body ({} bytes): {}{ellipsis}", body.len(), text.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn reply(status: u16, body: &str) -> Result<Reply, FlinkError> {
+        parse_reply(status, None, body.as_bytes())
+    }
+
+    #[test]
+    fn success_needs_status_envelope_and_http_code() {
+        let ok = reply(200, r#"{"requestId":"R1","success":true,"httpCode":200,"data":{"ticketStatus":"INIT"}}"#)
+            .expect("a well-formed success");
+        assert_eq!(ok.request_id.as_deref(), Some("R1"));
+        assert_eq!(ok.data, Some(json!({"ticketStatus": "INIT"})));
+
+        let envelope_false = reply(200, r#"{"requestId":"R2","success":false,"errorCode":"Throttling.User"}"#);
+        assert!(matches!(envelope_false, Err(FlinkError::RateLimited { .. })));
+
+        let http_code_500 = reply(200, r#"{"success":true,"httpCode":500}"#);
+        assert!(matches!(http_code_500, Err(FlinkError::Transient(_))));
+    }
+
+    #[test]
+    fn gateway_error_body_is_read_with_capitalised_keys() {
+        let error = reply(
+            400,
+            r#"{"RequestId":"G1","HostId":"h","Code":"SignatureDoesNotMatch","Message":"server StringToSign is [x]"}"#,
+        )
+        .expect_err("a gateway error");
+        let FlinkError::Config(api) = error else { panic!("expected a config error, got {error:?}") };
+        assert_eq!(api.code.as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(api.request_id.as_deref(), Some("G1"));
+    }
+
+    #[test]
+    fn codes_are_classified_as_the_spec_table_says() {
+        let cases = [
+            ("Throttling.Api", "RateLimited"),
+            ("ServiceUnavailable", "Transient"),
+            ("InternalError", "Transient"),
+            ("InvalidSecurityToken.Expired", "Credentials"),
+            ("InvalidAccessKeyId.NotFound", "Credentials"),
+            ("SignatureDoesNotMatch", "Config"),
+            ("IncompleteSignature", "Config"),
+            ("InvalidTimeStamp.Expired", "Config"),
+            ("SignatureNonceUsed", "Config"),
+            ("MissingWorkspace", "Config"),
+            ("InvalidAction.NotFound", "Config"),
+            ("Forbidden.RAM", "AccessDenied"),
+            ("NoPermission", "AccessDenied"),
+            ("InvalidParameter", "Ticket"),
+            ("TicketNotFound", "Ticket"),
+            ("SomethingNew", "Transient"),
+        ];
+        for (code, expected) in cases {
+            let error = classify(
+                ApiError { http_status: Some(400), code: Some(code.to_owned()), message: None, request_id: None },
+                None,
+            );
+            let got = match error {
+                FlinkError::Transient(_) => "Transient",
+                FlinkError::RateLimited { .. } => "RateLimited",
+                FlinkError::Credentials(_) => "Credentials",
+                FlinkError::Config(_) => "Config",
+                FlinkError::AccessDenied(_) => "AccessDenied",
+                FlinkError::Ticket(_) => "Ticket",
+                FlinkError::Decode(_) | FlinkError::Network(_) => "other",
+            };
+            assert_eq!(got, expected, "code {code}");
+        }
+    }
+
+    #[test]
+    fn unparsable_bodies_are_decode_errors_and_429_is_throttling() {
+        assert!(matches!(reply(200, "<html>bad gateway</html>"), Err(FlinkError::Decode(_))));
+        assert!(matches!(reply(200, r#"{"success":tr"#), Err(FlinkError::Decode(_))));
+        assert!(matches!(reply(502, ""), Err(FlinkError::Decode(_))));
+        assert!(matches!(reply(429, "slow down"), Err(FlinkError::RateLimited { .. })));
+        assert!(matches!(reply(404, r#"{"success":false}"#), Err(FlinkError::Ticket(_))));
+        assert!(matches!(reply(200, "[1,2]"), Err(FlinkError::Decode(_))));
+    }
+
+    #[test]
+    fn deploy_result_tolerates_the_documented_oddities() {
+        let data = json!({
+            "ticketStatus": "FINISHED",
+            "deploymentId": "\"\"",
+            "success": "false",
+            "message": "",
+            "unknownField": {"x": 1},
+            "artifactValidationDetail": {
+                "validationResult": "VALIDATION_RESULT_INVALID_QUERY",
+                "errorDetails": {"lineNumber": "3", "columnNumber": 10, "endLineNumber": "x", "message": "Object 'orders' not found"}
+            }
+        });
+        let result = parse_deploy_result(&data);
+        assert_eq!(result.ticket_status.as_deref(), Some("FINISHED"));
+        assert_eq!(result.deployment_id, None);
+        assert_eq!(result.success, Some(false));
+        assert_eq!(result.message, None);
+        assert_eq!(result.validation_result.as_deref(), Some("VALIDATION_RESULT_INVALID_QUERY"));
+        assert_eq!(result.validation_errors.len(), 1);
+        let issue = &result.validation_errors[0];
+        assert_eq!(issue.line, json!(3));
+        assert_eq!(issue.column, json!(10));
+        assert_eq!(issue.end_line, json!("x"));
+        assert_eq!(issue.end_column, Value::Null);
+        assert_eq!(issue.to_string(), "3:10: Object 'orders' not found");
+    }
+
+    #[test]
+    fn missing_and_null_fields_mean_absent() {
+        assert_eq!(parse_deploy_result(&json!({})), DeployResult::default());
+        assert_eq!(
+            parse_deploy_result(&json!({"ticketStatus": null, "artifactValidationDetail": null})),
+            DeployResult::default()
+        );
+    }
+
+    #[test]
+    fn retry_after_prefers_the_acs_header_in_milliseconds() {
+        assert_eq!(retry_after(Some("1500"), Some("9")), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_after(None, Some("2")), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(Some("soon"), None), None);
+    }
+}

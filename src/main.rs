@@ -1,0 +1,3 @@
+//! The `flink-ticketd` binary.
+
+fn main() {}
