@@ -4,6 +4,7 @@
 //! `signing` holds the ACS3-HMAC-SHA256 algorithm, `wire` the JSON shapes and the error table,
 //! `endpoint` the region table. Nothing here touches the database.
 
+pub mod credentials;
 pub mod endpoint;
 pub mod signing;
 pub mod wire;

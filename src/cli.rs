@@ -1,0 +1,386 @@
+//! The command line: argument parsing (clap) and the user commands that are not the daemon
+//! (`enqueue`, `list`, `show`, `retry`, `cancel`, `check-config`, `migrate`). Command output goes
+//! to stdout; errors go to stderr as one line, and the exit code says what kind of failure it was.
+
+#![expect(clippy::print_stdout, reason = "command output is this module's job")]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Config};
+use crate::domain::{TicketState, ValidationIssue};
+use crate::store::{Delivery, NewTicket, Store, Ticket};
+
+/// Watches Alibaba Cloud Flink deploy tickets queued in SQLite and reports their outcome.
+#[derive(Debug, Parser)]
+#[command(name = "flink-ticketd", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: /etc/flink-ticketd/config.toml when it exists).
+    #[arg(long, global = true, env = "FLINK_TICKETD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd runs this).
+    Run,
+    /// Queue tickets (the same as an INSERT into the tickets table).
+    Enqueue {
+        /// Flink namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Workspace ID.
+        #[arg(long)]
+        workspace: String,
+        /// Extra webhook receiver for these tickets (used when webhook.allow_ticket_urls is true).
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+        /// Region override for these tickets.
+        #[arg(long)]
+        region: Option<String>,
+        /// Ticket IDs returned by DeployDeploymentDraftAsync.
+        #[arg(required = true, value_name = "TICKET_ID")]
+        ticket_ids: Vec<String>,
+    },
+    /// List tickets, newest first.
+    List {
+        /// Only tickets in this state.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<TicketState>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one ticket with its result, validation errors and webhook deliveries.
+    Show {
+        /// The ticket ID.
+        ticket_id: String,
+        /// Narrows an ambiguous ticket ID.
+        #[command(flatten)]
+        which: Which,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a finished ticket back to pending.
+    Retry {
+        /// The ticket ID.
+        ticket_id: String,
+        /// Narrows an ambiguous ticket ID.
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Stop polling a pending ticket.
+    Cancel {
+        /// The ticket ID.
+        ticket_id: String,
+        /// Narrows an ambiguous ticket ID.
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Validate and print the effective configuration (secrets redacted).
+    CheckConfig,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+/// Narrows a ticket ID that exists in several workspaces or namespaces.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Which {
+    /// Workspace of the ticket, when the ID alone is ambiguous.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Namespace of the ticket, when the ID alone is ambiguous.
+    #[arg(long)]
+    pub namespace: Option<String>,
+}
+
+/// A failure with the exit code it should give.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad usage or invalid configuration: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else: exit 1.
+    #[error(transparent)]
+    Runtime(#[from] anyhow::Error),
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+impl From<config::ConfigError> for CliError {
+    fn from(error: config::ConfigError) -> Self {
+        CliError::Usage(error.to_string())
+    }
+}
+
+/// Runs the parsed command. `shutdown` is cancelled by SIGTERM/SIGINT.
+pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliError> {
+    let config = config::load(cli.config.as_deref())?;
+    if !matches!(cli.command, Command::CheckConfig) {
+        crate::telemetry::init(&config.log.level, config.log.format);
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Run => crate::run(config, clock, shutdown).await?,
+        Command::CheckConfig => check_config(&config)?,
+        Command::Migrate => {
+            let store = Store::open(&config.database).await?;
+            for (version, description) in store.applied_migrations().await.context("listing migrations")? {
+                println!("{version} {description}");
+            }
+            println!("database {} is up to date", store.path().display());
+            store.close().await;
+        }
+        Command::Enqueue { namespace, workspace, webhook_url, region, ticket_ids } => {
+            let store = Store::open(&config.database).await?;
+            let mut failures = 0;
+            for ticket_id in ticket_ids {
+                let new = NewTicket {
+                    ticket_id: ticket_id.clone(),
+                    namespace: namespace.clone(),
+                    workspace: workspace.clone(),
+                    region: region.clone(),
+                    webhook_url: webhook_url.clone(),
+                    deadline_at: None,
+                };
+                match store.insert_ticket(&new).await {
+                    Ok(ticket) => println!("queued {} (row {})", ticket.ticket_id, ticket.id),
+                    Err(error) => {
+                        failures += 1;
+                        eprintln!("flink-ticketd: ticket {ticket_id:?} refused: {}", describe_insert_error(&error));
+                    }
+                }
+            }
+            store.close().await;
+            if failures > 0 {
+                return Err(CliError::Usage(format!("{failures} ticket(s) were not queued")));
+            }
+        }
+        Command::List { state, limit, json } => {
+            let store = Store::open_without_migrating(&config.database).await?;
+            let tickets = store.list_tickets(state, limit).await.context("listing tickets")?;
+            if json {
+                let rows: Vec<Value> = tickets.iter().map(ticket_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows).context("serialising tickets")?);
+            } else {
+                print_table(&tickets);
+            }
+        }
+        Command::Show { ticket_id, which, json } => {
+            let store = Store::open_without_migrating(&config.database).await?;
+            let ticket = find_one(&store, &ticket_id, &which).await?;
+            let deliveries = store.deliveries_of_ticket(ticket.id).await.context("reading webhook deliveries")?;
+            if json {
+                let mut value = ticket_json(&ticket);
+                value["webhook_deliveries"] = deliveries.iter().map(delivery_json).collect();
+                println!("{}", serde_json::to_string_pretty(&value).context("serialising the ticket")?);
+            } else {
+                print_ticket(&ticket, &deliveries);
+            }
+        }
+        Command::Retry { ticket_id, which } => {
+            let store = Store::open(&config.database).await?;
+            let ticket = find_one(&store, &ticket_id, &which).await?;
+            let now = clock.now();
+            let deadline = now + chrono::Duration::from_std(config.poll.deadline).unwrap_or(chrono::Duration::MAX);
+            if !store.retry_ticket(ticket.id, now, deadline).await.context("retrying the ticket")? {
+                return Err(CliError::Usage(format!("ticket {ticket_id:?} is still pending; nothing to retry")));
+            }
+            println!("ticket {ticket_id} is pending again");
+        }
+        Command::Cancel { ticket_id, which } => {
+            let store = Store::open(&config.database).await?;
+            let ticket = find_one(&store, &ticket_id, &which).await?;
+            if !store.cancel_ticket(ticket.id, clock.now()).await.context("cancelling the ticket")? {
+                return Err(CliError::Usage(format!(
+                    "ticket {ticket_id:?} is already {}; only pending tickets can be cancelled",
+                    ticket.state
+                )));
+            }
+            println!("ticket {ticket_id} cancelled");
+        }
+    }
+    Ok(())
+}
+
+fn check_config(config: &Config) -> Result<(), CliError> {
+    print!("{}", config.describe());
+    match crate::flink::credentials::resolve(config.flink.credentials.clone(), |name| std::env::var(name).ok()) {
+        Ok(source) => {
+            println!("\n# credentials: {}", source.name);
+            Ok(())
+        }
+        Err(problem) => Err(CliError::Usage(format!("invalid configuration:\n  - credentials: {problem}"))),
+    }
+}
+
+async fn find_one(store: &Store, ticket_id: &str, which: &Which) -> Result<Ticket, CliError> {
+    let mut matches = store
+        .find_tickets(ticket_id, which.workspace.as_deref(), which.namespace.as_deref())
+        .await
+        .context("looking up the ticket")?;
+    match matches.len() {
+        0 => Err(CliError::Usage(format!("no ticket {ticket_id:?} in {}", store.path().display()))),
+        1 => Ok(matches.remove(0)),
+        _ => {
+            let places: Vec<String> = matches
+                .iter()
+                .map(|ticket| format!("--workspace {} --namespace {}", ticket.workspace, ticket.namespace))
+                .collect();
+            Err(CliError::Usage(format!(
+                "ticket {ticket_id:?} exists in several places; add one of: {}",
+                places.join("; ")
+            )))
+        }
+    }
+}
+
+fn parse_state(text: &str) -> Result<TicketState, String> {
+    text.parse()
+}
+
+/// A constraint failure in words a user can act on.
+fn describe_insert_error(error: &sqlx::Error) -> String {
+    let message = error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string());
+    if message.contains("UNIQUE constraint failed") {
+        "already queued (the same workspace, namespace and ticket ID)".to_owned()
+    } else if let Some(rule) = message.strip_prefix("CHECK constraint failed: ") {
+        format!("violates {rule}")
+    } else {
+        message
+    }
+}
+
+fn ticket_json(ticket: &Ticket) -> Value {
+    let mut value = serde_json::to_value(ticket).expect("a ticket row serialises to JSON");
+    value["validation_errors"] = serde_json::from_str(&ticket.validation_errors).unwrap_or_else(|_| json!([]));
+    if let Some(object) = value.as_object_mut() {
+        for internal in ["lease_owner", "lease_until", "running_streak", "error_streak"] {
+            object.remove(internal);
+        }
+    }
+    value
+}
+
+fn delivery_json(delivery: &Delivery) -> Value {
+    let mut value = serde_json::to_value(delivery).expect("a delivery row serialises to JSON");
+    if let Some(object) = value.as_object_mut() {
+        object.remove("payload");
+        object.remove("lease_owner");
+        object.remove("lease_until");
+    }
+    value
+}
+
+fn print_table(tickets: &[Ticket]) {
+    let rows: Vec<[String; 7]> = tickets
+        .iter()
+        .map(|ticket| {
+            [
+                ticket.ticket_id.clone(),
+                ticket.workspace.clone(),
+                ticket.state.clone(),
+                ticket.ticket_status.clone().unwrap_or_default(),
+                ticket.polls.to_string(),
+                ticket.finished_at.clone().unwrap_or_else(|| format!("next {}", ticket.next_poll_at)),
+                ticket.error_code.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = ["TICKET_ID", "WORKSPACE", "STATE", "STATUS", "POLLS", "FINISHED / NEXT POLL", "ERROR"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(&header.map(str::to_owned)));
+    for row in &rows {
+        println!("{}", line(row));
+    }
+}
+
+fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
+    let field = |name: &str, value: Option<&str>| {
+        if let Some(value) = value.filter(|value| !value.is_empty()) {
+            println!("{name:<18} {value}");
+        }
+    };
+    field("ticket_id", Some(&ticket.ticket_id));
+    field("namespace", Some(&ticket.namespace));
+    field("workspace", Some(&ticket.workspace));
+    field("region", ticket.region.as_deref());
+    field("state", Some(&ticket.state));
+    field("ticket_status", ticket.ticket_status.as_deref());
+    field("deployment_id", ticket.deployment_id.as_deref());
+    field("deploy_success", ticket.deploy_success.map(|success| if success { "true" } else { "false" }));
+    field("message", ticket.message.as_deref());
+    field("validation_result", ticket.validation_result.as_deref());
+    field("error_code", ticket.error_code.as_deref());
+    field("error_message", ticket.error_message.as_deref());
+    field("polls", Some(&ticket.polls.to_string()));
+    field("request_id", ticket.request_id.as_deref());
+    field("created_at", Some(&ticket.created_at));
+    field("updated_at", Some(&ticket.updated_at));
+    if ticket.state == "pending" {
+        field("next_poll_at", Some(&ticket.next_poll_at));
+    }
+    field("deadline_at", ticket.deadline_at.as_deref());
+    field("finished_at", ticket.finished_at.as_deref());
+    field("webhook_url", ticket.webhook_url.as_deref());
+    field("webhook_note", ticket.webhook_note.as_deref());
+    let issues: Vec<ValidationIssue> = serde_json::from_str(&ticket.validation_errors).unwrap_or_default();
+    if !issues.is_empty() {
+        println!("validation errors:");
+        for issue in &issues {
+            println!("  {issue}");
+        }
+    }
+    if !deliveries.is_empty() {
+        println!("webhook deliveries:");
+        for delivery in deliveries {
+            println!(
+                "  #{} {} {} attempts={} {}{}",
+                delivery.id,
+                delivery.state,
+                config::parse_webhook_url(&delivery.url).map(|url| config::redact_url(&url)).unwrap_or_default(),
+                delivery.attempts,
+                delivery.last_http_status.map(|status| format!("http={status} ")).unwrap_or_default(),
+                delivery.last_error.as_deref().unwrap_or_default(),
+            );
+        }
+    }
+}

@@ -1,0 +1,646 @@
+//! The poll loop: wait until the earliest ticket is due (per the database), claim due tickets
+//! with a lease, poll each under the global concurrency and rate limits, and record what
+//! [`decide`] makes of the answer. [`decide`] is pure; everything with IO is in [`Poller`].
+//!
+//! Errors about us rather than the ticket (signature, unknown key, clock) pause all polling
+//! through a [`Gate`]; access denied pauses only that workspace. A paused gate lets one probe
+//! request through when its pause ends, and opens again on the first accepted call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::backoff::{Schedule, honour_retry_after};
+use crate::clock::Clock;
+use crate::config::{PollConfig, WebhookConfig};
+use crate::domain::TicketState;
+use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
+use crate::ratelimit::RateLimiter;
+use crate::store::{Finish, Lease, Reschedule, Store, Ticket};
+
+/// Longest the loop sleeps before looking for new rows (inserted by other programs).
+pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Consecutive unreadable answers after which a ticket is failed with `InvalidResponse`.
+pub const MAX_DECODE_ERRORS: i64 = 10;
+
+/// Status values the API documents; anything else is logged once and polled on.
+pub const KNOWN_STATUSES: [&str; 4] = ["INIT", "EXECUTING", "FINISHED", "FAILED"];
+
+/// The schedules [`decide`] draws delays from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// Between polls of a ticket that is still running.
+    pub running: Schedule,
+    /// Between retries after failed calls.
+    pub errors: Schedule,
+    /// Between probes while polling is paused.
+    pub pause: Schedule,
+}
+
+impl Policy {
+    /// The schedules derived from `[poll]`: running tickets follow it as configured, failed calls
+    /// back off twice as fast up to twice the cap, and pauses grow up to ten times the cap.
+    pub fn from_config(poll: &PollConfig) -> Policy {
+        Policy {
+            running: Schedule { initial: poll.initial_interval, max: poll.max_interval, multiplier: poll.multiplier },
+            errors: Schedule { initial: poll.initial_interval, max: poll.max_interval * 2, multiplier: 2.0 },
+            pause: Schedule { initial: poll.initial_interval, max: poll.max_interval * 10, multiplier: 2.0 },
+        }
+    }
+}
+
+/// Who an error that pauses polling is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseScope {
+    /// Our credentials, signature or clock: every ticket waits.
+    Global,
+    /// Access to this ticket's workspace: that workspace's tickets wait.
+    Workspace,
+}
+
+/// What to do with a polled ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Record the final state.
+    Finish(Finish),
+    /// Poll again later.
+    Reschedule(Reschedule),
+    /// The error is not about this ticket: keep it pending, unchanged but for the error columns,
+    /// until the pause of `scope` ends.
+    Pause {
+        /// Who is paused.
+        scope: PauseScope,
+        /// (code, message) to show on the ticket.
+        error: (String, String),
+        /// Request ID of the answer.
+        request_id: Option<String>,
+    },
+}
+
+/// Decides what a poll's outcome means for `ticket` at `now`. `jitter` is a uniform draw from
+/// `[0, 1)`. Pure: the same inputs always give the same decision.
+pub fn decide(
+    ticket: &Ticket,
+    outcome: Result<&Polled, &FlinkError>,
+    now: DateTime<Utc>,
+    policy: &Policy,
+    jitter: f64,
+) -> Decision {
+    let deadline = ticket.deadline();
+    let past_deadline = deadline.is_some_and(|deadline| now >= deadline);
+    let not_after_deadline = |at: DateTime<Utc>| deadline.map_or(at, |deadline| at.min(deadline));
+    match outcome {
+        Ok(polled) => {
+            let answer = &polled.result;
+            let finish = |state| {
+                Decision::Finish(Finish {
+                    state,
+                    polled: true,
+                    request_id: polled.request_id.clone(),
+                    answer: Some(answer.clone()),
+                    error: None,
+                })
+            };
+            match (answer.ticket_status.as_deref(), answer.success) {
+                (Some("FINISHED"), Some(true)) => finish(TicketState::Succeeded),
+                (Some("FINISHED"), Some(false)) | (Some("FAILED"), _) => finish(TicketState::Failed),
+                // Undocumented: FINISHED without `success`. A deployment ID and no validation
+                // issues can only mean it deployed.
+                (Some("FINISHED"), None) if answer.deployment_id.is_some() && answer.validation_errors.is_empty() => {
+                    finish(TicketState::Succeeded)
+                }
+                (Some("FINISHED"), None) => finish(TicketState::Failed),
+                _ if past_deadline => finish(TicketState::Expired),
+                _ => {
+                    let delay = policy.running.delay(streak(ticket.running_streak), jitter);
+                    Decision::Reschedule(Reschedule {
+                        next_poll_at: not_after_deadline(now + to_chrono(delay)),
+                        running_streak: ticket.running_streak.saturating_add(1),
+                        error_streak: 0,
+                        polled: true,
+                        request_id: polled.request_id.clone(),
+                        answer: Some(answer.clone()),
+                        error: None,
+                    })
+                }
+            }
+        }
+        Err(error) => {
+            let recorded = (error.code(), error.message());
+            let request_id = error.request_id().map(str::to_owned);
+            let fail = |state| {
+                Decision::Finish(Finish {
+                    state,
+                    polled: true,
+                    request_id: request_id.clone(),
+                    answer: None,
+                    error: Some(recorded.clone()),
+                })
+            };
+            match error {
+                FlinkError::Ticket(_) => fail(TicketState::Failed),
+                FlinkError::Credentials(_) | FlinkError::Config(_) => {
+                    Decision::Pause { scope: PauseScope::Global, error: recorded, request_id }
+                }
+                FlinkError::AccessDenied(_) => {
+                    Decision::Pause { scope: PauseScope::Workspace, error: recorded, request_id }
+                }
+                FlinkError::Decode(_) if ticket.error_streak + 1 >= MAX_DECODE_ERRORS => fail(TicketState::Failed),
+                _ if past_deadline => fail(TicketState::Expired),
+                FlinkError::Network(_)
+                | FlinkError::Decode(_)
+                | FlinkError::Transient(_)
+                | FlinkError::RateLimited { .. } => {
+                    let scheduled = policy.errors.delay(streak(ticket.error_streak), jitter);
+                    let hint = match error {
+                        FlinkError::RateLimited { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    let delay = honour_retry_after(scheduled, hint);
+                    Decision::Reschedule(Reschedule {
+                        next_poll_at: not_after_deadline(now + to_chrono(delay)),
+                        running_streak: ticket.running_streak,
+                        error_streak: ticket.error_streak.saturating_add(1),
+                        polled: true,
+                        request_id,
+                        answer: None,
+                        error: Some(recorded),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// A pause switch: closed while the API rejects us, with one probe allowed through each time a
+/// pause ends.
+#[derive(Debug, Default)]
+pub struct Gate {
+    paused: Option<PauseState>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PauseState {
+    until: DateTime<Utc>,
+    streak: u32,
+    probing: bool,
+}
+
+impl Gate {
+    /// `Some(time)` until which a ticket must wait, or `None` if it may go.
+    fn hold_until(&self, now: DateTime<Utc>, probe_hold: Duration) -> Option<DateTime<Utc>> {
+        let pause = self.paused?;
+        if now < pause.until {
+            Some(pause.until)
+        } else if pause.probing {
+            Some(now + to_chrono(probe_hold))
+        } else {
+            None
+        }
+    }
+
+    /// Marks a probe as started if the gate is paused; returns whether this request is the probe.
+    fn start_probe(&mut self) -> bool {
+        match &mut self.paused {
+            Some(pause) => {
+                pause.probing = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A call went through: opens the gate. Returns whether it was paused.
+    fn accepted(&mut self) -> bool {
+        self.paused.take().is_some()
+    }
+
+    /// A call was rejected. Returns the pause end if this starts a new pause (to log it once).
+    fn rejected(&mut self, now: DateTime<Utc>, schedule: &Schedule, probe: bool) -> Option<DateTime<Utc>> {
+        match &mut self.paused {
+            None => {
+                let until = now + to_chrono(schedule.ceiling(0));
+                self.paused = Some(PauseState { until, streak: 0, probing: false });
+                Some(until)
+            }
+            Some(pause) if probe => {
+                pause.streak = pause.streak.saturating_add(1);
+                pause.until = now + to_chrono(schedule.ceiling(pause.streak));
+                pause.probing = false;
+                None
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The probe neither confirmed nor refuted the pause (a network error): let another go.
+    fn inconclusive(&mut self, probe: bool) {
+        if let Some(pause) = &mut self.paused {
+            if probe {
+                pause.probing = false;
+            }
+        }
+    }
+
+    /// Current pause end, if paused.
+    pub fn paused_until(&self) -> Option<DateTime<Utc>> {
+        self.paused.map(|pause| pause.until)
+    }
+}
+
+/// The global gate and one per workspace.
+#[derive(Debug, Default)]
+pub struct Gates {
+    global: Gate,
+    workspaces: HashMap<String, Gate>,
+}
+
+/// Whether polling is globally paused, readable from outside (readiness, metrics).
+#[derive(Debug, Default)]
+pub struct PauseFlag(std::sync::atomic::AtomicBool);
+
+impl PauseFlag {
+    /// Whether every ticket is paused because the API rejects our requests.
+    pub fn is_paused(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the poll loop needs.
+pub struct Poller {
+    /// The database.
+    pub store: Store,
+    /// The API client.
+    pub flink: FlinkClient,
+    /// Source of `now`.
+    pub clock: Arc<dyn Clock>,
+    /// `[poll]`.
+    pub poll: PollConfig,
+    /// `[webhook]`, to plan deliveries with each final state.
+    pub webhook: Arc<WebhookConfig>,
+    /// The global request rate limit.
+    pub limiter: Arc<RateLimiter>,
+    /// The global concurrency limit.
+    pub max_in_flight: usize,
+    /// Prefix of this process's lease names (`host:pid:random`).
+    pub owner: String,
+    /// Woken when a final state wrote webhook deliveries.
+    pub deliveries_written: Arc<Notify>,
+    /// Counts loop iterations and finished polls; a stuck loop stops counting.
+    pub progress: Arc<AtomicU64>,
+    /// Set while polling is globally paused.
+    pub paused: Arc<PauseFlag>,
+    policy: Policy,
+    gates: Mutex<Gates>,
+    wake: Notify,
+}
+
+impl Poller {
+    /// Assembles a poller; see the field docs.
+    #[expect(clippy::too_many_arguments, reason = "a constructor naming each collaborator once")]
+    pub fn new(
+        store: Store,
+        flink: FlinkClient,
+        clock: Arc<dyn Clock>,
+        poll: PollConfig,
+        webhook: Arc<WebhookConfig>,
+        limiter: Arc<RateLimiter>,
+        max_in_flight: usize,
+        owner: String,
+    ) -> Poller {
+        Poller {
+            store,
+            flink,
+            clock,
+            policy: Policy::from_config(&poll),
+            poll,
+            webhook,
+            limiter,
+            max_in_flight: max_in_flight.max(1),
+            owner,
+            deliveries_written: Arc::new(Notify::new()),
+            progress: Arc::new(AtomicU64::new(0)),
+            paused: Arc::new(PauseFlag::default()),
+            gates: Mutex::new(Gates::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Polls until `shutdown` is cancelled. In-flight polls run in `tracker`; the caller waits
+    /// for them (with a grace period) after this returns.
+    pub async fn run_until_cancelled(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
+        let semaphore = Arc::new(Semaphore::new(self.max_in_flight));
+        let mut claims: u64 = 0;
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            if !self.wait_until_due(&shutdown).await {
+                break;
+            }
+            let mut permits = vec![first];
+            while let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            claims += 1;
+            let lease = Lease(format!("{}#{claims}", self.owner));
+            let limit = u32::try_from(permits.len()).unwrap_or(u32::MAX);
+            let now = self.clock.now();
+            match self.store.claim_due_tickets(&lease, now, self.poll.lease, limit, self.poll.deadline).await {
+                Ok(tickets) => {
+                    self.progress.fetch_add(1, Ordering::Relaxed);
+                    for (ticket, permit) in tickets.into_iter().zip(permits) {
+                        let poller = Arc::clone(&self);
+                        let lease = lease.clone();
+                        let span = info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id);
+                        tracker.spawn(
+                            async move {
+                                poller.handle(ticket, &lease).await;
+                                drop(permit);
+                                poller.wake.notify_one();
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+                Err(error) => {
+                    error!(error = %error, "claiming due tickets failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(WAKE_INTERVAL) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until a pending ticket is due. Returns `false` when cancelled first.
+    async fn wait_until_due(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            let now = self.clock.now();
+            let wait = match self.store.next_due_at().await {
+                Ok(Some(due)) if due <= now => return true,
+                Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(WAKE_INTERVAL),
+                Ok(None) => WAKE_INTERVAL,
+                Err(error) => {
+                    error!(error = %error, "reading the next due ticket failed");
+                    WAKE_INTERVAL
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return false,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Polls one claimed ticket and records the result.
+    async fn handle(&self, ticket: Ticket, lease: &Lease) {
+        let now = self.clock.now();
+        let probe_hold = self.policy.pause.initial;
+        let admission = {
+            let mut gates = self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it");
+            let hold = gates
+                .global
+                .hold_until(now, probe_hold)
+                .or_else(|| gates.workspaces.get(&ticket.workspace).and_then(|gate| gate.hold_until(now, probe_hold)));
+            match hold {
+                Some(until) => Err(until),
+                None => {
+                    let global_probe = gates.global.start_probe();
+                    let workspace_probe = gates.workspaces.get_mut(&ticket.workspace).is_some_and(Gate::start_probe);
+                    Ok((global_probe, workspace_probe))
+                }
+            }
+        };
+        let (global_probe, workspace_probe) = match admission {
+            Ok(probes) => probes,
+            Err(until) => return self.hold(&ticket, lease, now, until).await,
+        };
+
+        let waited = self.limiter.acquire().await;
+        if waited > Duration::from_millis(1) {
+            debug!(delay_ms = waited.as_millis(), "waited for the rate limit");
+        }
+        let outcome = self
+            .flink
+            .get_deploy_result(TicketRef {
+                namespace: &ticket.namespace,
+                workspace: &ticket.workspace,
+                ticket_id: &ticket.ticket_id,
+                region: ticket.region.as_deref(),
+            })
+            .await;
+        let now = self.clock.now();
+        self.update_gates(&ticket, &outcome, now, global_probe, workspace_probe).await;
+        if let Err(FlinkError::RateLimited { .. }) = &outcome {
+            self.limiter.slow_down();
+        }
+        log_outcome(&ticket, &outcome);
+
+        let decision = decide(&ticket, outcome.as_ref(), now, &self.policy, rand::random::<f64>());
+        let written = match decision {
+            Decision::Finish(finish) => self.finish(&ticket, lease, now, &finish).await,
+            Decision::Reschedule(reschedule) => self.store.record_progress(lease, ticket.id, now, &reschedule).await,
+            Decision::Pause { scope, error, request_id } => {
+                let until = {
+                    let gates =
+                        self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it");
+                    match scope {
+                        PauseScope::Global => gates.global.paused_until(),
+                        PauseScope::Workspace => gates.workspaces.get(&ticket.workspace).and_then(Gate::paused_until),
+                    }
+                }
+                .unwrap_or(now + to_chrono(self.policy.pause.initial));
+                let deadline = ticket.deadline().unwrap_or(until);
+                let reschedule = Reschedule {
+                    next_poll_at: until.min(deadline),
+                    running_streak: ticket.running_streak,
+                    error_streak: ticket.error_streak,
+                    polled: true,
+                    request_id,
+                    answer: None,
+                    error: Some(error),
+                };
+                self.store.record_progress(lease, ticket.id, now, &reschedule).await
+            }
+        };
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        match written {
+            Ok(true) => {}
+            Ok(false) => warn!("ticket changed under us (lease lapsed, or cancelled); result not recorded"),
+            Err(error) => {
+                error!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
+            }
+        }
+    }
+
+    /// Keeps a ticket waiting for a paused gate, or expires it if its deadline passed.
+    async fn hold(&self, ticket: &Ticket, lease: &Lease, now: DateTime<Utc>, until: DateTime<Utc>) {
+        let deadline = ticket.deadline();
+        let result = if deadline.is_some_and(|deadline| now >= deadline) {
+            let finish =
+                Finish { state: TicketState::Expired, polled: false, request_id: None, answer: None, error: None };
+            self.finish(ticket, lease, now, &finish).await
+        } else {
+            let reschedule = Reschedule {
+                next_poll_at: deadline.map_or(until, |deadline| until.min(deadline)),
+                running_streak: ticket.running_streak,
+                error_streak: ticket.error_streak,
+                polled: false,
+                request_id: None,
+                answer: None,
+                error: None,
+            };
+            self.store.record_progress(lease, ticket.id, now, &reschedule).await
+        };
+        if let Err(error) = result {
+            error!(error = %error, "recording a paused ticket failed");
+        }
+    }
+
+    async fn finish(
+        &self,
+        ticket: &Ticket,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        finish: &Finish,
+    ) -> Result<bool, sqlx::Error> {
+        let webhook = Arc::clone(&self.webhook);
+        let mut note = None;
+        let mut planned = 0;
+        let written = self
+            .store
+            .record_final(lease, ticket.id, now, finish, |row| {
+                let (deliveries, why) = crate::webhook::plan(row, &webhook);
+                note = why;
+                planned = deliveries.len();
+                deliveries
+            })
+            .await?;
+        if written {
+            info!(
+                state = %finish.state,
+                deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),
+                polls = ticket.polls + i64::from(finish.polled),
+                webhooks = planned,
+                "ticket finished"
+            );
+            if let Some(note) = note {
+                if let Err(error) = self.store.set_webhook_note(ticket.id, note).await {
+                    warn!(error = %error, "recording the webhook note failed");
+                }
+            }
+            if planned > 0 {
+                self.deliveries_written.notify_one();
+            }
+        }
+        Ok(written)
+    }
+
+    async fn update_gates(
+        &self,
+        ticket: &Ticket,
+        outcome: &Result<Polled, FlinkError>,
+        now: DateTime<Utc>,
+        global_probe: bool,
+        workspace_probe: bool,
+    ) {
+        let mut postpone_workspace_until = None;
+        {
+            let mut gates = self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it");
+            let Gates { global, workspaces } = &mut *gates;
+            match outcome {
+                Ok(_) | Err(FlinkError::Ticket(_)) => {
+                    if global.accepted() {
+                        info!("polling resumed: the API accepted our requests again");
+                    }
+                    if workspaces.get_mut(&ticket.workspace).is_some_and(Gate::accepted) {
+                        info!("workspace access restored; its tickets are polled again");
+                    }
+                }
+                Err(error @ (FlinkError::Credentials(_) | FlinkError::Config(_))) => {
+                    if let Some(until) = global.rejected(now, &self.policy.pause, global_probe) {
+                        error!(
+                            error_code = %error.code(),
+                            request_id = error.request_id().unwrap_or(""),
+                            error = %error,
+                            paused_until = %crate::clock::format_instant(until),
+                            "polling paused: the API rejects our requests (credentials, signature or clock); \
+                             no ticket is failed for this, and polling resumes once a request is accepted"
+                        );
+                    }
+                    if let Some(gate) = workspaces.get_mut(&ticket.workspace) {
+                        gate.inconclusive(workspace_probe);
+                    }
+                }
+                Err(error @ FlinkError::AccessDenied(_)) => {
+                    global.accepted();
+                    let gate = workspaces.entry(ticket.workspace.clone()).or_default();
+                    if let Some(until) = gate.rejected(now, &self.policy.pause, workspace_probe) {
+                        error!(
+                            error_code = %error.code(),
+                            request_id = error.request_id().unwrap_or(""),
+                            error = %error,
+                            paused_until = %crate::clock::format_instant(until),
+                            "workspace paused: access denied; its tickets wait until access is granted or their deadline"
+                        );
+                    }
+                    postpone_workspace_until = gate.paused_until();
+                }
+                Err(_) => {
+                    global.inconclusive(global_probe);
+                    if let Some(gate) = workspaces.get_mut(&ticket.workspace) {
+                        gate.inconclusive(workspace_probe);
+                    }
+                }
+            }
+            self.paused.0.store(global.paused.is_some(), Ordering::Relaxed);
+        }
+        if let Some(until) = postpone_workspace_until {
+            if let Err(error) = self.store.postpone_workspace(&ticket.workspace, until).await {
+                warn!(error = %error, "postponing the paused workspace's tickets failed");
+            }
+        }
+    }
+}
+
+fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
+    match outcome {
+        Ok(polled) => {
+            let status = polled.result.ticket_status.as_deref().unwrap_or("");
+            debug!(ticket_status = status, request_id = polled.request_id.as_deref().unwrap_or(""), "polled");
+            if !KNOWN_STATUSES.contains(&status) && ticket.ticket_status.as_deref() != Some(status) {
+                warn!(ticket_status = status, "unknown ticket status; polling on until the deadline");
+            }
+        }
+        Err(error) => warn!(
+            error_code = %error.code(),
+            request_id = error.request_id().unwrap_or(""),
+            error = %error,
+            "poll failed"
+        ),
+    }
+}
+
+fn streak(count: i64) -> u32 {
+    u32::try_from(count.max(0)).unwrap_or(u32::MAX)
+}
+
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}

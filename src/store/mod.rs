@@ -1,0 +1,125 @@
+//! The only place with SQL. [`Store`] opens the SQLite file (WAL, `busy_timeout`, foreign keys),
+//! applies the embedded migrations, and offers one function per query: `tickets.rs` for the
+//! ticket queue, `deliveries.rs` for the webhook outbox.
+//!
+//! Writes go through a single connection, so the daemon never competes with itself for SQLite's
+//! one write lock; multi-statement writes use `BEGIN IMMEDIATE` so they wait for the lock up
+//! front instead of failing half-way. Reads use a small separate pool. No transaction is ever
+//! held across a network call: callers claim, commit, call, then record in a new transaction.
+
+pub mod deliveries;
+pub mod tickets;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+pub use deliveries::{Delivery, DeliveryState, NewDelivery};
+pub use tickets::{Finish, NewTicket, Reschedule, Ticket};
+
+use crate::clock::format_instant;
+
+/// The embedded migrations under `migrations/`, applied by [`Store::open`] and `migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How to open the database.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// The SQLite file; created when missing.
+    pub path: PathBuf,
+    /// How long a statement waits for another writer before failing with "database is locked".
+    pub busy_timeout: Duration,
+    /// Connections for reads.
+    pub max_readers: u32,
+}
+
+/// Handle to the SQLite database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    path: PathBuf,
+}
+
+/// Identifies one claim of a batch of rows. Every write to a claimed row names it, so a daemon
+/// whose lease lapsed (and whose row another claim took) cannot overwrite the newer owner's work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease(pub String);
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn open(settings: &StoreSettings) -> anyhow::Result<Store> {
+        let store = Store::open_without_migrating(settings).await?;
+        MIGRATOR
+            .run(&store.writer)
+            .await
+            .with_context(|| format!("applying migrations to {}", settings.path.display()))?;
+        Ok(store)
+    }
+
+    /// Opens the database without touching its schema (for commands that only read).
+    pub async fn open_without_migrating(settings: &StoreSettings) -> anyhow::Result<Store> {
+        if let Some(parent) = settings.path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating the database directory {}", parent.display()))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("the bare sqlite: URL is valid")
+            .filename(&settings.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(settings.busy_timeout)
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening sqlite database at {}", settings.path.display()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(settings.max_readers.max(1))
+            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await
+            .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))?;
+        Ok(Store { writer, reader, path: settings.path.clone() })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.reader).await.is_ok()
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
+            tracing::debug!(error = %error, "wal checkpoint at close failed");
+        }
+        self.writer.close().await;
+    }
+
+    /// Lists applied migrations as (version, description).
+    pub async fn applied_migrations(&self) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&self.reader)
+            .await
+    }
+}
+
+/// `instant` as stored in every `*_at` column.
+fn at(instant: DateTime<Utc>) -> String {
+    format_instant(instant)
+}

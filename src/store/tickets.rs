@@ -1,0 +1,410 @@
+//! SQL for the `tickets` table: insert, claim with a lease, record progress or the final state,
+//! and the user commands (list, show, retry, cancel).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::deliveries::{self, NewDelivery};
+use super::{Lease, Store, at};
+use crate::domain::{DeployResult, TicketState};
+
+/// A row of `tickets`, every column as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+pub struct Ticket {
+    /// Internal row ID.
+    pub id: i64,
+    /// The cloud's ticket ID.
+    pub ticket_id: String,
+    /// The Flink namespace.
+    pub namespace: String,
+    /// The workspace ID.
+    pub workspace: String,
+    /// Region override for this ticket.
+    pub region: Option<String>,
+    /// Extra receiver for this ticket (honoured only when configured).
+    pub webhook_url: Option<String>,
+    /// When the daemon gives up and marks the ticket `expired`.
+    pub deadline_at: Option<String>,
+    /// `pending`, `succeeded`, `failed`, `expired` or `cancelled`.
+    pub state: String,
+    /// The last `ticketStatus` the API returned.
+    pub ticket_status: Option<String>,
+    /// The deployment ID, once known.
+    pub deployment_id: Option<String>,
+    /// The API's `data.success` (1/0), once known.
+    pub deploy_success: Option<bool>,
+    /// The API's `data.message`.
+    pub message: Option<String>,
+    /// `artifactValidationDetail.validationResult`.
+    pub validation_result: Option<String>,
+    /// JSON array of validation issues.
+    pub validation_errors: String,
+    /// The last API error code, or why the row was refused.
+    pub error_code: Option<String>,
+    /// The last API error message.
+    pub error_message: Option<String>,
+    /// Result requests made for this ticket.
+    pub polls: i64,
+    /// Request ID of the last API answer.
+    pub request_id: Option<String>,
+    /// Why a per-ticket webhook URL was not used, if it was not.
+    pub webhook_note: Option<String>,
+    /// When the row was inserted.
+    pub created_at: String,
+    /// When the daemon last wrote the row.
+    pub updated_at: String,
+    /// When the ticket is next due.
+    pub next_poll_at: String,
+    /// When the ticket reached its final state.
+    pub finished_at: Option<String>,
+    /// Consecutive "still running" answers.
+    pub running_streak: i64,
+    /// Consecutive failed calls.
+    pub error_streak: i64,
+    /// How many times a user put the ticket back with `retry`.
+    pub retries: i64,
+    /// The claim that holds the row, while it is being polled.
+    pub lease_owner: Option<String>,
+    /// When that claim lapses.
+    pub lease_until: Option<String>,
+}
+
+impl Ticket {
+    /// The state as an enum; `None` only if someone bypassed the `CHECK` constraint.
+    pub fn state(&self) -> Option<TicketState> {
+        self.state.parse().ok()
+    }
+
+    /// The deadline as an instant.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.deadline_at.as_deref().and_then(crate::clock::parse_instant)
+    }
+}
+
+/// A ticket to queue (the CLI's `enqueue` and `deploy`).
+#[derive(Debug, Clone, Default)]
+pub struct NewTicket {
+    /// The cloud's ticket ID.
+    pub ticket_id: String,
+    /// The Flink namespace.
+    pub namespace: String,
+    /// The workspace ID.
+    pub workspace: String,
+    /// Region override.
+    pub region: Option<String>,
+    /// Extra receiver.
+    pub webhook_url: Option<String>,
+    /// Deadline override.
+    pub deadline_at: Option<DateTime<Utc>>,
+}
+
+/// The ticket is not final: when to poll next, and what the last call said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reschedule {
+    /// When the ticket is next due.
+    pub next_poll_at: DateTime<Utc>,
+    /// New value of `running_streak`.
+    pub running_streak: i64,
+    /// New value of `error_streak`.
+    pub error_streak: i64,
+    /// Whether a request was made (counts towards `polls`).
+    pub polled: bool,
+    /// Request ID of the answer.
+    pub request_id: Option<String>,
+    /// What the API said, when it answered successfully; clears the error columns.
+    pub answer: Option<DeployResult>,
+    /// (code, message) of a failed call.
+    pub error: Option<(String, String)>,
+}
+
+/// The ticket is done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// `succeeded`, `failed` or `expired`.
+    pub state: TicketState,
+    /// Whether a request was made (counts towards `polls`).
+    pub polled: bool,
+    /// Request ID of the answer.
+    pub request_id: Option<String>,
+    /// The final answer, if the API gave one.
+    pub answer: Option<DeployResult>,
+    /// (code, message) of the error that ended it, if any; otherwise the last error stays.
+    pub error: Option<(String, String)>,
+}
+
+impl Store {
+    /// Inserts a ticket as a user's `INSERT` would.
+    pub async fn insert_ticket(&self, ticket: &NewTicket) -> Result<Ticket, sqlx::Error> {
+        sqlx::query_as(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, region, webhook_url, deadline_at)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+        )
+        .bind(&ticket.ticket_id)
+        .bind(&ticket.namespace)
+        .bind(&ticket.workspace)
+        .bind(&ticket.region)
+        .bind(&ticket.webhook_url)
+        .bind(ticket.deadline_at.map(at))
+        .fetch_one(&self.writer)
+        .await
+    }
+
+    /// The earliest `next_poll_at` of a pending ticket (a lease counts as not due until it lapses).
+    pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let next: Option<String> = sqlx::query_scalar(
+            "SELECT next_poll_at FROM tickets WHERE state = 'pending' ORDER BY next_poll_at LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(next.as_deref().and_then(crate::clock::parse_instant))
+    }
+
+    /// Claims up to `limit` due pending tickets in one atomic statement, earliest first.
+    ///
+    /// Each claimed row gets `lease_owner = lease` and `lease_until = next_poll_at = now +
+    /// lease_for`, so no other claim can take it until the lease lapses, and a killed daemon's rows
+    /// come due again by themselves. A row without a deadline gets `created_at + default_deadline`,
+    /// fixed from then on.
+    pub async fn claim_due_tickets(
+        &self,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+        limit: u32,
+        default_deadline: Duration,
+    ) -> Result<Vec<Ticket>, sqlx::Error> {
+        let now_text = at(now);
+        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        sqlx::query_as(
+            "UPDATE tickets
+             SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
+                 deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
+             WHERE id IN (SELECT id FROM tickets
+                          WHERE state = 'pending' AND next_poll_at <= ?3
+                          ORDER BY next_poll_at LIMIT ?5)
+             RETURNING *",
+        )
+        .bind(&lease.0)
+        .bind(&until)
+        .bind(&now_text)
+        .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await
+    }
+
+    /// Records a poll that did not end the ticket and releases the lease. Returns `false` (and
+    /// writes nothing) when the lease is no longer ours or the ticket is no longer pending.
+    pub async fn record_progress(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        update: &Reschedule,
+    ) -> Result<bool, sqlx::Error> {
+        let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
+        query.push(", next_poll_at = ").push_bind(at(update.next_poll_at));
+        query.push(", running_streak = ").push_bind(update.running_streak);
+        query.push(", error_streak = ").push_bind(update.error_streak);
+        push_common(&mut query, now, update.polled, update.request_id.as_deref());
+        if let Some(answer) = &update.answer {
+            push_answer(&mut query, answer);
+            query.push(", error_code = NULL, error_message = NULL");
+        }
+        if let Some((code, message)) = &update.error {
+            query.push(", error_code = ").push_bind(code.as_str());
+            query.push(", error_message = ").push_bind(message.as_str());
+        }
+        push_fence(&mut query, lease, id);
+        Ok(query.build().execute(&self.writer).await?.rows_affected() == 1)
+    }
+
+    /// Records the final state and, in the same transaction, the webhook deliveries announcing
+    /// it, built by `deliveries_for` from the final row. Returns `false` (and writes nothing) when
+    /// the lease is no longer ours or the ticket is no longer pending.
+    pub async fn record_final(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        finish: &Finish,
+        deliveries_for: impl FnOnce(&Ticket) -> Vec<NewDelivery>,
+    ) -> Result<bool, sqlx::Error> {
+        let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
+        query.push(", state = ").push_bind(finish.state.as_str());
+        query.push(", finished_at = ").push_bind(at(now));
+        push_common(&mut query, now, finish.polled, finish.request_id.as_deref());
+        if let Some(answer) = &finish.answer {
+            push_answer(&mut query, answer);
+        }
+        match (&finish.error, &finish.answer) {
+            (Some((code, message)), _) => {
+                query.push(", error_code = ").push_bind(code.as_str());
+                query.push(", error_message = ").push_bind(message.as_str());
+            }
+            (None, Some(_)) => {
+                query.push(", error_code = NULL, error_message = NULL");
+            }
+            (None, None) => {}
+        }
+        push_fence(&mut query, lease, id);
+        query.push(" RETURNING *");
+
+        let mut transaction = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(ticket) = query.build_query_as::<Ticket>().fetch_optional(&mut *transaction).await? else {
+            return Ok(false);
+        };
+        for delivery in deliveries_for(&ticket) {
+            deliveries::insert(&mut transaction, &delivery, now).await?;
+        }
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    /// Writes a note about the per-ticket webhook URL.
+    pub async fn set_webhook_note(&self, id: i64, note: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
+            .bind(note)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves every pending, unclaimed ticket of `workspace` due before `until` to `until`.
+    pub async fn postpone_workspace(&self, workspace: &str, until: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        let until = at(until);
+        Ok(sqlx::query(
+            "UPDATE tickets SET next_poll_at = ?1
+             WHERE state = 'pending' AND workspace = ?2 AND lease_owner IS NULL AND next_poll_at < ?1",
+        )
+        .bind(&until)
+        .bind(workspace)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    /// Releases every lease whose owner starts with `owner_prefix`, making those tickets due now
+    /// (graceful shutdown hands unfinished work to the next start at once).
+    pub async fn release_tickets(&self, owner_prefix: &str, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE tickets SET lease_owner = NULL, lease_until = NULL, next_poll_at = ?2
+             WHERE state = 'pending' AND substr(lease_owner, 1, length(?1)) = ?1",
+        )
+        .bind(owner_prefix)
+        .bind(at(now))
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    /// Tickets, newest first, optionally in one state.
+    pub async fn list_tickets(&self, state: Option<TicketState>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT * FROM tickets WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2",
+        )
+        .bind(state.map(TicketState::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    /// Every row with this ticket ID (the same ID may exist in several workspaces/namespaces),
+    /// optionally narrowed by workspace and namespace.
+    pub async fn find_tickets(
+        &self,
+        ticket_id: &str,
+        workspace: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Ticket>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT * FROM tickets WHERE ticket_id = ?1 AND (?2 IS NULL OR workspace = ?2)
+             AND (?3 IS NULL OR namespace = ?3) ORDER BY id",
+        )
+        .bind(ticket_id)
+        .bind(workspace)
+        .bind(namespace)
+        .fetch_all(&self.reader)
+        .await
+    }
+
+    /// The row with this internal ID.
+    pub async fn ticket(&self, id: i64) -> Result<Option<Ticket>, sqlx::Error> {
+        sqlx::query_as("SELECT * FROM tickets WHERE id = ?").bind(id).fetch_optional(&self.reader).await
+    }
+
+    /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff.
+    /// Returns `false` when it is still pending.
+    pub async fn retry_ticket(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+        deadline: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let now = at(now);
+        Ok(sqlx::query(
+            "UPDATE tickets SET state = 'pending', retries = retries + 1, next_poll_at = ?2, updated_at = ?2,
+                 deadline_at = ?3, finished_at = NULL, running_streak = 0, error_streak = 0,
+                 error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL
+             WHERE id = ?1 AND state <> 'pending'",
+        )
+        .bind(id)
+        .bind(&now)
+        .bind(at(deadline))
+        .execute(&self.writer)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// Stops polling a pending ticket. Returns `false` when it is not pending.
+    pub async fn cancel_ticket(&self, id: i64, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        let now = at(now);
+        Ok(sqlx::query(
+            "UPDATE tickets SET state = 'cancelled', finished_at = ?2, updated_at = ?2,
+                 lease_owner = NULL, lease_until = NULL
+             WHERE id = ?1 AND state = 'pending'",
+        )
+        .bind(id)
+        .bind(&now)
+        .execute(&self.writer)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    /// How many tickets are in each state.
+    pub async fn count_tickets_by_state(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT state, count(*) FROM tickets GROUP BY state").fetch_all(&self.reader).await
+    }
+}
+
+fn push_common(query: &mut QueryBuilder<'_, Sqlite>, now: DateTime<Utc>, polled: bool, request_id: Option<&str>) {
+    query.push(", updated_at = ").push_bind(at(now));
+    if polled {
+        query.push(", polls = polls + 1");
+    }
+    if let Some(request_id) = request_id {
+        query.push(", request_id = ").push_bind(request_id.to_owned());
+    }
+}
+
+fn push_answer(query: &mut QueryBuilder<'_, Sqlite>, answer: &DeployResult) {
+    let errors = serde_json::to_string(&answer.validation_errors).expect("validation issues serialise to JSON");
+    query.push(", ticket_status = ").push_bind(answer.ticket_status.clone());
+    // A later answer without the deployment ID does not erase one we already know.
+    query.push(", deployment_id = COALESCE(").push_bind(answer.deployment_id.clone()).push(", deployment_id)");
+    query.push(", deploy_success = ").push_bind(answer.success);
+    query.push(", message = ").push_bind(answer.message.clone());
+    query.push(", validation_result = ").push_bind(answer.validation_result.clone());
+    query.push(", validation_errors = ").push_bind(errors);
+}
+
+fn push_fence(query: &mut QueryBuilder<'_, Sqlite>, lease: &Lease, id: i64) {
+    query.push(" WHERE id = ").push_bind(id);
+    query.push(" AND state = 'pending' AND lease_owner = ").push_bind(lease.0.clone());
+}
