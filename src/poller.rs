@@ -644,3 +644,241 @@ fn streak(count: i64) -> u32 {
 fn to_chrono(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::{DeployResult, ValidationIssue};
+    use crate::flink::ApiError;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy::from_config(&PollConfig {
+            initial_interval: Duration::from_secs(2),
+            max_interval: Duration::from_secs(30),
+            multiplier: 2.0,
+            deadline: Duration::from_secs(3600),
+            lease: Duration::from_secs(60),
+        })
+    }
+
+    fn ticket(running_streak: i64, error_streak: i64, deadline: DateTime<Utc>) -> Ticket {
+        Ticket {
+            id: 7,
+            ticket_id: "t-1".to_owned(),
+            namespace: "ns".to_owned(),
+            workspace: "ws".to_owned(),
+            region: None,
+            webhook_url: None,
+            deadline_at: Some(crate::clock::format_instant(deadline)),
+            state: "pending".to_owned(),
+            ticket_status: None,
+            deployment_id: None,
+            deploy_success: None,
+            message: None,
+            validation_result: None,
+            validation_errors: "[]".to_owned(),
+            error_code: None,
+            error_message: None,
+            polls: running_streak + error_streak,
+            request_id: None,
+            webhook_note: None,
+            created_at: "2026-11-28T11:00:00.000Z".to_owned(),
+            updated_at: "2026-11-28T11:00:00.000Z".to_owned(),
+            next_poll_at: "2026-11-28T12:00:00.000Z".to_owned(),
+            finished_at: None,
+            running_streak,
+            error_streak,
+            retries: 0,
+            lease_owner: Some("test#1".to_owned()),
+            lease_until: None,
+        }
+    }
+
+    fn polled(status: &str, success: Option<bool>) -> Polled {
+        Polled {
+            request_id: Some("R".to_owned()),
+            result: DeployResult {
+                ticket_status: Some(status.to_owned()),
+                deployment_id: success.filter(|success| *success).map(|_| "dep-1".to_owned()),
+                success,
+                ..DeployResult::default()
+            },
+        }
+    }
+
+    fn later() -> DateTime<Utc> {
+        now() + chrono::Duration::hours(1)
+    }
+
+    fn api(code: &str) -> ApiError {
+        ApiError { http_status: Some(400), code: Some(code.to_owned()), message: Some("m".to_owned()), request_id: Some("Q".to_owned()) }
+    }
+
+    #[test]
+    fn finished_with_success_is_succeeded_and_keeps_the_answer() {
+        let decision = decide(&ticket(3, 0, later()), Ok(&polled("FINISHED", Some(true))), now(), &policy(), 0.5);
+        let Decision::Finish(finish) = decision else { panic!("expected a finish, got {decision:?}") };
+        assert_eq!(finish.state, TicketState::Succeeded);
+        assert_eq!(finish.answer.unwrap().deployment_id.as_deref(), Some("dep-1"));
+        assert!(finish.polled);
+    }
+
+    #[test]
+    fn finished_without_success_or_failed_status_is_failed() {
+        let mut rejected = polled("FINISHED", Some(false));
+        rejected.result.validation_errors.push(ValidationIssue {
+            line: json!(3),
+            column: json!(10),
+            end_line: json!(3),
+            end_column: json!(14),
+            message: Some("Object 'orders' not found".to_owned()),
+        });
+        for outcome in [rejected, polled("FAILED", None), polled("FINISHED", None)] {
+            let decision = decide(&ticket(0, 0, later()), Ok(&outcome), now(), &policy(), 0.5);
+            assert!(
+                matches!(&decision, Decision::Finish(Finish { state: TicketState::Failed, .. })),
+                "{outcome:?} gave {decision:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn still_running_or_unknown_status_reschedules_on_the_running_cadence() {
+        for status in ["INIT", "EXECUTING", "SOMETHING_NEW", ""] {
+            let decision = decide(&ticket(2, 4, later()), Ok(&polled(status, None)), now(), &policy(), 1.0);
+            let Decision::Reschedule(reschedule) = decision else { panic!("{status}: {decision:?}") };
+            // Ceiling for streak 2 is 2s * 2^2 = 8s; jitter 1.0 takes all of it.
+            assert_eq!(reschedule.next_poll_at, now() + chrono::Duration::seconds(8), "{status}");
+            assert_eq!(reschedule.running_streak, 3);
+            assert_eq!(reschedule.error_streak, 0, "an answer ends the error streak");
+            assert!(reschedule.answer.is_some() && reschedule.error.is_none());
+        }
+    }
+
+    #[test]
+    fn jitter_moves_the_next_poll_within_floor_and_ceiling() {
+        let at = |jitter| match decide(&ticket(10, 0, later()), Ok(&polled("EXECUTING", None)), now(), &policy(), jitter) {
+            Decision::Reschedule(reschedule) => reschedule.next_poll_at - now(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at(0.0), chrono::Duration::seconds(1), "floor is half the initial interval");
+        assert_eq!(at(0.5), chrono::Duration::seconds(15));
+        assert_eq!(at(0.999_999), chrono::Duration::microseconds(29_999_970));
+    }
+
+    #[test]
+    fn restart_arithmetic_continues_from_the_persisted_streak() {
+        // A daemon that restarts reads running_streak = 5 from the row and continues from there.
+        let decision = decide(&ticket(5, 0, later()), Ok(&polled("EXECUTING", None)), now(), &policy(), 1.0);
+        let Decision::Reschedule(reschedule) = decision else { panic!("{decision:?}") };
+        assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::seconds(30), "capped at max_interval");
+        assert_eq!(reschedule.running_streak, 6);
+    }
+
+    #[test]
+    fn transient_errors_back_off_on_their_own_streak_and_keep_the_running_one() {
+        let errors = [
+            FlinkError::Network("connection reset".to_owned()),
+            FlinkError::Transient(api("ServiceUnavailable")),
+            FlinkError::Decode(ApiError::default()),
+            FlinkError::RateLimited { error: api("Throttling.User"), retry_after: None },
+        ];
+        for error in errors {
+            let decision = decide(&ticket(4, 1, later()), Err(&error), now(), &policy(), 1.0);
+            let Decision::Reschedule(reschedule) = decision else { panic!("{error:?}: {decision:?}") };
+            assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::seconds(4), "{error:?}: 2s * 2^1");
+            assert_eq!((reschedule.running_streak, reschedule.error_streak), (4, 2));
+            assert_eq!(reschedule.error.as_ref().map(|(code, _)| code.clone()), Some(error.code()));
+        }
+    }
+
+    #[test]
+    fn server_retry_after_hint_wins_over_the_schedule() {
+        let error = FlinkError::RateLimited { error: api("Throttling"), retry_after: Some(Duration::from_millis(1500)) };
+        let Decision::Reschedule(reschedule) = decide(&ticket(0, 6, later()), Err(&error), now(), &policy(), 1.0) else {
+            panic!("expected a reschedule")
+        };
+        assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::milliseconds(1500));
+    }
+
+    #[test]
+    fn a_poll_never_goes_past_the_deadline_and_the_deadline_expires_it() {
+        let deadline = now() + chrono::Duration::seconds(3);
+        let Decision::Reschedule(reschedule) =
+            decide(&ticket(10, 0, deadline), Ok(&polled("EXECUTING", None)), now(), &policy(), 1.0)
+        else {
+            panic!("expected a reschedule")
+        };
+        assert_eq!(reschedule.next_poll_at, deadline);
+
+        let at_deadline = decide(&ticket(10, 0, deadline), Ok(&polled("EXECUTING", None)), deadline, &policy(), 0.5);
+        assert!(matches!(at_deadline, Decision::Finish(Finish { state: TicketState::Expired, .. })));
+        let error = FlinkError::Network("down".to_owned());
+        let failed_at_deadline = decide(&ticket(10, 3, deadline), Err(&error), deadline, &policy(), 0.5);
+        let Decision::Finish(finish) = failed_at_deadline else { panic!("expected expiry") };
+        assert_eq!(finish.state, TicketState::Expired);
+        assert_eq!(finish.error.unwrap().0, "NetworkError");
+        // A final answer at the deadline still counts.
+        let finished = decide(&ticket(10, 0, deadline), Ok(&polled("FINISHED", Some(true))), deadline, &policy(), 0.5);
+        assert!(matches!(finished, Decision::Finish(Finish { state: TicketState::Succeeded, .. })));
+    }
+
+    #[test]
+    fn errors_about_us_pause_instead_of_failing_the_ticket() {
+        for (error, scope) in [
+            (FlinkError::Config(api("SignatureDoesNotMatch")), PauseScope::Global),
+            (FlinkError::Credentials(api("InvalidAccessKeyId.NotFound")), PauseScope::Global),
+            (FlinkError::Config(api("InvalidTimeStamp.Expired")), PauseScope::Global),
+            (FlinkError::AccessDenied(api("NoPermission")), PauseScope::Workspace),
+        ] {
+            let decision = decide(&ticket(1, 1, later()), Err(&error), now(), &policy(), 0.5);
+            assert_eq!(
+                decision,
+                Decision::Pause { scope, error: (error.code(), error.message()), request_id: Some("Q".to_owned()) }
+            );
+        }
+    }
+
+    #[test]
+    fn ticket_errors_fail_it_and_repeated_garbage_fails_it_eventually() {
+        let not_found = FlinkError::Ticket(api("TicketNotFound"));
+        let Decision::Finish(finish) = decide(&ticket(0, 0, later()), Err(&not_found), now(), &policy(), 0.5) else {
+            panic!("expected a finish")
+        };
+        assert_eq!((finish.state, finish.error.unwrap().0), (TicketState::Failed, "TicketNotFound".to_owned()));
+
+        let garbage = FlinkError::Decode(ApiError::default());
+        let last = decide(&ticket(0, MAX_DECODE_ERRORS - 1, later()), Err(&garbage), now(), &policy(), 0.5);
+        assert!(matches!(last, Decision::Finish(Finish { state: TicketState::Failed, .. })));
+        let not_yet = decide(&ticket(0, MAX_DECODE_ERRORS - 2, later()), Err(&garbage), now(), &policy(), 0.5);
+        assert!(matches!(not_yet, Decision::Reschedule(_)));
+    }
+
+    #[test]
+    fn a_gate_pauses_lets_one_probe_through_and_opens_on_acceptance() {
+        let schedule = policy().pause;
+        let hold = Duration::from_secs(2);
+        let mut gate = Gate::default();
+        assert_eq!(gate.hold_until(now(), hold), None);
+        let until = gate.rejected(now(), &schedule, false).expect("a new pause");
+        assert_eq!(until, now() + chrono::Duration::seconds(2));
+        assert_eq!(gate.rejected(now(), &schedule, false), None, "a second rejection in flight logs nothing");
+        assert_eq!(gate.hold_until(now(), hold), Some(until));
+        assert_eq!(gate.hold_until(until, hold), None, "the pause ended: a probe may go");
+        assert!(gate.start_probe());
+        assert_eq!(gate.hold_until(until, hold), Some(until + chrono::Duration::seconds(2)), "others wait for the probe");
+        assert_eq!(gate.rejected(until, &schedule, true), None);
+        assert_eq!(gate.paused_until(), Some(until + chrono::Duration::seconds(4)), "the pause doubles");
+        assert!(gate.start_probe());
+        assert!(gate.accepted());
+        assert_eq!(gate.hold_until(until, hold), None);
+        assert!(!gate.accepted());
+    }
+}
