@@ -12,6 +12,7 @@ pub mod domain;
 pub mod flink;
 pub mod poller;
 pub mod ratelimit;
+pub mod simulator;
 pub mod store;
 pub mod telemetry;
 pub mod webhook;

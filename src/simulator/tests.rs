@@ -1,0 +1,478 @@
+//! End-to-end tests of the simulator over real HTTP on 127.0.0.1: our own `FlinkClient` (signer,
+//! wire parsing and error classes included) talks to a started [`Simulator`], and raw `reqwest`
+//! calls cover what the client never sends (missing headers, replayed nonces, the control API).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use url::Url;
+
+use super::*;
+use crate::clock::SystemClock;
+use crate::flink::{
+    API_VERSION, ClientSettings, CredentialSource, Credentials, DeployRequest, Endpoints, FlinkClient, FlinkError,
+    Polled, TicketRef, signing,
+};
+
+const KEY_ID: &str = "LTAI-sim-test";
+const SECRET: &str = "sim-test-secret";
+/// Only catches hangs; nothing waits for it to pass.
+const HANG: Duration = Duration::from_secs(20);
+
+/// A started simulator that stops when the test ends.
+struct Running {
+    simulator: Simulator,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(scenario: Scenario) -> Running {
+    start_with_offset(scenario, 0).await
+}
+
+async fn start_with_offset(scenario: Scenario, clock_offset_secs: i64) -> Running {
+    let shutdown = CancellationToken::new();
+    let settings =
+        SimulatorSettings { credentials: vec![(KEY_ID.to_owned(), SECRET.to_owned())], scenario, clock_offset_secs };
+    let simulator = Simulator::start("127.0.0.1:0".parse().expect("a valid address"), settings, shutdown.clone())
+        .await
+        .expect("the simulator binds port 0");
+    Running { simulator, shutdown }
+}
+
+fn client(simulator: &Simulator, key_id: &str, secret: &str, token: Option<&str>) -> FlinkClient {
+    let settings = ClientSettings {
+        endpoints: Endpoints {
+            override_url: Some(Url::parse(&simulator.base_url()).expect("the base URL parses")),
+            region: "cn-hangzhou".into(),
+            vpc: false,
+        },
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(60),
+        max_response_bytes: 1024 * 1024,
+        ca_file: None,
+    };
+    let credentials = Credentials {
+        access_key_id: key_id.to_owned(),
+        access_key_secret: SecretString::from(secret.to_owned()),
+        security_token: token.map(|token| SecretString::from(token.to_owned())),
+    };
+    let source = CredentialSource { name: "test", credentials: Arc::new(credentials) };
+    FlinkClient::new(&settings, source, Arc::new(SystemClock)).expect("the client builds")
+}
+
+fn default_client(simulator: &Simulator) -> FlinkClient {
+    client(simulator, KEY_ID, SECRET, None)
+}
+
+fn ticket(ticket_id: &str) -> TicketRef<'_> {
+    TicketRef { namespace: "ns", workspace: "ws-1", ticket_id, region: None }
+}
+
+async fn poll(flink: &FlinkClient, ticket_id: &str) -> Result<Polled, FlinkError> {
+    tokio::time::timeout(HANG, flink.get_deploy_result(ticket(ticket_id))).await.expect("the poll does not hang")
+}
+
+fn steps(value: Value) -> Vec<Step> {
+    serde_json::from_value(value).expect("valid steps")
+}
+
+fn status_of(polled: &Polled) -> &str {
+    polled.result.ticket_status.as_deref().unwrap_or("")
+}
+
+/// Headers as `FlinkClient::call` builds them, signed with our key, minus `omit`, plus `extra`
+/// (which are signed too).
+fn signed_headers(
+    simulator: &Simulator,
+    method: &str,
+    path: &str,
+    action: &str,
+    omit: &[&str],
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let host = simulator.local_addr().to_string();
+    let date = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let nonce = format!("{:032x}", rand::random::<u128>());
+    let payload_hash = signing::payload_hash(b"");
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("host", &host),
+        ("x-acs-action", action),
+        ("x-acs-version", API_VERSION),
+        ("x-acs-date", &date),
+        ("x-acs-signature-nonce", &nonce),
+        ("x-acs-content-sha256", &payload_hash),
+        ("workspace", "ws-1"),
+    ];
+    headers.retain(|(name, _)| !omit.contains(name));
+    headers.extend_from_slice(extra);
+    let signed = signing::sign(
+        &signing::SigningInput { method, canonical_uri: path, query: &[], headers: &headers, body: b"" },
+        KEY_ID,
+        SECRET,
+    );
+    headers
+        .iter()
+        .chain([&("authorization", signed.authorization.as_str())])
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+/// Sends a request as given and returns the status, headers and JSON body (`null` if not JSON).
+async fn send(
+    simulator: &Simulator,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let http = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a valid method");
+    let mut request = http.request(method, format!("{}{path}", simulator.base_url())).body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = tokio::time::timeout(HANG, request.send()).await.expect("no hang").expect("an HTTP answer");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.expect("a complete body");
+    (status, headers, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+const POLL_PATH: &str = "/api/v2/namespaces/ns/deployment-drafts/tickets/t-raw/async-deploy";
+
+#[tokio::test]
+async fn unscripted_tickets_go_init_executing_finished_and_stay_finished() {
+    let running = start(Scenario::default()).await;
+    let flink = default_client(&running.simulator);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let polled = poll(&flink, "t-any").await.expect("a successful poll");
+        assert!(polled.request_id.is_some());
+        statuses.push(status_of(&polled).to_owned());
+        if statuses.len() >= 3 {
+            assert_eq!(polled.result.success, Some(true));
+            assert_eq!(polled.result.deployment_id, Some(answer::derived_deployment_id("t-any")));
+        }
+    }
+    assert_eq!(statuses, ["INIT", "EXECUTING", "FINISHED", "FINISHED"]);
+    assert_eq!(running.simulator.polls_of("t-any"), 4);
+    assert_eq!(running.simulator.polls_of("t-never-polled"), 0);
+}
+
+#[tokio::test]
+async fn a_validation_failure_reaches_the_client_as_issues() {
+    let scenario = Scenario::from_toml_str(
+        r#"
+        [[tickets]]
+        id = "t-bad"
+
+        [[tickets.steps]]
+        status = "FINISHED"
+        success = false
+        message = "invalid SQL"
+        validation_result = "VALIDATION_RESULT_INVALID_QUERY"
+        errors = [{ line = 3, column = 10, end_line = 3, end_column = 14, message = "Object 'orders' not found" }]
+        "#,
+    )
+    .expect("a valid scenario");
+    let running = start(scenario).await;
+    let result = poll(&default_client(&running.simulator), "t-bad").await.expect("a successful poll").result;
+    assert_eq!(result.success, Some(false));
+    assert_eq!(result.deployment_id, None);
+    assert_eq!(result.message.as_deref(), Some("invalid SQL"));
+    assert_eq!(result.validation_result.as_deref(), Some("VALIDATION_RESULT_INVALID_QUERY"));
+    assert_eq!(result.validation_errors.len(), 1);
+    let issue = &result.validation_errors[0];
+    assert_eq!((issue.line.clone(), issue.column.clone()), (json!(3), json!(10)));
+    assert_eq!((issue.end_line.clone(), issue.end_column.clone()), (json!(3), json!(14)));
+    assert_eq!(issue.message.as_deref(), Some("Object 'orders' not found"));
+}
+
+#[tokio::test]
+async fn throttling_is_rate_limited_with_the_retry_after_hint() {
+    let running = start(Scenario::default()).await;
+    running.simulator.set_script(
+        "t-busy",
+        steps(json!([{"error": "Throttling.User", "retry_after_ms": 500}, {"status": "EXECUTING"}])),
+    );
+    let flink = default_client(&running.simulator);
+    let error = poll(&flink, "t-busy").await.expect_err("throttled");
+    let FlinkError::RateLimited { error, retry_after } = error else { panic!("expected RateLimited, got {error:?}") };
+    assert_eq!(retry_after, Some(Duration::from_millis(500)));
+    assert_eq!(error.code.as_deref(), Some("Throttling.User"));
+    assert_eq!(error.http_status, Some(429));
+    assert!(error.request_id.is_some());
+    assert_eq!(status_of(&poll(&flink, "t-busy").await.expect("then answered")), "EXECUTING");
+    let answers: Vec<String> = running.simulator.requests().into_iter().map(|entry| entry.answer).collect();
+    assert_eq!(answers, ["throttled", "EXECUTING"]);
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_a_network_error() {
+    let running = start(Scenario::default()).await;
+    running.simulator.set_script("t-drop", steps(json!([{"drop": true}, {"status": "INIT"}])));
+    let flink = default_client(&running.simulator);
+    let error = poll(&flink, "t-drop").await.expect_err("dropped");
+    assert!(matches!(error, FlinkError::Network(_)), "{error:?}");
+    assert_eq!(status_of(&poll(&flink, "t-drop").await.expect("a new connection works")), "INIT");
+    let log = running.simulator.requests();
+    assert_eq!((log[0].answer.as_str(), log[0].http_status), ("dropped", None));
+}
+
+#[tokio::test]
+async fn truncated_html_and_oversized_answers_are_decode_errors() {
+    let running = start(Scenario::default()).await;
+    running.simulator.set_script(
+        "t-junk",
+        steps(json!([{"truncated": true}, {"html": true}, {"garbage_bytes": 5_000_000}, {"status": "EXECUTING"}])),
+    );
+    let flink = default_client(&running.simulator);
+    let truncated = poll(&flink, "t-junk").await.expect_err("truncated");
+    assert!(matches!(&truncated, FlinkError::Decode(api) if api.http_status == Some(200)), "{truncated:?}");
+    let html = poll(&flink, "t-junk").await.expect_err("html");
+    assert!(matches!(&html, FlinkError::Decode(api) if api.http_status == Some(502)), "{html:?}");
+    assert!(html.message().contains("Bad Gateway"), "{html:?}");
+    let huge = poll(&flink, "t-junk").await.expect_err("too large");
+    assert!(matches!(&huge, FlinkError::Decode(_)) && huge.message().contains("larger than"), "{huge:?}");
+    assert_eq!(status_of(&poll(&flink, "t-junk").await.expect("then a real answer")), "EXECUTING");
+    let answers: Vec<String> = running.simulator.requests().into_iter().map(|entry| entry.answer).collect();
+    assert_eq!(answers, ["truncated", "http 502", "garbage", "EXECUTING"]);
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_a_config_error_quoting_the_server_string_to_sign() {
+    let running = start(Scenario::default()).await;
+    let error = poll(&client(&running.simulator, KEY_ID, "not-the-secret", None), "t-1").await.expect_err("refused");
+    let FlinkError::Config(api) = &error else { panic!("expected Config, got {error:?}") };
+    assert_eq!(api.code.as_deref(), Some("SignatureDoesNotMatch"));
+    assert_eq!(api.http_status, Some(400));
+    let message = api.message.as_deref().unwrap_or("");
+    assert!(
+        message.starts_with(
+            "Specified signature does not match our calculation. server StringToSign is [ACS3-HMAC-SHA256\n"
+        ),
+        "{message}"
+    );
+    assert_eq!(running.simulator.requests()[0].answer, "signature mismatch");
+    assert_eq!(running.simulator.polls_of("t-1"), 0, "a refused request plays no step");
+}
+
+#[tokio::test]
+async fn a_request_without_the_workspace_header_is_refused() {
+    let running = start(Scenario::default()).await;
+    let headers = signed_headers(&running.simulator, "GET", POLL_PATH, POLL_ACTION, &["workspace"], &[]);
+    let (status, response_headers, body) = send(&running.simulator, "GET", POLL_PATH, &headers, Vec::new()).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["Code"], "MissingWorkspace");
+    assert!(body["Message"].as_str().unwrap_or("").contains("workspace header is required"), "{body}");
+    assert!(body["RequestId"].is_string() && body["HostId"].is_string() && body["Recommend"].is_string());
+    assert!(response_headers.contains_key("date"));
+    assert_eq!(response_headers["content-type"], "application/json;charset=utf-8");
+    let entry = &running.simulator.requests()[0];
+    assert_eq!((entry.answer.as_str(), entry.workspace.as_deref()), ("rejected MissingWorkspace", None));
+}
+
+#[tokio::test]
+async fn awkward_ticket_ids_and_namespaces_round_trip() {
+    let running = start(Scenario::default()).await;
+    let ticket_id = "a/b c+d:e-ü-日本";
+    let namespace = "team/a b";
+    running.simulator.set_script(ticket_id, vec![Step::finished_ok()]);
+    let flink = default_client(&running.simulator);
+    let reference = TicketRef { namespace, workspace: "ws-1", ticket_id, region: None };
+    let polled = tokio::time::timeout(HANG, flink.get_deploy_result(reference)).await.expect("no hang");
+    assert_eq!(status_of(&polled.expect("the odd id is accepted")), "FINISHED");
+    let entry = &running.simulator.requests()[0];
+    assert_eq!(entry.ticket_id.as_deref(), Some(ticket_id));
+    assert_eq!(entry.namespace, namespace);
+    assert_eq!(running.simulator.polls_of(ticket_id), 1);
+}
+
+#[tokio::test]
+async fn rotated_credentials_take_effect_at_once() {
+    let running = start(Scenario::default()).await;
+    let old = default_client(&running.simulator);
+    poll(&old, "t-1").await.expect("the first key works");
+    running.simulator.set_credentials(vec![("LTAI-new".to_owned(), "new-secret".to_owned())]);
+    let error = poll(&old, "t-1").await.expect_err("the old key is gone");
+    assert!(
+        matches!(&error, FlinkError::Credentials(api) if api.code.as_deref() == Some("InvalidAccessKeyId.NotFound"))
+    );
+    let new = client(&running.simulator, "LTAI-new", "new-secret", None);
+    assert_eq!(status_of(&poll(&new, "t-1").await.expect("the new key works")), "EXECUTING");
+}
+
+#[tokio::test]
+async fn the_request_log_records_arrival_and_answer() {
+    let running = start(Scenario::default()).await;
+    running.simulator.set_script("t-log", vec![Step::status("INIT").with_delay_ms(50)]);
+    poll(&default_client(&running.simulator), "t-log").await.expect("answered");
+    let log = running.simulator.requests();
+    assert_eq!(log.len(), 1);
+    let entry = &log[0];
+    assert_eq!(entry.seq, 0);
+    assert_eq!(entry.action, POLL_ACTION);
+    assert_eq!(entry.namespace, "ns");
+    assert_eq!(entry.workspace.as_deref(), Some("ws-1"));
+    assert_eq!(entry.ticket_id.as_deref(), Some("t-log"));
+    assert_eq!((entry.answer.as_str(), entry.http_status), ("INIT", Some(200)));
+    assert!(entry.finished_at - entry.started_at >= chrono::TimeDelta::milliseconds(50), "{entry:?}");
+    let round_trip: LoggedRequest =
+        serde_json::from_str(&serde_json::to_string(entry).expect("serialises")).expect("parses back");
+    assert_eq!(round_trip.finished_at.timestamp_millis(), entry.finished_at.timestamp_millis());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_does_not_hold_up_other_requests() {
+    let running = start(Scenario::default()).await;
+    running.simulator.set_script("t-slow", vec![Step::status("INIT").with_delay_ms(60_000)]);
+    running.simulator.set_script("t-fast", vec![Step::status("EXECUTING")]);
+    let flink = default_client(&running.simulator);
+    let slow = tokio::spawn({
+        let flink = flink.clone();
+        async move { flink.get_deploy_result(ticket("t-slow")).await.map(|_| ()) }
+    });
+    // The slow poll is in flight once it has taken its step.
+    tokio::time::timeout(HANG, async {
+        while running.simulator.polls_of("t-slow") == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the slow poll arrives");
+    assert_eq!(status_of(&poll(&flink, "t-fast").await.expect("answered meanwhile")), "EXECUTING");
+    assert!(!slow.is_finished());
+    slow.abort();
+}
+
+#[tokio::test]
+async fn a_deployed_draft_gets_a_ticket_playing_its_draft_rule() {
+    let scenario = Scenario::default().with_draft("draft-bad", vec![Step::status("FAILED")]);
+    let running = start(scenario).await;
+    let flink = default_client(&running.simulator);
+    let request = DeployRequest {
+        namespace: "ns",
+        workspace: "ws-1",
+        draft_id: "draft-bad",
+        target: Some("default-queue"),
+        skip_validate: false,
+        region: None,
+    };
+    let (ticket_id, request_id) = flink.deploy_draft(&request).await.expect("deployed");
+    assert_eq!(ticket_id.len(), 36);
+    assert!(request_id.is_some());
+    assert_eq!(status_of(&poll(&flink, &ticket_id).await.expect("polled")), "FAILED");
+
+    let other = DeployRequest { draft_id: "draft-other", target: None, skip_validate: true, ..request };
+    let (other_ticket, _) = flink.deploy_draft(&other).await.expect("deployed");
+    assert_ne!(other_ticket, ticket_id);
+    assert_eq!(status_of(&poll(&flink, &other_ticket).await.expect("polled")), "INIT");
+
+    let log = running.simulator.requests();
+    assert_eq!(log[0].action, DEPLOY_ACTION);
+    assert_eq!(log[0].answer, "submitted");
+    assert_eq!(log[0].draft_id.as_deref(), Some("draft-bad"));
+    assert_eq!(log[0].ticket_id.as_deref(), Some(ticket_id.as_str()));
+}
+
+#[tokio::test]
+async fn a_replayed_nonce_is_refused() {
+    let running = start(Scenario::default()).await;
+    let headers = signed_headers(&running.simulator, "GET", POLL_PATH, POLL_ACTION, &[], &[]);
+    let (first, _, body) = send(&running.simulator, "GET", POLL_PATH, &headers, Vec::new()).await;
+    assert_eq!((first, body["data"]["ticketStatus"].as_str()), (200, Some("INIT")));
+    let (second, _, body) = send(&running.simulator, "GET", POLL_PATH, &headers, Vec::new()).await;
+    assert_eq!((second, body["Code"].as_str()), (400, Some("SignatureNonceUsed")));
+}
+
+#[tokio::test]
+async fn a_skewed_clock_is_refused_and_the_date_header_shows_the_simulator_clock() {
+    let running = start_with_offset(Scenario::default(), 3600).await;
+    let error = poll(&default_client(&running.simulator), "t-1").await.expect_err("too far apart");
+    assert!(matches!(&error, FlinkError::Config(api) if api.code.as_deref() == Some("InvalidTimeStamp.Expired")));
+    let (_, headers, _) = send(&running.simulator, "GET", "/nowhere", &[], Vec::new()).await;
+    let date = headers["date"].to_str().expect("ASCII");
+    let date = chrono::DateTime::parse_from_rfc2822(date).expect("an HTTP date").with_timezone(&Utc);
+    let ahead = date - Utc::now();
+    assert!((3500..=3700).contains(&ahead.num_seconds()), "date header {date} is {ahead} ahead");
+}
+
+#[tokio::test]
+async fn sts_requests_need_a_matching_signed_access_key_header() {
+    let running = start(Scenario::default()).await;
+    let sts = client(&running.simulator, KEY_ID, SECRET, Some("token-value"));
+    assert_eq!(status_of(&poll(&sts, "t-1").await.expect("a consistent STS request")), "INIT");
+    let headers = signed_headers(
+        &running.simulator,
+        "GET",
+        POLL_PATH,
+        POLL_ACTION,
+        &[],
+        &[("x-acs-security-token", "token"), ("x-acs-accesskey-id", "someone-else")],
+    );
+    let (status, _, body) = send(&running.simulator, "GET", POLL_PATH, &headers, Vec::new()).await;
+    assert_eq!((status, body["Code"].as_str()), (400, Some("InvalidSecurityToken.MismatchWithAccessKey")));
+}
+
+#[tokio::test]
+async fn unknown_paths_and_actions_are_invalid_actions() {
+    let running = start(Scenario::default()).await;
+    let (status, _, body) = send(&running.simulator, "GET", "/api/v2/namespaces/ns/deployments", &[], Vec::new()).await;
+    assert_eq!((status, body["Code"].as_str()), (404, Some("InvalidAction.NotFound")));
+    let headers = signed_headers(&running.simulator, "GET", POLL_PATH, "ListDeployments", &[], &[]);
+    let (status, _, body) = send(&running.simulator, "GET", POLL_PATH, &headers, Vec::new()).await;
+    assert_eq!((status, body["Code"].as_str()), (404, Some("InvalidAction.NotFound")));
+    let answers: Vec<String> = running.simulator.requests().into_iter().map(|entry| entry.answer).collect();
+    assert_eq!(answers, ["unknown api", "unknown api"]);
+}
+
+#[tokio::test]
+async fn not_found_steps_are_ticket_errors_naming_the_ticket() {
+    let running = start(Scenario::default()).await;
+    running.simulator.set_script("t-gone", steps(json!([{"not_found": true}])));
+    let error = poll(&default_client(&running.simulator), "t-gone").await.expect_err("not found");
+    let FlinkError::Ticket(api) = &error else { panic!("expected Ticket, got {error:?}") };
+    assert_eq!((api.http_status, api.code.as_deref()), (Some(404), Some("TicketNotFound")));
+    assert!(api.message.as_deref().unwrap_or("").contains("t-gone"));
+}
+
+#[tokio::test]
+async fn the_control_api_drives_a_simulator_from_outside() {
+    let running = start(Scenario::default()).await;
+    let simulator = &running.simulator;
+    let (status, _, body) = send(simulator, "GET", "/_sim/healthz", &[], Vec::new()).await;
+    assert_eq!((status, body), (200, json!({"status": "ok"})));
+
+    let script = br#"[{"status":"FAILED","message":"JobManager failed"}]"#.to_vec();
+    let (status, _, _) = send(simulator, "PUT", "/_sim/tickets/ctl%2F1", &[], script).await;
+    assert_eq!(status, 204);
+    let flink = default_client(simulator);
+    let polled = poll(&flink, "ctl/1").await.expect("polled");
+    assert_eq!((status_of(&polled), polled.result.message.as_deref()), ("FAILED", Some("JobManager failed")));
+    let (_, _, body) = send(simulator, "GET", "/_sim/tickets/ctl%2F1", &[], Vec::new()).await;
+    assert_eq!(body, json!({"ticket_id": "ctl/1", "polls": 1}));
+
+    let (status, _, body) = send(simulator, "PUT", "/_sim/tickets/x", &[], br#"[{"stauts":"INIT"}]"#.to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap_or("").contains("stauts"), "{body}");
+
+    let (_, _, body) = send(simulator, "GET", "/_sim/requests", &[], Vec::new()).await;
+    let log: Vec<LoggedRequest> = serde_json::from_value(body).expect("the log parses");
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].ticket_id.as_deref(), Some("ctl/1"));
+
+    let keys = br#"[{"access_key_id":"LTAI-other","access_key_secret":"s"}]"#.to_vec();
+    let (status, _, _) = send(simulator, "PUT", "/_sim/credentials", &[], keys).await;
+    assert_eq!(status, 204);
+    let error = poll(&flink, "ctl/1").await.expect_err("the old key was replaced");
+    assert!(matches!(error, FlinkError::Credentials(_)), "{error:?}");
+    assert_eq!(status_of(&poll(&client(simulator, "LTAI-other", "s", None), "ctl/1").await.expect("ok")), "FAILED");
+}
