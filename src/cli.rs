@@ -92,11 +92,27 @@ pub enum Command {
         #[command(flatten)]
         which: Which,
     },
+    /// Serve the simulated Flink API alone, to try the daemon and a webhook consumer end to end.
+    Simulate {
+        /// Address to listen on.
+        #[arg(long, default_value = DEFAULT_SIMULATOR_LISTEN, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// Scenario file (see config/simulator-example.toml); without it every ticket goes INIT,
+        /// EXECUTING, FINISHED.
+        #[arg(long, value_name = "FILE")]
+        scenario: Option<PathBuf>,
+    },
     /// Validate and print the effective configuration (secrets redacted).
     CheckConfig,
     /// Apply database migrations and exit.
     Migrate,
 }
+
+/// Where `simulate` listens unless told otherwise.
+pub const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:9188";
+
+/// The access key pair `simulate` accepts when the configuration names none.
+pub const SIMULATOR_DEMO_CREDENTIALS: (&str, &str) = ("flink-ticketd-demo", "flink-ticketd-demo-secret");
 
 /// Narrows a ticket ID that exists in several workspaces or namespaces.
 #[derive(Debug, Clone, clap::Args)]
@@ -146,6 +162,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
     match cli.command {
         Command::Run => crate::run(config, clock, shutdown).await?,
         Command::CheckConfig => check_config(&config)?,
+        Command::Simulate { listen, scenario } => simulate(&config, listen, scenario.as_deref(), shutdown).await?,
         Command::Migrate => {
             let store = Store::open(&config.database).await?;
             for (version, description) in store.applied_migrations().await.context("listing migrations")? {
@@ -223,6 +240,45 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             println!("ticket {ticket_id} cancelled");
         }
     }
+    Ok(())
+}
+
+async fn simulate(
+    config: &Config,
+    listen: std::net::SocketAddr,
+    scenario: Option<&std::path::Path>,
+    shutdown: CancellationToken,
+) -> Result<(), CliError> {
+    use secrecy::ExposeSecret as _;
+
+    use crate::simulator::{Scenario, Simulator, SimulatorSettings};
+    let scenario = match scenario {
+        Some(path) => Scenario::load(path).map_err(|error| CliError::Usage(format!("{error:#}")))?,
+        None => Scenario::default(),
+    };
+    let credentials = match &config.flink.credentials {
+        Some(credentials) => {
+            vec![(credentials.access_key_id.clone(), credentials.access_key_secret.expose_secret().to_owned())]
+        }
+        None => vec![(SIMULATOR_DEMO_CREDENTIALS.0.to_owned(), SIMULATOR_DEMO_CREDENTIALS.1.to_owned())],
+    };
+    let key_id = credentials[0].0.clone();
+    let simulator =
+        Simulator::start(listen, SimulatorSettings { credentials, scenario, clock_offset_secs: 0 }, shutdown.clone())
+            .await
+            .with_context(|| format!("starting the simulator on {listen}"))?;
+    println!("simulated Flink API listening on {}", simulator.base_url());
+    if config.flink.credentials.is_some() {
+        println!("accepting requests signed with the configured access key {key_id}");
+    } else {
+        println!(
+            "accepting requests signed with access key {} / secret {} (demo credentials; set \
+             flink.access_key_id and flink.access_key_secret to use your own)",
+            SIMULATOR_DEMO_CREDENTIALS.0, SIMULATOR_DEMO_CREDENTIALS.1
+        );
+    }
+    println!("point the daemon at it with FLINK_TICKETD_FLINK__ENDPOINT={}", simulator.base_url());
+    shutdown.cancelled().await;
     Ok(())
 }
 

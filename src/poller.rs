@@ -718,7 +718,12 @@ mod tests {
     }
 
     fn api(code: &str) -> ApiError {
-        ApiError { http_status: Some(400), code: Some(code.to_owned()), message: Some("m".to_owned()), request_id: Some("Q".to_owned()) }
+        ApiError {
+            http_status: Some(400),
+            code: Some(code.to_owned()),
+            message: Some("m".to_owned()),
+            request_id: Some("Q".to_owned()),
+        }
     }
 
     #[test]
@@ -764,10 +769,11 @@ mod tests {
 
     #[test]
     fn jitter_moves_the_next_poll_within_floor_and_ceiling() {
-        let at = |jitter| match decide(&ticket(10, 0, later()), Ok(&polled("EXECUTING", None)), now(), &policy(), jitter) {
-            Decision::Reschedule(reschedule) => reschedule.next_poll_at - now(),
-            other => panic!("{other:?}"),
-        };
+        let at =
+            |jitter| match decide(&ticket(10, 0, later()), Ok(&polled("EXECUTING", None)), now(), &policy(), jitter) {
+                Decision::Reschedule(reschedule) => reschedule.next_poll_at - now(),
+                other => panic!("{other:?}"),
+            };
         assert_eq!(at(0.0), chrono::Duration::seconds(1), "floor is half the initial interval");
         assert_eq!(at(0.5), chrono::Duration::seconds(15));
         assert_eq!(at(0.999_999), chrono::Duration::microseconds(29_999_970));
@@ -801,8 +807,10 @@ mod tests {
 
     #[test]
     fn server_retry_after_hint_wins_over_the_schedule() {
-        let error = FlinkError::RateLimited { error: api("Throttling"), retry_after: Some(Duration::from_millis(1500)) };
-        let Decision::Reschedule(reschedule) = decide(&ticket(0, 6, later()), Err(&error), now(), &policy(), 1.0) else {
+        let error =
+            FlinkError::RateLimited { error: api("Throttling"), retry_after: Some(Duration::from_millis(1500)) };
+        let Decision::Reschedule(reschedule) = decide(&ticket(0, 6, later()), Err(&error), now(), &policy(), 1.0)
+        else {
             panic!("expected a reschedule")
         };
         assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::milliseconds(1500));
@@ -873,7 +881,11 @@ mod tests {
         assert_eq!(gate.hold_until(now(), hold), Some(until));
         assert_eq!(gate.hold_until(until, hold), None, "the pause ended: a probe may go");
         assert!(gate.start_probe());
-        assert_eq!(gate.hold_until(until, hold), Some(until + chrono::Duration::seconds(2)), "others wait for the probe");
+        assert_eq!(
+            gate.hold_until(until, hold),
+            Some(until + chrono::Duration::seconds(2)),
+            "others wait for the probe"
+        );
         assert_eq!(gate.rejected(until, &schedule, true), None);
         assert_eq!(gate.paused_until(), Some(until + chrono::Duration::seconds(4)), "the pause doubles");
         assert!(gate.start_probe());
