@@ -45,8 +45,10 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
         u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
     ));
     let owner = lease_owner_prefix();
+    let (recorder, recorder_task) = store.recorder();
     let poller = Arc::new(Poller::new(
         store.clone(),
+        recorder,
         flink,
         Arc::clone(&clock),
         config.poll,
@@ -72,6 +74,11 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
     tracker.close();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
         warn!(grace = ?config.shutdown_grace, "in-flight work did not finish within the grace period");
+    }
+    // The recorder task ends once the poller and every finished poll have dropped their handles.
+    drop(poller);
+    if tokio::time::timeout(config.shutdown_grace, recorder_task).await.is_err() {
+        warn!("poll results still being written at the end of the grace period");
     }
     match store.release_tickets(&format!("{owner}#"), clock.now()).await {
         Ok(0) => {}

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{Sqlite, Transaction};
+use sqlx::SqliteConnection;
 
 use super::{Store, at};
 
@@ -98,7 +98,7 @@ pub struct NewDelivery {
 /// Inserts one delivery inside the caller's transaction; a second insert of the same
 /// (`webhook_id`, `url`) is ignored, so one outcome never gets two IDs.
 pub(super) async fn insert(
-    transaction: &mut Transaction<'static, Sqlite>,
+    connection: &mut SqliteConnection,
     delivery: &NewDelivery,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
@@ -114,7 +114,7 @@ pub(super) async fn insert(
     .bind(&delivery.event_type)
     .bind(&delivery.payload)
     .bind(&now)
-    .execute(&mut **transaction)
+    .execute(connection)
     .await?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! held across a network call: callers claim, commit, call, then record in a new transaction.
 
 pub mod deliveries;
+pub mod recorder;
 pub mod tickets;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use deliveries::{Delivery, DeliveryState, NewDelivery};
+pub use recorder::{Announce, RecordError, Recorder};
 pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 
 use crate::clock::format_instant;
@@ -80,7 +82,8 @@ impl Store {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
-            .connect_with(options.clone())
+            // The writer walks the queue's indexes all day: give it a larger page cache (in KiB).
+            .connect_with(options.clone().pragma("cache_size", "-8192"))
             .await
             .with_context(|| format!("opening sqlite database at {}", settings.path.display()))?;
         let reader = SqlitePoolOptions::new()
@@ -117,27 +120,6 @@ impl Store {
             .fetch_all(&self.reader)
             .await
     }
-}
-
-/// Runs a write again, a few times with jittered backoff, when it failed only because another
-/// program held SQLite's write lock past `busy_timeout` ("database is locked"). Other errors
-/// return at once. This is an in-process retry of one statement; nothing about it is persisted.
-pub async fn retry_when_busy<T, F, Fut>(write: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    use backon::Retryable as _;
-    let policy = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(4)
-        .with_jitter();
-    write
-        .retry(policy)
-        .when(is_busy)
-        .notify(|error, delay| tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write"))
-        .await
 }
 
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).

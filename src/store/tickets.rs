@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::deliveries::{self, NewDelivery};
 use super::{Lease, Store, at};
@@ -165,7 +165,8 @@ impl Store {
     /// The earliest `next_poll_at` of a pending ticket (a lease counts as not due until it lapses).
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let next: Option<String> = sqlx::query_scalar(
-            "SELECT next_poll_at FROM tickets WHERE state = 'pending' ORDER BY next_poll_at LIMIT 1",
+            "SELECT next_poll_at FROM tickets INDEXED BY tickets_due
+             WHERE state = 'pending' ORDER BY next_poll_at LIMIT 1",
         )
         .fetch_optional(&self.reader)
         .await?;
@@ -192,7 +193,7 @@ impl Store {
             "UPDATE tickets
              SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
                  deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
-             WHERE id IN (SELECT id FROM tickets
+             WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
                           WHERE state = 'pending' AND next_poll_at <= ?3
                           ORDER BY next_poll_at LIMIT ?5)
              RETURNING *",
@@ -215,21 +216,8 @@ impl Store {
         now: DateTime<Utc>,
         update: &Reschedule,
     ) -> Result<bool, sqlx::Error> {
-        let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
-        query.push(", next_poll_at = ").push_bind(at(update.next_poll_at));
-        query.push(", running_streak = ").push_bind(update.running_streak);
-        query.push(", error_streak = ").push_bind(update.error_streak);
-        push_common(&mut query, now, update.polled, update.request_id.as_deref());
-        if let Some(answer) = &update.answer {
-            push_answer(&mut query, answer);
-            query.push(", error_code = NULL, error_message = NULL");
-        }
-        if let Some((code, message)) = &update.error {
-            query.push(", error_code = ").push_bind(code.as_str());
-            query.push(", error_message = ").push_bind(message.as_str());
-        }
-        push_fence(&mut query, lease, id);
-        Ok(query.build().execute(&self.writer).await?.rows_affected() == 1)
+        let mut connection = self.writer.acquire().await?;
+        record_progress_on(&mut connection, lease, id, now, update).await
     }
 
     /// Records the final state and, in the same transaction, its [`Announcement`] (the webhook
@@ -244,43 +232,10 @@ impl Store {
         finish: &Finish,
         announce: impl FnOnce(&Ticket) -> Announcement,
     ) -> Result<Option<usize>, sqlx::Error> {
-        let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
-        query.push(", state = ").push_bind(finish.state.as_str());
-        query.push(", finished_at = ").push_bind(at(now));
-        push_common(&mut query, now, finish.polled, finish.request_id.as_deref());
-        if let Some(answer) = &finish.answer {
-            push_answer(&mut query, answer);
-        }
-        match (&finish.error, &finish.answer) {
-            (Some((code, message)), _) => {
-                query.push(", error_code = ").push_bind(code.as_str());
-                query.push(", error_message = ").push_bind(message.as_str());
-            }
-            (None, Some(_)) => {
-                query.push(", error_code = NULL, error_message = NULL");
-            }
-            (None, None) => {}
-        }
-        push_fence(&mut query, lease, id);
-        query.push(" RETURNING *");
-
         let mut transaction = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(ticket) = query.build_query_as::<Ticket>().fetch_optional(&mut *transaction).await? else {
-            return Ok(None);
-        };
-        let announcement = announce(&ticket);
-        for delivery in &announcement.deliveries {
-            deliveries::insert(&mut transaction, delivery, now).await?;
-        }
-        if let Some(note) = &announcement.webhook_note {
-            sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
-                .bind(note)
-                .bind(id)
-                .execute(&mut *transaction)
-                .await?;
-        }
+        let written = record_final_on(&mut transaction, lease, id, now, finish, announce).await?;
         transaction.commit().await?;
-        Ok(Some(announcement.deliveries.len()))
+        Ok(written)
     }
 
     /// Moves every pending, unclaimed ticket of `workspace` due before `until` to `until`.
@@ -390,6 +345,76 @@ impl Store {
     pub async fn count_tickets_by_state(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         sqlx::query_as("SELECT state, count(*) FROM tickets GROUP BY state").fetch_all(&self.reader).await
     }
+}
+
+/// [`Store::record_progress`] on a given connection (the caller owns any transaction).
+pub(super) async fn record_progress_on(
+    connection: &mut SqliteConnection,
+    lease: &Lease,
+    id: i64,
+    now: DateTime<Utc>,
+    update: &Reschedule,
+) -> Result<bool, sqlx::Error> {
+    let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
+    query.push(", next_poll_at = ").push_bind(at(update.next_poll_at));
+    query.push(", running_streak = ").push_bind(update.running_streak);
+    query.push(", error_streak = ").push_bind(update.error_streak);
+    push_common(&mut query, now, update.polled, update.request_id.as_deref());
+    if let Some(answer) = &update.answer {
+        push_answer(&mut query, answer);
+        query.push(", error_code = NULL, error_message = NULL");
+    }
+    if let Some((code, message)) = &update.error {
+        query.push(", error_code = ").push_bind(code.as_str());
+        query.push(", error_message = ").push_bind(message.as_str());
+    }
+    push_fence(&mut query, lease, id);
+    Ok(query.build().execute(&mut *connection).await?.rows_affected() == 1)
+}
+
+/// [`Store::record_final`] inside the caller's transaction.
+pub(super) async fn record_final_on(
+    connection: &mut SqliteConnection,
+    lease: &Lease,
+    id: i64,
+    now: DateTime<Utc>,
+    finish: &Finish,
+    announce: impl FnOnce(&Ticket) -> Announcement,
+) -> Result<Option<usize>, sqlx::Error> {
+    let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
+    query.push(", state = ").push_bind(finish.state.as_str());
+    query.push(", finished_at = ").push_bind(at(now));
+    push_common(&mut query, now, finish.polled, finish.request_id.as_deref());
+    if let Some(answer) = &finish.answer {
+        push_answer(&mut query, answer);
+    }
+    match (&finish.error, &finish.answer) {
+        (Some((code, message)), _) => {
+            query.push(", error_code = ").push_bind(code.as_str());
+            query.push(", error_message = ").push_bind(message.as_str());
+        }
+        (None, Some(_)) => {
+            query.push(", error_code = NULL, error_message = NULL");
+        }
+        (None, None) => {}
+    }
+    push_fence(&mut query, lease, id);
+    query.push(" RETURNING *");
+    let Some(ticket) = query.build_query_as::<Ticket>().fetch_optional(&mut *connection).await? else {
+        return Ok(None);
+    };
+    let announcement = announce(&ticket);
+    for delivery in &announcement.deliveries {
+        deliveries::insert(&mut *connection, delivery, now).await?;
+    }
+    if let Some(note) = &announcement.webhook_note {
+        sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
+            .bind(note)
+            .bind(id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(Some(announcement.deliveries.len()))
 }
 
 fn push_common(query: &mut QueryBuilder<'_, Sqlite>, now: DateTime<Utc>, polled: bool, request_id: Option<&str>) {

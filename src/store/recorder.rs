@@ -1,0 +1,232 @@
+//! Group commit for poll results. Many polls finish at about the same time; writing each in its
+//! own transaction makes SQLite's single writer the bottleneck (every commit appends pages to the
+//! WAL). [`Recorder`] funnels the writes to one task that runs whatever is waiting in one
+//! `BEGIN IMMEDIATE` transaction, each write inside its own savepoint so that one failing write
+//! never takes the others down with it, and answers every caller once the batch commits.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use super::tickets::{Announcement, Finish, Reschedule, Ticket, record_final_on, record_progress_on};
+use super::{Lease, Store, is_busy};
+
+/// Most writes one transaction takes.
+pub const MAX_BATCH: usize = 256;
+
+/// Builds a final state's announcement from the final row (see `Store::record_final`). It may
+/// run more than once when a batch is retried, so it must not have side effects.
+pub type Announce = std::sync::Arc<dyn Fn(&Ticket) -> Announcement + Send + Sync>;
+
+/// A handle for recording poll results through the group-commit task. Cheap to clone; the task
+/// ends when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    jobs: mpsc::Sender<Job>,
+}
+
+enum Job {
+    Progress {
+        lease: Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        update: Reschedule,
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    Final {
+        lease: Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        finish: Finish,
+        announce: Announce,
+        reply: oneshot::Sender<Result<Option<usize>, String>>,
+    },
+}
+
+/// A write the recorder could not make; the ticket is polled again when its lease lapses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("recording failed: {0}")]
+pub struct RecordError(pub String);
+
+impl Store {
+    /// Starts the group-commit task for this store and returns its handle, plus the task to await
+    /// at shutdown (it ends once every handle is dropped and the last batch is written).
+    pub fn recorder(&self) -> (Recorder, tokio::task::JoinHandle<()>) {
+        let (jobs, receiver) = mpsc::channel(MAX_BATCH * 4);
+        let task = tokio::spawn(run(self.clone(), receiver));
+        (Recorder { jobs }, task)
+    }
+}
+
+impl Recorder {
+    /// [`Store::record_progress`], committed with whatever else is waiting.
+    pub async fn record_progress(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        update: &Reschedule,
+    ) -> Result<bool, RecordError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Progress { lease: lease.clone(), id, now, update: update.clone(), reply };
+        self.submit(job, answer).await
+    }
+
+    /// [`Store::record_final`], committed with whatever else is waiting.
+    pub async fn record_final(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        finish: &Finish,
+        announce: Announce,
+    ) -> Result<Option<usize>, RecordError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Final { lease: lease.clone(), id, now, finish: finish.clone(), announce, reply };
+        self.submit(job, answer).await
+    }
+
+    async fn submit<T>(&self, job: Job, answer: oneshot::Receiver<Result<T, String>>) -> Result<T, RecordError> {
+        self.jobs.send(job).await.map_err(|_| RecordError("the recorder has stopped".to_owned()))?;
+        match answer.await {
+            Ok(result) => result.map_err(RecordError),
+            Err(_) => Err(RecordError("the recorder stopped before answering".to_owned())),
+        }
+    }
+}
+
+async fn run(store: Store, mut receiver: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        write_batch(&store, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Writes one batch, retrying the whole transaction with jittered backoff (an in-process retry,
+/// nothing persisted) while another program holds the write lock past `busy_timeout`. Every job
+/// gets an answer.
+async fn write_batch(store: &Store, jobs: Vec<Job>) {
+    use backon::Retryable as _;
+    let jobs = tokio::sync::Mutex::new(jobs);
+    let shared = &jobs;
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(4)
+        .with_jitter();
+    let result = (move || async move {
+        let mut jobs = shared.lock().await;
+        // Fast path: the whole batch in one transaction, one statement per write. A write that
+        // fails (a constraint, in practice never) sends the batch down the slow path, where
+        // each write has a savepoint of its own and fails alone.
+        match try_batch(store, &mut jobs, Isolation::Shared).await {
+            Err(BatchError::Job(_)) => try_batch(store, &mut jobs, Isolation::PerJob).await,
+            other => other,
+        }
+        .map_err(BatchError::into_sqlx)
+    })
+    .retry(policy)
+    .when(is_busy)
+    .notify(|error, delay| {
+        tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write batch");
+    })
+    .await;
+    if let Err(error) = result {
+        let jobs = jobs.into_inner();
+        tracing::error!(
+            error = %error,
+            writes = jobs.len(),
+            "writing poll results failed; those tickets are polled again when their leases lapse"
+        );
+        for job in jobs {
+            match job {
+                Job::Progress { reply, .. } => drop(reply.send(Err(error.to_string()))),
+                Job::Final { reply, .. } => drop(reply.send(Err(error.to_string()))),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoints: any failing write aborts the batch.
+    Shared,
+    /// A savepoint per write: a failing write is rolled back alone and reported to its caller.
+    PerJob,
+}
+
+enum BatchError {
+    /// The transaction itself failed (begin, commit, savepoint handling): retry the batch.
+    Transaction(sqlx::Error),
+    /// One write failed on the shared path.
+    Job(sqlx::Error),
+}
+
+impl BatchError {
+    fn into_sqlx(self) -> sqlx::Error {
+        match self {
+            BatchError::Transaction(error) | BatchError::Job(error) => error,
+        }
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        BatchError::Transaction(error)
+    }
+}
+
+/// One transaction over the batch. On success every job is answered and `jobs` is emptied; on an
+/// error nothing is answered (the transaction rolls back when dropped) and `jobs` is left as it
+/// was, for another try.
+async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> Result<(), BatchError> {
+    enum Outcome {
+        Progress(Result<bool, String>),
+        Final(Result<Option<usize>, String>),
+    }
+    let mut transaction = store.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs.iter() {
+        if isolation == Isolation::PerJob {
+            sqlx::query("SAVEPOINT job").execute(&mut *transaction).await?;
+        }
+        let outcome = match job {
+            Job::Progress { lease, id, now, update, .. } => Outcome::Progress(
+                record_progress_on(&mut transaction, lease, *id, *now, update).await.map_err(|error| error.to_string()),
+            ),
+            Job::Final { lease, id, now, finish, announce, .. } => Outcome::Final(
+                record_final_on(&mut transaction, lease, *id, *now, finish, |row| announce(row))
+                    .await
+                    .map_err(|error| error.to_string()),
+            ),
+        };
+        let failed = matches!(&outcome, Outcome::Progress(Err(_)) | Outcome::Final(Err(_)));
+        match isolation {
+            Isolation::Shared if failed => {
+                let (Outcome::Progress(Err(message)) | Outcome::Final(Err(message))) = outcome else {
+                    unreachable!("failed is true only for errors")
+                };
+                return Err(BatchError::Job(sqlx::Error::Protocol(message)));
+            }
+            Isolation::Shared => {}
+            Isolation::PerJob => {
+                if failed {
+                    sqlx::query("ROLLBACK TO job").execute(&mut *transaction).await?;
+                }
+                sqlx::query("RELEASE job").execute(&mut *transaction).await?;
+            }
+        }
+        outcomes.push(outcome);
+    }
+    transaction.commit().await?;
+    for (job, outcome) in jobs.drain(..).zip(outcomes) {
+        // A caller that gave up waiting (shutdown) no longer needs its answer.
+        match (job, outcome) {
+            (Job::Progress { reply, .. }, Outcome::Progress(result)) => drop(reply.send(result)),
+            (Job::Final { reply, .. }, Outcome::Final(result)) => drop(reply.send(result)),
+            _ => unreachable!("outcomes are pushed in job order, one per job"),
+        }
+    }
+    Ok(())
+}
