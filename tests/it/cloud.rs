@@ -354,3 +354,81 @@ async fn check_config_names_the_credential_source_without_contacting_it() {
         unsupported.stderr
     );
 }
+
+/// A TLS front on 127.0.0.1 for `upstream` (the simulator): it serves the fixture certificate,
+/// issued by `tests/fixtures/test-ca.pem` for 127.0.0.1, and forwards the bytes unchanged.
+async fn tls_front(upstream: std::net::SocketAddr, shutdown: tokio_util::sync::CancellationToken) -> String {
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("localhost-cert.pem"))
+        .expect("the certificate fixture opens")
+        .collect::<Result<_, _>>()
+        .expect("the certificate fixture parses");
+    let key = PrivateKeyDer::from_pem_file(fixture("localhost-key.pem")).expect("the key fixture parses");
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .expect("the fixture key matches its certificate");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let address = listener.local_addr().expect("a bound address");
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    format!("https://{address}")
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+#[tokio::test]
+async fn extra_ca_bundle_lets_the_daemon_reach_an_endpoint_with_a_private_certificate() {
+    use flink_ticketd::flink::{CredentialProvider, Credentials, FlinkClient, FlinkError, TicketRef};
+
+    let env = TestEnv::new("").await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let endpoint = Url::parse(&tls_front(env.sim.local_addr(), shutdown.clone()).await).expect("a URL");
+
+    let mut settings = env.config(|_| {}).flink.client;
+    settings.endpoints.override_url = Some(endpoint.clone());
+    let credentials = CredentialProvider::fixed(
+        "test",
+        Credentials {
+            access_key_id: crate::harness::KEY_ID.to_owned(),
+            access_key_secret: secrecy::SecretString::from(KEY_SECRET.to_owned()),
+            security_token: None,
+        },
+    );
+    let untrusting = FlinkClient::new(&settings, credentials, Arc::new(flink_ticketd::clock::SystemClock))
+        .expect("the client builds");
+    let ticket = TicketRef { namespace: "ns", workspace: "ws", ticket_id: "t-0", region: None };
+    let refused = untrusting.get_deploy_result(ticket).await.expect_err("the private CA is not trusted by default");
+    assert!(matches!(&refused, FlinkError::Network(message) if message.contains("certificate")), "{refused}");
+
+    let daemon = env
+        .spawn_daemon(move |config| {
+            config.flink.client.endpoints.override_url = Some(endpoint);
+            config.flink.client.ca_file = Some(fixture("test-ca.pem"));
+        })
+        .await;
+    env.insert("t-1", "ns", "ws").await;
+    assert_eq!(env.wait_final("t-1").await.state, "succeeded");
+    daemon.stop().await.expect("the daemon stops cleanly");
+    shutdown.cancel();
+}
