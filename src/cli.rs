@@ -193,7 +193,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match cli.command {
-        Command::Run => crate::run(config, clock, shutdown).await?,
+        Command::Run => crate::run(config, clock, shutdown).await.map_err(usage_if_setup_is_wrong)?,
         Command::CheckConfig => check_config(&config)?,
         Command::Simulate { listen, scenario } => simulate(&config, listen, scenario.as_deref(), shutdown).await?,
         Command::Migrate => {
@@ -236,7 +236,10 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
         Command::Deploy { namespace, workspace, draft_id, target, skip_validate, region, webhook_url, wait, json } => {
             let request =
                 DeployArgs { namespace, workspace, draft_id, target, skip_validate, region, webhook_url, wait, json };
-            deploy(config, clock, request, shutdown).await?;
+            deploy(config, clock, request, shutdown).await.map_err(|error| match error {
+                CliError::Runtime(error) => usage_if_setup_is_wrong(error),
+                usage => usage,
+            })?;
         }
         Command::List { state, limit, json } => {
             let store = Store::open_without_migrating(&config.database).await?;
@@ -498,6 +501,15 @@ async fn find_one(store: &Store, ticket_id: &str, which: &Which) -> Result<Ticke
                 places.join("; ")
             )))
         }
+    }
+}
+
+/// A credential chain that is set up wrongly (or not at all) is invalid configuration (exit 2);
+/// anything else stays a runtime failure (exit 1).
+fn usage_if_setup_is_wrong(error: anyhow::Error) -> CliError {
+    match error.downcast_ref::<crate::flink::CredentialError>() {
+        Some(crate::flink::CredentialError::Invalid(_)) => CliError::Usage(format!("{error:#}")),
+        _ => CliError::Runtime(error),
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flink_ticketd::clock::{Clock, ManualClock};
+use flink_ticketd::flink::CredentialError;
 use flink_ticketd::flink::credentials::ChainEnvironment;
 use flink_ticketd::simulator::{Scenario, Step};
 use serde_json::json;
@@ -223,8 +224,10 @@ async fn daemon_refuses_to_start_when_no_source_gives_credentials() {
         })
         .await;
     let outcome = tokio::time::timeout(HANG, daemon.handle).await.expect("run returns").expect("run joins");
-    let error = format!("{:#}", outcome.expect_err("no credentials"));
-    assert!(error.starts_with("getting Alibaba Cloud credentials: no credentials found"), "{error}");
+    let error = outcome.expect_err("no credentials");
+    assert!(matches!(error.downcast_ref(), Some(CredentialError::Invalid(_))), "{error:#}");
+    let text = format!("{error:#}");
+    assert!(text.starts_with("getting Alibaba Cloud credentials: no credentials found"), "{text}");
 }
 
 #[tokio::test]
@@ -431,4 +434,17 @@ async fn extra_ca_bundle_lets_the_daemon_reach_an_endpoint_with_a_private_certif
     assert_eq!(env.wait_final("t-1").await.state, "succeeded");
     daemon.stop().await.expect("the daemon stops cleanly");
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn run_and_deploy_exit_two_naming_what_was_looked_at_when_no_source_gives_credentials() {
+    let env = TestEnv::new(DRAFTS).await;
+    let config = config_without_keys(&env);
+    for args in [vec!["run"], deploy_args("draft-ok", &["--wait"])] {
+        let failed = env.cli_with(&config, &args, &[]);
+        assert_eq!(failed.code, Some(2), "{args:?}: {}", failed.stderr);
+        assert!(failed.stderr.contains("no credentials found"), "{}", failed.stderr);
+        assert!(failed.stderr.contains("ALIBABA_CLOUD_ECS_METADATA_DISABLED=true"), "{}", failed.stderr);
+    }
+    assert!(env.sim.requests().is_empty());
 }
