@@ -97,8 +97,13 @@ impl Cache {
         }
         match self.refresh_locked(&mut state, None).await {
             Some(credentials) => Ok(credentials),
-            None => match self.held().filter(|held| self.clock.now() < held.expires_at) {
-                Some(held) => Ok(held.credentials),
+            None => match self.held() {
+                Some(held) if self.clock.now() < held.expires_at => Ok(held.credentials),
+                Some(held) => Err(CredentialError::Unavailable(format!(
+                    "the credentials expired at {} and could not be refreshed: {}",
+                    crate::clock::format_instant(held.expires_at),
+                    state.last_error.as_deref().unwrap_or("no refresh was allowed yet")
+                ))),
                 None => Err(CredentialError::Unavailable(
                     state.last_error.clone().unwrap_or_else(|| "no credentials fetched yet".to_owned()),
                 )),
