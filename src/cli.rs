@@ -1,6 +1,8 @@
 //! The command line: argument parsing (clap) and the user commands that are not the daemon
-//! (`enqueue`, `list`, `show`, `retry`, `cancel`, `check-config`, `migrate`). Command output goes
-//! to stdout; errors go to stderr as one line, and the exit code says what kind of failure it was.
+//! (`enqueue`, `deploy`, `list`, `show`, `retry`, `cancel`, `check-config`, `migrate`). Command
+//! output goes to stdout; errors go to stderr as one line, and the exit code says what kind of
+//! failure it was. `deploy --wait` prints validation issues to stderr as `line:column: message`,
+//! the way compilers do, so a CI log reads like a build.
 
 #![expect(clippy::print_stdout, reason = "command output is this module's job")]
 
@@ -52,6 +54,37 @@ pub enum Command {
         /// Ticket IDs returned by DeployDeploymentDraftAsync.
         #[arg(required = true, value_name = "TICKET_ID")]
         ticket_ids: Vec<String>,
+    },
+    /// Deploy a draft (DeployDeploymentDraftAsync), queue the ticket it returns and print its ID.
+    Deploy {
+        /// Flink namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Workspace ID.
+        #[arg(long)]
+        workspace: String,
+        /// The deployment draft to deploy.
+        #[arg(long, value_name = "ID")]
+        draft_id: String,
+        /// Deployment target (queue) name; the workspace's default queue when absent.
+        #[arg(long, value_name = "QUEUE")]
+        target: Option<String>,
+        /// Skip the deep validation before deploying.
+        #[arg(long)]
+        skip_validate: bool,
+        /// Region of the workspace, instead of flink.region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Extra webhook receiver for this ticket (used when webhook.allow_ticket_urls is true).
+        #[arg(long, value_name = "URL")]
+        webhook_url: Option<String>,
+        /// Follow the ticket to its final state: exit 0 when it succeeded, 1 otherwise. Works
+        /// with or without a daemon running on the same database.
+        #[arg(long)]
+        wait: bool,
+        /// Print the ticket as JSON (with --wait, the final row).
+        #[arg(long)]
+        json: bool,
     },
     /// List tickets, newest first.
     List {
@@ -160,7 +193,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match cli.command {
-        Command::Run => crate::run(config, clock, shutdown).await?,
+        Command::Run => crate::run(config, clock, shutdown).await.map_err(usage_if_setup_is_wrong)?,
         Command::CheckConfig => check_config(&config)?,
         Command::Simulate { listen, scenario } => simulate(&config, listen, scenario.as_deref(), shutdown).await?,
         Command::Migrate => {
@@ -172,6 +205,10 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             store.close().await;
         }
         Command::Enqueue { namespace, workspace, webhook_url, region, ticket_ids } => {
+            if let Some(region) = &region {
+                crate::flink::endpoint::check_region(region)
+                    .map_err(|error| CliError::Usage(format!("--region: {error}")))?;
+            }
             let store = Store::open(&config.database).await?;
             let mut failures = 0;
             for ticket_id in ticket_ids {
@@ -195,6 +232,14 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             if failures > 0 {
                 return Err(CliError::Usage(format!("{failures} ticket(s) were not queued")));
             }
+        }
+        Command::Deploy { namespace, workspace, draft_id, target, skip_validate, region, webhook_url, wait, json } => {
+            let request =
+                DeployArgs { namespace, workspace, draft_id, target, skip_validate, region, webhook_url, wait, json };
+            deploy(config, clock, request, shutdown).await.map_err(|error| match error {
+                CliError::Runtime(error) => usage_if_setup_is_wrong(error),
+                usage => usage,
+            })?;
         }
         Command::List { state, limit, json } => {
             let store = Store::open_without_migrating(&config.database).await?;
@@ -282,11 +327,156 @@ async fn simulate(
     Ok(())
 }
 
+/// The arguments of `deploy`.
+struct DeployArgs {
+    namespace: String,
+    workspace: String,
+    draft_id: String,
+    target: Option<String>,
+    skip_validate: bool,
+    region: Option<String>,
+    webhook_url: Option<String>,
+    wait: bool,
+    json: bool,
+}
+
+async fn deploy(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    args: DeployArgs,
+    shutdown: CancellationToken,
+) -> Result<(), CliError> {
+    use crate::flink::{CredentialProvider, DeployRequest, FlinkClient};
+    use crate::poller::{Followed, Poller};
+
+    if let Some(region) = &args.region {
+        crate::flink::endpoint::check_region(region).map_err(|error| CliError::Usage(format!("--region: {error}")))?;
+    }
+    // Open the database first: a deploy whose ticket cannot be recorded should not start.
+    let store = Store::open(&config.database).await?;
+    let credentials = CredentialProvider::start(
+        config.flink.credentials.as_ref(),
+        &config.flink.credential_chain,
+        config.flink.client.ca_file.as_deref(),
+        Arc::clone(&clock),
+    )
+    .await
+    .context("getting Alibaba Cloud credentials")?;
+    let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;
+    let request = DeployRequest {
+        namespace: &args.namespace,
+        workspace: &args.workspace,
+        draft_id: &args.draft_id,
+        target: args.target.as_deref(),
+        skip_validate: args.skip_validate,
+        region: args.region.as_deref(),
+    };
+    let (ticket_id, request_id) = flink
+        .deploy_draft(&request)
+        .await
+        .with_context(|| format!("deploying draft {:?} (DeployDeploymentDraftAsync)", args.draft_id))?;
+    let new = NewTicket {
+        ticket_id: ticket_id.clone(),
+        namespace: args.namespace.clone(),
+        workspace: args.workspace.clone(),
+        region: args.region.clone(),
+        webhook_url: args.webhook_url.clone(),
+        deadline_at: None,
+    };
+    let ticket = store.insert_ticket(&new).await.map_err(|error| {
+        anyhow::anyhow!(
+            "draft {:?} was deployed as ticket {ticket_id} (request {}) but queueing it failed: {}; \
+             queue it with `flink-ticketd enqueue --namespace {} --workspace {} {ticket_id}`",
+            args.draft_id,
+            request_id.as_deref().unwrap_or("?"),
+            describe_insert_error(&error),
+            args.namespace,
+            args.workspace,
+        )
+    })?;
+    if !args.json || !args.wait {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&ticket_json(&ticket)).context("serialising the ticket")?);
+        } else {
+            println!("{ticket_id}");
+        }
+    }
+    if !args.wait {
+        store.close().await;
+        return Ok(());
+    }
+
+    let limiter = Arc::new(crate::ratelimit::RateLimiter::new(
+        config.flink.max_requests_per_second,
+        u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
+    ));
+    let owner = format!("deploy:{}:{:04x}", std::process::id(), rand::random::<u16>());
+    let poller = Poller::new(
+        store.clone(),
+        flink,
+        Arc::clone(&clock),
+        config.poll,
+        Arc::new(config.webhook.clone()),
+        limiter,
+        1,
+        owner,
+    );
+    let followed = poller.follow(ticket.id, &shutdown).await.context("following the ticket")?;
+    store.close().await;
+    let row = match followed {
+        Followed::Final(row) => row,
+        Followed::Paused(row) => {
+            return Err(CliError::Runtime(anyhow::anyhow!(
+                "stopped waiting for ticket {ticket_id}: the API refuses our requests ({}: {}); the ticket stays \
+                 queued for the daemon",
+                row.error_code.as_deref().unwrap_or("?"),
+                row.error_message.as_deref().unwrap_or("")
+            )));
+        }
+        Followed::Cancelled(_) => {
+            return Err(CliError::Runtime(anyhow::anyhow!(
+                "stopped waiting for ticket {ticket_id}; it stays queued for the daemon"
+            )));
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ticket_json(&row)).context("serialising the ticket")?);
+    }
+    let issues: Vec<ValidationIssue> = serde_json::from_str(&row.validation_errors).unwrap_or_default();
+    for issue in &issues {
+        eprintln!("{issue}");
+    }
+    if row.state == TicketState::Succeeded.as_str() {
+        if !args.json {
+            println!(
+                "ticket {ticket_id} succeeded: deployment {}",
+                row.deployment_id.as_deref().unwrap_or("(no deployment id)")
+            );
+        }
+        return Ok(());
+    }
+    let mut why = vec![row.ticket_status.clone(), row.validation_result.clone(), row.message.clone()];
+    if let Some(code) = &row.error_code {
+        why.push(Some(format!("{code}: {}", row.error_message.as_deref().unwrap_or(""))));
+    }
+    let why: Vec<String> = why.into_iter().flatten().filter(|part| !part.trim().is_empty()).collect();
+    Err(CliError::Runtime(anyhow::anyhow!(
+        "ticket {ticket_id} {}{}",
+        row.state,
+        if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
+    )))
+}
+
 fn check_config(config: &Config) -> Result<(), CliError> {
     print!("{}", config.describe());
-    match crate::flink::credentials::resolve(config.flink.credentials.clone(), |name| std::env::var(name).ok()) {
-        Ok(source) => {
-            println!("\n# credentials: {}", source.name);
+    // Planning reads the credential files but never the network: a machine that is not an ECS
+    // instance learns that ECS would be tried, without waiting for the metadata service.
+    match crate::flink::credentials::plan(config.flink.credentials.as_ref(), &config.flink.credential_chain) {
+        Ok(plan) => {
+            println!("\n# credentials: {}", plan.describe());
+            for skipped in plan.skipped() {
+                println!("#   passed over: {skipped}");
+            }
             Ok(())
         }
         Err(problem) => Err(CliError::Usage(format!("invalid configuration:\n  - credentials: {problem}"))),
@@ -311,6 +501,15 @@ async fn find_one(store: &Store, ticket_id: &str, which: &Which) -> Result<Ticke
                 places.join("; ")
             )))
         }
+    }
+}
+
+/// A credential chain that is set up wrongly (or not at all) is invalid configuration (exit 2);
+/// anything else stays a runtime failure (exit 1).
+fn usage_if_setup_is_wrong(error: anyhow::Error) -> CliError {
+    match error.downcast_ref::<crate::flink::CredentialError>() {
+        Some(crate::flink::CredentialError::Invalid(_)) => CliError::Usage(format!("{error:#}")),
+        _ => CliError::Runtime(error),
     }
 }
 

@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::flink::credentials::ChainEnvironment;
 use crate::flink::{ClientSettings, Credentials, Endpoints};
 use crate::store::StoreSettings;
 
@@ -56,6 +57,9 @@ pub struct FlinkConfig {
     pub client: ClientSettings,
     /// Credentials from the configuration keys, if given there.
     pub credentials: Option<Credentials>,
+    /// What the Alibaba Cloud default credential chain looks at when `credentials` is `None`
+    /// (its environment variables and the home directory), captured with the configuration.
+    pub credential_chain: ChainEnvironment,
     /// Global request rate limit.
     pub max_requests_per_second: f64,
     /// Global concurrency limit.
@@ -555,6 +559,7 @@ impl RawConfig {
                     ca_file,
                 },
                 credentials,
+                credential_chain: ChainEnvironment::capture(env.var),
                 max_requests_per_second: self.flink.max_requests_per_second,
                 max_in_flight,
             },

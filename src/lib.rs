@@ -35,10 +35,15 @@ use crate::store::Store;
 /// `shutdown.grace`, hands leases of unfinished work back, and closes the database.
 pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::open(&config.database).await?;
-    let credentials = flink::credentials::resolve(config.flink.credentials.clone(), |name| std::env::var(name).ok())
-        .map_err(anyhow::Error::msg)
-        .context("resolving Alibaba Cloud credentials")?;
-    let source = credentials.name;
+    let credentials = flink::CredentialProvider::start(
+        config.flink.credentials.as_ref(),
+        &config.flink.credential_chain,
+        config.flink.client.ca_file.as_deref(),
+        Arc::clone(&clock),
+    )
+    .await
+    .context("getting Alibaba Cloud credentials")?;
+    let source = credentials.name();
     let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;
     let limiter = Arc::new(RateLimiter::new(
         config.flink.max_requests_per_second,
@@ -59,7 +64,7 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
     ));
     info!(
         database = %store.path().display(),
-        credentials = source,
+        credentials = %source,
         max_in_flight = config.flink.max_in_flight,
         max_requests_per_second = config.flink.max_requests_per_second,
         lease_owner = %owner,

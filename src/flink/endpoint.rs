@@ -38,15 +38,17 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// The base URL for a ticket with the given region override; an error naming the region
-    /// when it is not in the table.
+    /// when it is not in the table. A ticket's own region must be known even when the endpoint
+    /// override sends every request elsewhere, so that a typo is caught the same way everywhere.
     pub fn base_url(&self, ticket_region: Option<&str>) -> Result<Url, String> {
+        if let Some(region) = ticket_region {
+            check_region(region)?;
+        }
         if let Some(url) = &self.override_url {
             return Ok(url.clone());
         }
         let region = ticket_region.unwrap_or(&self.region);
-        if !is_known_region(region) {
-            return Err(format!("unknown region {region:?}"));
-        }
+        check_region(region)?;
         let host = if self.vpc { "ververica-vpc" } else { "ververica" };
         Url::parse(&format!("https://{host}.{region}.aliyuncs.com")).map_err(|error| error.to_string())
     }
@@ -55,6 +57,15 @@ impl Endpoints {
 /// Whether `region` is one the official client knows.
 pub fn is_known_region(region: &str) -> bool {
     REGIONS.contains(&region)
+}
+
+/// `Ok` for a known region, else an error naming it and listing the known ones.
+pub fn check_region(region: &str) -> Result<(), String> {
+    if is_known_region(region) {
+        Ok(())
+    } else {
+        Err(format!("unknown region {region:?}; known regions: {}", REGIONS.join(", ")))
+    }
 }
 
 #[cfg(test)]
@@ -76,13 +87,22 @@ mod tests {
 
     #[test]
     fn unknown_region_is_refused_by_name() {
-        assert_eq!(endpoints(false).base_url(Some("mars-1")), Err("unknown region \"mars-1\"".to_owned()));
+        let error = endpoints(false).base_url(Some("mars-1")).unwrap_err();
+        assert!(error.starts_with("unknown region \"mars-1\"; known regions: cn-qingdao"), "{error}");
     }
 
     #[test]
-    fn override_wins_over_any_region() {
+    fn override_wins_over_any_known_region() {
         let mut endpoints = endpoints(false);
         endpoints.override_url = Some(Url::parse("http://127.0.0.1:9000").unwrap());
-        assert_eq!(endpoints.base_url(Some("mars-1")).unwrap().as_str(), "http://127.0.0.1:9000/");
+        assert_eq!(endpoints.base_url(Some("eu-west-1")).unwrap().as_str(), "http://127.0.0.1:9000/");
+        assert_eq!(endpoints.base_url(None).unwrap().as_str(), "http://127.0.0.1:9000/");
+    }
+
+    #[test]
+    fn unknown_ticket_region_is_refused_even_with_an_override() {
+        let mut endpoints = endpoints(false);
+        endpoints.override_url = Some(Url::parse("http://127.0.0.1:9000").unwrap());
+        assert!(endpoints.base_url(Some("mars-1")).unwrap_err().contains("\"mars-1\""));
     }
 }

@@ -2,7 +2,17 @@
 //! Realtime Compute for Apache Flink (Ververica API 2022-07-18) and classifies what comes back.
 //!
 //! `signing` holds the ACS3-HMAC-SHA256 algorithm, `wire` the JSON shapes and the error table,
-//! `endpoint` the region table. Nothing here touches the database.
+//! `endpoint` the region table, `credentials` the default credential chain. Nothing here touches
+//! the database.
+//!
+//! Beyond one signed request, [`FlinkClient`] retries two kinds of refusal once, at once, with a
+//! fresh date and nonce: `InvalidSecurityToken.*` (after refreshing temporary credentials)
+//! and `InvalidTimeStamp.*` (after measuring the server's clock from its `Date` header). It signs
+//! with the measured clock offset from then on, so a skewed host clock does not stop polling.
+//!
+//! Proxies: the HTTP client honours `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (and
+//! their lower-case forms) as reqwest does by default. Connections are kept alive and reused
+//! across polls (HTTP/1.1, idle for up to a minute).
 
 pub mod credentials;
 pub mod endpoint;
@@ -10,17 +20,19 @@ pub mod signing;
 pub mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use rand::RngCore;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
+use tracing::{info, warn};
 use url::Url;
 
 use crate::clock::Clock;
 use crate::domain::DeployResult;
 
+pub use credentials::{CredentialError, CredentialProvider};
 pub use endpoint::Endpoints;
 
 /// The API version every call names in `x-acs-version`.
@@ -47,10 +59,10 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Where the credentials come from. The value is resolved once at startup.
+/// Fixed credentials with a name; converts into a [`CredentialProvider`] that never refreshes.
 #[derive(Debug, Clone)]
 pub struct CredentialSource {
-    /// Human-readable name of the source, for `check-config` and logs.
+    /// Human-readable name of the source, for logs.
     pub name: &'static str,
     /// The credentials themselves.
     pub credentials: Arc<Credentials>,
@@ -219,23 +231,32 @@ pub struct DeployRequest<'a> {
     pub region: Option<&'a str>,
 }
 
-/// A signed HTTP client for the Flink API. Cheap to clone; clones share connections.
+/// How far the server's `Date` may be from our clock before requests are signed with the
+/// server's time instead. The API accepts 15 minutes either way; a minute leaves room for the
+/// header's one-second resolution and the network delay.
+pub const CLOCK_SKEW_THRESHOLD: Duration = Duration::from_secs(60);
+
+/// A signed HTTP client for the Flink API. Cheap to clone; clones share connections, the
+/// credential cache and the measured clock offset.
 #[derive(Clone)]
 pub struct FlinkClient {
     http: reqwest::Client,
     endpoints: Endpoints,
-    credentials: CredentialSource,
+    credentials: CredentialProvider,
     clock: Arc<dyn Clock>,
     max_response_bytes: usize,
     /// Seconds to add to our clock when signing, measured from the server's `Date`.
     clock_offset_secs: Arc<AtomicI64>,
+    /// Whether the skew warning was logged (it is logged once per process).
+    skew_warned: Arc<AtomicBool>,
 }
 
 impl FlinkClient {
-    /// Builds the client and its connection pool.
+    /// Builds the client and its connection pool. `credentials` is a [`CredentialProvider`] or
+    /// a fixed [`CredentialSource`].
     pub fn new(
         settings: &ClientSettings,
-        credentials: CredentialSource,
+        credentials: impl Into<CredentialProvider>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<FlinkClient> {
         use anyhow::Context as _;
@@ -246,26 +267,30 @@ impl FlinkClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("flink-ticketd/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).with_context(|| format!("reading CA bundle {}", path.display()))?;
-            for certificate in reqwest::Certificate::from_pem_bundle(&pem)
-                .with_context(|| format!("parsing CA bundle {}", path.display()))?
-            {
+            for certificate in read_ca_bundle(path)? {
                 builder = builder.add_root_certificate(certificate);
             }
         }
         Ok(FlinkClient {
             http: builder.build().context("building the HTTP client")?,
             endpoints: settings.endpoints.clone(),
-            credentials,
+            credentials: credentials.into(),
             clock,
             max_response_bytes: settings.max_response_bytes,
             clock_offset_secs: Arc::new(AtomicI64::new(0)),
+            skew_warned: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The name of the credential source in use.
-    pub fn credential_source(&self) -> &'static str {
-        self.credentials.name
+    pub fn credential_source(&self) -> String {
+        self.credentials.name()
+    }
+
+    /// Seconds added to our clock when signing: the server's clock minus ours, once they
+    /// differed by more than [`CLOCK_SKEW_THRESHOLD`]; 0 otherwise.
+    pub fn clock_offset_secs(&self) -> i64 {
+        self.clock_offset_secs.load(Ordering::Relaxed)
     }
 
     /// GetDeployDeploymentDraftResult for one ticket.
@@ -306,6 +331,8 @@ impl FlinkClient {
         }
     }
 
+    /// Sends one API call, retrying once at once after a refused security token (with refreshed
+    /// credentials) and once after a refused timestamp (with the server's clock).
     async fn call(
         &self,
         region: Option<&str>,
@@ -317,31 +344,75 @@ impl FlinkClient {
     ) -> Result<wire::Reply, FlinkError> {
         let base = self.endpoints.base_url(region).map_err(|message| {
             FlinkError::Ticket(ApiError {
-                code: Some("InvalidRegion".to_owned()),
+                code: Some("InvalidTicket".to_owned()),
                 message: Some(message),
                 ..ApiError::default()
             })
         })?;
         let url = request_url(&base, path)?;
+        let body = body.unwrap_or_default();
+        let request = Request { url: &url, method, path, action, workspace, body: &body };
+        let mut credentials = self.credentials.credentials().await.map_err(|error| credentials_unavailable(&error))?;
+        let mut token_retried = false;
+        let mut clock_retried = false;
+        loop {
+            let offset_used = self.clock_offset_secs();
+            let outcome = self.send_once(&request, &credentials, offset_used).await;
+            match &outcome {
+                Err(FlinkError::Credentials(error))
+                    if !token_retried && self.credentials.refreshes() && is_token_refusal(error) =>
+                {
+                    token_retried = true;
+                    match self.credentials.refresh_after_rejection(&credentials).await {
+                        Ok(fresh) => {
+                            warn!(
+                                error_code = error.code.as_deref().unwrap_or(""),
+                                "security token refused; retrying with refreshed credentials"
+                            );
+                            credentials = fresh;
+                        }
+                        Err(refresh_error) => {
+                            warn!(error = %refresh_error, "security token refused and the credentials could not be refreshed");
+                            return outcome;
+                        }
+                    }
+                }
+                Err(FlinkError::Config(error))
+                    if !clock_retried
+                        && error.code.as_deref().is_some_and(|code| code.starts_with("InvalidTimeStamp"))
+                        && self.clock_offset_secs() != offset_used =>
+                {
+                    clock_retried = true;
+                }
+                _ => return outcome,
+            }
+        }
+    }
+
+    /// One signed request with a fresh date and nonce.
+    async fn send_once(
+        &self,
+        request: &Request<'_>,
+        credentials: &Credentials,
+        offset_secs: i64,
+    ) -> Result<wire::Reply, FlinkError> {
+        let url = request.url;
         let host = match url.port() {
             Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
         };
-        let credentials = &self.credentials.credentials;
-        let body = body.unwrap_or_default();
-        let date = (self.clock.now() + chrono::Duration::seconds(self.clock_offset_secs.load(Ordering::Relaxed)))
-            .format("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
+        let body = request.body;
+        let date = (self.clock.now() + chrono::Duration::seconds(offset_secs)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
         let nonce = new_nonce();
-        let payload_hash = signing::payload_hash(&body);
+        let payload_hash = signing::payload_hash(body);
         let mut headers: Vec<(&str, &str)> = vec![
             ("host", &host),
-            ("x-acs-action", action),
+            ("x-acs-action", request.action),
             ("x-acs-version", API_VERSION),
             ("x-acs-date", &date),
             ("x-acs-signature-nonce", &nonce),
             ("x-acs-content-sha256", &payload_hash),
-            ("workspace", workspace),
+            ("workspace", request.workspace),
             ("accept", "application/json"),
         ];
         if !body.is_empty() {
@@ -353,31 +424,41 @@ impl FlinkClient {
             headers.push(("x-acs-security-token", token));
         }
         let signed = signing::sign(
-            &signing::SigningInput { method, canonical_uri: path, query: &[], headers: &headers, body: &body },
+            &signing::SigningInput {
+                method: request.method,
+                canonical_uri: request.path,
+                query: &[],
+                headers: &headers,
+                body,
+            },
             &credentials.access_key_id,
             credentials.access_key_secret.expose_secret(),
         );
         let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers.iter().chain([&("authorization", signed.authorization.as_str())]) {
-            let value = HeaderValue::from_str(value).map_err(|_| {
+            let mut value = HeaderValue::from_str(value).map_err(|_| {
                 FlinkError::Ticket(ApiError {
                     code: Some("InvalidTicket".to_owned()),
                     message: Some(format!("the {name} header value is not valid in HTTP")),
                     ..ApiError::default()
                 })
             })?;
+            if matches!(*name, "authorization" | "x-acs-security-token") {
+                value.set_sensitive(true);
+            }
             header_map.insert(HeaderName::from_static(name), value);
         }
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("GET and POST are valid methods");
+        let method = reqwest::Method::from_bytes(request.method.as_bytes()).expect("GET and POST are valid methods");
         let response = self
             .http
-            .request(method, url)
+            .request(method, url.clone())
             .headers(header_map)
-            .body(body)
+            .body(body.to_vec())
             .send()
             .await
             .map_err(|error| FlinkError::Network(describe_transport(&error)))?;
         let status = response.status().as_u16();
+        self.observe_server_date(header_text(response.headers(), "date"));
         let retry_after = wire::retry_after(
             header_text(response.headers(), "x-acs-retry-after"),
             header_text(response.headers(), "retry-after"),
@@ -385,6 +466,63 @@ impl FlinkClient {
         let body = read_capped(response, self.max_response_bytes).await?;
         wire::parse_reply(status, retry_after, &body)
     }
+
+    /// Compares the server's `Date` with our clock and keeps the offset to sign with.
+    fn observe_server_date(&self, date: Option<&str>) {
+        let Some(server) = date.and_then(|date| chrono::DateTime::parse_from_rfc2822(date).ok()) else {
+            return;
+        };
+        let measured = (server.with_timezone(&chrono::Utc) - self.clock.now()).num_seconds();
+        let threshold = i64::try_from(CLOCK_SKEW_THRESHOLD.as_secs()).unwrap_or(i64::MAX);
+        let offset = if measured.abs() > threshold { measured } else { 0 };
+        let previous = self.clock_offset_secs.swap(offset, Ordering::Relaxed);
+        if offset != 0 && previous == 0 {
+            if !self.skew_warned.swap(true, Ordering::Relaxed) {
+                warn!(
+                    offset_secs = offset,
+                    "the API's clock differs from ours; signing requests with the API's time (fix this host's clock, e.g. NTP)"
+                );
+            }
+        } else if offset == 0 && previous != 0 {
+            info!("the API's clock agrees with ours again; signing with our own time");
+        }
+    }
+}
+
+/// One API request, as sent on every attempt.
+struct Request<'a> {
+    url: &'a Url,
+    method: &'a str,
+    path: &'a str,
+    action: &'a str,
+    workspace: &'a str,
+    body: &'a [u8],
+}
+
+/// Reads a PEM bundle of extra CA certificates to trust besides the system roots.
+pub fn read_ca_bundle(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    use anyhow::Context as _;
+    let pem = std::fs::read(path).with_context(|| format!("reading CA bundle {}", path.display()))?;
+    reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("parsing CA bundle {}", path.display()))
+}
+
+/// Whether a credentials-class refusal says the security token (temporary credentials) is bad,
+/// which new temporary credentials can fix.
+fn is_token_refusal(error: &ApiError) -> bool {
+    error
+        .code
+        .as_deref()
+        .is_some_and(|code| code.starts_with("InvalidSecurityToken") || code.starts_with("InvalidAccessKeyId"))
+}
+
+/// No credentials to sign with: a credentials-class error, which pauses polling globally.
+fn credentials_unavailable(error: &CredentialError) -> FlinkError {
+    FlinkError::Credentials(ApiError {
+        http_status: None,
+        code: Some("CredentialsUnavailable".to_owned()),
+        message: Some(error.to_string()),
+        request_id: None,
+    })
 }
 
 /// Encodes one path parameter, refusing the dot segments that URL normalisation would resolve

@@ -134,6 +134,7 @@ impl Simulator {
             nonces: Mutex::new(auth::NonceSet::new(NONCE_CAPACITY)),
             log: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         tracing::info!(%local_addr, rules = shared.scenario.tickets.len(), "simulated flink api listening");
         tokio::spawn(accept_until_cancelled(listener, Arc::clone(&shared), shutdown));
@@ -172,6 +173,11 @@ impl Simulator {
     pub fn polls_of(&self, ticket_id: &str) -> usize {
         self.shared.polls_of(ticket_id)
     }
+
+    /// How many TCP connections were accepted so far (to check that clients reuse them).
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
 }
 
 /// Nonces remembered per generation; two generations are kept.
@@ -193,6 +199,7 @@ struct Shared {
     nonces: Mutex<auth::NonceSet>,
     log: Mutex<Vec<LoggedRequest>>,
     seq: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// Where one ticket is in its script.
@@ -301,7 +308,10 @@ async fn accept_until_cancelled(listener: TcpListener, shared: Arc<Shared>, shut
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+            Ok((stream, _peer)) => {
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                stream
+            }
             Err(error) => {
                 // Usually out of file descriptors: pause instead of spinning.
                 tracing::warn!(error = %error, "simulator accept failed");

@@ -394,10 +394,14 @@ async fn a_replayed_nonce_is_refused() {
 }
 
 #[tokio::test]
-async fn a_skewed_clock_is_refused_and_the_date_header_shows_the_simulator_clock() {
+async fn a_skewed_clock_is_refused_once_and_the_client_retries_with_the_date_header_time() {
     let running = start_with_offset(Scenario::default(), 3600).await;
-    let error = poll(&default_client(&running.simulator), "t-1").await.expect_err("too far apart");
-    assert!(matches!(&error, FlinkError::Config(api) if api.code.as_deref() == Some("InvalidTimeStamp.Expired")));
+    let flink = default_client(&running.simulator);
+    let polled = poll(&flink, "t-1").await.expect("the retry with the server's time is accepted");
+    assert_eq!(status_of(&polled), "INIT");
+    let answers: Vec<String> = running.simulator.requests().into_iter().map(|request| request.answer).collect();
+    assert_eq!(answers, ["rejected InvalidTimeStamp.Expired", "INIT"]);
+    assert!((3590..=3610).contains(&flink.clock_offset_secs()), "offset {}", flink.clock_offset_secs());
     let (_, headers, _) = send(&running.simulator, "GET", "/nowhere", &[], Vec::new()).await;
     let date = headers["date"].to_str().expect("ASCII");
     let date = chrono::DateTime::parse_from_rfc2822(date).expect("an HTTP date").with_timezone(&Utc);

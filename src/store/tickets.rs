@@ -207,6 +207,35 @@ impl Store {
         .await
     }
 
+    /// Claims one ticket, like [`Store::claim_due_tickets`] but only row `id`: `None` when it is not
+    /// pending, not due yet, or held by another lease. Lets a command follow its own ticket while
+    /// a daemon on the same database polls the others (or this one, whichever claims first).
+    pub async fn claim_ticket(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+        default_deadline: Duration,
+    ) -> Result<Option<Ticket>, sqlx::Error> {
+        let now_text = at(now);
+        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        sqlx::query_as(
+            "UPDATE tickets
+             SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
+                 deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
+             WHERE id = ?5 AND state = 'pending' AND next_poll_at <= ?3
+             RETURNING *",
+        )
+        .bind(&lease.0)
+        .bind(&until)
+        .bind(&now_text)
+        .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await
+    }
+
     /// Records a poll that did not end the ticket and releases the lease. Returns `false` (and
     /// writes nothing) when the lease is no longer ours or the ticket is no longer pending.
     pub async fn record_progress(

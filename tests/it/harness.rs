@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flink_ticketd::clock::SystemClock;
+use flink_ticketd::clock::{Clock, SystemClock};
 use flink_ticketd::config::{self, Config};
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
 use flink_ticketd::store::{Store, StoreSettings, Ticket};
@@ -47,6 +47,11 @@ impl TestEnv {
     }
 
     pub async fn with_scenario(scenario: Scenario) -> TestEnv {
+        TestEnv::with_clock_offset(scenario, 0).await
+    }
+
+    /// A simulator whose clock runs `clock_offset_secs` ahead of ours (behind when negative).
+    pub async fn with_clock_offset(scenario: Scenario, clock_offset_secs: i64) -> TestEnv {
         let dir = tempfile::tempdir().expect("a temp dir");
         let db_path = dir.path().join("tickets.db");
         let sim_shutdown = CancellationToken::new();
@@ -55,7 +60,7 @@ impl TestEnv {
             SimulatorSettings {
                 credentials: vec![(KEY_ID.to_owned(), KEY_SECRET.to_owned())],
                 scenario,
-                clock_offset_secs: 0,
+                clock_offset_secs,
             },
             sim_shutdown.clone(),
         )
@@ -145,11 +150,16 @@ level = "info"
 
     /// Starts the daemon in-process with the test config, changed by `adjust`.
     pub async fn spawn_daemon(&self, adjust: impl FnOnce(&mut Config)) -> TestDaemon {
+        self.spawn_daemon_with_clock(Arc::new(SystemClock), adjust).await
+    }
+
+    /// Starts the daemon in-process on `clock` (a `ManualClock` in tests that move time).
+    pub async fn spawn_daemon_with_clock(&self, clock: Arc<dyn Clock>, adjust: impl FnOnce(&mut Config)) -> TestDaemon {
         let config = self.config(adjust);
         // The schema must exist before tests insert rows.
         self.store().await.close().await;
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(flink_ticketd::run(config, Arc::new(SystemClock), shutdown.clone()));
+        let handle = tokio::spawn(flink_ticketd::run(config, clock, shutdown.clone()));
         TestDaemon { shutdown, handle }
     }
 
@@ -174,19 +184,33 @@ level = "info"
 
     /// Runs a CLI command of the real binary against the test config.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        let output = Command::new(binary())
-            .arg("--config")
-            .arg(self.config_file())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("the binary runs");
-        CliOutput {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        self.cli_with(&self.config_file(), args, &[])
+    }
+
+    /// [`TestEnv::cli_with`] off the async runtime, for commands that talk to the simulator (which
+    /// runs on the test's runtime and must keep answering while the command waits).
+    pub async fn cli_async(&self, config: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        let owned = |pairs: &[&str]| pairs.iter().map(|text| (*text).to_owned()).collect::<Vec<String>>();
+        let (config, args) = (config.to_path_buf(), owned(args));
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let home = self.dir.path().join("home");
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run_cli(&home, &config, &args, &env)
+        })
+        .await
+        .expect("the command joins")
+    }
+
+    /// Runs a CLI command of the real binary with config file `config` and extra environment.
+    ///
+    /// The credential chain and the HTTP client see only what the test gives them: every
+    /// `ALIBABA_CLOUD_*` variable of the chain and every proxy variable is removed, `HOME` is an
+    /// empty directory under the test's temp dir, and the ECS metadata service is disabled (so
+    /// nothing ever talks to 100.100.100.200), unless `env` sets them.
+    pub fn cli_with(&self, config: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+        run_cli(&self.dir.path().join("home"), config, args, env)
     }
 
     /// Every row with this ticket ID.
@@ -305,6 +329,30 @@ where
     }
 }
 
+/// Runs the binary with a hermetic credential and proxy environment; see [`TestEnv::cli_with`].
+fn run_cli(home: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> CliOutput {
+    std::fs::create_dir_all(home).expect("the home dir is created");
+    let mut command = Command::new(binary());
+    command.arg("--config").arg(config).args(args).env_remove("RUST_LOG");
+    let proxies =
+        ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"];
+    for name in flink_ticketd::flink::credentials::VARIABLES.iter().chain(&proxies) {
+        command.env_remove(name);
+    }
+    let output = command
+        .env("HOME", home)
+        .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    CliOutput {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// The daemon binary Cargo built for these tests.
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flink-ticketd"))
@@ -319,4 +367,83 @@ fn rand_suffix() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One request a [`FakeHttp`] saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// The request target as received: a path, or an absolute URI when sent to a proxy.
+    pub uri: String,
+    pub query: std::collections::HashMap<String, String>,
+    pub headers: axum::http::HeaderMap,
+}
+
+type Respond = Box<dyn FnMut(&Seen) -> (u16, String) + Send>;
+
+#[derive(Clone)]
+struct FakeState {
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    respond: Arc<std::sync::Mutex<Respond>>,
+}
+
+async fn fake_answer(
+    axum::extract::State(state): axum::extract::State<FakeState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> (axum::http::StatusCode, String) {
+    let query = uri
+        .query()
+        .map(|query| url::form_urlencoded::parse(query.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let request = Seen { method: method.to_string(), uri: uri.to_string(), query, headers };
+    state.seen.lock().expect("not poisoned").push(request.clone());
+    let (status, body) = (state.respond.lock().expect("not poisoned"))(&request);
+    (axum::http::StatusCode::from_u16(status).expect("a valid status"), body)
+}
+
+/// A loopback HTTP server answering every request with a function of it: a fake STS, metadata
+/// service, credentials URI or proxy.
+pub struct FakeHttp {
+    pub base_url: String,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    respond: Arc<std::sync::Mutex<Respond>>,
+    shutdown: CancellationToken,
+}
+
+impl FakeHttp {
+    pub async fn start(respond: impl FnMut(&Seen) -> (u16, String) + Send + 'static) -> FakeHttp {
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+        let respond: Arc<std::sync::Mutex<Respond>> = Arc::new(std::sync::Mutex::new(Box::new(respond)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let base_url = format!("http://{}/", listener.local_addr().expect("a bound address"));
+        let state = FakeState { seen: Arc::clone(&seen), respond: Arc::clone(&respond) };
+        let router = axum::Router::new().fallback(fake_answer).with_state(state);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await;
+        });
+        FakeHttp { base_url, seen, respond, shutdown }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().expect("not poisoned").len()
+    }
+
+    /// Answers differently from now on.
+    pub fn set(&self, respond: impl FnMut(&Seen) -> (u16, String) + Send + 'static) {
+        *self.respond.lock().expect("not poisoned") = Box::new(respond);
+    }
+}
+
+impl Drop for FakeHttp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }

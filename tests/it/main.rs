@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one shared harness.
 
 mod cli;
+mod cloud;
 mod harness;
 mod polling;
 mod signing;

@@ -292,3 +292,20 @@ async fn sqlx_execute(path: &std::path::Path, sql: &str) -> Result<(), String> {
     connection.close().await.unwrap();
     result
 }
+
+#[tokio::test]
+async fn claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let mine = insert_due_at(store, "mine", at(10)).await;
+    let other = insert_due_at(store, "other", at(0)).await;
+    let lease = Lease("deploy#1".to_owned());
+    let (lease_for, deadline) = (Duration::from_secs(60), Duration::from_secs(3600));
+
+    assert!(store.claim_ticket(&lease, mine, at(5), lease_for, deadline).await.unwrap().is_none(), "not due yet");
+    let claimed = store.claim_ticket(&lease, mine, at(10), lease_for, deadline).await.unwrap().expect("due");
+    assert_eq!((claimed.ticket_id.as_str(), claimed.lease_owner.as_deref()), ("mine", Some("deploy#1")));
+    let held = Lease("daemon#7".to_owned());
+    assert!(store.claim_ticket(&held, mine, at(11), lease_for, deadline).await.unwrap().is_none(), "leased");
+    assert_eq!(store.ticket(other).await.unwrap().unwrap().lease_owner, None, "other rows are left alone");
+}
