@@ -411,8 +411,10 @@ async fn deploy(
         u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
     ));
     let owner = format!("deploy:{}:{:04x}", std::process::id(), rand::random::<u16>());
+    let (recorder, recorder_task) = store.recorder();
     let poller = Poller::new(
         store.clone(),
+        recorder,
         flink,
         Arc::clone(&clock),
         config.poll,
@@ -421,8 +423,14 @@ async fn deploy(
         1,
         owner,
     );
-    let followed = poller.follow(ticket.id, &shutdown).await.context("following the ticket")?;
+    let followed = poller.follow(ticket.id, &shutdown).await.context("following the ticket");
+    // Every result is written before the database closes.
+    drop(poller);
+    if recorder_task.await.is_err() {
+        tracing::warn!("the result writer stopped abnormally");
+    }
     store.close().await;
+    let followed = followed?;
     let row = match followed {
         Followed::Final(row) => row,
         Followed::Paused(row) => {
