@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-pub use deliveries::{Delivery, DeliveryState, NewDelivery};
+pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
 pub use tickets::{Finish, NewTicket, Reschedule, Ticket};
 
 use crate::clock::format_instant;
