@@ -73,10 +73,10 @@ mod tests {
 
     #[test]
     fn jitter_spans_floor_to_ceiling() {
-        assert_eq!(SCHEDULE.delay(3, 0.0), Duration::from_secs(1));
-        assert_eq!(SCHEDULE.delay(3, 0.5), Duration::from_secs(4));
-        assert_eq!(SCHEDULE.delay(3, 1.0), Duration::from_secs(8));
-        assert_eq!(SCHEDULE.delay(3, 7.0), Duration::from_secs(8), "jitter above 1 is clamped");
+        assert_eq!(SCHEDULE.delay(2, 0.0), Duration::from_secs(1));
+        assert_eq!(SCHEDULE.delay(2, 0.5), Duration::from_secs(4));
+        assert_eq!(SCHEDULE.delay(2, 1.0), Duration::from_secs(8));
+        assert_eq!(SCHEDULE.delay(2, 7.0), Duration::from_secs(8), "jitter above 1 is clamped");
         for step in 0..=100 {
             let delay = SCHEDULE.delay(10, f64::from(step) / 100.0);
             assert!(delay >= Duration::from_secs(1) && delay <= Duration::from_secs(30), "{delay:?}");

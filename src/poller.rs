@@ -188,24 +188,34 @@ pub struct Gate {
     paused: Option<PauseState>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PauseState {
     until: DateTime<Utc>,
     streak: u32,
     probing: bool,
+    /// (code, message) of the rejection, shown on the tickets that wait.
+    reason: (String, String),
+}
+
+/// A ticket must wait for a paused gate.
+#[derive(Debug, Clone, PartialEq)]
+struct Hold {
+    until: DateTime<Utc>,
+    reason: (String, String),
 }
 
 impl Gate {
-    /// `Some(time)` until which a ticket must wait, or `None` if it may go.
-    fn hold_until(&self, now: DateTime<Utc>, probe_hold: Duration) -> Option<DateTime<Utc>> {
-        let pause = self.paused?;
-        if now < pause.until {
-            Some(pause.until)
+    /// Until when and why a ticket must wait, or `None` if it may go.
+    fn hold(&self, now: DateTime<Utc>, probe_hold: Duration) -> Option<Hold> {
+        let pause = self.paused.as_ref()?;
+        let until = if now < pause.until {
+            pause.until
         } else if pause.probing {
-            Some(now + to_chrono(probe_hold))
+            now + to_chrono(probe_hold)
         } else {
-            None
-        }
+            return None;
+        };
+        Some(Hold { until, reason: pause.reason.clone() })
     }
 
     /// Marks a probe as started if the gate is paused; returns whether this request is the probe.
@@ -224,18 +234,26 @@ impl Gate {
         self.paused.take().is_some()
     }
 
-    /// A call was rejected. Returns the pause end if this starts a new pause (to log it once).
-    fn rejected(&mut self, now: DateTime<Utc>, schedule: &Schedule, probe: bool) -> Option<DateTime<Utc>> {
+    /// A call was rejected for `reason` (code, message). Returns the pause end if this starts a
+    /// new pause (to log it once).
+    fn rejected(
+        &mut self,
+        now: DateTime<Utc>,
+        schedule: &Schedule,
+        probe: bool,
+        reason: (String, String),
+    ) -> Option<DateTime<Utc>> {
         match &mut self.paused {
             None => {
                 let until = now + to_chrono(schedule.ceiling(0));
-                self.paused = Some(PauseState { until, streak: 0, probing: false });
+                self.paused = Some(PauseState { until, streak: 0, probing: false, reason });
                 Some(until)
             }
             Some(pause) if probe => {
                 pause.streak = pause.streak.saturating_add(1);
                 pause.until = now + to_chrono(schedule.ceiling(pause.streak));
                 pause.probing = false;
+                pause.reason = reason;
                 None
             }
             Some(_) => None,
@@ -253,7 +271,7 @@ impl Gate {
 
     /// Current pause end, if paused.
     pub fn paused_until(&self) -> Option<DateTime<Utc>> {
-        self.paused.map(|pause| pause.until)
+        self.paused.as_ref().map(|pause| pause.until)
     }
 }
 
@@ -416,10 +434,10 @@ impl Poller {
             let mut gates = self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it");
             let hold = gates
                 .global
-                .hold_until(now, probe_hold)
-                .or_else(|| gates.workspaces.get(&ticket.workspace).and_then(|gate| gate.hold_until(now, probe_hold)));
+                .hold(now, probe_hold)
+                .or_else(|| gates.workspaces.get(&ticket.workspace).and_then(|gate| gate.hold(now, probe_hold)));
             match hold {
-                Some(until) => Err(until),
+                Some(hold) => Err(hold),
                 None => {
                     let global_probe = gates.global.start_probe();
                     let workspace_probe = gates.workspaces.get_mut(&ticket.workspace).is_some_and(Gate::start_probe);
@@ -429,7 +447,7 @@ impl Poller {
         };
         let (global_probe, workspace_probe) = match admission {
             Ok(probes) => probes,
-            Err(until) => return self.hold(&ticket, lease, now, until).await,
+            Err(hold) => return self.hold(&ticket, lease, now, hold).await,
         };
 
         let waited = self.limiter.acquire().await;
@@ -489,12 +507,19 @@ impl Poller {
         }
     }
 
-    /// Keeps a ticket waiting for a paused gate, or expires it if its deadline passed.
-    async fn hold(&self, ticket: &Ticket, lease: &Lease, now: DateTime<Utc>, until: DateTime<Utc>) {
+    /// Keeps a ticket waiting for a paused gate, or expires it if its deadline passed; either
+    /// way the ticket shows why.
+    async fn hold(&self, ticket: &Ticket, lease: &Lease, now: DateTime<Utc>, hold: Hold) {
+        let Hold { until, reason } = hold;
         let deadline = ticket.deadline();
         let result = if deadline.is_some_and(|deadline| now >= deadline) {
-            let finish =
-                Finish { state: TicketState::Expired, polled: false, request_id: None, answer: None, error: None };
+            let finish = Finish {
+                state: TicketState::Expired,
+                polled: false,
+                request_id: None,
+                answer: None,
+                error: Some(reason),
+            };
             self.finish(ticket, lease, now, &finish).await
         } else {
             let reschedule = Reschedule {
@@ -504,7 +529,7 @@ impl Poller {
                 polled: false,
                 request_id: None,
                 answer: None,
-                error: None,
+                error: Some(reason),
             };
             self.store.record_progress(lease, ticket.id, now, &reschedule).await
         };
@@ -574,7 +599,8 @@ impl Poller {
                     }
                 }
                 Err(error @ (FlinkError::Credentials(_) | FlinkError::Config(_))) => {
-                    if let Some(until) = global.rejected(now, &self.policy.pause, global_probe) {
+                    let reason = (error.code(), error.message());
+                    if let Some(until) = global.rejected(now, &self.policy.pause, global_probe, reason) {
                         error!(
                             error_code = %error.code(),
                             request_id = error.request_id().unwrap_or(""),
@@ -591,7 +617,8 @@ impl Poller {
                 Err(error @ FlinkError::AccessDenied(_)) => {
                     global.accepted();
                     let gate = workspaces.entry(ticket.workspace.clone()).or_default();
-                    if let Some(until) = gate.rejected(now, &self.policy.pause, workspace_probe) {
+                    let reason = (error.code(), error.message());
+                    if let Some(until) = gate.rejected(now, &self.policy.pause, workspace_probe, reason) {
                         error!(
                             error_code = %error.code(),
                             request_id = error.request_id().unwrap_or(""),
@@ -874,23 +901,21 @@ mod tests {
         let schedule = policy().pause;
         let hold = Duration::from_secs(2);
         let mut gate = Gate::default();
-        assert_eq!(gate.hold_until(now(), hold), None);
-        let until = gate.rejected(now(), &schedule, false).expect("a new pause");
+        let reason = || ("SignatureDoesNotMatch".to_owned(), "m".to_owned());
+        let hold_until = |gate: &Gate, at| gate.hold(at, hold).map(|hold| hold.until);
+        assert_eq!(hold_until(&gate, now()), None);
+        let until = gate.rejected(now(), &schedule, false, reason()).expect("a new pause");
         assert_eq!(until, now() + chrono::Duration::seconds(2));
-        assert_eq!(gate.rejected(now(), &schedule, false), None, "a second rejection in flight logs nothing");
-        assert_eq!(gate.hold_until(now(), hold), Some(until));
-        assert_eq!(gate.hold_until(until, hold), None, "the pause ended: a probe may go");
+        assert_eq!(gate.rejected(now(), &schedule, false, reason()), None, "a second rejection in flight logs nothing");
+        assert_eq!(gate.hold(now(), hold), Some(Hold { until, reason: reason() }), "waiting tickets show why");
+        assert_eq!(hold_until(&gate, until), None, "the pause ended: a probe may go");
         assert!(gate.start_probe());
-        assert_eq!(
-            gate.hold_until(until, hold),
-            Some(until + chrono::Duration::seconds(2)),
-            "others wait for the probe"
-        );
-        assert_eq!(gate.rejected(until, &schedule, true), None);
+        assert_eq!(hold_until(&gate, until), Some(until + chrono::Duration::seconds(2)), "others wait for the probe");
+        assert_eq!(gate.rejected(until, &schedule, true, reason()), None);
         assert_eq!(gate.paused_until(), Some(until + chrono::Duration::seconds(4)), "the pause doubles");
         assert!(gate.start_probe());
         assert!(gate.accepted());
-        assert_eq!(gate.hold_until(until, hold), None);
+        assert_eq!(hold_until(&gate, until), None);
         assert!(!gate.accepted());
     }
 }

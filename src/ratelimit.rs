@@ -66,14 +66,15 @@ impl RateLimiter {
         self.rate / effective_slowdown(&state, Instant::now())
     }
 
+    /// GCRA: `next_free` is the theoretical arrival time of the next request; a caller may go
+    /// up to `burst - 1` intervals ahead of it.
     fn reserve(&self, now: Instant) -> Instant {
         let mut state = self.state.lock().expect("the limiter mutex is never poisoned: no code panics holding it");
         let interval = Duration::from_secs_f64(effective_slowdown(&state, now) / self.rate);
         let tolerance = interval.mul_f64(self.burst - 1.0);
-        let earliest = now.checked_sub(tolerance).unwrap_or(now);
-        let slot = state.next_free.max(earliest);
-        state.next_free = slot + interval;
-        slot
+        let arrival = state.next_free.max(now);
+        state.next_free = arrival + interval;
+        arrival.checked_sub(tolerance).map_or(now, |slot| slot.max(now))
     }
 }
 

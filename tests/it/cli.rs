@@ -1,0 +1,105 @@
+//! The real binary's user commands: output, exit codes, and what they change in the database.
+
+use crate::harness::{KEY_SECRET, TestEnv};
+
+#[tokio::test]
+async fn enqueue_list_show_cancel_and_retry_work_on_the_database() {
+    let env = TestEnv::new("").await;
+    let queued = env.cli(&["enqueue", "--namespace", "ns", "--workspace", "ws", "t-1", "t 2/ü"]);
+    assert_eq!(queued.code, Some(0), "{}", queued.stderr);
+    assert!(queued.stdout.contains("queued t-1") && queued.stdout.contains("queued t 2/ü"));
+
+    let duplicate = env.cli(&["enqueue", "--namespace", "ns", "--workspace", "ws", "t-1"]);
+    assert_eq!(duplicate.code, Some(2));
+    assert!(duplicate.stderr.contains("already queued"), "{}", duplicate.stderr);
+    let empty = env.cli(&["enqueue", "--namespace", "ns", "--workspace", "ws", ""]);
+    assert_eq!(empty.code, Some(2));
+    assert!(empty.stderr.contains("ticket_id_must_be_1_to_128_printable_chars"), "{}", empty.stderr);
+
+    let listed = env.cli(&["list", "--json"]);
+    assert_eq!(listed.code, Some(0), "{}", listed.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&listed.stdout).expect("list --json prints JSON");
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    assert_eq!(rows[0]["state"], "pending");
+    assert!(rows[0].get("lease_owner").is_none(), "internal columns stay out of the JSON");
+
+    let table = env.cli(&["list", "--state", "pending"]);
+    assert!(table.stdout.lines().next().unwrap().starts_with("TICKET_ID"));
+    assert_eq!(table.stdout.lines().count(), 3);
+    let bad_state = env.cli(&["list", "--state", "done"]);
+    assert_eq!(bad_state.code, Some(2));
+
+    let cancelled = env.cli(&["cancel", "t-1"]);
+    assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
+    assert_eq!(env.ticket("t-1").await.state, "cancelled");
+    let again = env.cli(&["cancel", "t-1"]);
+    assert_eq!(again.code, Some(2));
+    assert!(again.stderr.contains("already cancelled"), "{}", again.stderr);
+
+    let retried = env.cli(&["retry", "t-1"]);
+    assert_eq!(retried.code, Some(0), "{}", retried.stderr);
+    let ticket = env.ticket("t-1").await;
+    assert_eq!((ticket.state.as_str(), ticket.retries), ("pending", 1));
+
+    let shown = env.cli(&["show", "t 2/ü", "--json"]);
+    assert_eq!(shown.code, Some(0), "{}", shown.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["ticket_id"], "t 2/ü");
+    assert_eq!(shown["webhook_deliveries"], serde_json::json!([]));
+    let missing = env.cli(&["show", "nope"]);
+    assert_eq!(missing.code, Some(2));
+    assert!(missing.stderr.starts_with("flink-ticketd: no ticket \"nope\""), "{}", missing.stderr);
+}
+
+#[tokio::test]
+async fn show_asks_which_one_when_an_id_exists_in_two_workspaces() {
+    let env = TestEnv::new("").await;
+    env.cli(&["enqueue", "--namespace", "ns", "--workspace", "ws-a", "same"]);
+    env.cli(&["enqueue", "--namespace", "ns", "--workspace", "ws-b", "same"]);
+    let ambiguous = env.cli(&["show", "same"]);
+    assert_eq!(ambiguous.code, Some(2));
+    assert!(ambiguous.stderr.contains("--workspace ws-a"), "{}", ambiguous.stderr);
+    let narrowed = env.cli(&["show", "same", "--workspace", "ws-b"]);
+    assert_eq!(narrowed.code, Some(0), "{}", narrowed.stderr);
+    assert!(narrowed.stdout.contains("ws-b"));
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_without_secrets() {
+    let env = TestEnv::new("").await;
+    let checked = env.cli(&["check-config"]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    assert!(checked.stdout.contains("access_key_secret = \"[redacted]\""), "{}", checked.stdout);
+    assert!(checked.stdout.contains("# credentials: configuration"), "{}", checked.stdout);
+    assert!(!checked.stdout.contains(KEY_SECRET) && !checked.stderr.contains(KEY_SECRET));
+
+    let config = env.dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        "[poll]\ninitial_interval = \"soon\"\n[flink]\naccess_key_id = \"AK\"\naccess_key_secret = \"s3cr3t-value\"\nmax_in_flight = 0\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(crate::harness::binary())
+        .args(["--config", config.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("poll.initial_interval") && stderr.contains("flink.max_in_flight"), "{stderr}");
+    assert!(!stderr.contains("s3cr3t-value") && !String::from_utf8_lossy(&output.stdout).contains("s3cr3t-value"));
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_bad_usage_exits_two() {
+    let env = TestEnv::new("").await;
+    let migrated = env.cli(&["migrate"]);
+    assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
+    assert!(migrated.stdout.contains("is up to date"));
+    assert_eq!(env.cli(&["no-such-command"]).code, Some(2));
+    let missing_config = std::process::Command::new(crate::harness::binary())
+        .args(["--config", "/nonexistent/flink-ticketd.toml", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(missing_config.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing_config.stderr).contains("does not exist"));
+}

@@ -1,0 +1,322 @@
+//! Real parts for the integration tests: a SQLite file in a temp dir, the simulated Flink API on
+//! 127.0.0.1 as the cloud, and the daemon either in-process (`crate::run`, as `main` calls it)
+//! or as the real binary. Waiting is done on conditions with a timeout that only catches hangs.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flink_ticketd::clock::SystemClock;
+use flink_ticketd::config::{self, Config};
+use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
+use flink_ticketd::store::{Store, StoreSettings, Ticket};
+use sqlx::Connection as _;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const KEY_ID: &str = "LTAI-test-key";
+pub const KEY_SECRET: &str = "test-secret-0123456789";
+
+/// Longest any single wait in a test may take before it counts as a hang.
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// A temp dir with a database path, and a running simulator.
+pub struct TestEnv {
+    pub dir: TempDir,
+    pub db_path: PathBuf,
+    pub sim: Simulator,
+    sim_shutdown: CancellationToken,
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.sim_shutdown.cancel();
+    }
+}
+
+impl TestEnv {
+    /// A simulator playing `scenario` (TOML, see config/simulator-example.toml).
+    pub async fn new(scenario: &str) -> TestEnv {
+        let scenario = Scenario::from_toml_str(scenario).expect("the test scenario parses");
+        TestEnv::with_scenario(scenario).await
+    }
+
+    pub async fn with_scenario(scenario: Scenario) -> TestEnv {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let db_path = dir.path().join("tickets.db");
+        let sim_shutdown = CancellationToken::new();
+        let sim = Simulator::start(
+            "127.0.0.1:0".parse().expect("a socket address"),
+            SimulatorSettings {
+                credentials: vec![(KEY_ID.to_owned(), KEY_SECRET.to_owned())],
+                scenario,
+                clock_offset_secs: 0,
+            },
+            sim_shutdown.clone(),
+        )
+        .await
+        .expect("the simulator starts");
+        TestEnv { dir, db_path, sim, sim_shutdown }
+    }
+
+    /// The configuration file every test daemon starts from: fast, small schedules.
+    pub fn config_text(&self) -> String {
+        format!(
+            r#"
+[database]
+path = {db:?}
+busy_timeout = "5s"
+
+[flink]
+endpoint = {endpoint:?}
+access_key_id = {KEY_ID:?}
+access_key_secret = {KEY_SECRET:?}
+max_requests_per_second = 2000.0
+max_in_flight = 16
+connect_timeout = "1s"
+request_timeout = "2s"
+
+[poll]
+initial_interval = "20ms"
+max_interval = "100ms"
+multiplier = 2.0
+deadline = "60s"
+lease = "4s"
+
+[shutdown]
+grace = "3s"
+
+[http]
+listen = ""
+
+[log]
+level = "info"
+"#,
+            db = self.db_path.display().to_string(),
+            endpoint = self.sim.base_url(),
+        )
+    }
+
+    /// Writes [`TestEnv::config_text`] to a file and returns its path.
+    pub fn config_file(&self) -> PathBuf {
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, self.config_text()).expect("the config file is written");
+        path
+    }
+
+    /// The validated configuration, changed by `adjust`.
+    pub fn config(&self, adjust: impl FnOnce(&mut Config)) -> Config {
+        let mut config = config::load(Some(&self.config_file())).expect("the test config is valid");
+        adjust(&mut config);
+        config
+    }
+
+    /// Opens the database the daemons use (migrated).
+    pub async fn store(&self) -> Store {
+        Store::open(&StoreSettings { path: self.db_path.clone(), busy_timeout: Duration::from_secs(5), max_readers: 2 })
+            .await
+            .expect("the store opens")
+    }
+
+    /// Runs statements through a connection of its own, as another program would.
+    pub async fn execute_sql(&self, sql: &str) {
+        let url = format!("sqlite://{}?mode=rwc", self.db_path.display());
+        let mut connection = sqlx::SqliteConnection::connect(&url).await.expect("a plain connection");
+        sqlx::raw_sql("PRAGMA busy_timeout = 5000").execute(&mut connection).await.expect("busy timeout set");
+        sqlx::raw_sql(sql).execute(&mut connection).await.expect("the SQL runs");
+        connection.close().await.expect("the connection closes");
+    }
+
+    /// Queues a ticket with a plain INSERT naming only the required columns.
+    pub async fn insert(&self, ticket_id: &str, namespace: &str, workspace: &str) {
+        self.execute_sql(&format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ({}, {}, {})",
+            quote(ticket_id),
+            quote(namespace),
+            quote(workspace)
+        ))
+        .await;
+    }
+
+    /// Starts the daemon in-process with the test config, changed by `adjust`.
+    pub async fn spawn_daemon(&self, adjust: impl FnOnce(&mut Config)) -> TestDaemon {
+        let config = self.config(adjust);
+        // The schema must exist before tests insert rows.
+        self.store().await.close().await;
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(flink_ticketd::run(config, Arc::new(SystemClock), shutdown.clone()));
+        TestDaemon { shutdown, handle }
+    }
+
+    /// Starts the real binary (`run`) with the test config file and extra environment.
+    pub fn spawn_binary(&self, env: &[(&str, &str)]) -> BinaryDaemon {
+        let config = self.config_file();
+        let log = self.dir.path().join(format!("daemon-{}.log", rand_suffix()));
+        let log_file = std::fs::File::create(&log).expect("the log file is created");
+        let mut command = Command::new(binary());
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = command.spawn().expect("the daemon binary starts");
+        BinaryDaemon { child, log }
+    }
+
+    /// Runs a CLI command of the real binary against the test config.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let output = Command::new(binary())
+            .arg("--config")
+            .arg(self.config_file())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the binary runs");
+        CliOutput {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Every row with this ticket ID.
+    pub async fn tickets(&self, ticket_id: &str) -> Vec<Ticket> {
+        let store = self.store().await;
+        let rows = store.find_tickets(ticket_id, None, None).await.expect("tickets are read");
+        store.close().await;
+        rows
+    }
+
+    /// The one row with this ticket ID.
+    pub async fn ticket(&self, ticket_id: &str) -> Ticket {
+        let mut rows = self.tickets(ticket_id).await;
+        assert_eq!(rows.len(), 1, "expected one row for {ticket_id:?}");
+        rows.remove(0)
+    }
+
+    /// Waits until the ticket is no longer pending and returns it.
+    pub async fn wait_final(&self, ticket_id: &str) -> Ticket {
+        let store = self.store().await;
+        let ticket = eventually(&format!("ticket {ticket_id:?} to finish"), || async {
+            let rows = store.find_tickets(ticket_id, None, None).await.expect("tickets are read");
+            rows.into_iter().find(|ticket| ticket.state != "pending")
+        })
+        .await;
+        store.close().await;
+        ticket
+    }
+
+    /// Waits until every pending ticket is final.
+    pub async fn wait_all_final(&self) {
+        let store = self.store().await;
+        eventually("every ticket to finish", || async {
+            let counts = store.count_tickets_by_state().await.expect("counts are read");
+            (!counts.iter().any(|(state, count)| state == "pending" && *count > 0)).then_some(())
+        })
+        .await;
+        store.close().await;
+    }
+}
+
+/// The in-process daemon.
+pub struct TestDaemon {
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestDaemon {
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(HANG, self.handle).await.expect("the daemon stops in time").expect("the daemon task joins")
+    }
+}
+
+/// The real binary running `run`.
+pub struct BinaryDaemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl BinaryDaemon {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pids fit in i32")
+    }
+
+    /// SIGKILL, like a crash or an OOM kill.
+    pub fn kill(mut self) {
+        self.child.kill().expect("the daemon is killed");
+        self.child.wait().expect("the killed daemon is reaped");
+    }
+
+    /// Sends a signal by number (15 = SIGTERM).
+    pub fn signal(&self, signal: i32) {
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait(mut self) -> Option<i32> {
+        self.child.wait().expect("the daemon is reaped").code()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BinaryDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Re-checks `check` every few milliseconds until it yields a value; panics after [`HANG`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(started.elapsed() < HANG, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The daemon binary Cargo built for these tests.
+pub fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flink-ticketd"))
+}
+
+/// A SQL string literal.
+pub fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

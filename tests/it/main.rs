@@ -1,0 +1,7 @@
+//! The integration tests: one binary, one shared harness.
+
+mod cli;
+mod harness;
+mod polling;
+mod signing;
+mod store;

@@ -1,0 +1,291 @@
+//! The store against a migrated SQLite file: claims, leases and fencing, constraints, and the
+//! user commands' queries.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone as _, Utc};
+use flink_ticketd::domain::{DeployResult, TicketState};
+use flink_ticketd::store::{Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: Store,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store =
+        Store::open(&StoreSettings { path: path.clone(), busy_timeout: Duration::from_secs(5), max_readers: 2 })
+            .await
+            .unwrap();
+    Fixture { _dir: dir, path, store }
+}
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap() + chrono::Duration::seconds(seconds)
+}
+
+fn new_ticket(id: &str) -> NewTicket {
+    NewTicket {
+        ticket_id: id.to_owned(),
+        namespace: "ns".to_owned(),
+        workspace: "ws".to_owned(),
+        ..NewTicket::default()
+    }
+}
+
+async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> i64 {
+    let ticket = store.insert_ticket(&new_ticket(id)).await.unwrap();
+    let lease = Lease("setup#0".to_owned());
+    // Claim at creation time and record a reschedule to place the row exactly.
+    let claimed = store
+        .claim_due_tickets(&lease, Utc::now(), Duration::from_secs(60), 1000, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    for row in claimed {
+        let next =
+            if row.id == ticket.id { due } else { flink_ticketd::clock::parse_instant(&row.next_poll_at).unwrap() };
+        let reschedule = Reschedule {
+            next_poll_at: next,
+            running_streak: 0,
+            error_streak: 0,
+            polled: false,
+            request_id: None,
+            answer: None,
+            error: None,
+        };
+        assert!(store.record_progress(&lease, row.id, Utc::now(), &reschedule).await.unwrap());
+    }
+    ticket.id
+}
+
+#[tokio::test]
+async fn a_claim_takes_due_rows_once_earliest_first() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    insert_due_at(store, "late", at(30)).await;
+    insert_due_at(store, "early", at(10)).await;
+    insert_due_at(store, "future", at(100)).await;
+
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(10)));
+    let first = Lease("a#1".to_owned());
+    let claimed =
+        store.claim_due_tickets(&first, at(50), Duration::from_secs(60), 1, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(claimed.iter().map(|t| t.ticket_id.as_str()).collect::<Vec<_>>(), vec!["early"]);
+    assert_eq!(claimed[0].lease_owner.as_deref(), Some("a#1"));
+    assert_eq!(
+        claimed[0].next_poll_at,
+        claimed[0].lease_until.clone().unwrap(),
+        "a claimed row is due when its lease lapses"
+    );
+
+    let second = Lease("b#1".to_owned());
+    let rest =
+        store.claim_due_tickets(&second, at(50), Duration::from_secs(60), 10, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|t| t.ticket_id.as_str()).collect::<Vec<_>>(),
+        vec!["late"],
+        "leased and future rows are not taken"
+    );
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let id = insert_due_at(store, "t", at(0)).await;
+    let old = Lease("old#1".to_owned());
+    assert_eq!(
+        store
+            .claim_due_tickets(&old, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Nobody else can take it while the lease holds.
+    let new = Lease("new#1".to_owned());
+    assert!(
+        store
+            .claim_due_tickets(&new, at(5), Duration::from_secs(10), 10, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // After it lapses, another daemon takes it.
+    assert_eq!(
+        store
+            .claim_due_tickets(&new, at(12), Duration::from_secs(10), 10, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let stale = Reschedule {
+        next_poll_at: at(100),
+        running_streak: 9,
+        error_streak: 0,
+        polled: true,
+        request_id: None,
+        answer: None,
+        error: None,
+    };
+    assert!(!store.record_progress(&old, id, at(13), &stale).await.unwrap(), "the old owner is fenced off");
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    assert!(!store.record_final(&old, id, at(13), &finish, |_| Vec::new()).await.unwrap());
+    assert!(store.record_final(&new, id, at(13), &finish, |_| Vec::new()).await.unwrap());
+    let ticket = store.ticket(id).await.unwrap().unwrap();
+    assert_eq!((ticket.state.as_str(), ticket.running_streak, ticket.polls), ("succeeded", 0, 1));
+}
+
+#[tokio::test]
+async fn the_final_state_and_its_deliveries_commit_together() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let id = insert_due_at(store, "t", at(0)).await;
+    let lease = Lease("d#1".to_owned());
+    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let finish = Finish {
+        state: TicketState::Failed,
+        polled: true,
+        request_id: Some("R1".to_owned()),
+        answer: Some(DeployResult { ticket_status: Some("FAILED".to_owned()), ..DeployResult::default() }),
+        error: None,
+    };
+    let written = store
+        .record_final(&lease, id, at(2), &finish, |row| {
+            assert_eq!(row.state, "failed", "the closure sees the final row");
+            ["http://a.example/hook", "http://b.example/hook"]
+                .into_iter()
+                .map(|url| NewDelivery {
+                    ticket: row.id,
+                    url: url.to_owned(),
+                    webhook_id: format!("tkt_{}_0.failed", row.id),
+                    event_type: "ticket.failed".to_owned(),
+                    payload: "{}".to_owned(),
+                })
+                .collect()
+        })
+        .await
+        .unwrap();
+    assert!(written);
+    let deliveries = store.deliveries_of_ticket(id).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert!(
+        deliveries
+            .iter()
+            .all(|delivery| delivery.state == "pending" && delivery.webhook_id == format!("tkt_{id}_0.failed"))
+    );
+
+    // A delivery that cannot be written rolls the final state back with it.
+    let id2 = insert_due_at(store, "t2", at(0)).await;
+    store.claim_due_tickets(&lease, at(3), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let result = store
+        .record_final(&lease, id2, at(4), &finish, |row| {
+            vec![NewDelivery {
+                ticket: row.id,
+                url: String::new(),
+                webhook_id: "x".to_owned(),
+                event_type: "ticket.failed".to_owned(),
+                payload: "{}".to_owned(),
+            }]
+        })
+        .await;
+    assert!(result.is_err(), "an empty URL violates the deliveries table's constraint");
+    assert_eq!(store.ticket(id2).await.unwrap().unwrap().state, "pending", "no final state without its deliveries");
+}
+
+#[tokio::test]
+async fn constraints_refuse_rows_sql_can_judge() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let long = "x".repeat(129);
+    let cases: Vec<(&str, String)> = vec![
+        ("empty ticket id", "('', 'ns', 'ws', NULL, NULL)".to_owned()),
+        ("over-long ticket id", format!("('{long}', 'ns', 'ws', NULL, NULL)")),
+        ("control character", "('a' || char(10) || 'b', 'ns', 'ws', NULL, NULL)".to_owned()),
+        ("dot segment", "('..', 'ns', 'ws', NULL, NULL)".to_owned()),
+        ("empty namespace", "('t', '', 'ws', NULL, NULL)".to_owned()),
+        ("unparsable deadline", "('t', 'ns', 'ws', 'next tuesday', NULL)".to_owned()),
+        ("non-http webhook", "('t', 'ns', 'ws', NULL, 'file:///etc/passwd')".to_owned()),
+    ];
+    for (what, values) in cases {
+        let result = sqlx_execute(
+            &fixture.path,
+            &format!("INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at, webhook_url) VALUES {values}"),
+        )
+        .await;
+        assert!(result.is_err(), "{what} was accepted");
+    }
+    let state = sqlx_execute(
+        &fixture.path,
+        "INSERT INTO tickets (ticket_id, namespace, workspace, state) VALUES ('t', 'ns', 'ws', 'done')",
+    )
+    .await;
+    assert!(state.unwrap_err().contains("state_must_be_known"));
+
+    store.insert_ticket(&new_ticket("dup")).await.unwrap();
+    let duplicate = store.insert_ticket(&new_ticket("dup")).await.unwrap_err();
+    assert!(duplicate.to_string().contains("UNIQUE"), "{duplicate}");
+    let elsewhere = NewTicket { workspace: "other-ws".to_owned(), ..new_ticket("dup") };
+    store.insert_ticket(&elsewhere).await.expect("the same ID in another workspace is another ticket");
+}
+
+#[tokio::test]
+async fn a_hand_written_deadline_is_stored_in_the_canonical_form() {
+    let fixture = fixture().await;
+    sqlx_execute(
+        &fixture.path,
+        "INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at) VALUES
+           ('a', 'ns', 'ws', '2026-12-01 10:00'),
+           ('b', 'ns', 'ws', '2026-12-01T18:00:00+08:00'),
+           ('c', 'ns', 'ws', '2026-12-01T10:00:00.5Z')",
+    )
+    .await
+    .unwrap();
+    for (id, expected) in
+        [("a", "2026-12-01T10:00:00.000Z"), ("b", "2026-12-01T10:00:00.000Z"), ("c", "2026-12-01T10:00:00.500Z")]
+    {
+        let rows = fixture.store.find_tickets(id, None, None).await.unwrap();
+        assert_eq!(rows[0].deadline_at.as_deref(), Some(expected), "{id}");
+    }
+}
+
+#[tokio::test]
+async fn retry_cancel_and_release_change_only_what_they_should() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let id = insert_due_at(store, "t", at(0)).await;
+    assert!(!store.retry_ticket(id, at(1), at(100)).await.unwrap(), "a pending ticket is not retried");
+    assert!(store.cancel_ticket(id, at(1)).await.unwrap());
+    assert!(!store.cancel_ticket(id, at(2)).await.unwrap(), "only pending tickets are cancelled");
+    assert_eq!(store.ticket(id).await.unwrap().unwrap().state, "cancelled");
+    assert!(store.retry_ticket(id, at(3), at(100)).await.unwrap());
+    let retried = store.ticket(id).await.unwrap().unwrap();
+    assert_eq!((retried.state.as_str(), retried.retries), ("pending", 1));
+    assert_eq!(retried.deadline().unwrap(), at(100));
+    assert_eq!(retried.finished_at, None);
+
+    let lease = Lease("host:1:abcd#7".to_owned());
+    let claimed =
+        store.claim_due_tickets(&lease, at(4), Duration::from_secs(600), 10, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        store.release_tickets("host:1:abc#", at(5)).await.unwrap(),
+        0,
+        "another owner's prefix releases nothing"
+    );
+    assert_eq!(store.release_tickets("host:1:abcd#", at(5)).await.unwrap(), 1);
+    assert_eq!(store.next_due_at().await.unwrap(), Some(at(5)), "a released ticket is due at once");
+}
+
+async fn sqlx_execute(path: &std::path::Path, sql: &str) -> Result<(), String> {
+    use sqlx::Connection as _;
+    let mut connection = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let result = sqlx::raw_sql(sql).execute(&mut connection).await.map(|_| ()).map_err(|error| error.to_string());
+    connection.close().await.unwrap();
+    result
+}
