@@ -459,8 +459,18 @@ fn print_delivery_table(deliveries: &[Delivery]) {
             ]
         })
         .collect();
-    let header =
-        ["ID", "TICKET_ROW", "EVENT", "STATE", "ATTEMPTS", "HTTP", "DELIVERED / NEXT", "URL", "WEBHOOK_ID", "LAST_ERROR"];
+    let header = [
+        "ID",
+        "TICKET_ROW",
+        "EVENT",
+        "STATE",
+        "ATTEMPTS",
+        "HTTP",
+        "DELIVERED / NEXT",
+        "URL",
+        "WEBHOOK_ID",
+        "LAST_ERROR",
+    ];
     print_rows(&header, &rows);
 }
 
@@ -582,7 +592,10 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
                 delivery.webhook_id,
                 delivery.attempts,
                 delivery.last_http_status.map(|status| format!(" http={status}")).unwrap_or_default(),
-                Some(delivery_when(delivery)).filter(|when| !when.is_empty()).map(|when| format!(" {when}")).unwrap_or_default(),
+                Some(delivery_when(delivery))
+                    .filter(|when| !when.is_empty())
+                    .map(|when| format!(" {when}"))
+                    .unwrap_or_default(),
             );
             if let Some(error) = delivery.last_error.as_deref().filter(|_| delivery.state != "delivered") {
                 println!("      last error: {error}");

@@ -131,7 +131,8 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
 
     let screen = Screen::new();
     screen.say(format!("flink-ticketd demo: simulated Flink API on {}", simulator.base_url()));
-    screen.say(format!("webhook receiver on http://{receiver}/webhook, verifying signatures with a fresh whsec_ secret"));
+    screen
+        .say(format!("webhook receiver on http://{receiver}/webhook, verifying signatures with a fresh whsec_ secret"));
     screen.say(format!("temporary database {}", database.display()));
     for (ticket_id, what) in DEMO_TICKETS {
         screen.say(format!("  queued {ticket_id:<20} {what}"));
@@ -312,7 +313,9 @@ fn describe_change(ticket: &Ticket) -> Option<String> {
     let id = &ticket.ticket_id;
     match (ticket.state.as_str(), ticket.error_code.as_deref()) {
         ("pending", None) => None,
-        ("pending", Some(code)) => Some(format!("  {id}: the API answered {code}; the daemon backs off and polls again")),
+        ("pending", Some(code)) => {
+            Some(format!("  {id}: the API answered {code}; the daemon backs off and polls again"))
+        }
         (state, _) => Some(format!(
             "  {id}: {state} after {} poll{} — {}",
             ticket.polls,
@@ -424,16 +427,17 @@ async fn receive(State(receiver): State<Arc<Receiver>>, headers: HeaderMap, body
         return StatusCode::UNAUTHORIZED;
     }
     let (attempt, total) = {
-        let mut attempts = receiver.attempts.lock().expect("the receiver mutex is never poisoned: no code panics holding it");
+        let mut attempts =
+            receiver.attempts.lock().expect("the receiver mutex is never poisoned: no code panics holding it");
         let total: u32 = attempts.values().sum();
         let attempt = attempts.entry(webhook_id.clone()).or_insert(0);
         *attempt += 1;
         (*attempt, total)
     };
     if total == 0 {
-        let _ = receiver.events.send(format!(
-            "  ✗ receiver: answered 503 to {webhook_id} on purpose; the daemon will send it again"
-        ));
+        let _ = receiver
+            .events
+            .send(format!("  ✗ receiver: answered 503 to {webhook_id} on purpose; the daemon will send it again"));
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     let _ = receiver.events.send(describe_event(&webhook_id, attempt, &body));

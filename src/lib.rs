@@ -108,7 +108,9 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
     match store.release_deliveries(deliverer.lease_prefix(), clock.now()).await {
         Ok(0) => {}
         Ok(released) => info!(released, "unfinished webhook deliveries handed back for the next start"),
-        Err(error) => warn!(error = %error, "handing back unfinished webhook deliveries failed; their leases will lapse"),
+        Err(error) => {
+            warn!(error = %error, "handing back unfinished webhook deliveries failed; their leases will lapse")
+        }
     }
     store.close().await;
     info!("shutdown complete");

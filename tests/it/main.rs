@@ -5,3 +5,4 @@ mod harness;
 mod polling;
 mod signing;
 mod store;
+mod webhooks;
