@@ -24,7 +24,7 @@ use crate::config::{PollConfig, WebhookConfig};
 use crate::domain::TicketState;
 use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::ratelimit::RateLimiter;
-use crate::store::{Finish, Lease, Reschedule, Store, Ticket};
+use crate::store::{Finish, Lease, Reschedule, Store, Ticket, retry_when_busy};
 
 /// Longest the loop sleeps before looking for new rows (inserted by other programs).
 pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
@@ -473,7 +473,9 @@ impl Poller {
         let decision = decide(&ticket, outcome.as_ref(), now, &self.policy, rand::random::<f64>());
         let written = match decision {
             Decision::Finish(finish) => self.finish(&ticket, lease, now, &finish).await,
-            Decision::Reschedule(reschedule) => self.store.record_progress(lease, ticket.id, now, &reschedule).await,
+            Decision::Reschedule(reschedule) => {
+                retry_when_busy(|| self.store.record_progress(lease, ticket.id, now, &reschedule)).await
+            }
             Decision::Pause { scope, error, request_id } => {
                 let until = {
                     let gates =
@@ -494,7 +496,7 @@ impl Poller {
                     answer: None,
                     error: Some(error),
                 };
-                self.store.record_progress(lease, ticket.id, now, &reschedule).await
+                retry_when_busy(|| self.store.record_progress(lease, ticket.id, now, &reschedule)).await
             }
         };
         self.progress.fetch_add(1, Ordering::Relaxed);
@@ -545,36 +547,22 @@ impl Poller {
         now: DateTime<Utc>,
         finish: &Finish,
     ) -> Result<bool, sqlx::Error> {
-        let webhook = Arc::clone(&self.webhook);
-        let mut note = None;
-        let mut planned = 0;
-        let written = self
-            .store
-            .record_final(lease, ticket.id, now, finish, |row| {
-                let (deliveries, why) = crate::webhook::plan(row, &webhook);
-                note = why;
-                planned = deliveries.len();
-                deliveries
-            })
-            .await?;
-        if written {
-            info!(
-                state = %finish.state,
-                deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),
-                polls = ticket.polls + i64::from(finish.polled),
-                webhooks = planned,
-                "ticket finished"
-            );
-            if let Some(note) = note {
-                if let Err(error) = self.store.set_webhook_note(ticket.id, note).await {
-                    warn!(error = %error, "recording the webhook note failed");
-                }
-            }
-            if planned > 0 {
-                self.deliveries_written.notify_one();
-            }
+        let written = retry_when_busy(|| {
+            self.store.record_final(lease, ticket.id, now, finish, |row| crate::webhook::plan(row, &self.webhook))
+        })
+        .await?;
+        let Some(deliveries) = written else { return Ok(false) };
+        info!(
+            state = %finish.state,
+            deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),
+            polls = ticket.polls + i64::from(finish.polled),
+            webhooks = deliveries,
+            "ticket finished"
+        );
+        if deliveries > 0 {
+            self.deliveries_written.notify_one();
         }
-        Ok(written)
+        Ok(true)
     }
 
     async fn update_gates(

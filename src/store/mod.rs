@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
-pub use tickets::{Finish, NewTicket, Reschedule, Ticket};
+pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 
 use crate::clock::format_instant;
 
@@ -117,6 +117,35 @@ impl Store {
             .fetch_all(&self.reader)
             .await
     }
+}
+
+/// Runs a write again, a few times with jittered backoff, when it failed only because another
+/// program held SQLite's write lock past `busy_timeout` ("database is locked"). Other errors
+/// return at once. This is an in-process retry of one statement; nothing about it is persisted.
+pub async fn retry_when_busy<T, F, Fut>(write: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    use backon::Retryable as _;
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(4)
+        .with_jitter();
+    write
+        .retry(policy)
+        .when(is_busy)
+        .notify(|error, delay| tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write"))
+        .await
+}
+
+/// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).
+pub fn is_busy(error: &sqlx::Error) -> bool {
+    error.as_database_error().and_then(|error| error.code()).is_some_and(|code| {
+        // Primary result codes 5 (BUSY) and 6 (LOCKED), with or without an extended code.
+        code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+    })
 }
 
 /// `instant` as stored in every `*_at` column.

@@ -101,6 +101,16 @@ pub struct NewTicket {
     pub deadline_at: Option<DateTime<Utc>>,
 }
 
+/// What a final state announces: the webhook deliveries to write with it, and a note for the
+/// ticket when its own webhook URL was not used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announcement {
+    /// One per receiver.
+    pub deliveries: Vec<NewDelivery>,
+    /// Stored in `tickets.webhook_note`.
+    pub webhook_note: Option<String>,
+}
+
 /// The ticket is not final: when to poll next, and what the last call said.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reschedule {
@@ -222,17 +232,18 @@ impl Store {
         Ok(query.build().execute(&self.writer).await?.rows_affected() == 1)
     }
 
-    /// Records the final state and, in the same transaction, the webhook deliveries announcing
-    /// it, built by `deliveries_for` from the final row. Returns `false` (and writes nothing) when
-    /// the lease is no longer ours or the ticket is no longer pending.
+    /// Records the final state and, in the same transaction, its [`Announcement`] (the webhook
+    /// deliveries and note) built by `announce` from the final row. Returns the number of
+    /// deliveries written, or `None` (and writes nothing) when the lease is no longer ours or the
+    /// ticket is no longer pending.
     pub async fn record_final(
         &self,
         lease: &Lease,
         id: i64,
         now: DateTime<Utc>,
         finish: &Finish,
-        deliveries_for: impl FnOnce(&Ticket) -> Vec<NewDelivery>,
-    ) -> Result<bool, sqlx::Error> {
+        announce: impl FnOnce(&Ticket) -> Announcement,
+    ) -> Result<Option<usize>, sqlx::Error> {
         let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
         query.push(", state = ").push_bind(finish.state.as_str());
         query.push(", finished_at = ").push_bind(at(now));
@@ -255,23 +266,21 @@ impl Store {
 
         let mut transaction = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let Some(ticket) = query.build_query_as::<Ticket>().fetch_optional(&mut *transaction).await? else {
-            return Ok(false);
+            return Ok(None);
         };
-        for delivery in deliveries_for(&ticket) {
-            deliveries::insert(&mut transaction, &delivery, now).await?;
+        let announcement = announce(&ticket);
+        for delivery in &announcement.deliveries {
+            deliveries::insert(&mut transaction, delivery, now).await?;
+        }
+        if let Some(note) = &announcement.webhook_note {
+            sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
+                .bind(note)
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?;
         }
         transaction.commit().await?;
-        Ok(true)
-    }
-
-    /// Writes a note about the per-ticket webhook URL.
-    pub async fn set_webhook_note(&self, id: i64, note: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
-            .bind(note)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        Ok(Some(announcement.deliveries.len()))
     }
 
     /// Moves every pending, unclaimed ticket of `workspace` due before `until` to `until`.

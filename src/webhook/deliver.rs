@@ -25,7 +25,7 @@ use super::signing;
 use crate::backoff::honour_webhook_retry_after;
 use crate::clock::Clock;
 use crate::config::{WebhookConfig, parse_webhook_url, redact_url};
-use crate::store::{AttemptRecord, Delivery, Lease, Store};
+use crate::store::{AttemptRecord, Delivery, Lease, Store, retry_when_busy};
 
 /// Longest the loop sleeps before looking for new or newly due deliveries.
 pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
@@ -270,7 +270,7 @@ impl Deliverer {
             ),
         }
         self.progress.fetch_add(1, Ordering::Relaxed);
-        match self.store.record_attempt(lease, delivery.id, now, &record).await {
+        match retry_when_busy(|| self.store.record_attempt(lease, delivery.id, now, &record)).await {
             Ok(true) => {}
             Ok(false) => warn!("delivery changed under us (lease lapsed, or resent); outcome not recorded"),
             Err(error) => error!(

@@ -11,16 +11,16 @@ pub use deliver::Deliverer;
 use serde_json::{Value, json};
 
 use crate::config::WebhookConfig;
-use crate::store::{NewDelivery, Ticket};
+use crate::store::{Announcement, NewDelivery, Ticket};
 
 /// Why a ticket's own `webhook_url` was not used.
 pub const TICKET_URL_NOT_ALLOWED: &str = "webhook_url ignored: webhook.allow_ticket_urls is false";
 
 /// The deliveries announcing `ticket`'s final state, one per receiver (configured URLs, plus the
 /// ticket's own URL when allowed), and a note for the ticket when its URL was ignored.
-pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> (Vec<NewDelivery>, Option<&'static str>) {
+pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
     let Some(event_type) = ticket.state().and_then(|state| state.event_type()) else {
-        return (Vec::new(), None);
+        return Announcement::default();
     };
     let mut urls: Vec<String> = config.urls.iter().map(|url| url.as_str().to_owned()).collect();
     let mut note = None;
@@ -49,7 +49,7 @@ pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> (Vec<NewDelivery>, Optio
             payload: payload.clone(),
         })
         .collect();
-    (deliveries, note)
+    Announcement { deliveries, webhook_note: note.map(str::to_owned) }
 }
 
 /// The `webhook-id` of a ticket's current outcome: the same for every receiver and attempt, new

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone as _, Utc};
 use flink_ticketd::domain::{DeployResult, TicketState};
-use flink_ticketd::store::{Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings};
+use flink_ticketd::store::{Announcement, Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -135,8 +135,8 @@ async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner
     };
     assert!(!store.record_progress(&old, id, at(13), &stale).await.unwrap(), "the old owner is fenced off");
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
-    assert!(!store.record_final(&old, id, at(13), &finish, |_| Vec::new()).await.unwrap());
-    assert!(store.record_final(&new, id, at(13), &finish, |_| Vec::new()).await.unwrap());
+    assert_eq!(store.record_final(&old, id, at(13), &finish, |_| Announcement::default()).await.unwrap(), None);
+    assert_eq!(store.record_final(&new, id, at(13), &finish, |_| Announcement::default()).await.unwrap(), Some(0));
     let ticket = store.ticket(id).await.unwrap().unwrap();
     assert_eq!((ticket.state.as_str(), ticket.running_streak, ticket.polls), ("succeeded", 0, 1));
 }
@@ -158,7 +158,7 @@ async fn the_final_state_and_its_deliveries_commit_together() {
     let written = store
         .record_final(&lease, id, at(2), &finish, |row| {
             assert_eq!(row.state, "failed", "the closure sees the final row");
-            ["http://a.example/hook", "http://b.example/hook"]
+            let deliveries = ["http://a.example/hook", "http://b.example/hook"]
                 .into_iter()
                 .map(|url| NewDelivery {
                     ticket: row.id,
@@ -167,11 +167,13 @@ async fn the_final_state_and_its_deliveries_commit_together() {
                     event_type: "ticket.failed".to_owned(),
                     payload: "{}".to_owned(),
                 })
-                .collect()
+                .collect();
+            Announcement { deliveries, webhook_note: Some("note".to_owned()) }
         })
         .await
         .unwrap();
-    assert!(written);
+    assert_eq!(written, Some(2));
+    assert_eq!(store.ticket(id).await.unwrap().unwrap().webhook_note.as_deref(), Some("note"));
     let deliveries = store.deliveries_of_ticket(id).await.unwrap();
     assert_eq!(deliveries.len(), 2);
     assert!(
@@ -185,13 +187,14 @@ async fn the_final_state_and_its_deliveries_commit_together() {
     store.claim_due_tickets(&lease, at(3), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
     let result = store
         .record_final(&lease, id2, at(4), &finish, |row| {
-            vec![NewDelivery {
+            let deliveries = vec![NewDelivery {
                 ticket: row.id,
                 url: String::new(),
                 webhook_id: "x".to_owned(),
                 event_type: "ticket.failed".to_owned(),
                 payload: "{}".to_owned(),
-            }]
+            }];
+            Announcement { deliveries, webhook_note: None }
         })
         .await;
     assert!(result.is_err(), "an empty URL violates the deliveries table's constraint");
