@@ -326,11 +326,6 @@ impl Store {
         })
     }
 
-    /// How many deliveries are in each state.
-    pub async fn count_deliveries_by_state(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as("SELECT state, count(*) FROM webhook_deliveries GROUP BY state").fetch_all(&self.reader).await
-    }
-
     /// The deliveries of one ticket, oldest first.
     pub async fn deliveries_of_ticket(&self, ticket: i64) -> Result<Vec<Delivery>, sqlx::Error> {
         sqlx::query_as("SELECT * FROM webhook_deliveries WHERE ticket = ? ORDER BY id")

@@ -431,6 +431,41 @@ async fn webhooks_list_and_resend_send_a_dead_delivery_again_with_the_same_webho
     daemon.stop().await.expect("the daemon stops cleanly");
 }
 
+#[tokio::test]
+async fn claims_give_each_receiver_at_most_its_share_and_resend_leaves_an_attempt_in_flight_alone() {
+    let env = TestEnv::new(SCENARIO).await;
+    let store = env.store().await;
+    env.insert("ok-store", "ns", "ws").await;
+    let mut rows = String::new();
+    for (index, url) in ["http://a.test/1", "http://a.test/1", "http://a.test/1", "http://b.test/2"].iter().enumerate()
+    {
+        rows.push_str(&format!(
+            "INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload, next_attempt_at)
+             SELECT id, '{url}', 'tkt_{index}', 'ticket.succeeded', '{{}}', '2000-01-01T00:00:00.000Z'
+             FROM tickets WHERE ticket_id = 'ok-store';\n"
+        ));
+    }
+    env.execute_sql(&rows).await;
+    let now = chrono::Utc::now();
+    let lease = flink_ticketd::store::Lease("test-host:1:abcd#webhook-1".to_owned());
+    let claimed = store.claim_due_deliveries(&lease, now, Duration::from_secs(60), 10, 2).await.expect("a claim");
+    let mut urls: Vec<&str> = claimed.iter().map(|row| row.url.as_str()).collect();
+    urls.sort_unstable();
+    assert_eq!(urls, ["http://a.test/1", "http://a.test/1", "http://b.test/2"], "two per receiver at most");
+    assert!(claimed.iter().all(|row| row.attempts == 1 && row.next_attempt_at == row.lease_until.clone().unwrap()));
+    let again = store.claim_due_deliveries(&lease, now, Duration::from_secs(60), 10, 2).await.expect("a claim");
+    assert!(again.is_empty(), "the third delivery to a.test waits for a slot: {again:?}");
+
+    let in_flight = store.resend_delivery(claimed[0].id, now).await.expect("resend runs");
+    assert_eq!(in_flight, flink_ticketd::store::Resend::InFlight);
+    assert_eq!(store.resend_delivery(999_999, now).await.expect("resend runs"), flink_ticketd::store::Resend::NotFound);
+
+    assert_eq!(store.release_deliveries("test-host:1:abcd#webhook-", now).await.expect("release runs"), 3);
+    let after = store.claim_due_deliveries(&lease, now, Duration::from_secs(60), 10, 2).await.expect("a claim");
+    assert_eq!(after.len(), 3, "released deliveries are due at once");
+    store.close().await;
+}
+
 #[test]
 fn the_signer_reproduces_every_standard_webhooks_vector() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/standard-webhooks-vectors.json");
@@ -449,4 +484,25 @@ fn the_signer_reproduces_every_standard_webhooks_vector() {
         assert!(signing::verify(key.expose(), webhook_id, timestamp, body, expected));
         assert_eq!(independent_signature(secret, webhook_id, &timestamp.to_string(), body), expected);
     }
+}
+
+#[test]
+fn the_demo_finishes_five_tickets_verifies_every_webhook_and_exits_0() {
+    let output = std::process::Command::new(crate::harness::binary())
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .env_remove("FLINK_TICKETD_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for needle in ["demo-deploys", "demo-invalid-sql", "demo-throttled", "demo-unknown", "demo-never-finishes"] {
+        assert!(stdout.matches(needle).count() >= 3, "{needle} is queued, announced and summarised:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("signature verified").count(), 5, "{stdout}");
+    assert!(stdout.contains("3:10: Object 'orders' not found"), "{stdout}");
+    assert!(stdout.contains("\ntickets\nTICKET") && stdout.contains("\nwebhook deliveries\nID"), "{stdout}");
+    assert_eq!(stdout.matches(" delivered ").count(), 5, "every delivery delivered:\n{stdout}");
+    assert!(stdout.contains("expired"), "{stdout}");
 }
