@@ -46,6 +46,17 @@ pub fn honour_retry_after(scheduled: Duration, retry_after: Option<Duration>) ->
     }
 }
 
+/// The delay before the next webhook attempt when the receiver sent `Retry-After`: the hint
+/// replaces the scheduled step, bounded by [`MAX_RETRY_AFTER`] or by the step itself when the
+/// schedule already waits longer (a receiver may ask for less than the schedule, never for more
+/// than an hour beyond it).
+pub fn honour_webhook_retry_after(scheduled: Duration, retry_after: Option<Duration>) -> Duration {
+    match retry_after {
+        Some(hint) => hint.min(MAX_RETRY_AFTER.max(scheduled)),
+        None => scheduled,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +107,15 @@ mod tests {
             Duration::from_millis(500)
         );
         assert_eq!(honour_retry_after(Duration::from_secs(4), Some(Duration::from_secs(86_400))), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn webhook_retry_after_replaces_the_step_up_to_an_hour_or_the_step() {
+        let five_minutes = Duration::from_secs(300);
+        assert_eq!(honour_webhook_retry_after(five_minutes, None), five_minutes);
+        assert_eq!(honour_webhook_retry_after(five_minutes, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(honour_webhook_retry_after(five_minutes, Some(Duration::from_secs(86_400))), MAX_RETRY_AFTER);
+        let twenty_hours = Duration::from_secs(72_000);
+        assert_eq!(honour_webhook_retry_after(twenty_hours, Some(Duration::from_secs(86_400))), twenty_hours);
     }
 }

@@ -1,8 +1,9 @@
 //! The command line: argument parsing (clap) and the user commands that are not the daemon
-//! (`enqueue`, `deploy`, `list`, `show`, `retry`, `cancel`, `check-config`, `migrate`). Command
-//! output goes to stdout; errors go to stderr as one line, and the exit code says what kind of
-//! failure it was. `deploy --wait` prints validation issues to stderr as `line:column: message`,
-//! the way compilers do, so a CI log reads like a build.
+//! The command line: argument parsing (clap) and the user commands that are not the daemon
+//! (`enqueue`, `deploy`, `list`, `show`, `retry`, `cancel`, `webhooks`, `check-config`, `migrate`;
+//! `demo` lives in `crate::demo`). Command output goes to stdout; errors go to stderr as one line,
+//! and the exit code says what kind of failure it was. `deploy --wait` prints validation issues to
+//! stderr as `line:column: message`, the way compilers do, so a CI log reads like a build.
 
 #![expect(clippy::print_stdout, reason = "command output is this module's job")]
 
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
 use crate::domain::{TicketState, ValidationIssue};
-use crate::store::{Delivery, NewTicket, Store, Ticket};
+use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
 
 /// Watches Alibaba Cloud Flink deploy tickets queued in SQLite and reports their outcome.
 #[derive(Debug, Parser)]
@@ -125,6 +126,15 @@ pub enum Command {
         #[command(flatten)]
         which: Which,
     },
+    /// The webhook delivery log, and sending a delivery again.
+    Webhooks {
+        /// What to do with deliveries.
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+    /// The whole flow on this machine with no cloud account: simulated API, local receiver,
+    /// temporary database, five sample tickets; exits when they are done.
+    Demo,
     /// Serve the simulated Flink API alone, to try the daemon and a webhook consumer end to end.
     Simulate {
         /// Address to listen on.
@@ -139,6 +149,30 @@ pub enum Command {
     CheckConfig,
     /// Apply database migrations and exit.
     Migrate,
+}
+
+/// The `webhooks` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List webhook deliveries, newest first.
+    List {
+        /// Only deliveries in this state (pending, delivered, dead).
+        #[arg(long, value_parser = parse_delivery_state)]
+        state: Option<DeliveryState>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again now, with the same webhook-id and body (the running daemon sends
+    /// it). It keeps its attempt count: a delivery that had used its whole schedule gets one
+    /// more attempt, one stopped early by 410 resumes its schedule.
+    Resend {
+        /// The delivery's ID (the first column of `webhooks list`).
+        delivery_id: i64,
+    },
 }
 
 /// Where `simulate` listens unless told otherwise.
@@ -187,6 +221,10 @@ impl From<config::ConfigError> for CliError {
 
 /// Runs the parsed command. `shutdown` is cancelled by SIGTERM/SIGINT.
 pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliError> {
+    if matches!(cli.command, Command::Demo) {
+        // The demo builds its own configuration and needs no file or account.
+        return crate::demo::run(shutdown).await.map_err(CliError::Runtime);
+    }
     let config = config::load(cli.config.as_deref())?;
     if !matches!(cli.command, Command::CheckConfig) {
         crate::telemetry::init(&config.log.level, config.log.format);
@@ -194,6 +232,8 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match cli.command {
         Command::Run => crate::run(config, clock, shutdown).await.map_err(usage_if_setup_is_wrong)?,
+        Command::Demo => unreachable!("handled before the configuration is loaded"),
+        Command::Webhooks { command } => webhooks(&config, command, clock.as_ref()).await?,
         Command::CheckConfig => check_config(&config)?,
         Command::Simulate { listen, scenario } => simulate(&config, listen, scenario.as_deref(), shutdown).await?,
         Command::Migrate => {
@@ -283,6 +323,46 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
                 )));
             }
             println!("ticket {ticket_id} cancelled");
+        }
+    }
+    Ok(())
+}
+
+async fn webhooks(config: &Config, command: WebhooksCommand, clock: &dyn Clock) -> Result<(), CliError> {
+    match command {
+        WebhooksCommand::List { state, limit, json } => {
+            let store = Store::open_without_migrating(&config.database).await?;
+            let deliveries = store.list_deliveries(state, limit).await.context("listing webhook deliveries")?;
+            if json {
+                let rows: Vec<Value> = deliveries.iter().map(delivery_json).collect();
+                println!("{}", serde_json::to_string_pretty(&rows).context("serialising deliveries")?);
+            } else {
+                print_delivery_table(&deliveries);
+            }
+        }
+        WebhooksCommand::Resend { delivery_id } => {
+            let store = Store::open(&config.database).await?;
+            let resent = store.resend_delivery(delivery_id, clock.now()).await.context("queueing the delivery")?;
+            store.close().await;
+            match resent {
+                Resend::Queued(delivery) => println!(
+                    "delivery {} ({}, webhook-id {}) is due now; the running daemon sends it",
+                    delivery.id,
+                    shown_url(&delivery.url),
+                    delivery.webhook_id
+                ),
+                Resend::NotFound => {
+                    return Err(CliError::Usage(format!(
+                        "no webhook delivery {delivery_id} in {}",
+                        config.database.path.display()
+                    )));
+                }
+                Resend::InFlight => {
+                    return Err(CliError::Usage(format!(
+                        "webhook delivery {delivery_id} is being sent right now; resend it after this attempt"
+                    )));
+                }
+            }
         }
     }
     Ok(())
@@ -525,6 +605,15 @@ fn parse_state(text: &str) -> Result<TicketState, String> {
     text.parse()
 }
 
+fn parse_delivery_state(text: &str) -> Result<DeliveryState, String> {
+    text.parse()
+}
+
+/// A receiver URL without its user information.
+fn shown_url(url: &str) -> String {
+    config::parse_webhook_url(url).map(|url| config::redact_url(&url)).unwrap_or_else(|_| url.to_owned())
+}
+
 /// A constraint failure in words a user can act on.
 fn describe_insert_error(error: &sqlx::Error) -> String {
     let message = error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string());
@@ -550,12 +639,78 @@ fn ticket_json(ticket: &Ticket) -> Value {
 
 fn delivery_json(delivery: &Delivery) -> Value {
     let mut value = serde_json::to_value(delivery).expect("a delivery row serialises to JSON");
+    value["url"] = Value::String(shown_url(&delivery.url));
     if let Some(object) = value.as_object_mut() {
         object.remove("payload");
         object.remove("lease_owner");
         object.remove("lease_until");
     }
     value
+}
+
+fn print_delivery_table(deliveries: &[Delivery]) {
+    let rows: Vec<Vec<String>> = deliveries
+        .iter()
+        .map(|delivery| {
+            vec![
+                delivery.id.to_string(),
+                delivery.ticket.to_string(),
+                delivery.event_type.clone(),
+                delivery.state.clone(),
+                delivery.attempts.to_string(),
+                delivery.last_http_status.map(|status| status.to_string()).unwrap_or_default(),
+                delivery_when(delivery),
+                shown_url(&delivery.url),
+                delivery.webhook_id.clone(),
+                delivery.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "TICKET_ROW",
+        "EVENT",
+        "STATE",
+        "ATTEMPTS",
+        "HTTP",
+        "DELIVERED / NEXT",
+        "URL",
+        "WEBHOOK_ID",
+        "LAST_ERROR",
+    ];
+    print_rows(&header, &rows);
+}
+
+/// When a delivery was delivered, or when it is next attempted.
+fn delivery_when(delivery: &Delivery) -> String {
+    match delivery.state() {
+        Some(DeliveryState::Delivered) => delivery.delivered_at.clone().unwrap_or_default(),
+        Some(DeliveryState::Pending) => format!("next {}", delivery.next_attempt_at),
+        _ => String::new(),
+    }
+}
+
+/// Prints a left-aligned table with a header.
+pub fn print_rows(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        cells
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    println!("{}", line(&mut header.iter().copied()));
+    for row in rows {
+        println!("{}", line(&mut row.iter().map(String::as_str)));
+    }
 }
 
 fn print_table(tickets: &[Ticket]) {
@@ -636,14 +791,22 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
         println!("webhook deliveries:");
         for delivery in deliveries {
             println!(
-                "  #{} {} {} attempts={} {}{}",
+                "  #{} {} {} {} webhook-id={} attempts={}{}{}",
                 delivery.id,
+                delivery.event_type,
                 delivery.state,
-                config::parse_webhook_url(&delivery.url).map(|url| config::redact_url(&url)).unwrap_or_default(),
+                shown_url(&delivery.url),
+                delivery.webhook_id,
                 delivery.attempts,
-                delivery.last_http_status.map(|status| format!("http={status} ")).unwrap_or_default(),
-                delivery.last_error.as_deref().unwrap_or_default(),
+                delivery.last_http_status.map(|status| format!(" http={status}")).unwrap_or_default(),
+                Some(delivery_when(delivery))
+                    .filter(|when| !when.is_empty())
+                    .map(|when| format!(" {when}"))
+                    .unwrap_or_default(),
             );
+            if let Some(error) = delivery.last_error.as_deref().filter(|_| delivery.state != "delivered") {
+                println!("      last error: {error}");
+            }
         }
     }
 }

@@ -90,11 +90,15 @@ pub struct WebhookConfig {
     pub secrets: Vec<SecretBytes>,
     /// Honour the per-ticket `webhook_url` column.
     pub allow_ticket_urls: bool,
-    /// Delays between attempts.
+    /// Delays between attempts: attempt `n` (1-based) that fails waits `schedule[n-1]`; after
+    /// attempt `schedule.len() + 1` fails, the delivery is dead.
     pub schedule: Vec<Duration>,
-    /// Timeout of one attempt.
+    /// Timeout of one attempt (connecting, sending and reading the answer).
     pub timeout: Duration,
-    /// Attempts in flight at once.
+    /// How long a claim holds a delivery; longer than `timeout`. After a crash the delivery is
+    /// attempted again once this has passed.
+    pub lease: Duration,
+    /// Attempts in flight at once, over all receivers.
     pub max_in_flight: usize,
 }
 
@@ -202,6 +206,7 @@ struct RawWebhook {
     allow_ticket_urls: bool,
     schedule: Vec<String>,
     timeout: String,
+    lease: String,
     max_in_flight: i64,
 }
 
@@ -317,6 +322,7 @@ impl RawConfig {
         let deadline = duration("poll.deadline", &self.poll.deadline);
         let lease = duration("poll.lease", &self.poll.lease);
         let webhook_timeout = duration("webhook.timeout", &self.webhook.timeout);
+        let webhook_lease = duration("webhook.lease", &self.webhook.lease);
         let shutdown_grace = duration("shutdown.grace", &self.shutdown.grace);
         let keep = duration("retention.keep", &self.retention.keep);
         let schedule: Vec<Duration> = self
@@ -486,6 +492,12 @@ impl RawConfig {
         if webhook_timeout.is_zero() {
             problems.push("webhook.timeout: must be more than zero".to_owned());
         }
+        if webhook_lease <= webhook_timeout {
+            problems.push(format!(
+                "webhook.lease: must be longer than webhook.timeout ({})",
+                format_duration(webhook_timeout)
+            ));
+        }
 
         let urls: Vec<Url> = self
             .webhook
@@ -570,6 +582,7 @@ impl RawConfig {
                 allow_ticket_urls: self.webhook.allow_ticket_urls,
                 schedule,
                 timeout: webhook_timeout,
+                lease: webhook_lease,
                 max_in_flight: webhook_max_in_flight,
             },
             shutdown_grace,
@@ -629,7 +642,8 @@ impl Config {
         let _ = writeln!(out, "allow_ticket_urls = {}", webhook.allow_ticket_urls);
         let schedule: Vec<String> = webhook.schedule.iter().map(|delay| duration(*delay)).collect();
         let _ = writeln!(out, "schedule = [{}]", schedule.join(", "));
-        let _ = writeln!(out, "timeout = {}\nmax_in_flight = {}", duration(webhook.timeout), webhook.max_in_flight);
+        let _ = writeln!(out, "timeout = {}\nlease = {}", duration(webhook.timeout), duration(webhook.lease));
+        let _ = writeln!(out, "max_in_flight = {}", webhook.max_in_flight);
         let _ = writeln!(out, "\n[shutdown]\ngrace = {}", duration(self.shutdown_grace));
         let _ = writeln!(
             out,
@@ -736,7 +750,7 @@ pub fn decode_webhook_secret(text: &str) -> Result<SecretBytes, String> {
 pub fn redact_url(url: &Url) -> String {
     let mut shown = url.clone();
     if !shown.username().is_empty() || shown.password().is_some() {
-        let _ = shown.set_username("[redacted]");
+        let _ = shown.set_username("***");
         let _ = shown.set_password(None);
     }
     shown.to_string()

@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
-pub use deliveries::{Delivery, DeliveryState, NewDelivery};
+pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
 pub use recorder::{Announce, RecordError, Recorder};
 pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 
@@ -120,6 +120,34 @@ impl Store {
             .fetch_all(&self.reader)
             .await
     }
+}
+
+/// Runs a write again, a few times with jittered backoff, when it failed only because another
+/// program held SQLite's write lock past `busy_timeout` ("database is locked"). Other errors
+/// return at once. An in-process retry of one statement; nothing about it is persisted.
+pub async fn retry_when_busy<T, F, Fut>(write: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    use backon::Retryable as _;
+    write
+        .retry(busy_retry_policy())
+        .when(is_busy)
+        .notify(|error, delay| {
+            tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write");
+        })
+        .await
+}
+
+/// The backoff of [`retry_when_busy`] and of the recorder's batches: 50 ms doubling to 2 s,
+/// jittered, four retries.
+fn busy_retry_policy() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(4)
+        .with_jitter()
 }
 
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).

@@ -4,8 +4,6 @@
 //! `BEGIN IMMEDIATE` transaction, each write inside its own savepoint so that one failing write
 //! never takes the others down with it, and answers every caller once the batch commits.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
@@ -110,11 +108,7 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
     use backon::Retryable as _;
     let jobs = tokio::sync::Mutex::new(jobs);
     let shared = &jobs;
-    let policy = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(4)
-        .with_jitter();
+    let policy = super::busy_retry_policy();
     let result = (move || async move {
         let mut jobs = shared.lock().await;
         // Fast path: the whole batch in one transaction, one statement per write. A write that

@@ -1,8 +1,12 @@
 //! Webhooks announcing finished tickets. [`plan`] decides, for a ticket's final row, which
 //! receivers get which body (the rows are written in the same transaction as the final state);
-//! `signing` holds the Standard Webhooks signature.
+//! `deliver` is the loop that sends them ([`Deliverer`]); `signing` holds the Standard Webhooks
+//! signature.
 
+pub mod deliver;
 pub mod signing;
+
+pub use deliver::Deliverer;
 
 use serde_json::{Value, json};
 

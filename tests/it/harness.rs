@@ -109,8 +109,14 @@ level = "info"
 
     /// Writes [`TestEnv::config_text`] to a file and returns its path.
     pub fn config_file(&self) -> PathBuf {
+        self.config_file_with("")
+    }
+
+    /// Writes [`TestEnv::config_text`] followed by `extra` (whole TOML tables the base text does
+    /// not have, such as `[webhook]`) to a file and returns its path.
+    pub fn config_file_with(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("config.toml");
-        std::fs::write(&path, self.config_text()).expect("the config file is written");
+        std::fs::write(&path, format!("{}\n{extra}", self.config_text())).expect("the config file is written");
         path
     }
 
@@ -165,7 +171,13 @@ level = "info"
 
     /// Starts the real binary (`run`) with the test config file and extra environment.
     pub fn spawn_binary(&self, env: &[(&str, &str)]) -> BinaryDaemon {
-        let config = self.config_file();
+        self.spawn_binary_with("", env)
+    }
+
+    /// Starts the real binary with the test config plus `extra` TOML tables (see
+    /// [`TestEnv::config_file_with`]).
+    pub fn spawn_binary_with(&self, extra: &str, env: &[(&str, &str)]) -> BinaryDaemon {
+        let config = self.config_file_with(extra);
         let log = self.dir.path().join(format!("daemon-{}.log", rand_suffix()));
         let log_file = std::fs::File::create(&log).expect("the log file is created");
         let mut command = Command::new(binary());
@@ -445,5 +457,138 @@ impl FakeHttp {
 impl Drop for FakeHttp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// How a [`WebhookSink`] answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// This status, empty body.
+    Status(u16),
+    /// This status with one extra header.
+    WithHeader(u16, &'static str, String),
+    /// This status with a body that never ends.
+    Endless(u16),
+    /// Never answer (the connection stays open until the test ends).
+    Hang,
+}
+
+/// One request a [`WebhookSink`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: bytes::Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("the webhook body is JSON")
+    }
+}
+
+type Responder = dyn Fn(usize) -> Reply + Send + Sync;
+
+/// A webhook receiver on 127.0.0.1: records every request (before answering) into a channel and
+/// answers its n-th request (from 0) as `reply(n)` says.
+pub struct WebhookSink {
+    pub url: String,
+    received: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for WebhookSink {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+struct SinkState {
+    reply: Box<Responder>,
+    count: std::sync::atomic::AtomicUsize,
+    sender: tokio::sync::mpsc::UnboundedSender<Received>,
+}
+
+impl WebhookSink {
+    /// A receiver that accepts everything with 204.
+    pub async fn accepting() -> WebhookSink {
+        WebhookSink::start(|_| Reply::Status(204)).await
+    }
+
+    pub async fn start(reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> WebhookSink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("the sink binds");
+        let address = listener.local_addr().expect("the sink's address");
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        let state = Arc::new(SinkState { reply: Box::new(reply), count: Default::default(), sender });
+        let app = axum::Router::new().fallback(sink_handler).with_state(state);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = axum::serve(listener, app) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+        WebhookSink { url: format!("http://{address}/hooks/flink"), received, shutdown }
+    }
+
+    /// The next request; panics after [`HANG`].
+    pub async fn next(&mut self) -> Received {
+        tokio::time::timeout(HANG, self.received.recv())
+            .await
+            .expect("the sink got a request in time")
+            .expect("the sink is running")
+    }
+
+    /// Every request received so far and not yet taken.
+    pub fn drain(&mut self) -> Vec<Received> {
+        std::iter::from_fn(|| self.received.try_recv().ok()).collect()
+    }
+}
+
+async fn sink_handler(
+    axum::extract::State(state): axum::extract::State<Arc<SinkState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let index = state.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _ = state.sender.send(Received {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    let status = |code: u16| axum::http::StatusCode::from_u16(code).expect("a valid status");
+    match (state.reply)(index) {
+        Reply::Status(code) => status(code).into_response(),
+        Reply::WithHeader(code, name, value) => (status(code), [(name, value)]).into_response(),
+        Reply::Endless(code) => (status(code), axum::body::Body::new(Endless)).into_response(),
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+/// A response body that never ends.
+struct Endless;
+
+impl hyper::body::Body for Endless {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&CHUNK)))))
     }
 }

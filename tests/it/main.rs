@@ -6,3 +6,4 @@ mod harness;
 mod polling;
 mod signing;
 mod store;
+mod webhooks;

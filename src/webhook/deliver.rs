@@ -1,0 +1,498 @@
+//! The delivery loop over the `webhook_deliveries` outbox: wait until the earliest delivery is
+//! due (per the database), claim due deliveries with a lease, send each signed POST under the
+//! webhook concurrency limit, and record what [`decide`] makes of the answer.
+//!
+//! The loop has its own HTTP client (redirects not followed, answers read up to
+//! [`MAX_RESPONSE_BYTES`] and discarded), its own concurrency limit and its own task, so a slow or
+//! dead receiver never slows polling; each receiver gets at most half of the sending slots, so it
+//! does not hold up the others either. Every write after the claim is fenced by the lease, and no
+//! transaction is open while a request is in flight. [`decide`] and [`parse_retry_after`] are pure.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use reqwest::header::{CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
+use serde::Deserialize;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, error, info, info_span, warn};
+
+use super::signing;
+use crate::backoff::honour_webhook_retry_after;
+use crate::clock::Clock;
+use crate::config::{WebhookConfig, parse_webhook_url, redact_url};
+use crate::store::{AttemptRecord, Delivery, Lease, Store, retry_when_busy};
+
+/// Longest the loop sleeps before looking for new or newly due deliveries.
+pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most this much of an answer's body is read (then discarded); the rest is never received.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// At most this many characters of a failed answer's body are kept in `last_error`.
+pub const ERROR_BODY_CHARS: usize = 200;
+
+/// Prefix of the lease names the loop writes after the process's own prefix.
+pub const LEASE_TAG: &str = "#webhook-";
+
+/// What one attempt got from the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A 2xx answer.
+    Accepted {
+        /// The status it answered.
+        http_status: u16,
+    },
+    /// 410 Gone: the receiver wants no more attempts.
+    Gone,
+    /// Anything else, or no answer.
+    Failed {
+        /// The status of the answer, if there was one.
+        http_status: Option<u16>,
+        /// What went wrong, for `last_error`.
+        error: String,
+        /// The answer's `Retry-After`, already turned into a delay.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Decides what an attempt's outcome means for its delivery. `attempt` is the 1-based number
+/// of this attempt (the row's `attempts` after the claim). Attempt `n` that fails waits
+/// `schedule[n-1]` (or the receiver's `Retry-After`, see [`honour_webhook_retry_after`]); when
+/// `n` exceeds the schedule's length the delivery is dead. Pure.
+pub fn decide(attempt: i64, schedule: &[Duration], outcome: &Outcome, now: DateTime<Utc>) -> AttemptRecord {
+    match outcome {
+        Outcome::Accepted { http_status } => AttemptRecord::Delivered { http_status: *http_status },
+        Outcome::Gone => AttemptRecord::Dead {
+            http_status: Some(410),
+            error: "HTTP 410 Gone: the receiver asked for no more attempts".to_owned(),
+        },
+        Outcome::Failed { http_status, error, retry_after } => {
+            let step = usize::try_from(attempt.max(1) - 1).unwrap_or(usize::MAX);
+            match schedule.get(step) {
+                Some(scheduled) => {
+                    let delay = honour_webhook_retry_after(*scheduled, *retry_after);
+                    AttemptRecord::Retry {
+                        next_attempt_at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX),
+                        http_status: *http_status,
+                        error: error.clone(),
+                    }
+                }
+                None => AttemptRecord::Dead { http_status: *http_status, error: error.clone() },
+            }
+        }
+    }
+}
+
+/// Reads a `Retry-After` value, either delay-seconds or an HTTP date, as a delay from `now`
+/// (a date in the past is no delay). Anything else is ignored.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let date: DateTime<Utc> = httpdate::parse_http_date(value).ok()?.into();
+    Some((date - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Everything the delivery loop needs.
+pub struct Deliverer {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    config: Arc<WebhookConfig>,
+    http: reqwest::Client,
+    owner: String,
+    deliveries_written: Arc<Notify>,
+    /// Counts loop iterations and finished attempts; a stuck loop stops counting.
+    pub progress: Arc<AtomicU64>,
+    wake: Notify,
+}
+
+impl Deliverer {
+    /// Builds the loop and its HTTP client. `owner` is the process's lease prefix
+    /// (`host:pid:random`); `deliveries_written` is notified by the poller after a final state
+    /// wrote deliveries.
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: Arc<WebhookConfig>,
+        owner: &str,
+        deliveries_written: Arc<Notify>,
+    ) -> anyhow::Result<Deliverer> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("flink-ticketd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the webhook HTTP client")?;
+        Ok(Deliverer {
+            store,
+            clock,
+            config,
+            http,
+            owner: format!("{owner}{LEASE_TAG}"),
+            deliveries_written,
+            progress: Arc::new(AtomicU64::new(0)),
+            wake: Notify::new(),
+        })
+    }
+
+    /// The prefix of every lease this loop writes, for handing them back at shutdown.
+    pub fn lease_prefix(&self) -> &str {
+        &self.owner
+    }
+
+    /// Attempts in flight to one receiver at most: half of `webhook.max_in_flight`, at least 1.
+    pub fn per_url_limit(&self) -> u32 {
+        u32::try_from((self.config.max_in_flight / 2).max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Delivers until `shutdown` is cancelled. Attempts in flight run in `tracker`; the caller
+    /// waits for them (with a grace period) after this returns.
+    pub async fn run_until_cancelled(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
+        let semaphore = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
+        let mut claims: u64 = 0;
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            if !self.wait_until_due(&shutdown).await {
+                break;
+            }
+            let mut permits = vec![first];
+            while let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            claims += 1;
+            let lease = Lease(format!("{}{claims}", self.owner));
+            let limit = u32::try_from(permits.len()).unwrap_or(u32::MAX);
+            let now = self.clock.now();
+            let claimed =
+                self.store.claim_due_deliveries(&lease, now, self.config.lease, limit, self.per_url_limit()).await;
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            match claimed {
+                Ok(deliveries) if deliveries.is_empty() => {
+                    // Something is due, but its receiver already has its share of attempts in
+                    // flight (or another daemon took it): wait for an attempt to finish.
+                    drop(permits);
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break,
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(WAKE_INTERVAL) => {}
+                    }
+                }
+                Ok(deliveries) => {
+                    for (delivery, permit) in deliveries.into_iter().zip(permits) {
+                        let deliverer = Arc::clone(&self);
+                        let lease = lease.clone();
+                        let span = info_span!(
+                            "delivery",
+                            delivery_id = delivery.id,
+                            ticket_id = %ticket_id_of(&delivery),
+                            url = %shown_url(&delivery.url),
+                            attempt = delivery.attempts,
+                        );
+                        tracker.spawn(
+                            async move {
+                                deliverer.deliver(delivery, &lease).await;
+                                drop(permit);
+                                deliverer.wake.notify_one();
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+                Err(error) => {
+                    error!(error = %error, "claiming due webhook deliveries failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(WAKE_INTERVAL) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until a pending delivery is due. Returns `false` when cancelled first.
+    async fn wait_until_due(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            let now = self.clock.now();
+            let wait = match self.store.next_delivery_due_at().await {
+                Ok(Some(due)) if due <= now => return true,
+                Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(WAKE_INTERVAL),
+                Ok(None) => WAKE_INTERVAL,
+                Err(error) => {
+                    error!(error = %error, "reading the next due webhook delivery failed");
+                    WAKE_INTERVAL
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return false,
+                () = self.deliveries_written.notified() => {}
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Sends one claimed delivery and records the outcome.
+    async fn deliver(&self, delivery: Delivery, lease: &Lease) {
+        let outcome = self.send(&delivery).await;
+        let now = self.clock.now();
+        let record = decide(delivery.attempts, &self.config.schedule, &outcome, now);
+        match &record {
+            AttemptRecord::Delivered { http_status } => info!(http_status, "webhook delivered"),
+            AttemptRecord::Retry { next_attempt_at, http_status, error } => warn!(
+                http_status = http_status.map(i64::from),
+                error = %error,
+                delay_ms = (*next_attempt_at - now).num_milliseconds(),
+                "webhook attempt failed, retrying"
+            ),
+            AttemptRecord::Dead { http_status: Some(410), .. } => {
+                warn!(http_status = 410, "receiver answered 410 Gone; delivery stopped")
+            }
+            AttemptRecord::Dead { http_status, error } => error!(
+                http_status = http_status.map(i64::from),
+                error = %error,
+                attempts = delivery.attempts,
+                "webhook delivery gave up after its last attempt"
+            ),
+        }
+        self.progress.fetch_add(1, Ordering::Relaxed);
+        match retry_when_busy(|| self.store.record_attempt(lease, delivery.id, now, &record)).await {
+            Ok(true) => {}
+            Ok(false) => warn!("delivery changed under us (lease lapsed, or resent); outcome not recorded"),
+            Err(error) => error!(
+                error = %error,
+                "recording the webhook attempt failed; the delivery is attempted again when its lease lapses"
+            ),
+        }
+    }
+
+    /// One signed POST of a delivery's body.
+    async fn send(&self, delivery: &Delivery) -> Outcome {
+        let timestamp = self.clock.now().timestamp();
+        let keys: Vec<&[u8]> = self.config.secrets.iter().map(|secret| secret.expose()).collect();
+        let signature = signing::sign(&keys, &delivery.webhook_id, timestamp, delivery.payload.as_bytes());
+        let Ok(webhook_id) = HeaderValue::from_str(&delivery.webhook_id) else {
+            return failed(None, "the webhook-id is not a valid header value".to_owned());
+        };
+        let Ok(mut signature) = HeaderValue::from_str(&signature) else {
+            return failed(None, "the signature is not a valid header value".to_owned());
+        };
+        signature.set_sensitive(true);
+        let response = self
+            .http
+            .post(&delivery.url)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", HeaderValue::from(timestamp))
+            .header("webhook-signature", signature)
+            .body(delivery.payload.clone())
+            .send()
+            .await;
+        let mut response = match response {
+            Ok(response) => response,
+            Err(error) => return failed(None, describe_transport(&error)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, self.clock.now()));
+        let location = response.headers().get(LOCATION).and_then(|value| value.to_str().ok()).map(str::to_owned);
+        // Read a little of the body so the connection can be reused and a failure can say what
+        // the receiver said; stop at the cap, and never let a body error undo a 2xx.
+        let mut body = Vec::new();
+        while body.len() < MAX_RESPONSE_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(MAX_RESPONSE_BYTES - body.len())]),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        drop(response);
+        if status.is_success() {
+            return Outcome::Accepted { http_status: status.as_u16() };
+        }
+        if status == reqwest::StatusCode::GONE {
+            return Outcome::Gone;
+        }
+        let mut error = format!("HTTP {status}");
+        if status.is_redirection() {
+            error.push_str(": redirect not followed");
+            if let Some(location) = location {
+                error.push_str(&format!(" (to {})", shown_url(&location)));
+            }
+        } else if let Some(said) = body_excerpt(&body) {
+            error.push_str(": ");
+            error.push_str(&said);
+        }
+        Outcome::Failed { http_status: Some(status.as_u16()), error, retry_after }
+    }
+}
+
+fn failed(http_status: Option<u16>, error: String) -> Outcome {
+    Outcome::Failed { http_status, error, retry_after: None }
+}
+
+/// The first [`ERROR_BODY_CHARS`] characters of a body on one line, if it has any text.
+fn body_excerpt(body: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut excerpt: String = line.chars().take(ERROR_BODY_CHARS).collect();
+    if excerpt.is_empty() {
+        return None;
+    }
+    if line.chars().count() > ERROR_BODY_CHARS {
+        excerpt.push('…');
+    }
+    Some(excerpt)
+}
+
+/// The URL without user information, for logs.
+fn shown_url(url: &str) -> String {
+    parse_webhook_url(url).map(|url| redact_url(&url)).unwrap_or_else(|_| "[unparsable URL]".to_owned())
+}
+
+/// `data.ticket_id` of the body, for the log span.
+fn ticket_id_of(delivery: &Delivery) -> String {
+    #[derive(Deserialize)]
+    struct Body {
+        data: Data,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        ticket_id: String,
+    }
+    serde_json::from_str::<Body>(&delivery.payload).map(|body| body.data.ticket_id).unwrap_or_default()
+}
+
+/// A transport error without the URL (which may hold credentials).
+fn describe_transport(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    if detail.is_empty() || error.is_timeout() { kind.to_owned() } else { format!("{kind}: {detail}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+    }
+
+    fn schedule() -> Vec<Duration> {
+        vec![Duration::from_secs(5), Duration::from_secs(300), Duration::from_secs(1800)]
+    }
+
+    fn failure(retry_after: Option<Duration>) -> Outcome {
+        Outcome::Failed { http_status: Some(503), error: "HTTP 503".to_owned(), retry_after }
+    }
+
+    #[test]
+    fn a_2xx_is_delivered_whatever_the_attempt() {
+        for attempt in [1, 4, 99] {
+            assert_eq!(
+                decide(attempt, &schedule(), &Outcome::Accepted { http_status: 204 }, now()),
+                AttemptRecord::Delivered { http_status: 204 }
+            );
+        }
+    }
+
+    #[test]
+    fn attempt_n_that_fails_waits_the_nth_step_and_the_last_one_is_dead() {
+        for (attempt, wait) in [(1, 5), (2, 300), (3, 1800)] {
+            let AttemptRecord::Retry { next_attempt_at, http_status, .. } =
+                decide(attempt, &schedule(), &failure(None), now())
+            else {
+                panic!("attempt {attempt} should be retried")
+            };
+            assert_eq!(next_attempt_at - now(), chrono::Duration::seconds(wait));
+            assert_eq!(http_status, Some(503));
+        }
+        assert!(matches!(decide(4, &schedule(), &failure(None), now()), AttemptRecord::Dead { .. }));
+        assert!(matches!(decide(1, &[], &failure(None), now()), AttemptRecord::Dead { .. }), "no schedule: one try");
+    }
+
+    #[test]
+    fn gone_is_dead_at_once() {
+        assert_eq!(
+            decide(1, &schedule(), &Outcome::Gone, now()),
+            AttemptRecord::Dead {
+                http_status: Some(410),
+                error: "HTTP 410 Gone: the receiver asked for no more attempts".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_replaces_the_step_within_the_cap() {
+        let at = |hint| match decide(1, &schedule(), &failure(Some(hint)), now()) {
+            AttemptRecord::Retry { next_attempt_at, .. } => next_attempt_at - now(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(at(Duration::from_secs(1)), chrono::Duration::seconds(1));
+        assert_eq!(at(Duration::from_secs(120)), chrono::Duration::seconds(120));
+        assert_eq!(at(Duration::from_secs(10 * 86_400)), chrono::Duration::hours(1));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("120", now()), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now()), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("Sat, 28 Nov 2026 12:00:30 GMT", now()), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Sat, 28 Nov 2026 11:00:00 GMT", now()), Some(Duration::ZERO), "past date");
+        assert_eq!(parse_retry_after("soon", now()), None);
+        assert_eq!(parse_retry_after("-5", now()), None);
+        assert_eq!(parse_retry_after("", now()), None);
+    }
+
+    #[test]
+    fn a_failed_answer_keeps_one_short_line_of_its_body() {
+        assert_eq!(body_excerpt(b"  down\r\nfor maintenance \x07"), Some("down for maintenance".to_owned()));
+        assert_eq!(body_excerpt(b""), None);
+        let long = "x".repeat(1000);
+        let excerpt = body_excerpt(long.as_bytes()).expect("text");
+        assert_eq!(excerpt.chars().count(), ERROR_BODY_CHARS + 1);
+    }
+
+    #[test]
+    fn urls_are_shown_without_user_information() {
+        assert_eq!(shown_url("https://user:pw@hooks.example.com/x"), "https://***@hooks.example.com/x");
+        assert_eq!(shown_url("http://127.0.0.1:9/hook"), "http://127.0.0.1:9/hook");
+    }
+}
