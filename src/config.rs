@@ -665,7 +665,12 @@ impl Config {
     }
 }
 
+/// The longest duration any key accepts (100 years). Bounding it keeps every sum and multiple
+/// the daemon derives from durations (lease checks, backoff caps, deadlines) far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"30d"` and sums such as `"1h30m"`; `"0"` is zero.
+/// At most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed == "0" {
@@ -693,7 +698,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "" => return Err(format!("{text:?} has a number without a unit (ms, s, m, h, d)")),
             other => return Err(format!("{text:?} has an unknown unit {other:?}; use ms, s, m, h or d")),
         };
-        total += Duration::try_from_secs_f64(value * unit_secs).map_err(|_| format!("{text:?} is out of range"))?;
+        let part = Duration::try_from_secs_f64(value * unit_secs)
+            .ok()
+            .filter(|part| *part <= MAX_DURATION)
+            .ok_or_else(|| format!("{text:?} is longer than 100 years (36500d)"))?;
+        total = total.saturating_add(part);
+        if total > MAX_DURATION {
+            return Err(format!("{text:?} is longer than 100 years (36500d)"));
+        }
         rest = tail.trim_start();
     }
     Ok(total)
@@ -819,6 +831,20 @@ mod tests {
         assert_eq!(config.poll.initial_interval, Duration::from_secs(2));
         assert_eq!(config.webhook.schedule.len(), 9);
         assert_eq!(config.http_listen, Some("127.0.0.1:9187".parse().unwrap()));
+    }
+
+    #[test]
+    fn durations_beyond_a_century_are_refused_so_derived_times_cannot_overflow() {
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        for text in ["36501d", "200000000000000d", "1e30s", "36500d1ms", "18446744073709551615s"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        let error = validate(
+            "[flink]\nconnect_timeout = \"150000000000000d\"\nrequest_timeout = \"150000000000000d\"\n",
+            &[],
+        )
+        .expect_err("refused");
+        assert!(error.problems.iter().any(|problem| problem.starts_with("flink.connect_timeout")), "{error}");
     }
 
     #[test]
