@@ -70,6 +70,9 @@ pub struct LoggedRequest {
     pub seq: u64,
     /// The `x-acs-action` header, or `""` when absent.
     pub action: String,
+    /// The request path exactly as received, still percent-encoded.
+    #[serde(default)]
+    pub path: String,
     /// The decoded namespace path segment, or `""` when the path named none.
     pub namespace: String,
     /// The `workspace` header, when sent.
@@ -366,6 +369,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     let mut entry = LoggedRequest {
         seq,
         action: header("x-acs-action").unwrap_or_default(),
+        path: parts.uri.path().to_owned(),
         namespace,
         workspace: header("workspace"),
         ticket_id,

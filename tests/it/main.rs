@@ -3,6 +3,7 @@
 mod cli;
 mod cloud;
 mod harness;
+mod hostile;
 mod polling;
 mod signing;
 mod store;
