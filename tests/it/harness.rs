@@ -69,6 +69,12 @@ impl TestEnv {
         TestEnv { dir, db_path, sim, sim_shutdown }
     }
 
+    /// Stops the simulated API: its port closes and open connections end, as when the cloud is
+    /// unreachable.
+    pub fn stop_simulator(&self) {
+        self.sim_shutdown.cancel();
+    }
+
     /// The configuration file every test daemon starts from: fast, small schedules.
     pub fn config_text(&self) -> String {
         format!(
@@ -326,7 +332,17 @@ pub struct CliOutput {
 }
 
 /// Re-checks `check` every few milliseconds until it yields a value; panics after [`HANG`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(HANG, what, check).await
+}
+
+/// [`eventually`] with a longer limit, for waits whose length grows with the work (a long
+/// crash loop, a large queue).
+pub async fn eventually_within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -336,9 +352,21 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(started.elapsed() < HANG, "timed out waiting for {what}");
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// One connection of another program to the database at `url` (`sqlite://…`), waiting up to 5 s
+/// for the write lock, as a well-behaved writer does. A pool of one, so that spawned tasks can
+/// use it.
+pub async fn outside_connection(url: &str) -> sqlx::SqlitePool {
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("a sqlite URL");
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.busy_timeout(Duration::from_secs(5)))
+        .await
+        .expect("an outside connection")
 }
 
 /// Runs the binary with a hermetic credential and proxy environment; see [`TestEnv::cli_with`].

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cloud;
+mod crash_loop;
 mod harness;
 mod hostile;
 mod polling;
