@@ -97,7 +97,16 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
     } else {
         Some(tokio::spawn(Arc::clone(&deliverer).run_until_cancelled(shutdown.child_token(), tracker.clone())))
     };
-    shutdown.cancelled().await;
+    // The database file is checked while the daemon runs: once it is removed or replaced, every
+    // write would go to a file nobody reads, so the daemon stops with an error (and systemd
+    // starts it again on the file that is there now).
+    let database_lost = tokio::select! {
+        () = shutdown.cancelled() => None,
+        lost = store.file_lost(store::FILE_CHECK_INTERVAL) => {
+            shutdown.cancel();
+            Some(lost)
+        }
+    };
     info!("shutting down: no new work is claimed");
     poll_loop.await.context("the poll loop panicked")?;
     if let Some(delivery_loop) = delivery_loop {
@@ -125,6 +134,9 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
         }
     }
     store.close().await;
+    if let Some(lost) = database_lost {
+        anyhow::bail!("{lost} while the daemon was running; stopped so that it is opened again");
+    }
     info!("shutdown complete");
     Ok(())
 }

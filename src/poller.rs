@@ -168,7 +168,9 @@ pub fn decide(
                         FlinkError::RateLimited { retry_after, .. } => *retry_after,
                         _ => None,
                     };
-                    let delay = honour_retry_after(scheduled, hint);
+                    // A hint never pushes a poll past the longest pause: times beyond that are
+                    // taken for the product of a wall-clock step back and made due again.
+                    let delay = honour_retry_after(scheduled, hint).min(policy.pause.max);
                     Decision::Reschedule(Reschedule {
                         next_poll_at: not_after_deadline(now + to_chrono(delay)),
                         running_streak: ticket.running_streak,
@@ -498,6 +500,7 @@ impl Poller {
         loop {
             self.progress.fetch_add(1, Ordering::Relaxed);
             let now = self.clock.now();
+            self.pull_back_after_clock_step(now).await;
             let wait = match self.store.next_due_at().await {
                 Ok(Some(due)) if due <= now => return true,
                 Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(WAKE_INTERVAL),
@@ -513,6 +516,38 @@ impl Poller {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// How far ahead of now a pending ticket may legitimately be due: the longest pause (which
+    /// also caps retry-after hints and error backoff) or a lease, whichever is longer, plus one
+    /// running interval of slack.
+    pub fn due_horizon(&self) -> Duration {
+        self.policy.pause.max.max(self.policy.errors.max).max(self.poll.lease) + self.poll.max_interval
+    }
+
+    /// Makes due now every ticket due beyond [`Poller::due_horizon`]. Only a wall-clock step back
+    /// leaves such rows (their times were computed on the clock before the step); without this
+    /// they would wait out the size of the step. Deadlines stay as they are: a deadline is a
+    /// wall-clock time.
+    async fn pull_back_after_clock_step(&self, now: DateTime<Utc>) {
+        let horizon = now + to_chrono(self.due_horizon());
+        match self.store.latest_due_at().await {
+            Ok(Some(latest)) if latest > horizon => {}
+            Ok(_) => return,
+            Err(error) => {
+                warn!(error = %error, "reading the latest due ticket failed");
+                return;
+            }
+        }
+        match self.store.pull_back_due_times(now, horizon).await {
+            Ok(0) => {}
+            Ok(pulled_back) => warn!(
+                pulled_back,
+                horizon = %crate::clock::format_instant(horizon),
+                "tickets were due later than any delay the daemon schedules (the wall clock stepped back); they are due now"
+            ),
+            Err(error) => warn!(error = %error, "making tickets due after a wall-clock step failed"),
         }
     }
 

@@ -28,6 +28,9 @@ use crate::clock::format_instant;
 /// The embedded migrations under `migrations/`, applied by [`Store::open`] and `migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How often the daemon checks that its database path still names the file it opened.
+pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How to open the database.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
@@ -45,6 +48,8 @@ pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
     path: PathBuf,
+    /// (device, inode) of the file as opened, to notice when it is removed or replaced.
+    identity: Option<(u64, u64)>,
 }
 
 /// Identifies one claim of a batch of rows. Every write to a claimed row names it, so a daemon
@@ -92,12 +97,46 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))?;
-        Ok(Store { writer, reader, path: settings.path.clone() })
+        let identity = file_identity(&settings.path);
+        Ok(Store { writer, reader, path: settings.path.clone(), identity })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the path still names the file that was opened. `Err` says what happened when it
+    /// was removed, or replaced by another file (a restore, a `mv` over it): the connections
+    /// still write into the old file, which nobody will ever read, so the daemon must stop.
+    pub fn check_file(&self) -> Result<(), String> {
+        let Some(opened) = self.identity else { return Ok(()) };
+        match std::fs::metadata(&self.path) {
+            Ok(metadata) => {
+                use std::os::unix::fs::MetadataExt as _;
+                if (metadata.dev(), metadata.ino()) == opened {
+                    Ok(())
+                } else {
+                    Err(format!("the database file {} was replaced by another file", self.path.display()))
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Err(format!("the database file {} was removed", self.path.display()))
+            }
+            // Unreadable metadata (permissions, IO) is not proof of replacement; the queries say
+            // what is wrong if anything is.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Resolves once [`Store::check_file`] fails, checking every `interval`, with what happened.
+    pub async fn file_lost(&self, interval: Duration) -> String {
+        loop {
+            tokio::time::sleep(interval).await;
+            if let Err(lost) = self.check_file() {
+                return lost;
+            }
+        }
     }
 
     /// Whether the database answers a trivial query.
@@ -150,12 +189,26 @@ fn busy_retry_policy() -> backon::ExponentialBuilder {
         .with_jitter()
 }
 
+/// Closes the writer connection instead of returning it to the pool once a transaction on it
+/// failed; the pool opens a fresh one. After some errors (a full disk, an I/O error) SQLite rolls
+/// the transaction back by itself, sqlx's own rollback then fails, and the connection would stay
+/// marked as inside a transaction for good, refusing every later `BEGIN`.
+fn discard_after_failed_transaction(connection: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+    connection.close_on_drop();
+}
+
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).
 pub fn is_busy(error: &sqlx::Error) -> bool {
     error.as_database_error().and_then(|error| error.code()).is_some_and(|code| {
         // Primary result codes 5 (BUSY) and 6 (LOCKED), with or without an extended code.
         code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
     })
+}
+
+/// (device, inode) of `path`, if it can be read.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|metadata| (metadata.dev(), metadata.ino()))
 }
 
 /// `instant` as stored in every `*_at` column.

@@ -175,11 +175,25 @@ impl From<sqlx::Error> for BatchError {
 /// error nothing is answered (the transaction rolls back when dropped) and `jobs` is left as it
 /// was, for another try.
 async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> Result<(), BatchError> {
+    let mut connection = store.writer.acquire().await?;
+    let result = try_batch_on(&mut connection, jobs, isolation).await;
+    if result.is_err() {
+        super::discard_after_failed_transaction(&mut connection);
+    }
+    result
+}
+
+/// [`try_batch`] on one connection.
+async fn try_batch_on(
+    connection: &mut sqlx::SqliteConnection,
+    jobs: &mut Vec<Job>,
+    isolation: Isolation,
+) -> Result<(), BatchError> {
     enum Outcome {
         Progress(Result<bool, String>),
         Final(Result<Option<usize>, String>),
     }
-    let mut transaction = store.writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut transaction = sqlx::Connection::begin_with(connection, "BEGIN IMMEDIATE").await?;
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in jobs.iter() {
         if isolation == Isolation::PerJob {

@@ -173,6 +173,33 @@ impl Store {
         Ok(next.as_deref().and_then(crate::clock::parse_instant))
     }
 
+    /// The latest `next_poll_at` of a pending ticket.
+    pub async fn latest_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let latest: Option<String> = sqlx::query_scalar(
+            "SELECT next_poll_at FROM tickets INDEXED BY tickets_due
+             WHERE state = 'pending' ORDER BY next_poll_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(latest.as_deref().and_then(crate::clock::parse_instant))
+    }
+
+    /// Makes every pending ticket due at `now` whose `next_poll_at` (or lease) lies beyond
+    /// `horizon`, later than any delay the daemon schedules: such a time was computed before the
+    /// wall clock stepped back. Returns how many rows changed.
+    pub async fn pull_back_due_times(&self, now: DateTime<Utc>, horizon: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+        Ok(sqlx::query(
+            "UPDATE tickets SET next_poll_at = ?1
+             WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
+                          WHERE state = 'pending' AND next_poll_at > ?2)",
+        )
+        .bind(at(now))
+        .bind(at(horizon))
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
     /// Claims up to `limit` due pending tickets in one atomic statement, earliest first.
     ///
     /// Each claimed row gets `lease_owner = lease` and `lease_until = next_poll_at = now +
@@ -261,10 +288,18 @@ impl Store {
         finish: &Finish,
         announce: impl FnOnce(&Ticket) -> Announcement,
     ) -> Result<Option<usize>, sqlx::Error> {
-        let mut transaction = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let written = record_final_on(&mut transaction, lease, id, now, finish, announce).await?;
-        transaction.commit().await?;
-        Ok(written)
+        let mut connection = self.writer.acquire().await?;
+        let written = async {
+            let mut transaction = sqlx::Connection::begin_with(&mut *connection, "BEGIN IMMEDIATE").await?;
+            let written = record_final_on(&mut transaction, lease, id, now, finish, announce).await?;
+            transaction.commit().await?;
+            Ok(written)
+        }
+        .await;
+        if written.is_err() {
+            super::discard_after_failed_transaction(&mut connection);
+        }
+        written
     }
 
     /// Moves every pending, unclaimed ticket of `workspace` due before `until` to `until`.
