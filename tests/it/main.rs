@@ -3,6 +3,7 @@
 mod cli;
 mod cloud;
 mod crash_loop;
+mod faults;
 mod harness;
 mod hostile;
 mod polling;
