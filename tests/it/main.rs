@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod polling;
+mod security;
 mod signing;
 mod store;
 mod webhooks;
