@@ -160,11 +160,14 @@ pub async fn run_supervised(
         };
         tokio::spawn(http::serve(listener, state, shutdown.child_token()))
     });
-    let keep_alive = tokio::spawn(service::keep_alive(liveness, supervisor.clone(), shutdown.child_token()));
     supervisor.notify(Notice::Ready);
+    let keep_alive = tokio::spawn(service::keep_alive(liveness, supervisor.clone(), shutdown.child_token()));
 
     shutdown.cancelled().await;
     supervisor.notify(Notice::Stopping);
+    // One deadline for everything that may wait, so that the whole stop takes about
+    // shutdown.grace however many steps still have work.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     info!("shutting down: no new work is claimed");
     keep_alive.await.context("the watchdog task panicked")?;
     if let Some(http_task) = http_task {
@@ -176,12 +179,15 @@ pub async fn run_supervised(
     }
     retention_task.await.context("the retention job panicked")?;
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
         warn!(grace = ?config.shutdown_grace, "in-flight work did not finish within the grace period");
     }
     // The recorder task ends once the poller and every finished poll have dropped their handles.
     drop(poller);
-    if tokio::time::timeout(config.shutdown_grace, recorder_task).await.is_err() {
+    // Results already handed to the recorder get a moment to commit even when the grace period
+    // is spent.
+    let recorder_deadline = deadline.max(tokio::time::Instant::now() + RECORDER_FLUSH);
+    if tokio::time::timeout_at(recorder_deadline, recorder_task).await.is_err() {
         warn!("poll results still being written at the end of the grace period");
     }
     match store.release_tickets(&format!("{owner}#"), clock.now()).await {
@@ -200,6 +206,9 @@ pub async fn run_supervised(
     info!("shutdown complete");
     Ok(())
 }
+
+/// Least time the recorder gets at shutdown to commit results it already holds.
+const RECORDER_FLUSH: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `host:pid:random`: names this process in `lease_owner`, readable in the sqlite3 shell.
 fn lease_owner_prefix() -> String {

@@ -3,6 +3,7 @@
 mod cli;
 mod cloud;
 mod harness;
+mod ops;
 mod polling;
 mod signing;
 mod store;
