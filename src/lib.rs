@@ -79,15 +79,15 @@ pub async fn run_supervised(
     let heartbeat = supervisor.heartbeat();
     let poller = Arc::new(
         Poller::new(
-        store.clone(),
-        recorder,
-        flink,
-        Arc::clone(&clock),
-        config.poll,
-        Arc::clone(&webhook),
-        limiter,
-        config.flink.max_in_flight,
-        owner.clone(),
+            store.clone(),
+            recorder,
+            flink,
+            Arc::clone(&clock),
+            config.poll,
+            Arc::clone(&webhook),
+            limiter,
+            config.flink.max_in_flight,
+            owner.clone(),
         )
         .with_heartbeat(heartbeat)
         .with_metrics(Arc::clone(&metrics)),

@@ -23,13 +23,8 @@ use crate::store::AttemptRecord;
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Every ticket state, so that a state with no rows shows 0 rather than disappearing.
-pub const TICKET_STATES: [TicketState; 5] = [
-    TicketState::Pending,
-    TicketState::Succeeded,
-    TicketState::Failed,
-    TicketState::Expired,
-    TicketState::Cancelled,
-];
+pub const TICKET_STATES: [TicketState; 5] =
+    [TicketState::Pending, TicketState::Succeeded, TicketState::Failed, TicketState::Expired, TicketState::Cancelled];
 
 /// Label set of the families keyed by a ticket state.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

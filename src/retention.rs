@@ -81,7 +81,9 @@ impl Retention {
                         "retention run finished"
                     );
                 }
-                Err(error) => error!(error = %error, "retention run failed; it is tried again at the next scheduled time"),
+                Err(error) => {
+                    error!(error = %error, "retention run failed; it is tried again at the next scheduled time")
+                }
             }
         }
     }

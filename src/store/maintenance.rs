@@ -20,7 +20,11 @@ impl Store {
     /// `BEGIN IMMEDIATE` transaction. A ticket that still has a pending delivery is kept until
     /// that delivery is delivered or dead. Returns what it deleted; fewer than `limit` tickets
     /// means nothing more is due.
-    pub async fn purge_finished_batch(&self, finished_before: DateTime<Utc>, limit: u32) -> Result<Purged, sqlx::Error> {
+    pub async fn purge_finished_batch(
+        &self,
+        finished_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Purged, sqlx::Error> {
         let before = at(finished_before);
         retry_when_busy(|| async {
             let mut transaction = self.writer.begin_with("BEGIN IMMEDIATE").await?;

@@ -140,8 +140,13 @@ async fn add_delivery(env: &TestEnv, ticket_id: &str, state: &str) {
 
 async fn ticket_ids(env: &TestEnv) -> Vec<String> {
     let store = env.store().await;
-    let mut ids: Vec<String> =
-        store.list_tickets(None, 10_000).await.expect("tickets are read").into_iter().map(|row| row.ticket_id).collect();
+    let mut ids: Vec<String> = store
+        .list_tickets(None, 10_000)
+        .await
+        .expect("tickets are read")
+        .into_iter()
+        .map(|row| row.ticket_id)
+        .collect();
     store.close().await;
     ids.sort();
     ids
@@ -286,7 +291,10 @@ async fn a_slow_api_with_every_slot_busy_keeps_the_keep_alives_going_in_a_runnin
     let shutdown = CancellationToken::new();
     let daemon =
         tokio::spawn(flink_ticketd::run_supervised(config, Arc::new(SystemClock), shutdown.clone(), supervisor));
-    assert_eq!(tokio::time::timeout(HANG, notices.recv()).await.unwrap().map(|(notice, _)| notice), Some(Notice::Ready));
+    assert_eq!(
+        tokio::time::timeout(HANG, notices.recv()).await.unwrap().map(|(notice, _)| notice),
+        Some(Notice::Ready)
+    );
     // One slot; two tickets whose first poll takes 4 s: one in flight, one waiting for the slot.
     env.insert("slow-a", "ns", "ws").await;
     env.insert("slow-b", "ns", "ws").await;
@@ -478,10 +486,8 @@ async fn retention_deletes_old_finished_tickets_with_their_deliveries_and_nothin
 async fn the_retention_job_keeps_firing_after_the_process_was_stopped_for_a_while() {
     let env = TestEnv::new(SCENARIO).await;
     env.store().await.close().await;
-    let daemon = env.spawn_binary(&[
-        ("FLINK_TICKETD_RETENTION__SCHEDULE", "* * * * * *"),
-        ("FLINK_TICKETD_RETENTION__KEEP", "1h"),
-    ]);
+    let daemon = env
+        .spawn_binary(&[("FLINK_TICKETD_RETENTION__SCHEDULE", "* * * * * *"), ("FLINK_TICKETD_RETENTION__KEEP", "1h")]);
     let deleted = |ticket_id: &'static str| {
         let env = &env;
         async move {
