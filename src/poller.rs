@@ -562,6 +562,9 @@ impl Poller {
             Err(hold) => return self.hold(&ticket, lease, now, hold).await,
         };
 
+        if ticket.polls == 0 {
+            info!(deadline_at = ticket.deadline_at.as_deref().unwrap_or(""), "ticket picked up");
+        }
         let waited = self.limiter.acquire().await;
         self.metrics.observe_rate_limit_wait(waited);
         if waited > Duration::from_millis(1) {
