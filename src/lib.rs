@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod webhook;
 
 use std::sync::Arc;
