@@ -269,7 +269,7 @@ impl Environment<'_> {
 /// when it exists) and the process environment.
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     let env = Environment::process();
-    let (figment, source_file) = layered(file, &env)?;
+    let (figment, source_file) = layered(file)?;
     let raw: RawConfig = figment.extract().map_err(|error| ConfigError {
         problems: error.into_iter().map(|error| describe_figment_error(&error)).collect(),
     })?;
@@ -311,7 +311,7 @@ pub fn check(file: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 /// The figment with every layer, and the file it read.
-pub fn layered(file: Option<&Path>, env: &Environment<'_>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
+pub fn layered(file: Option<&Path>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
     let file = match file {
         Some(path) => {
             if !path.is_file() {
@@ -331,7 +331,6 @@ pub fn layered(file: Option<&Path>, env: &Environment<'_>) -> Result<(Figment, O
         })?;
         figment = figment.merge(Toml::string(&text));
     }
-    let _ = env;
     figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
     Ok((figment, file))
 }

@@ -21,6 +21,7 @@ pub mod service;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -324,7 +324,7 @@ impl Deliverer {
             .await;
         let mut response = match response {
             Ok(response) => response,
-            Err(error) => return failed(None, describe_transport(&error)),
+            Err(error) => return failed(None, crate::transport::describe(&error)),
         };
         let status = response.status();
         let retry_after = response
@@ -403,26 +403,6 @@ fn ticket_id_of(delivery: &Delivery) -> String {
         ticket_id: String,
     }
     serde_json::from_str::<Body>(&delivery.payload).map(|body| body.data.ticket_id).unwrap_or_default()
-}
-
-/// A transport error without the URL (which may hold credentials).
-fn describe_transport(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_body() || error.is_decode() {
-        "response body failed"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(error);
-    let mut detail = String::new();
-    while let Some(cause) = source {
-        detail = cause.to_string();
-        source = cause.source();
-    }
-    if detail.is_empty() || error.is_timeout() { kind.to_owned() } else { format!("{kind}: {detail}") }
 }
 
 #[cfg(test)]
