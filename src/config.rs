@@ -281,7 +281,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
 /// never from the network). Every problem is reported at once.
 pub fn check(file: Option<&Path>) -> Result<Config, ConfigError> {
     let env = Environment::process();
-    let (figment, source_file) = layered(file, &env)?;
+    let (figment, source_file) = layered(file)?;
     let raw: RawConfig = figment.extract().map_err(|error| ConfigError {
         problems: error.into_iter().map(|error| describe_figment_error(&error)).collect(),
     })?;
