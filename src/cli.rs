@@ -225,7 +225,11 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
         // The demo builds its own configuration and needs no file or account.
         return crate::demo::run(shutdown).await.map_err(CliError::Runtime);
     }
-    let config = config::load(cli.config.as_deref())?;
+    let config = if matches!(cli.command, Command::CheckConfig) {
+        config::check(cli.config.as_deref())?
+    } else {
+        config::load(cli.config.as_deref())?
+    };
     if !matches!(cli.command, Command::CheckConfig) {
         crate::telemetry::init(&config.log.level, config.log.format);
     }

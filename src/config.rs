@@ -107,8 +107,8 @@ pub struct WebhookConfig {
 pub struct RetentionConfig {
     /// Age after which finished tickets are deleted.
     pub keep: Duration,
-    /// Cron expression (seconds first) of the clean-up job.
-    pub schedule: String,
+    /// When the clean-up job runs (parsed from a cron expression, seconds first, in UTC).
+    pub schedule: cron::Schedule,
 }
 
 /// `[log]`.
@@ -269,15 +269,49 @@ impl Environment<'_> {
 /// when it exists) and the process environment.
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     let env = Environment::process();
-    let (figment, source_file) = layered(file, &env)?;
+    let (figment, source_file) = layered(file)?;
     let raw: RawConfig = figment.extract().map_err(|error| ConfigError {
         problems: error.into_iter().map(|error| describe_figment_error(&error)).collect(),
     })?;
     raw.validate(source_file, &env)
 }
 
+/// [`load`], plus everything `check-config` looks at beyond the keys themselves: whether the
+/// Alibaba Cloud credential chain finds a usable source (read from files and the environment,
+/// never from the network). Every problem is reported at once.
+pub fn check(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let env = Environment::process();
+    let (figment, source_file) = layered(file)?;
+    let raw: RawConfig = figment.extract().map_err(|error| ConfigError {
+        problems: error.into_iter().map(|error| describe_figment_error(&error)).collect(),
+    })?;
+    let credential_chain = ChainEnvironment::capture(env.var);
+    let credentials_problem = |credentials: Option<&Credentials>| {
+        crate::flink::credentials::plan(credentials, &credential_chain)
+            .err()
+            .map(|problem| format!("credentials: {problem}"))
+    };
+    let keys_name_credentials = !raw.flink.access_key_id.trim().is_empty()
+        || !raw.flink.access_key_secret.expose_secret().trim().is_empty()
+        || !raw.flink.access_key_secret_file.trim().is_empty();
+    match raw.validate(source_file, &env) {
+        Ok(config) => match credentials_problem(config.flink.credentials.as_ref()) {
+            None => Ok(config),
+            Some(problem) => Err(ConfigError { problems: vec![problem] }),
+        },
+        Err(mut error) => {
+            // When the keys name credentials, their problems (if any) are already reported; the
+            // default chain is worth checking only when they name none.
+            if !keys_name_credentials {
+                error.problems.extend(credentials_problem(None));
+            }
+            Err(error)
+        }
+    }
+}
+
 /// The figment with every layer, and the file it read.
-pub fn layered(file: Option<&Path>, env: &Environment<'_>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
+pub fn layered(file: Option<&Path>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
     let file = match file {
         Some(path) => {
             if !path.is_file() {
@@ -297,7 +331,6 @@ pub fn layered(file: Option<&Path>, env: &Environment<'_>) -> Result<(Figment, O
         })?;
         figment = figment.merge(Toml::string(&text));
     }
-    let _ = env;
     figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
     Ok((figment, file))
 }
@@ -527,12 +560,15 @@ impl RawConfig {
             problems.push("webhook.secret: receivers are configured but no signing secret is".to_owned());
         }
 
-        if cron_field_count(&self.retention.schedule) != 6 {
-            problems.push(format!(
-                "retention.schedule: {:?} must be a cron expression with six fields, seconds first \
-                 (for example \"0 17 3 * * *\")",
-                self.retention.schedule
-            ));
+        let retention_schedule = match crate::retention::parse_schedule(&self.retention.schedule) {
+            Ok(schedule) => schedule,
+            Err(error) => {
+                problems.push(format!("retention.schedule: {error}"));
+                "0 17 3 * * *".parse().expect("a valid fixed cron expression")
+            }
+        };
+        if keep.is_zero() {
+            problems.push("retention.keep: must be more than zero".to_owned());
         }
         let http_listen = match non_empty(&self.http.listen) {
             None => None,
@@ -556,10 +592,7 @@ impl RawConfig {
             problems.push(format!("log.level: {:?} is not a valid level or filter: {error}", self.log.level));
         }
 
-        if !problems.is_empty() {
-            return Err(ConfigError { problems });
-        }
-        Ok(Config {
+        let config = Config {
             source_file,
             database: StoreSettings { path: database_path, busy_timeout, max_readers: 4 },
             flink: FlinkConfig {
@@ -586,10 +619,11 @@ impl RawConfig {
                 max_in_flight: webhook_max_in_flight,
             },
             shutdown_grace,
-            retention: RetentionConfig { keep, schedule: self.retention.schedule },
+            retention: RetentionConfig { keep, schedule: retention_schedule },
             http_listen,
             log: LogConfig { level: self.log.level, format },
-        })
+        };
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
 }
 
@@ -649,7 +683,7 @@ impl Config {
             out,
             "\n[retention]\nkeep = {}\nschedule = {:?}",
             duration(self.retention.keep),
-            self.retention.schedule
+            self.retention.schedule.source()
         );
         let _ = writeln!(
             out,
@@ -799,10 +833,6 @@ fn positive(problems: &mut Vec<String>, key: &str, value: i64) -> usize {
             1
         }
     }
-}
-
-fn cron_field_count(expression: &str) -> usize {
-    expression.split_whitespace().count()
 }
 
 fn describe_figment_error(error: &figment::Error) -> String {

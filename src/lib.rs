@@ -2,7 +2,8 @@
 //! a SQLite table, polls their results with durable backoff, records the outcome and announces it
 //! with signed webhooks.
 //!
-//! [`run`] is the daemon: `main` and the integration tests both start it.
+//! [`run`] is the daemon: `main` and the integration tests both start it. [`run_supervised`] is
+//! the same with the service manager link given explicitly (tests watch its notices).
 
 pub mod backoff;
 pub mod cli;
@@ -11,11 +12,16 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod flink;
+pub mod http;
+pub mod metrics;
 pub mod poller;
 pub mod ratelimit;
+pub mod retention;
+pub mod service;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -28,14 +34,30 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::flink::FlinkClient;
+use crate::metrics::Metrics;
 use crate::poller::Poller;
 use crate::ratelimit::RateLimiter;
+use crate::retention::Retention;
+use crate::service::{Liveness, Notice, Supervisor};
 use crate::store::Store;
 use crate::webhook::Deliverer;
 
 /// Runs the daemon until `shutdown` is cancelled, then lets in-flight work finish within
-/// `shutdown.grace`, hands leases of unfinished work back, and closes the database.
+/// `shutdown.grace`, hands leases of unfinished work back, and closes the database. Talks to
+/// systemd when the environment says it runs under it (`NOTIFY_SOCKET`, `WATCHDOG_USEC`).
 pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_supervised(config, clock, shutdown, Supervisor::from_env()).await
+}
+
+/// [`run`] with the service manager link given: `READY` once the database is migrated and the
+/// HTTP listener is bound, `WATCHDOG` keep-alives while the loops make progress (when
+/// `supervisor` has a watchdog), `STOPPING` when `shutdown` is cancelled.
+pub async fn run_supervised(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+    supervisor: Supervisor,
+) -> anyhow::Result<()> {
     let store = Store::open(&config.database).await?;
     let credentials = flink::CredentialProvider::start(
         config.flink.credentials.as_ref(),
@@ -54,24 +76,41 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
     let owner = lease_owner_prefix();
     let (recorder, recorder_task) = store.recorder();
     let webhook = Arc::new(config.webhook.clone());
-    let poller = Arc::new(Poller::new(
-        store.clone(),
-        recorder,
-        flink,
-        Arc::clone(&clock),
-        config.poll,
-        Arc::clone(&webhook),
-        limiter,
-        config.flink.max_in_flight,
-        owner.clone(),
-    ));
-    let deliverer = Arc::new(Deliverer::new(
-        store.clone(),
-        Arc::clone(&clock),
-        Arc::clone(&webhook),
-        &owner,
-        Arc::clone(&poller.deliveries_written),
-    )?);
+    let metrics = Arc::new(Metrics::new());
+    let heartbeat = supervisor.heartbeat();
+    let poller = Arc::new(
+        Poller::new(
+            store.clone(),
+            recorder,
+            flink,
+            Arc::clone(&clock),
+            config.poll,
+            Arc::clone(&webhook),
+            limiter,
+            config.flink.max_in_flight,
+            owner.clone(),
+        )
+        .with_heartbeat(heartbeat)
+        .with_metrics(Arc::clone(&metrics)),
+    );
+    let deliverer = Arc::new(
+        Deliverer::new(
+            store.clone(),
+            Arc::clone(&clock),
+            Arc::clone(&webhook),
+            &owner,
+            Arc::clone(&poller.deliveries_written),
+        )?
+        .with_heartbeat(heartbeat)
+        .with_metrics(Arc::clone(&metrics)),
+    );
+    // Bound before READY, so that a scrape right after start finds the port open; a port that
+    // cannot be had stops the start.
+    let listener = match config.http_listen {
+        Some(address) => Some(http::bind(address).await?),
+        None => None,
+    };
+    let http_address = listener.as_ref().and_then(|listener| listener.local_addr().ok());
     info!(
         database = %store.path().display(),
         credentials = %source,
@@ -80,9 +119,14 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
         lease_owner = %owner,
         webhook_receivers = webhook.urls.len(),
         webhook_max_in_flight = webhook.max_in_flight,
+        http = %http_address.map(|address| address.to_string()).unwrap_or_else(|| "off".to_owned()),
+        watchdog_ms = supervisor.watchdog.map(|watchdog| watchdog.as_millis()),
+        retention_schedule = %config.retention.schedule.source(),
         "daemon started"
     );
 
+    let liveness = Arc::new(Liveness::new(supervisor.stall_window()));
+    liveness.watch("poll", Arc::clone(&poller.heartbeat.progress));
     let tracker = TaskTracker::new();
     let poll_loop = tokio::spawn(Arc::clone(&poller).run_until_cancelled(shutdown.child_token(), tracker.clone()));
     // Without a signing secret nothing can be sent; rows written under an earlier configuration
@@ -95,8 +139,31 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
         }
         None
     } else {
+        liveness.watch("delivery", Arc::clone(&deliverer.heartbeat.progress));
         Some(tokio::spawn(Arc::clone(&deliverer).run_until_cancelled(shutdown.child_token(), tracker.clone())))
     };
+    let retention = Retention {
+        store: store.clone(),
+        clock: Arc::clone(&clock),
+        keep: config.retention.keep,
+        schedule: config.retention.schedule.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    let retention_task = tokio::spawn(retention.run_until_cancelled(shutdown.child_token()));
+    let http_task = listener.map(|listener| {
+        let state = http::HttpState {
+            store: store.clone(),
+            metrics: Arc::clone(&metrics),
+            liveness: Arc::clone(&liveness),
+            paused: Arc::clone(&poller.paused),
+            clock: Arc::clone(&clock),
+            credentials: source.clone(),
+        };
+        tokio::spawn(http::serve(listener, state, shutdown.child_token()))
+    });
+    supervisor.notify(Notice::Ready);
+    let keep_alive = tokio::spawn(service::keep_alive(liveness, supervisor.clone(), shutdown.child_token()));
+
     // The database file is checked while the daemon runs: once it is removed or replaced, every
     // write would go to a file nobody reads, so the daemon stops with an error (and systemd
     // starts it again on the file that is there now).
@@ -107,18 +174,30 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
             Some(lost)
         }
     };
+    supervisor.notify(Notice::Stopping);
+    // One deadline for everything that may wait, so that the whole stop takes about
+    // shutdown.grace however many steps still have work.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
     info!("shutting down: no new work is claimed");
+    keep_alive.await.context("the watchdog task panicked")?;
+    if let Some(http_task) = http_task {
+        http_task.await.context("the HTTP listener panicked")?;
+    }
     poll_loop.await.context("the poll loop panicked")?;
     if let Some(delivery_loop) = delivery_loop {
         delivery_loop.await.context("the webhook delivery loop panicked")?;
     }
+    retention_task.await.context("the retention job panicked")?;
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
         warn!(grace = ?config.shutdown_grace, "in-flight work did not finish within the grace period");
     }
     // The recorder task ends once the poller and every finished poll have dropped their handles.
     drop(poller);
-    if tokio::time::timeout(config.shutdown_grace, recorder_task).await.is_err() {
+    // Results already handed to the recorder get a moment to commit even when the grace period
+    // is spent.
+    let recorder_deadline = deadline.max(tokio::time::Instant::now() + RECORDER_FLUSH);
+    if tokio::time::timeout_at(recorder_deadline, recorder_task).await.is_err() {
         warn!("poll results still being written at the end of the grace period");
     }
     match store.release_tickets(&format!("{owner}#"), clock.now()).await {
@@ -140,6 +219,9 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
     info!("shutdown complete");
     Ok(())
 }
+
+/// Least time the recorder gets at shutdown to commit results it already holds.
+const RECORDER_FLUSH: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `host:pid:random`: names this process in `lease_owner`, readable in the sqlite3 shell.
 fn lease_owner_prefix() -> String {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,7 +23,9 @@ use crate::clock::Clock;
 use crate::config::{PollConfig, WebhookConfig};
 use crate::domain::TicketState;
 use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::service::Heartbeat;
 use crate::store::{Announce, Finish, Lease, RecordError, Recorder, Reschedule, Store, Ticket};
 
 /// Longest the loop sleeps before looking for new rows (inserted by other programs).
@@ -332,8 +334,10 @@ pub struct Poller {
     pub owner: String,
     /// Woken when a final state wrote webhook deliveries.
     pub deliveries_written: Arc<Notify>,
-    /// Counts loop iterations and finished polls; a stuck loop stops counting.
-    pub progress: Arc<AtomicU64>,
+    /// Counts loop iterations, waits and finished polls; a stuck loop stops counting.
+    pub heartbeat: Heartbeat,
+    /// Where polls, latencies and final states are counted.
+    pub metrics: Arc<Metrics>,
     /// Set while polling is globally paused.
     pub paused: Arc<PauseFlag>,
     policy: Policy,
@@ -370,11 +374,26 @@ impl Poller {
             max_in_flight: max_in_flight.max(1),
             owner,
             deliveries_written: Arc::new(Notify::new()),
-            progress: Arc::new(AtomicU64::new(0)),
+            heartbeat: Heartbeat::default(),
+            metrics: Arc::new(Metrics::new()),
             paused: Arc::new(PauseFlag::default()),
             gates: Mutex::new(Gates::default()),
             wake: Notify::new(),
         }
+    }
+
+    /// Counts progress at least every `every` while waiting (see `crate::service`).
+    #[must_use]
+    pub fn with_heartbeat(mut self, every: Duration) -> Poller {
+        self.heartbeat = Heartbeat::new(every);
+        self
+    }
+
+    /// Counts into `metrics` instead of a registry of its own.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Poller {
+        self.metrics = metrics;
+        self
     }
 
     /// Polls until `shutdown` is cancelled. In-flight polls run in `tracker`; the caller waits
@@ -387,10 +406,12 @@ impl Poller {
         let mut claims: u64 = 0;
         let mut more_due = false;
         loop {
+            // While every slot is busy (a slow API) the loop is waiting, not stuck: the heartbeat
+            // keeps counting progress until a slot frees up.
             let mut permits = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                permit = self.heartbeat.acquire(&semaphore) => permit,
             };
             if permits.num_permits() < batch && semaphore.available_permits() + 1 < self.max_in_flight {
                 let window = tokio::time::sleep(CLAIM_WINDOW);
@@ -426,7 +447,7 @@ impl Poller {
             let now = self.clock.now();
             match self.store.claim_due_tickets(&lease, now, self.poll.lease, limit, self.poll.deadline).await {
                 Ok(tickets) => {
-                    self.progress.fetch_add(1, Ordering::Relaxed);
+                    self.heartbeat.beat();
                     more_due = tickets.len() == wanted;
                     for ticket in tickets {
                         let permit = permits.split(1).expect("one permit was gathered per claimed row");
@@ -448,7 +469,7 @@ impl Poller {
                     error!(error = %error, "claiming due tickets failed");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(WAKE_INTERVAL) => {}
+                        () = self.heartbeat.sleep(WAKE_INTERVAL) => {}
                     }
                 }
             }
@@ -498,7 +519,7 @@ impl Poller {
     /// Waits until a pending ticket is due. Returns `false` when cancelled first.
     async fn wait_until_due(&self, shutdown: &CancellationToken) -> bool {
         loop {
-            self.progress.fetch_add(1, Ordering::Relaxed);
+            self.heartbeat.beat();
             let now = self.clock.now();
             self.pull_back_after_clock_step(now).await;
             let wait = match self.store.next_due_at().await {
@@ -509,7 +530,8 @@ impl Poller {
                     error!(error = %error, "reading the next due ticket failed");
                     WAKE_INTERVAL
                 }
-            };
+            }
+            .min(self.heartbeat.every);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return false,
@@ -575,10 +597,15 @@ impl Poller {
             Err(hold) => return self.hold(&ticket, lease, now, hold).await,
         };
 
+        if ticket.polls == 0 {
+            info!(deadline_at = ticket.deadline_at.as_deref().unwrap_or(""), "ticket picked up");
+        }
         let waited = self.limiter.acquire().await;
+        self.metrics.observe_rate_limit_wait(waited);
         if waited > Duration::from_millis(1) {
             debug!(delay_ms = waited.as_millis(), "waited for the rate limit");
         }
+        let started = tokio::time::Instant::now();
         let outcome = self
             .flink
             .get_deploy_result(TicketRef {
@@ -588,6 +615,7 @@ impl Poller {
                 region: ticket.region.as_deref(),
             })
             .await;
+        self.metrics.observe_poll(&outcome, started.elapsed());
         let now = self.clock.now();
         self.update_gates(&ticket, &outcome, now, global_probe, workspace_probe).await;
         if let Err(FlinkError::RateLimited { .. }) = &outcome {
@@ -622,7 +650,7 @@ impl Poller {
                 self.recorder.record_progress(lease, ticket.id, now, &reschedule).await
             }
         };
-        self.progress.fetch_add(1, Ordering::Relaxed);
+        self.heartbeat.beat();
         match written {
             Ok(true) => {}
             Ok(false) => warn!("ticket changed under us (lease lapsed, or cancelled); result not recorded"),
@@ -672,6 +700,7 @@ impl Poller {
     ) -> Result<bool, RecordError> {
         let written = self.recorder.record_final(lease, ticket.id, now, finish, Arc::clone(&self.announce)).await?;
         let Some(deliveries) = written else { return Ok(false) };
+        self.metrics.observe_finished(finish.state);
         info!(
             state = %finish.state,
             deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),

@@ -456,7 +456,7 @@ impl FlinkClient {
             .body(body.to_vec())
             .send()
             .await
-            .map_err(|error| FlinkError::Network(describe_transport(&error)))?;
+            .map_err(|error| FlinkError::Network(crate::transport::describe(&error)))?;
         let status = response.status().as_u16();
         self.observe_server_date(header_text(response.headers(), "date"));
         let retry_after = wire::retry_after(
@@ -580,7 +580,7 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
                 return Err(FlinkError::Decode(ApiError {
                     http_status: Some(status),
                     code: None,
-                    message: Some(format!("response body cut short: {}", describe_transport(&error))),
+                    message: Some(format!("response body cut short: {}", crate::transport::describe(&error))),
                     request_id: None,
                 }));
             }
@@ -590,26 +590,6 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
 
 fn header_text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|value| value.to_str().ok())
-}
-
-/// A transport error without the URL (which reqwest includes, and which is noise in a ticket row).
-fn describe_transport(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_body() || error.is_decode() {
-        "response body failed"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(error);
-    let mut detail = String::new();
-    while let Some(cause) = source {
-        detail = cause.to_string();
-        source = cause.source();
-    }
-    if detail.is_empty() { kind.to_owned() } else { format!("{kind}: {detail}") }
 }
 
 fn describe(error: &ApiError) -> String {

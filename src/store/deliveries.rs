@@ -171,7 +171,8 @@ impl Store {
     /// lapses, because claiming sets `next_attempt_at = lease_until`).
     pub async fn next_delivery_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let next: Option<String> = sqlx::query_scalar(
-            "SELECT next_attempt_at FROM webhook_deliveries WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+            "SELECT next_attempt_at FROM webhook_deliveries INDEXED BY webhook_deliveries_due
+             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
         )
         .fetch_optional(&self.reader)
         .await?;
@@ -206,7 +207,7 @@ impl Store {
              due AS (
                  SELECT id, url, next_attempt_at,
                         row_number() OVER (PARTITION BY url ORDER BY next_attempt_at, id) AS rank
-                 FROM webhook_deliveries
+                 FROM webhook_deliveries INDEXED BY webhook_deliveries_due
                  WHERE state = 'pending' AND next_attempt_at <= ?3
              )
              UPDATE webhook_deliveries

@@ -1,6 +1,6 @@
 //! The only place with SQL. [`Store`] opens the SQLite file (WAL, `busy_timeout`, foreign keys),
 //! applies the embedded migrations, and offers one function per query: `tickets.rs` for the
-//! ticket queue, `deliveries.rs` for the webhook outbox.
+//! ticket queue, `deliveries.rs` for the webhook outbox, `maintenance.rs` for retention.
 //!
 //! Writes go through a single connection, so the daemon never competes with itself for SQLite's
 //! one write lock; multi-statement writes use `BEGIN IMMEDIATE` so they wait for the lock up
@@ -8,6 +8,7 @@
 //! held across a network call: callers claim, commit, call, then record in a new transaction.
 
 pub mod deliveries;
+pub mod maintenance;
 pub mod recorder;
 pub mod tickets;
 
@@ -20,6 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
+pub use maintenance::Purged;
 pub use recorder::{Announce, RecordError, Recorder};
 pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 

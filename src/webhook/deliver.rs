@@ -9,7 +9,6 @@
 //! transaction is open while a request is in flight. [`decide`] and [`parse_retry_after`] are pure.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -25,6 +24,8 @@ use super::signing;
 use crate::backoff::honour_webhook_retry_after;
 use crate::clock::Clock;
 use crate::config::{WebhookConfig, parse_webhook_url, redact_url};
+use crate::metrics::Metrics;
+use crate::service::Heartbeat;
 use crate::store::{AttemptRecord, Delivery, Lease, Store, retry_when_busy};
 
 /// Longest the loop sleeps before looking for new or newly due deliveries.
@@ -107,8 +108,10 @@ pub struct Deliverer {
     http: reqwest::Client,
     owner: String,
     deliveries_written: Arc<Notify>,
-    /// Counts loop iterations and finished attempts; a stuck loop stops counting.
-    pub progress: Arc<AtomicU64>,
+    /// Counts loop iterations, waits and finished attempts; a stuck loop stops counting.
+    pub heartbeat: Heartbeat,
+    /// Where attempts are counted.
+    pub metrics: Arc<Metrics>,
     wake: Notify,
 }
 
@@ -138,9 +141,24 @@ impl Deliverer {
             http,
             owner: format!("{owner}{LEASE_TAG}"),
             deliveries_written,
-            progress: Arc::new(AtomicU64::new(0)),
+            heartbeat: Heartbeat::default(),
+            metrics: Arc::new(Metrics::new()),
             wake: Notify::new(),
         })
+    }
+
+    /// Counts progress at least every `every` while waiting (see `crate::service`).
+    #[must_use]
+    pub fn with_heartbeat(mut self, every: Duration) -> Deliverer {
+        self.heartbeat = Heartbeat::new(every);
+        self
+    }
+
+    /// Counts into `metrics` instead of a registry of its own.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Deliverer {
+        self.metrics = metrics;
+        self
     }
 
     /// The prefix of every lease this loop writes, for handing them back at shutdown.
@@ -162,7 +180,7 @@ impl Deliverer {
             let first = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                permit = self.heartbeat.acquire(&semaphore) => permit,
             };
             if !self.wait_until_due(&shutdown).await {
                 break;
@@ -177,7 +195,7 @@ impl Deliverer {
             let now = self.clock.now();
             let claimed =
                 self.store.claim_due_deliveries(&lease, now, self.config.lease, limit, self.per_url_limit()).await;
-            self.progress.fetch_add(1, Ordering::Relaxed);
+            self.heartbeat.beat();
             match claimed {
                 Ok(deliveries) if deliveries.is_empty() => {
                     // Something is due, but its receiver already has its share of attempts in
@@ -187,7 +205,7 @@ impl Deliverer {
                         biased;
                         () = shutdown.cancelled() => break,
                         () = self.wake.notified() => {}
-                        () = tokio::time::sleep(WAKE_INTERVAL) => {}
+                        () = self.heartbeat.sleep(WAKE_INTERVAL) => {}
                     }
                 }
                 Ok(deliveries) => {
@@ -215,7 +233,7 @@ impl Deliverer {
                     error!(error = %error, "claiming due webhook deliveries failed");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(WAKE_INTERVAL) => {}
+                        () = self.heartbeat.sleep(WAKE_INTERVAL) => {}
                     }
                 }
             }
@@ -225,7 +243,7 @@ impl Deliverer {
     /// Waits until a pending delivery is due. Returns `false` when cancelled first.
     async fn wait_until_due(&self, shutdown: &CancellationToken) -> bool {
         loop {
-            self.progress.fetch_add(1, Ordering::Relaxed);
+            self.heartbeat.beat();
             let now = self.clock.now();
             let wait = match self.store.next_delivery_due_at().await {
                 Ok(Some(due)) if due <= now => return true,
@@ -235,7 +253,8 @@ impl Deliverer {
                     error!(error = %error, "reading the next due webhook delivery failed");
                     WAKE_INTERVAL
                 }
-            };
+            }
+            .min(self.heartbeat.every);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return false,
@@ -269,7 +288,8 @@ impl Deliverer {
                 "webhook delivery gave up after its last attempt"
             ),
         }
-        self.progress.fetch_add(1, Ordering::Relaxed);
+        self.metrics.observe_delivery(&record);
+        self.heartbeat.beat();
         match retry_when_busy(|| self.store.record_attempt(lease, delivery.id, now, &record)).await {
             Ok(true) => {}
             Ok(false) => warn!("delivery changed under us (lease lapsed, or resent); outcome not recorded"),
@@ -304,7 +324,7 @@ impl Deliverer {
             .await;
         let mut response = match response {
             Ok(response) => response,
-            Err(error) => return failed(None, describe_transport(&error)),
+            Err(error) => return failed(None, crate::transport::describe(&error)),
         };
         let status = response.status();
         let retry_after = response
@@ -383,26 +403,6 @@ fn ticket_id_of(delivery: &Delivery) -> String {
         ticket_id: String,
     }
     serde_json::from_str::<Body>(&delivery.payload).map(|body| body.data.ticket_id).unwrap_or_default()
-}
-
-/// A transport error without the URL (which may hold credentials).
-fn describe_transport(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else if error.is_body() || error.is_decode() {
-        "response body failed"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(error);
-    let mut detail = String::new();
-    while let Some(cause) = source {
-        detail = cause.to_string();
-        source = cause.source();
-    }
-    if detail.is_empty() || error.is_timeout() { kind.to_owned() } else { format!("{kind}: {detail}") }
 }
 
 #[cfg(test)]

@@ -171,7 +171,9 @@ level = "info"
         // The schema must exist before tests insert rows.
         self.store().await.close().await;
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(flink_ticketd::run(config, clock, shutdown.clone()));
+        // Detached from any service manager the test process itself may run under.
+        let supervisor = flink_ticketd::service::Supervisor::new(None, |_| {});
+        let handle = tokio::spawn(flink_ticketd::run_supervised(config, clock, shutdown.clone(), supervisor));
         TestDaemon { shutdown, handle }
     }
 
@@ -192,6 +194,10 @@ level = "info"
             .arg(&config)
             .arg("run")
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -315,6 +321,19 @@ impl BinaryDaemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address of its HTTP listener, from the startup line of its log (`http=ADDR`); waits
+    /// for that line.
+    pub async fn http_address(&self) -> std::net::SocketAddr {
+        eventually("the daemon to log its HTTP address", || async {
+            self.log_text()
+                .lines()
+                .filter(|line| line.contains("daemon started"))
+                .find_map(|line| line.split_whitespace().find_map(|field| field.strip_prefix("http=")))
+                .and_then(|address| address.parse().ok())
+        })
+        .await
     }
 }
 

@@ -6,6 +6,7 @@ mod crash_loop;
 mod faults;
 mod harness;
 mod hostile;
+mod ops;
 mod polling;
 mod security;
 mod signing;

@@ -125,9 +125,12 @@ pub(super) async fn assume_role_with_oidc(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|error| format!("STS request failed: {}", describe(&error)))?;
+        .map_err(|error| format!("STS request failed: {}", crate::transport::describe(&error)))?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|error| format!("STS answer cut short: {}", describe(&error)))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| format!("STS answer cut short: {}", crate::transport::describe(&error)))?;
     let answer: StsAnswer = serde_json::from_slice(&body)
         .map_err(|_| format!("STS answered HTTP {} with a body that is not the expected JSON", status.as_u16()))?;
     match answer.credentials {
@@ -194,12 +197,12 @@ pub(super) async fn credentials_uri(http: &reqwest::Client, uri: &Url) -> Result
         .get(uri.clone())
         .send()
         .await
-        .map_err(|error| format!("the credentials URI {shown} failed: {}", describe(&error)))?;
+        .map_err(|error| format!("the credentials URI {shown} failed: {}", crate::transport::describe(&error)))?;
     let status = response.status();
     let body = response
         .bytes()
         .await
-        .map_err(|error| format!("the credentials URI {shown} cut short: {}", describe(&error)))?;
+        .map_err(|error| format!("the credentials URI {shown} cut short: {}", crate::transport::describe(&error)))?;
     if !status.is_success() {
         return Err(format!("the credentials URI {shown} answered HTTP {}", status.as_u16()));
     }
@@ -283,19 +286,18 @@ fn temporary(credentials: TemporaryCredentials, from: &str) -> Result<Fetched, S
 /// PUT `/latest/api/token`: the IMDSv2 session token.
 async fn metadata_token(http: &reqwest::Client, base: &Url) -> Result<SecretString, String> {
     let url = base.join("latest/api/token").map_err(|error| error.to_string())?;
-    let response = http
-        .put(url)
-        .header("X-aliyun-ecs-metadata-token-ttl-seconds", METADATA_TOKEN_TTL_SECS)
-        .send()
-        .await
-        .map_err(|error| format!("the ECS metadata service did not give a session token: {}", describe(&error)))?;
+    let response =
+        http.put(url).header("X-aliyun-ecs-metadata-token-ttl-seconds", METADATA_TOKEN_TTL_SECS).send().await.map_err(
+            |error| {
+                format!("the ECS metadata service did not give a session token: {}", crate::transport::describe(&error))
+            },
+        )?;
     if !response.status().is_success() {
         return Err(format!("the ECS metadata service refused a session token: HTTP {}", response.status().as_u16()));
     }
-    let token = response
-        .text()
-        .await
-        .map_err(|error| format!("the ECS metadata session token was cut short: {}", describe(&error)))?;
+    let token = response.text().await.map_err(|error| {
+        format!("the ECS metadata session token was cut short: {}", crate::transport::describe(&error))
+    })?;
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
@@ -312,33 +314,17 @@ async fn metadata_get(
         request = request.header("X-aliyun-ecs-metadata-token", token.expose_secret());
     }
     let response = request.send().await.map_err(|error| {
-        format!("the ECS metadata service did not answer (is this an ECS instance?): {}", describe(&error))
+        format!(
+            "the ECS metadata service did not answer (is this an ECS instance?): {}",
+            crate::transport::describe(&error)
+        )
     })?;
     let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|error| format!("the ECS metadata service's answer was cut short: {}", describe(&error)))?;
+    let text = response.text().await.map_err(|error| {
+        format!("the ECS metadata service's answer was cut short: {}", crate::transport::describe(&error))
+    })?;
     if !status.is_success() {
         return Err(format!("the ECS metadata service answered HTTP {} for /{path}", status.as_u16()));
     }
     Ok(text)
-}
-
-/// A transport error without its URL (which may carry a token in the query).
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut source = std::error::Error::source(error);
-    let mut detail = String::new();
-    while let Some(cause) = source {
-        detail = cause.to_string();
-        source = cause.source();
-    }
-    if detail.is_empty() { kind.to_owned() } else { format!("{kind}: {detail}") }
 }
