@@ -869,11 +869,9 @@ mod tests {
         for text in ["36501d", "200000000000000d", "1e30s", "36500d1ms", "18446744073709551615s"] {
             assert!(parse_duration(text).is_err(), "{text}");
         }
-        let error = validate(
-            "[flink]\nconnect_timeout = \"150000000000000d\"\nrequest_timeout = \"150000000000000d\"\n",
-            &[],
-        )
-        .expect_err("refused");
+        let error =
+            validate("[flink]\nconnect_timeout = \"150000000000000d\"\nrequest_timeout = \"150000000000000d\"\n", &[])
+                .expect_err("refused");
         assert!(error.problems.iter().any(|problem| problem.starts_with("flink.connect_timeout")), "{error}");
     }
 

@@ -72,7 +72,7 @@ async fn tickets_survive_a_daemon_killed_every_few_hundred_milliseconds() {
     let kill_phase = Duration::from_secs(setting("CRASH_LOOP_SECONDS", 10));
     let env = TestEnv::new(SCENARIO).await;
     let mut receivers = [WebhookSink::accepting().await, WebhookSink::accepting().await];
-    let schedule = vec!["\"100ms\""; 12].join(", ");
+    let schedule = ["\"100ms\""; 12].join(", ");
     let webhook = format!(
         "[webhook]\nurls = [{:?}, {:?}]\nsecret = {SECRET:?}\nschedule = [{schedule}]\ntimeout = \"500ms\"\nlease = \"1s\"\nmax_in_flight = 8\n",
         receivers[0].url, receivers[1].url,
@@ -137,8 +137,9 @@ async fn tickets_survive_a_daemon_killed_every_few_hundred_milliseconds() {
         let finals: i64 = counts.iter().filter(|(state, _)| state != "pending").map(|(_, count)| count).sum();
         let delivered = store.list_deliveries(Some(flink_ticketd::store::DeliveryState::Delivered), 1_000_000).await;
         let delivered = delivered.expect("deliveries are read").len();
-        (finals == i64::try_from(tickets).expect("small") && delivered == usize::try_from(expected_deliveries).expect("small"))
-            .then_some(())
+        (finals == i64::try_from(tickets).expect("small")
+            && delivered == usize::try_from(expected_deliveries).expect("small"))
+        .then_some(())
     })
     .await;
     let elapsed = started.elapsed();
@@ -202,7 +203,8 @@ async fn tickets_survive_a_daemon_killed_every_few_hundred_milliseconds() {
             let ticket_id = body["data"]["ticket_id"].as_str().expect("a ticket_id").to_owned();
             let state = body["data"]["state"].as_str().expect("a state").to_owned();
             assert_eq!(body["type"], format!("ticket.{state}"));
-            let first = outcome_of_id.entry(webhook_id.to_owned()).or_insert_with(|| (ticket_id.clone(), state.clone()));
+            let first =
+                outcome_of_id.entry(webhook_id.to_owned()).or_insert_with(|| (ticket_id.clone(), state.clone()));
             assert_eq!(first, &(ticket_id.clone(), state.clone()), "webhook-id {webhook_id} carried two outcomes");
             *copies.entry(webhook_id).or_default() += 1;
             announced.insert(ticket_id);

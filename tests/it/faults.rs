@@ -52,7 +52,9 @@ async fn outside_writers_and_backups_never_see_a_locked_database_while_the_daemo
     // A deep queue keeps the daemon claiming and recording the whole time.
     let mut queue = String::new();
     for index in 0..1500 {
-        queue.push_str(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('queued-{index}', 'ns', 'ws');\n"));
+        queue.push_str(&format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('queued-{index}', 'ns', 'ws');\n"
+        ));
     }
     env.execute_sql(&queue).await;
     let daemon = env.spawn_binary(&[]);
@@ -69,7 +71,9 @@ async fn outside_writers_and_backups_never_see_a_locked_database_while_the_daemo
             let mut index = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let sql = format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('sqlx-{index}', 'ns', 'ws')");
+                let sql = format!(
+                    "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('sqlx-{index}', 'ns', 'ws')"
+                );
                 match sqlx::query(&sql).execute(&pool).await {
                     Ok(_) => index += 1,
                     Err(error) => errors.push(error.to_string()),
@@ -241,14 +245,12 @@ async fn a_full_disk_is_reported_and_survived_and_work_resumes_when_space_return
     let tickets = 300;
     let mut queue = String::from("BEGIN;\n");
     for index in 0..tickets {
-        queue.push_str(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('slow-{index}', 'ns', 'ws');\n"));
+        queue.push_str(&format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('slow-{index}', 'ns', 'ws');\n"
+        ));
     }
     queue.push_str("COMMIT;\n");
-    let migrated = env.cli_with(
-        &env.config_file(),
-        &["migrate"],
-        &[("FLINK_TICKETD_DATABASE__PATH", &db_text)],
-    );
+    let migrated = env.cli_with(&env.config_file(), &["migrate"], &[("FLINK_TICKETD_DATABASE__PATH", &db_text)]);
     assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
     sqlite3(&db, &queue).expect("the queue is inserted");
     let daemon = env.spawn_binary(&[("FLINK_TICKETD_DATABASE__PATH", &db_text)]);
@@ -275,11 +277,8 @@ async fn a_full_disk_is_reported_and_survived_and_work_resumes_when_space_return
     assert_eq!(sqlite3_output(&db, "PRAGMA integrity_check;").trim(), "ok", "consistent while full");
 
     std::fs::remove_file(&filler_path).expect("space returns");
-    let store_settings = flink_ticketd::store::StoreSettings {
-        path: db.clone(),
-        busy_timeout: Duration::from_secs(5),
-        max_readers: 1,
-    };
+    let store_settings =
+        flink_ticketd::store::StoreSettings { path: db.clone(), busy_timeout: Duration::from_secs(5), max_readers: 1 };
     let store = flink_ticketd::store::Store::open_without_migrating(&store_settings).await.expect("the store opens");
     eventually_within(Duration::from_secs(60), "every ticket to finish once space returned", || async {
         let counts = store.count_tickets_by_state().await.expect("counts are read");
@@ -321,7 +320,8 @@ async fn a_database_file_removed_or_replaced_under_the_daemon_stops_it_with_an_e
         assert_eq!(status.code(), Some(1), "a runtime failure, so that systemd restarts it");
         let log = daemon.log_text();
         let expected = if replace { "was replaced by another file" } else { "was removed" };
-        let line = log.lines().find(|line| line.contains(expected)).unwrap_or_else(|| panic!("no clear error in {log}"));
+        let line =
+            log.lines().find(|line| line.contains(expected)).unwrap_or_else(|| panic!("no clear error in {log}"));
         assert!(line.starts_with("flink-ticketd: the database file"), "{line}");
     }
 }

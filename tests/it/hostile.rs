@@ -110,7 +110,7 @@ proptest! {
             // Every error has something to record in `error_code`.
             prop_assert!(!error.code().is_empty());
         }
-        let mut wrapped = serde_json::json!({"success": true, "requestId": "R", "data": data.clone()});
+        let mut wrapped = serde_json::json!({"success": true, "requestId": "R", "data": data});
         let reply = parse_reply(200, None, &serde_json::to_vec(&wrapped).expect("serialises"));
         let reply = reply.map_err(|error| TestCaseError::fail(format!("a success envelope was refused: {error}")))?;
         let result = parse_deploy_result(reply.data.as_ref().unwrap_or(&Value::Null));
@@ -265,21 +265,12 @@ fn scenario_text() -> impl Strategy<Value = String> {
         Just("1".to_owned()),
         any::<String>().prop_map(|text| format!("{{ status = {text:?} }}")),
     ];
-    let selector = prop_oneof![
-        Just("id"),
-        Just("prefix"),
-        Just("draft"),
-        Just("draft_prefix"),
-        Just("bogus")
-    ];
-    (selector, any::<String>(), prop::collection::vec(step, 0..6), prop::option::of(Just("default = []")))
-        .prop_map(|(selector, value, steps, default)| {
-            format!(
-                "{}\n[[tickets]]\n{selector} = {value:?}\nsteps = [{}]\n",
-                default.unwrap_or(""),
-                steps.join(", ")
-            )
-        })
+    let selector = prop_oneof![Just("id"), Just("prefix"), Just("draft"), Just("draft_prefix"), Just("bogus")];
+    (selector, any::<String>(), prop::collection::vec(step, 0..6), prop::option::of(Just("default = []"))).prop_map(
+        |(selector, value, steps, default)| {
+            format!("{}\n[[tickets]]\n{selector} = {value:?}\nsteps = [{}]\n", default.unwrap_or(""), steps.join(", "))
+        },
+    )
 }
 
 /// Runs the real loader (`config::load`) on `text` as the config file.
@@ -454,7 +445,8 @@ async fn hostile_rows_are_refused_or_failed_and_never_reach_another_path() {
     assert!(!requests.is_empty());
     for request in &requests {
         let ticket_id = request.ticket_id.as_deref().unwrap_or_default();
-        let owner = tickets.iter().find(|ticket| ticket.ticket_id == ticket_id && ticket.namespace == request.namespace);
+        let owner =
+            tickets.iter().find(|ticket| ticket.ticket_id == ticket_id && ticket.namespace == request.namespace);
         let Some(owner) = owner else { panic!("a request for no row: {request:?}") };
         let expected = format!(
             "/api/v2/namespaces/{}/deployment-drafts/tickets/{}/async-deploy",

@@ -28,10 +28,8 @@ async fn no_secret_or_signature_reaches_the_log_even_at_trace() {
         sink.url
     );
     env.store().await.close().await;
-    let daemon = env.spawn_binary_with(
-        &webhook,
-        &[("RUST_LOG", "trace"), ("FLINK_TICKETD_FLINK__SECURITY_TOKEN", SECURITY_TOKEN)],
-    );
+    let daemon = env
+        .spawn_binary_with(&webhook, &[("RUST_LOG", "trace"), ("FLINK_TICKETD_FLINK__SECURITY_TOKEN", SECURITY_TOKEN)]);
     env.insert("ok-1", "ns", "ws").await;
     env.insert("missing-1", "ns", "ws").await;
     let mut received = Vec::new();
@@ -61,8 +59,11 @@ async fn no_secret_or_signature_reaches_the_log_even_at_trace() {
 #[tokio::test]
 async fn webhook_urls_other_than_http_and_https_are_refused_at_config_time() {
     let env = TestEnv::new("").await;
-    for url in ["ftp://example.com/hook", "file:///etc/passwd", "javascript:alert(1)", "gopher://127.0.0.1:70/", "http://"] {
-        let webhook = format!("[webhook]\nurls = [\"https://ok.example.com/hook\", {url:?}]\nsecret = {WEBHOOK_SECRET:?}\n");
+    for url in
+        ["ftp://example.com/hook", "file:///etc/passwd", "javascript:alert(1)", "gopher://127.0.0.1:70/", "http://"]
+    {
+        let webhook =
+            format!("[webhook]\nurls = [\"https://ok.example.com/hook\", {url:?}]\nsecret = {WEBHOOK_SECRET:?}\n");
         let config = env.config_file_with(&webhook);
         let checked = env.cli_with(&config, &["check-config"], &[]);
         assert_eq!(checked.code, Some(2), "{url}: {}", checked.stdout);
@@ -109,11 +110,7 @@ async fn redirecting_server(location: String) -> (String, Arc<Mutex<Vec<bool>>>)
         let location = location.clone();
         async move {
             record.lock().expect("not poisoned").push(headers.contains_key("authorization"));
-            (
-                axum::http::StatusCode::FOUND,
-                [(axum::http::header::LOCATION, format!("{location}{}", uri.path()))],
-                "",
-            )
+            (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, format!("{location}{}", uri.path()))], "")
         }
     });
     tokio::spawn(async move {
@@ -127,9 +124,8 @@ async fn a_redirect_from_the_api_is_not_followed_so_the_authorization_header_sta
     let env = TestEnv::new("").await;
     let (elsewhere, elsewhere_seen) = redirecting_server("http://127.0.0.1:9".to_owned()).await;
     let (api, api_seen) = redirecting_server(elsewhere).await;
-    let daemon = env
-        .spawn_daemon(|config| config.flink.client.endpoints.override_url = Some(api.parse().expect("a URL")))
-        .await;
+    let daemon =
+        env.spawn_daemon(|config| config.flink.client.endpoints.override_url = Some(api.parse().expect("a URL"))).await;
     env.insert("t-redirected", "ns", "ws").await;
     let ticket = env.wait_final("t-redirected").await;
     assert_eq!(ticket.state, "failed", "an unreadable answer, retried a bounded number of times");
