@@ -32,7 +32,7 @@ use crate::store::{Announce, Finish, Lease, RecordError, Recorder, Reschedule, S
 pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Longest the loop waits to gather free slots before claiming, while polls are in flight.
-pub const CLAIM_WINDOW: Duration = Duration::from_millis(5);
+pub const CLAIM_WINDOW: Duration = Duration::from_millis(1);
 
 /// Consecutive unreadable answers after which a ticket is failed with `InvalidResponse`.
 pub const MAX_DECODE_ERRORS: i64 = 10;
@@ -343,6 +343,8 @@ pub struct Poller {
     policy: Policy,
     announce: Announce,
     gates: Mutex<Gates>,
+    /// When the loop last looked for times left behind by a wall-clock step.
+    clock_step_checked: Mutex<Option<tokio::time::Instant>>,
     wake: Notify,
 }
 
@@ -379,6 +381,7 @@ impl Poller {
             paused: Arc::new(PauseFlag::default()),
             gates: Mutex::new(Gates::default()),
             wake: Notify::new(),
+            clock_step_checked: Mutex::new(None),
         }
     }
 
@@ -433,7 +436,6 @@ impl Poller {
             {
                 permits.merge(rest);
             }
-            // After a full claim there are probably more due rows: skip the look-up.
             if !more_due && !self.wait_until_due(&shutdown).await {
                 break;
             }
@@ -448,6 +450,8 @@ impl Poller {
             match self.store.claim_due_tickets(&lease, now, self.poll.lease, limit, self.poll.deadline).await {
                 Ok(tickets) => {
                     self.heartbeat.beat();
+                    // After a full claim there are probably more due rows: claim again without
+                    // looking first.
                     more_due = tickets.len() == wanted;
                     for ticket in tickets {
                         let permit = permits.split(1).expect("one permit was gathered per claimed row");
@@ -456,8 +460,7 @@ impl Poller {
                         let span = info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id);
                         tracker.spawn(
                             async move {
-                                poller.handle(ticket, &lease).await;
-                                drop(permit);
+                                poller.handle(ticket, &lease, Some(permit)).await;
                                 poller.wake.notify_one();
                             }
                             .instrument(span),
@@ -495,7 +498,7 @@ impl Poller {
             if let Some(ticket) = self.store.claim_ticket(&lease, id, now, self.poll.lease, self.poll.deadline).await? {
                 let span =
                     info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id);
-                self.handle(ticket, &lease).instrument(span).await;
+                self.handle(ticket, &lease, None).instrument(span).await;
                 if self.paused.is_paused() {
                     let row = self.store.ticket(id).await?.ok_or(sqlx::Error::RowNotFound)?;
                     if row.state == TicketState::Pending.as_str() {
@@ -553,6 +556,18 @@ impl Poller {
     /// they would wait out the size of the step. Deadlines stay as they are: a deadline is a
     /// wall-clock time.
     async fn pull_back_after_clock_step(&self, now: DateTime<Utc>) {
+        // Once per wake interval is enough, and keeps the look-up off the busy path.
+        {
+            let mut checked = self
+                .clock_step_checked
+                .lock()
+                .expect("the clock-step mutex is never poisoned: no code panics holding it");
+            let monotonic = tokio::time::Instant::now();
+            if checked.is_some_and(|at| monotonic.duration_since(at) < WAKE_INTERVAL) {
+                return;
+            }
+            *checked = Some(monotonic);
+        }
         let horizon = now + to_chrono(self.due_horizon());
         match self.store.latest_due_at().await {
             Ok(Some(latest)) if latest > horizon => {}
@@ -574,7 +589,9 @@ impl Poller {
     }
 
     /// Polls one claimed ticket and records the result.
-    async fn handle(&self, ticket: Ticket, lease: &Lease) {
+    /// `slot` is the ticket's share of `flink.max_in_flight`; it is given back as soon as the API
+    /// has answered, so that recording the result never keeps another ticket from being polled.
+    async fn handle(&self, ticket: Ticket, lease: &Lease, slot: Option<tokio::sync::OwnedSemaphorePermit>) {
         let now = self.clock.now();
         let probe_hold = self.policy.pause.initial;
         let admission = {
@@ -615,6 +632,7 @@ impl Poller {
                 region: ticket.region.as_deref(),
             })
             .await;
+        drop(slot);
         self.metrics.observe_poll(&outcome, started.elapsed());
         let now = self.clock.now();
         self.update_gates(&ticket, &outcome, now, global_probe, workspace_probe).await;

@@ -1,13 +1,19 @@
 //! Group commit for poll results. Many polls finish at about the same time; writing each in its
 //! own transaction makes SQLite's single writer the bottleneck (every commit appends pages to the
-//! WAL). [`Recorder`] funnels the writes to one task that runs whatever is waiting in one
-//! `BEGIN IMMEDIATE` transaction, each write inside its own savepoint so that one failing write
-//! never takes the others down with it, and answers every caller once the batch commits.
+//! WAL, every statement is a round trip to the connection's thread). [`Recorder`] funnels the
+//! writes to one task that writes whatever is waiting in one `BEGIN IMMEDIATE` transaction: every
+//! row update in one multi-row statement, then the final states' webhook deliveries. If any write
+//! of a batch fails (a constraint; in practice never), the batch is written again with a
+//! savepoint per write, so that the failing write fails alone. Every caller is answered once its
+//! batch commits.
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use super::tickets::{Announcement, Finish, Reschedule, Ticket, record_final_on, record_progress_on};
+use super::tickets::{
+    Announcement, Finish, PollResult, Reschedule, ResultWrite, Ticket, record_final_on, record_many_on,
+    record_progress_on, tickets_on, write_announcement_on,
+};
 use super::{Lease, Store, is_busy};
 
 /// Most writes one transaction takes.
@@ -194,8 +200,57 @@ async fn try_batch_on(
         Final(Result<Option<usize>, String>),
     }
     let mut transaction = sqlx::Connection::begin_with(connection, "BEGIN IMMEDIATE").await?;
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs.iter() {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
+    if isolation == Isolation::Shared {
+        // Every row update of the batch in one statement (SQLite's writer spends its time on
+        // round trips, not rows), then the announcements of the final states.
+        let writes: Vec<ResultWrite<'_>> = jobs
+            .iter()
+            .map(|job| match job {
+                Job::Progress { lease, id, now, update, .. } => {
+                    ResultWrite { lease, id: *id, now: *now, result: PollResult::Progress(update) }
+                }
+                Job::Final { lease, id, now, finish, .. } => {
+                    ResultWrite { lease, id: *id, now: *now, result: PollResult::Final(finish) }
+                }
+            })
+            .collect();
+        let written = record_many_on(&mut transaction, &writes).await.map_err(BatchError::Job)?;
+        let finished: Vec<i64> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Final { id, .. } if written.contains(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let final_rows: std::collections::HashMap<i64, Ticket> = if finished.is_empty() {
+            std::collections::HashMap::new()
+        } else {
+            let rows = tickets_on(&mut transaction, &finished).await.map_err(BatchError::Job)?;
+            rows.into_iter().map(|row| (row.id, row)).collect()
+        };
+        for job in jobs.iter() {
+            let outcome = match job {
+                Job::Progress { id, .. } => Outcome::Progress(Ok(written.contains(id))),
+                Job::Final { id, now, announce, .. } => match final_rows.get(id) {
+                    None => Outcome::Final(Ok(None)),
+                    Some(row) => {
+                        let count = write_announcement_on(&mut transaction, *id, *now, &announce(row))
+                            .await
+                            .map_err(BatchError::Job)?;
+                        Outcome::Final(Ok(Some(count)))
+                    }
+                },
+            };
+            outcomes.push(Some(outcome));
+        }
+    } else {
+        outcomes.resize_with(jobs.len(), || None);
+    }
+    for (job, slot) in jobs.iter().zip(outcomes.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
         if isolation == Isolation::PerJob {
             sqlx::query("SAVEPOINT job").execute(&mut *transaction).await?;
         }
@@ -225,9 +280,10 @@ async fn try_batch_on(
                 sqlx::query("RELEASE job").execute(&mut *transaction).await?;
             }
         }
-        outcomes.push(outcome);
+        *slot = Some(outcome);
     }
     transaction.commit().await?;
+    let outcomes = outcomes.into_iter().map(|outcome| outcome.expect("every job has an outcome"));
     for (job, outcome) in jobs.drain(..).zip(outcomes) {
         // A caller that gave up waiting (shutdown) no longer needs its answer.
         match (job, outcome) {

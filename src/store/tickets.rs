@@ -436,6 +436,156 @@ pub(super) async fn record_progress_on(
     Ok(query.build().execute(&mut *connection).await?.rows_affected() == 1)
 }
 
+/// One poll result to write with [`record_many_on`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResultWrite<'a> {
+    pub(super) lease: &'a Lease,
+    pub(super) id: i64,
+    pub(super) now: DateTime<Utc>,
+    pub(super) result: PollResult<'a>,
+}
+
+/// What a [`ResultWrite`] records.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PollResult<'a> {
+    /// As [`record_progress_on`].
+    Progress(&'a Reschedule),
+    /// As the row update of [`record_final_on`] (the caller writes the announcement).
+    Final(&'a Finish),
+}
+
+/// Most rows one multi-row write names (18 bound values each, well below SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// Many poll results in one statement per [`ROWS_PER_STATEMENT`] rows, each row with exactly the
+/// meaning of [`record_progress_on`] or of [`record_final_on`]'s update (fenced by lease and
+/// state). Returns the IDs of the rows written; a final state's announcement is the caller's to
+/// write (see [`tickets_on`]). The caller owns the transaction.
+pub(super) async fn record_many_on(
+    connection: &mut SqliteConnection,
+    writes: &[ResultWrite<'_>],
+) -> Result<std::collections::HashSet<i64>, sqlx::Error> {
+    let mut written = std::collections::HashSet::with_capacity(writes.len());
+    for chunk in writes.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "WITH v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
+                     has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
+                     validation_errors, error_code, error_message, now) AS (",
+        );
+        query.push_values(chunk, |mut row, write| {
+            let (final_state, schedule, polled, request_id, answer, error) = match write.result {
+                PollResult::Progress(update) => (
+                    None,
+                    Some((update.next_poll_at, update.running_streak, update.error_streak)),
+                    update.polled,
+                    &update.request_id,
+                    update.answer.as_ref(),
+                    &update.error,
+                ),
+                PollResult::Final(finish) => (
+                    Some(finish.state.as_str()),
+                    None,
+                    finish.polled,
+                    &finish.request_id,
+                    finish.answer.as_ref(),
+                    &finish.error,
+                ),
+            };
+            let errors = answer.map(|answer| {
+                serde_json::to_string(&answer.validation_errors).expect("validation issues serialise to JSON")
+            });
+            let (code, message) = error.clone().unzip();
+            row.push_bind(write.id)
+                .push_bind(write.lease.0.clone())
+                .push_bind(final_state)
+                .push_bind(schedule.map(|(next_poll_at, _, _)| at(next_poll_at)))
+                .push_bind(schedule.map(|(_, running_streak, _)| running_streak))
+                .push_bind(schedule.map(|(_, _, error_streak)| error_streak))
+                .push_bind(i64::from(polled))
+                .push_bind(request_id.clone())
+                .push_bind(i64::from(answer.is_some()))
+                .push_bind(answer.and_then(|answer| answer.ticket_status.clone()))
+                .push_bind(answer.and_then(|answer| answer.deployment_id.clone()))
+                .push_bind(answer.and_then(|answer| answer.success))
+                .push_bind(answer.and_then(|answer| answer.message.clone()))
+                .push_bind(answer.and_then(|answer| answer.validation_result.clone()))
+                .push_bind(errors)
+                .push_bind(code)
+                .push_bind(message)
+                .push_bind(at(write.now));
+        });
+        // Column by column what the one-row writes do: an answer replaces the answer columns
+        // and clears the error, an error replaces the error columns, neither keeps them; a final
+        // state sets `state` and `finished_at`, a reschedule the due time and the streaks.
+        query.push(
+            ")
+            UPDATE tickets SET
+                lease_owner = NULL, lease_until = NULL,
+                state = COALESCE(v.final_state, tickets.state),
+                finished_at = CASE WHEN v.final_state IS NOT NULL THEN v.now ELSE tickets.finished_at END,
+                next_poll_at = COALESCE(v.next_poll_at, tickets.next_poll_at),
+                running_streak = COALESCE(v.running_streak, tickets.running_streak),
+                error_streak = COALESCE(v.error_streak, tickets.error_streak),
+                updated_at = v.now,
+                polls = tickets.polls + v.polled,
+                request_id = COALESCE(v.request_id, tickets.request_id),
+                ticket_status = CASE WHEN v.has_answer THEN v.ticket_status ELSE tickets.ticket_status END,
+                deployment_id = CASE WHEN v.has_answer THEN COALESCE(v.deployment_id, tickets.deployment_id)
+                                     ELSE tickets.deployment_id END,
+                deploy_success = CASE WHEN v.has_answer THEN v.deploy_success ELSE tickets.deploy_success END,
+                message = CASE WHEN v.has_answer THEN v.message ELSE tickets.message END,
+                validation_result = CASE WHEN v.has_answer THEN v.validation_result ELSE tickets.validation_result END,
+                validation_errors = CASE WHEN v.has_answer THEN v.validation_errors ELSE tickets.validation_errors END,
+                error_code = CASE WHEN v.error_code IS NOT NULL THEN v.error_code
+                                  WHEN v.has_answer THEN NULL ELSE tickets.error_code END,
+                error_message = CASE WHEN v.error_code IS NOT NULL THEN v.error_message
+                                     WHEN v.has_answer THEN NULL ELSE tickets.error_message END
+            FROM v
+            WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
+            RETURNING tickets.id",
+        );
+        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *connection).await?;
+        written.extend(ids);
+    }
+    Ok(written)
+}
+
+/// The rows with these IDs, as the caller's transaction sees them.
+pub(super) async fn tickets_on(connection: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<Ticket>, sqlx::Error> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tickets WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        query.push(")");
+        rows.extend(query.build_query_as::<Ticket>().fetch_all(&mut *connection).await?);
+    }
+    Ok(rows)
+}
+
+/// Writes a final state's [`Announcement`] for its just-written row: the webhook deliveries and
+/// the note. Returns how many deliveries were written.
+pub(super) async fn write_announcement_on(
+    connection: &mut SqliteConnection,
+    id: i64,
+    now: DateTime<Utc>,
+    announcement: &Announcement,
+) -> Result<usize, sqlx::Error> {
+    for delivery in &announcement.deliveries {
+        deliveries::insert(&mut *connection, delivery, now).await?;
+    }
+    if let Some(note) = &announcement.webhook_note {
+        sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
+            .bind(note)
+            .bind(id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(announcement.deliveries.len())
+}
+
 /// [`Store::record_final`] inside the caller's transaction.
 pub(super) async fn record_final_on(
     connection: &mut SqliteConnection,
@@ -467,18 +617,7 @@ pub(super) async fn record_final_on(
     let Some(ticket) = query.build_query_as::<Ticket>().fetch_optional(&mut *connection).await? else {
         return Ok(None);
     };
-    let announcement = announce(&ticket);
-    for delivery in &announcement.deliveries {
-        deliveries::insert(&mut *connection, delivery, now).await?;
-    }
-    if let Some(note) = &announcement.webhook_note {
-        sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
-            .bind(note)
-            .bind(id)
-            .execute(&mut *connection)
-            .await?;
-    }
-    Ok(Some(announcement.deliveries.len()))
+    write_announcement_on(connection, id, now, &announce(&ticket)).await.map(Some)
 }
 
 fn push_common(query: &mut QueryBuilder<'_, Sqlite>, now: DateTime<Utc>, polled: bool, request_id: Option<&str>) {

@@ -309,3 +309,82 @@ async fn claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased() {
     assert!(store.claim_ticket(&held, mine, at(11), lease_for, deadline).await.unwrap().is_none(), "leased");
     assert_eq!(store.ticket(other).await.unwrap().unwrap().lease_owner, None, "other rows are left alone");
 }
+
+#[tokio::test]
+async fn a_failing_write_in_a_group_commit_fails_alone() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let good = insert_due_at(store, "good", at(0)).await;
+    let progress = insert_due_at(store, "progress", at(0)).await;
+    let bad = insert_due_at(store, "bad", at(0)).await;
+    let lease = Lease("r#1".to_owned());
+    assert_eq!(
+        store
+            .claim_due_tickets(&lease, at(1), Duration::from_secs(60), 10, Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let (recorder, task) = store.recorder();
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    let announce_one = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
+        deliveries: vec![NewDelivery {
+            ticket: row.id,
+            url: "http://a.example/hook".to_owned(),
+            webhook_id: format!("tkt_{}_0.succeeded", row.id),
+            event_type: "ticket.succeeded".to_owned(),
+            payload: "{}".to_owned(),
+        }],
+        webhook_note: None,
+    });
+    // An empty URL violates the deliveries table's constraint.
+    let announce_broken = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
+        deliveries: vec![NewDelivery {
+            ticket: row.id,
+            url: String::new(),
+            webhook_id: "x".to_owned(),
+            event_type: "ticket.succeeded".to_owned(),
+            payload: "{}".to_owned(),
+        }],
+        webhook_note: None,
+    });
+    let reschedule = Reschedule {
+        next_poll_at: at(30),
+        running_streak: 3,
+        error_streak: 0,
+        polled: true,
+        request_id: Some("R".to_owned()),
+        answer: Some(DeployResult { ticket_status: Some("EXECUTING".to_owned()), ..DeployResult::default() }),
+        error: None,
+    };
+    // Submitted together, the three land in one batch.
+    let (good_result, progress_result, bad_result) = tokio::join!(
+        recorder.record_final(&lease, good, at(2), &finish, announce_one),
+        recorder.record_progress(&lease, progress, at(2), &reschedule),
+        recorder.record_final(&lease, bad, at(2), &finish, announce_broken),
+    );
+    assert_eq!(good_result, Ok(Some(1)));
+    assert_eq!(progress_result, Ok(true));
+    assert!(bad_result.is_err(), "the broken announcement is reported to its caller");
+    drop(recorder);
+    task.await.unwrap();
+
+    assert_eq!(store.ticket(good).await.unwrap().unwrap().state, "succeeded");
+    assert_eq!(store.deliveries_of_ticket(good).await.unwrap().len(), 1);
+    let progressed = store.ticket(progress).await.unwrap().unwrap();
+    assert_eq!(
+        (progressed.state.as_str(), progressed.running_streak, progressed.ticket_status.as_deref()),
+        ("pending", 3, Some("EXECUTING"))
+    );
+    assert_eq!(progressed.next_poll_at, flink_ticketd::clock::format_instant(at(30)));
+    assert_eq!(store.ticket(bad).await.unwrap().unwrap().state, "pending", "no final state without its deliveries");
+
+    // A stale lease writes nothing, in a batch as alone.
+    let stale = recorder_for(store).record_progress(&Lease("other#9".to_owned()), progress, at(3), &reschedule).await;
+    assert_eq!(stale, Ok(false));
+}
+
+fn recorder_for(store: &Store) -> flink_ticketd::store::Recorder {
+    store.recorder().0
+}
