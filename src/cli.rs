@@ -438,14 +438,9 @@ async fn deploy(
     }
     // Open the database first: a deploy whose ticket cannot be recorded should not start.
     let store = Store::open(&config.database).await?;
-    let credentials = CredentialProvider::start(
-        config.flink.credentials.as_ref(),
-        &config.flink.credential_chain,
-        config.flink.client.ca_file.as_deref(),
-        Arc::clone(&clock),
-    )
-    .await
-    .context("getting Alibaba Cloud credentials")?;
+    let credentials = CredentialProvider::for_config(&config.flink, Arc::clone(&clock))
+        .await
+        .context("getting Alibaba Cloud credentials")?;
     let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;
     let request = DeployRequest {
         namespace: &args.namespace,

@@ -59,14 +59,9 @@ pub async fn run_supervised(
     supervisor: Supervisor,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.database).await?;
-    let credentials = flink::CredentialProvider::start(
-        config.flink.credentials.as_ref(),
-        &config.flink.credential_chain,
-        config.flink.client.ca_file.as_deref(),
-        Arc::clone(&clock),
-    )
-    .await
-    .context("getting Alibaba Cloud credentials")?;
+    let credentials = flink::CredentialProvider::for_config(&config.flink, Arc::clone(&clock))
+        .await
+        .context("getting Alibaba Cloud credentials")?;
     let source = credentials.name();
     let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;
     let limiter = Arc::new(RateLimiter::new(

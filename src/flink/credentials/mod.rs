@@ -403,6 +403,21 @@ impl CredentialProvider {
         Ok(CredentialProvider { inner: Arc::new(inner) })
     }
 
+    /// [`CredentialProvider::start`] with the `[flink]` configuration's explicit keys, captured
+    /// environment and CA bundle.
+    pub async fn for_config(
+        flink: &crate::config::FlinkConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<CredentialProvider, CredentialError> {
+        CredentialProvider::start(
+            flink.credentials.as_ref(),
+            &flink.credential_chain,
+            flink.client.ca_file.as_deref(),
+            clock,
+        )
+        .await
+    }
+
     /// Plans, builds and fetches once, so that a daemon without usable credentials fails at
     /// start with an error naming what it tried.
     pub async fn start(
