@@ -8,6 +8,7 @@ use flink_ticketd::cli::{Cli, execute};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -41,4 +42,22 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = interrupt.recv() => {}
     }
     shutdown.cancel();
+}
+
+/// `flink-ticketd list | head` closes stdout early; Rust's `println!` then panics with "Broken
+/// pipe". Like other command-line tools, stop quietly instead of printing a panic.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
 }

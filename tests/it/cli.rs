@@ -103,3 +103,30 @@ async fn migrate_applies_the_schema_and_bad_usage_exits_two() {
     assert_eq!(missing_config.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing_config.stderr).contains("does not exist"));
 }
+
+#[tokio::test]
+async fn output_piped_into_a_reader_that_stops_early_ends_quietly() {
+    use std::io::Read as _;
+    let env = TestEnv::new("").await;
+    env.store().await.close().await;
+    let values: Vec<String> = (0..400).map(|n| format!("('t-{n}', 'ns', 'ws')")).collect();
+    env.execute_sql(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
+        .await;
+    // Far more JSON than a pipe holds: the writer meets a closed pipe, as with `| head -1`.
+    let mut child = std::process::Command::new(crate::harness::binary())
+        .arg("--config")
+        .arg(env.config_file())
+        .args(["list", "--limit", "400", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).expect("some output arrives");
+    drop(stdout);
+    let output = child.wait_with_output().expect("the binary exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
