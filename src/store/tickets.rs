@@ -419,21 +419,8 @@ pub(super) async fn record_progress_on(
     now: DateTime<Utc>,
     update: &Reschedule,
 ) -> Result<bool, sqlx::Error> {
-    let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
-    query.push(", next_poll_at = ").push_bind(at(update.next_poll_at));
-    query.push(", running_streak = ").push_bind(update.running_streak);
-    query.push(", error_streak = ").push_bind(update.error_streak);
-    push_common(&mut query, now, update.polled, update.request_id.as_deref());
-    if let Some(answer) = &update.answer {
-        push_answer(&mut query, answer);
-        query.push(", error_code = NULL, error_message = NULL");
-    }
-    if let Some((code, message)) = &update.error {
-        query.push(", error_code = ").push_bind(code.as_str());
-        query.push(", error_message = ").push_bind(message.as_str());
-    }
-    push_fence(&mut query, lease, id);
-    Ok(query.build().execute(&mut *connection).await?.rows_affected() == 1)
+    let write = ResultWrite { lease, id, now, result: PollResult::Progress(update) };
+    Ok(record_many_on(connection, &[write]).await?.contains(&id))
 }
 
 /// One poll result to write with [`record_many_on`].
@@ -448,18 +435,17 @@ pub(super) struct ResultWrite<'a> {
 /// What a [`ResultWrite`] records.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum PollResult<'a> {
-    /// As [`record_progress_on`].
+    /// The ticket goes on: due time, streaks, and what the call said.
     Progress(&'a Reschedule),
-    /// As the row update of [`record_final_on`] (the caller writes the announcement).
+    /// The ticket is done: state and `finished_at` (the caller writes the announcement).
     Final(&'a Finish),
 }
 
 /// Most rows one multi-row write names (18 bound values each, well below SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 256;
 
-/// Many poll results in one statement per [`ROWS_PER_STATEMENT`] rows, each row with exactly the
-/// meaning of [`record_progress_on`] or of [`record_final_on`]'s update (fenced by lease and
-/// state). Returns the IDs of the rows written; a final state's announcement is the caller's to
+/// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
+/// result is written; the one-row writes call it too), fenced by lease and state. Returns the IDs of the rows written; a final state's announcement is the caller's to
 /// write (see [`tickets_on`]). The caller owns the transaction.
 pub(super) async fn record_many_on(
     connection: &mut SqliteConnection,
@@ -595,53 +581,12 @@ pub(super) async fn record_final_on(
     finish: &Finish,
     announce: impl FnOnce(&Ticket) -> Announcement,
 ) -> Result<Option<usize>, sqlx::Error> {
-    let mut query = QueryBuilder::<Sqlite>::new("UPDATE tickets SET lease_owner = NULL, lease_until = NULL");
-    query.push(", state = ").push_bind(finish.state.as_str());
-    query.push(", finished_at = ").push_bind(at(now));
-    push_common(&mut query, now, finish.polled, finish.request_id.as_deref());
-    if let Some(answer) = &finish.answer {
-        push_answer(&mut query, answer);
+    let write = ResultWrite { lease, id, now, result: PollResult::Final(finish) };
+    if !record_many_on(connection, &[write]).await?.contains(&id) {
+        return Ok(None);
     }
-    match (&finish.error, &finish.answer) {
-        (Some((code, message)), _) => {
-            query.push(", error_code = ").push_bind(code.as_str());
-            query.push(", error_message = ").push_bind(message.as_str());
-        }
-        (None, Some(_)) => {
-            query.push(", error_code = NULL, error_message = NULL");
-        }
-        (None, None) => {}
-    }
-    push_fence(&mut query, lease, id);
-    query.push(" RETURNING *");
-    let Some(ticket) = query.build_query_as::<Ticket>().fetch_optional(&mut *connection).await? else {
+    let Some(ticket) = tickets_on(connection, &[id]).await?.pop() else {
         return Ok(None);
     };
     write_announcement_on(connection, id, now, &announce(&ticket)).await.map(Some)
-}
-
-fn push_common(query: &mut QueryBuilder<'_, Sqlite>, now: DateTime<Utc>, polled: bool, request_id: Option<&str>) {
-    query.push(", updated_at = ").push_bind(at(now));
-    if polled {
-        query.push(", polls = polls + 1");
-    }
-    if let Some(request_id) = request_id {
-        query.push(", request_id = ").push_bind(request_id.to_owned());
-    }
-}
-
-fn push_answer(query: &mut QueryBuilder<'_, Sqlite>, answer: &DeployResult) {
-    let errors = serde_json::to_string(&answer.validation_errors).expect("validation issues serialise to JSON");
-    query.push(", ticket_status = ").push_bind(answer.ticket_status.clone());
-    // A later answer without the deployment ID does not erase one we already know.
-    query.push(", deployment_id = COALESCE(").push_bind(answer.deployment_id.clone()).push(", deployment_id)");
-    query.push(", deploy_success = ").push_bind(answer.success);
-    query.push(", message = ").push_bind(answer.message.clone());
-    query.push(", validation_result = ").push_bind(answer.validation_result.clone());
-    query.push(", validation_errors = ").push_bind(errors);
-}
-
-fn push_fence(query: &mut QueryBuilder<'_, Sqlite>, lease: &Lease, id: i64) {
-    query.push(" WHERE id = ").push_bind(id);
-    query.push(" AND state = 'pending' AND lease_owner = ").push_bind(lease.0.clone());
 }
