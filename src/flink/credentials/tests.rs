@@ -132,6 +132,16 @@ async fn answer(State(state): State<FakeState>, method: Method, uri: Uri, header
     (state.respond.lock().unwrap())(&seen)
 }
 
+/// A fake STS whose n-th answer (from 1) is key `STS.n`, expiring n - 1 hours after `expires`.
+async fn numbered_sts(expires: DateTime<Utc>) -> Fake {
+    let calls = AtomicUsize::new(0);
+    Fake::start(move |_| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        sts_success(&format!("STS.{n}"), expires + chrono::Duration::hours(i64::try_from(n).unwrap() - 1))
+    })
+    .await
+}
+
 fn sts_success(key: &str, expires_at: DateTime<Utc>) -> Answer {
     let body = serde_json::json!({
         "RequestId": "sts-req",
@@ -358,13 +368,7 @@ fn chain_environment_debug_shows_names_but_no_values() {
 #[tokio::test]
 async fn oidc_credentials_come_from_sts_and_the_token_file_is_read_on_every_refresh() {
     let expires = start_time() + chrono::Duration::hours(1);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let sts = Fake::start(move |_| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        sts_success(&format!("STS.{n}"), expires + chrono::Duration::hours(i64::try_from(n).unwrap() - 1))
-    })
-    .await;
+    let sts = numbered_sts(expires).await;
     let dir = tempfile::tempdir().unwrap();
     let env = oidc_env(&sts, &dir);
     let plan = plan(None, &env).unwrap();
@@ -513,13 +517,7 @@ async fn start_fails_naming_every_source_tried_when_none_answers() {
 #[tokio::test]
 async fn many_concurrent_callers_due_for_a_refresh_cause_exactly_one_request() {
     let expires = start_time() + chrono::Duration::hours(1);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let sts = Fake::start(move |_| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        sts_success(&format!("STS.{n}"), expires + chrono::Duration::hours(i64::try_from(n).unwrap() - 1))
-    })
-    .await;
+    let sts = numbered_sts(expires).await;
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
     let provider = provider(plan(None, &oidc_env(&sts, &dir)).unwrap(), &clock);
@@ -549,13 +547,7 @@ async fn many_concurrent_callers_due_for_a_refresh_cause_exactly_one_request() {
 #[tokio::test]
 async fn many_concurrent_callers_with_expired_credentials_wait_for_one_request() {
     let expires = start_time() + chrono::Duration::hours(1);
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
-    let sts = Fake::start(move |_| {
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        sts_success(&format!("STS.{n}"), expires + chrono::Duration::hours(i64::try_from(n).unwrap() - 1))
-    })
-    .await;
+    let sts = numbered_sts(expires).await;
     let dir = tempfile::tempdir().unwrap();
     let clock = clock();
     let provider = provider(plan(None, &oidc_env(&sts, &dir)).unwrap(), &clock);
