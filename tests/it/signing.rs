@@ -1,12 +1,12 @@
 //! The ACS3-HMAC-SHA256 signer against every vector the official SDK computed
-//! (`../shared/spec/acs3-signature-vectors.json`, read at test time).
+//! (a copy of the published file in `tests/fixtures/acs3-signature-vectors.json`).
 
 use flink_ticketd::flink::signing::{SigningInput, sign};
 use serde_json::Value;
 
 #[test]
 fn signer_reproduces_every_official_sdk_vector() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/acs3-signature-vectors.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/acs3-signature-vectors.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("reading {path}: {error}"));
     let file: Value = serde_json::from_str(&text).expect("the vectors file is JSON");
     let vectors = file["vectors"].as_array().expect("a vectors array");

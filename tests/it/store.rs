@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone as _, Utc};
+use chrono::{DateTime, Utc};
 use flink_ticketd::domain::{DeployResult, TicketState};
 use flink_ticketd::store::{Announcement, Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings};
 
@@ -23,8 +23,17 @@ async fn fixture() -> Fixture {
     Fixture { _dir: dir, path, store }
 }
 
+/// An instant `seconds` after a base ten minutes ahead of the moment this test first asked (each
+/// test runs on its own thread), so that rows placed with it are in the near future of the rows the
+/// database stamps with its own clock, whatever the date.
 fn at(seconds: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap() + chrono::Duration::seconds(seconds)
+    thread_local! {
+        static BASE: DateTime<Utc> = {
+            let now = Utc::now() + chrono::Duration::minutes(10);
+            now - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos() % 1_000_000))
+        };
+    }
+    BASE.with(|base| *base + chrono::Duration::seconds(seconds))
 }
 
 fn new_ticket(id: &str) -> NewTicket {

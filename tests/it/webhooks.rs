@@ -468,7 +468,7 @@ async fn claims_give_each_receiver_at_most_its_share_and_resend_leaves_an_attemp
 
 #[test]
 fn the_signer_reproduces_every_standard_webhooks_vector() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/standard-webhooks-vectors.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/standard-webhooks-vectors.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|error| panic!("reading {path}: {error}"));
     let file: Value = serde_json::from_str(&text).expect("the vectors file is JSON");
     let vectors = file["vectors"].as_array().expect("a vectors array");
