@@ -384,8 +384,9 @@ impl Store {
         Ok(row.as_ref().map(ticket_from_row_leniently))
     }
 
-    /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff.
-    /// Returns `false` when it is still pending.
+    /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff. The
+    /// previous run's answer (status, deployment, validation, error, webhook note) is cleared, so
+    /// that nothing announced later carries it. Returns `false` when it is still pending.
     pub async fn retry_ticket(
         &self,
         id: i64,
@@ -396,7 +397,9 @@ impl Store {
         Ok(sqlx::query(
             "UPDATE tickets SET state = 'pending', retries = retries + 1, next_poll_at = ?2, updated_at = ?2,
                  deadline_at = ?3, finished_at = NULL, running_streak = 0, error_streak = 0,
-                 error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL
+                 error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL,
+                 ticket_status = NULL, deployment_id = NULL, deploy_success = NULL, message = NULL,
+                 validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL
              WHERE id = ?1 AND state <> 'pending'",
         )
         .bind(id)

@@ -430,3 +430,47 @@ async fn an_unknown_region_is_refused_at_insert_and_the_webhook_url_scheme_ignor
     assert!(error.contains("webhook_url_must_be_http_or_https"), "{error}");
     store.close().await;
 }
+
+#[tokio::test]
+async fn retry_clears_the_previous_answer_so_a_later_expiry_does_not_carry_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("retry.db");
+    let store = open(&path).await;
+    let ticket = store.insert_ticket(&new_ticket("again")).await.unwrap();
+    finish(&store, ticket.id, &succeeded(), "http://127.0.0.1:9/hook").await.unwrap();
+
+    let now = Utc::now();
+    assert!(store.retry_ticket(ticket.id, now, now + chrono::Duration::hours(1)).await.unwrap());
+    let retried = store.ticket(ticket.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            retried.ticket_status.as_deref(),
+            retried.deployment_id.as_deref(),
+            retried.deploy_success,
+            retried.message.as_deref(),
+            retried.validation_result.as_deref(),
+            retried.validation_errors.as_str(),
+            retried.request_id.as_deref(),
+        ),
+        (None, None, None, None, None, "[]", None),
+        "{retried:?}"
+    );
+
+    // The retried run expires without an answer: its announcement names no deployment.
+    let expired = Finish {
+        state: TicketState::Expired,
+        polled: false,
+        request_id: None,
+        answer: None,
+        error: Some(("DeadlineExceeded".to_owned(), "the deadline passed".to_owned())),
+    };
+    finish(&store, ticket.id, &expired, "http://127.0.0.1:9/hook").await.unwrap();
+    let row = store.ticket(ticket.id).await.unwrap().unwrap();
+    assert_eq!(row.state, "expired");
+    let payload: serde_json::Value =
+        serde_json::from_str(&flink_ticketd::webhook::payload(&row, "ticket.expired")).unwrap();
+    assert_eq!(payload["data"]["deployment_id"], serde_json::Value::Null, "{payload}");
+    assert_eq!(payload["data"]["deploy_success"], serde_json::Value::Null, "{payload}");
+    assert_eq!(payload["data"]["ticket_status"], serde_json::Value::Null, "{payload}");
+    store.close().await;
+}
