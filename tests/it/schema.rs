@@ -474,3 +474,50 @@ async fn retry_clears_the_previous_answer_so_a_later_expiry_does_not_carry_it() 
     assert_eq!(payload["data"]["ticket_status"], serde_json::Value::Null, "{payload}");
     store.close().await;
 }
+
+/// Runs `sql` in the real sqlite3 shell (the SQLite users insert with, whose date functions are
+/// older than the library's); `Err` carries its stderr.
+fn sqlite3_shell(path: &std::path::Path, sql: &str) -> Result<(), String> {
+    let output = std::process::Command::new("sqlite3")
+        .arg("-cmd")
+        .arg(".timeout 5000")
+        .arg(path)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() && stderr.is_empty() { Ok(()) } else { Err(stderr) }
+}
+
+#[tokio::test]
+async fn the_sqlite3_shell_refuses_unreal_dates_and_its_hand_written_times_are_stored_canonically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shell.db");
+    let store = open(&path).await;
+    for (n, unreal) in ["2026-04-31", "2026-02-30", "2026-04-30T24:00", "2026-02-29 10:00", ""].iter().enumerate() {
+        let insert = format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at) VALUES ('u{n}', 'ns', 'ws', {})",
+            quote(unreal)
+        );
+        let error = sqlite3_shell(&path, &insert).expect_err(&format!("{unreal:?} is refused"));
+        assert!(error.contains("deadline_at_must_be_a_real_time"), "{unreal:?}: {error}");
+    }
+    let shanghai_now = (Utc::now() + chrono::Duration::hours(8)).format("%Y-%m-%dT%H:%M:%S+08:00").to_string();
+    sqlite3_shell(
+        &path,
+        &format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('t', 'ns', 'ws');
+             UPDATE tickets SET next_poll_at = datetime('now'), deadline_at = {} WHERE ticket_id = 't';",
+            quote(&shanghai_now)
+        ),
+    )
+    .expect("the operator's update runs");
+    let row = store.find_tickets("t", None, None).await.unwrap().remove(0);
+    assert!(is_canonical(&row.next_poll_at), "{row:?}");
+    let deadline = row.deadline().expect("the deadline is readable");
+    assert!((deadline - Utc::now()).num_minutes().abs() < 5, "{row:?}");
+    let error =
+        sqlite3_shell(&path, "UPDATE tickets SET next_poll_at = '' WHERE ticket_id = 't'").expect_err("refused");
+    assert!(error.contains("next_poll_at_must_be_a_real_time"), "{error}");
+    store.close().await;
+}
