@@ -142,18 +142,18 @@ pub struct NewDelivery {
     pub payload: String,
 }
 
-/// Inserts one delivery inside the caller's transaction; a second insert of the same
-/// (`webhook_id`, `url`) is ignored, so one outcome never gets two IDs.
+/// Inserts one delivery inside the caller's transaction. A (`webhook_id`, `url`) that is already
+/// in the outbox is an error that says so, never a silent drop: receivers deduplicate on the
+/// webhook-id, so sending a second outcome under it would lose that outcome.
 pub(super) async fn insert(
     connection: &mut SqliteConnection,
     delivery: &NewDelivery,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let now = at(now);
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)
-         ON CONFLICT (webhook_id, url) DO NOTHING",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)",
     )
     .bind(delivery.ticket)
     .bind(&delivery.url)
@@ -162,8 +162,15 @@ pub(super) async fn insert(
     .bind(&delivery.payload)
     .bind(&now)
     .execute(connection)
-    .await?;
-    Ok(())
+    .await;
+    match inserted {
+        Err(error) if is_unique_violation(&error) => Err(sqlx::Error::Protocol(format!(
+            "webhook-id {} was already issued to this receiver; refusing to send a second outcome under it",
+            delivery.webhook_id
+        ))),
+        Err(error) => Err(error),
+        Ok(_) => Ok(()),
+    }
 }
 
 impl Store {
@@ -334,4 +341,9 @@ impl Store {
             .fetch_all(&self.reader)
             .await
     }
+}
+
+/// Whether `error` is SQLite's `SQLITE_CONSTRAINT_UNIQUE`.
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|error| error.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::deliveries::{self, NewDelivery};
 use super::{Lease, Store, at};
@@ -170,7 +171,10 @@ impl Store {
         )
         .fetch_optional(&self.reader)
         .await?;
-        Ok(next.as_deref().and_then(crate::clock::parse_instant))
+        // The checks and triggers keep every stored time canonical; a time that still cannot be
+        // read (written with the checks switched off) sorts first and counts as due now, so the
+        // claim takes the row and rewrites the time instead of the loop waiting for ever.
+        Ok(next.map(|next| crate::clock::parse_instant(&next).unwrap_or(DateTime::UNIX_EPOCH)))
     }
 
     /// The latest `next_poll_at` of a pending ticket.
@@ -216,7 +220,7 @@ impl Store {
     ) -> Result<Vec<Ticket>, sqlx::Error> {
         let now_text = at(now);
         let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
-        sqlx::query_as(
+        let rows = sqlx::query(
             "UPDATE tickets
              SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
                  deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
@@ -231,7 +235,14 @@ impl Store {
         .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
-        .await
+        .await?;
+        let mut tickets = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(ticket) = self.readable_claim(row, lease, now).await? {
+                tickets.push(ticket);
+            }
+        }
+        Ok(tickets)
     }
 
     /// Claims one ticket, like [`Store::claim_due_tickets`] but only row `id`: `None` when it is not
@@ -247,7 +258,7 @@ impl Store {
     ) -> Result<Option<Ticket>, sqlx::Error> {
         let now_text = at(now);
         let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
-        sqlx::query_as(
+        let row = sqlx::query(
             "UPDATE tickets
              SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
                  deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
@@ -260,7 +271,11 @@ impl Store {
         .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
         .bind(id)
         .fetch_optional(&self.writer)
-        .await
+        .await?;
+        match row {
+            Some(row) => self.readable_claim(&row, lease, now).await,
+            None => Ok(None),
+        }
     }
 
     /// Records a poll that did not end the ticket and releases the lease. Returns `false` (and
@@ -331,14 +346,16 @@ impl Store {
     }
 
     /// Tickets, newest first, optionally in one state.
+    /// A value that cannot be read shows as its text, or as the column's default.
     pub async fn list_tickets(&self, state: Option<TicketState>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
-        sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT * FROM tickets WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2",
         )
         .bind(state.map(TicketState::as_str))
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
-        .await
+        .await?;
+        Ok(rows.iter().map(ticket_from_row_leniently).collect())
     }
 
     /// Every row with this ticket ID (the same ID may exist in several workspaces/namespaces),
@@ -349,7 +366,7 @@ impl Store {
         workspace: Option<&str>,
         namespace: Option<&str>,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
-        sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT * FROM tickets WHERE ticket_id = ?1 AND (?2 IS NULL OR workspace = ?2)
              AND (?3 IS NULL OR namespace = ?3) ORDER BY id",
         )
@@ -357,16 +374,19 @@ impl Store {
         .bind(workspace)
         .bind(namespace)
         .fetch_all(&self.reader)
-        .await
+        .await?;
+        Ok(rows.iter().map(ticket_from_row_leniently).collect())
     }
 
-    /// The row with this internal ID.
+    /// The row with this internal ID (read as [`Store::list_tickets`] reads rows).
     pub async fn ticket(&self, id: i64) -> Result<Option<Ticket>, sqlx::Error> {
-        sqlx::query_as("SELECT * FROM tickets WHERE id = ?").bind(id).fetch_optional(&self.reader).await
+        let row = sqlx::query("SELECT * FROM tickets WHERE id = ?").bind(id).fetch_optional(&self.reader).await?;
+        Ok(row.as_ref().map(ticket_from_row_leniently))
     }
 
-    /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff.
-    /// Returns `false` when it is still pending.
+    /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff. The
+    /// previous run's answer (status, deployment, validation, error, webhook note) is cleared, so
+    /// that nothing announced later carries it. Returns `false` when it is still pending.
     pub async fn retry_ticket(
         &self,
         id: i64,
@@ -377,7 +397,9 @@ impl Store {
         Ok(sqlx::query(
             "UPDATE tickets SET state = 'pending', retries = retries + 1, next_poll_at = ?2, updated_at = ?2,
                  deadline_at = ?3, finished_at = NULL, running_streak = 0, error_streak = 0,
-                 error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL
+                 error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL,
+                 ticket_status = NULL, deployment_id = NULL, deploy_success = NULL, message = NULL,
+                 validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL
              WHERE id = ?1 AND state <> 'pending'",
         )
         .bind(id)
@@ -409,6 +431,158 @@ impl Store {
     pub async fn count_tickets_by_state(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         sqlx::query_as("SELECT state, count(*) FROM tickets GROUP BY state").fetch_all(&self.reader).await
     }
+
+    /// A row just claimed with `lease`, as a [`Ticket`]; `None` when a value in it cannot be read
+    /// (the schema's checks refuse such values, so only a write with the checks switched off
+    /// leaves one). Such a row is failed on the spot with `InvalidTicket` and a message naming the
+    /// column, its unreadable values replaced, so that it never holds back the rest of its batch
+    /// and never comes back. It is not announced: its values cannot be trusted.
+    async fn readable_claim(
+        &self,
+        row: &SqliteRow,
+        lease: &Lease,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Ticket>, sqlx::Error> {
+        let column = match ticket_from_row(row) {
+            Ok(ticket) => match unreadable_deadline(&ticket) {
+                None => return Ok(Some(ticket)),
+                Some(column) => column.to_owned(),
+            },
+            Err(column) => column,
+        };
+        let id: i64 = row.try_get("id")?;
+        let message = format!("column {column} holds a value the daemon cannot read");
+        let failed = sqlx::query(FAIL_UNREADABLE)
+            .bind(id)
+            .bind(&lease.0)
+            .bind(&message)
+            .bind(at(now))
+            .execute(&self.writer)
+            .await;
+        match failed {
+            Ok(_) => tracing::error!(row = id, column, "ticket failed: a value in it cannot be read (InvalidTicket)"),
+            // The row keeps its lease and is claimed again once it lapses; the rest of the batch
+            // goes on.
+            Err(error) => tracing::error!(row = id, column, error = %error, "failing an unreadable ticket failed"),
+        }
+        Ok(None)
+    }
+}
+
+/// Ends a claimed row that cannot be read: `failed` / `InvalidTicket` with message `?3` at `?4`,
+/// every value that cannot be read replaced by the column's default, so that the row can be read
+/// (and listed) from then on.
+const FAIL_UNREADABLE: &str = "UPDATE tickets SET
+        state = 'failed', error_code = 'InvalidTicket', error_message = ?3,
+        finished_at = ?4, updated_at = ?4, next_poll_at = ?4, lease_owner = NULL, lease_until = NULL,
+        created_at = CASE WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(created_at)) IS created_at
+                          THEN created_at ELSE ?4 END,
+        deadline_at = CASE WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline_at)) IS deadline_at
+                           THEN deadline_at END,
+        ticket_status = CASE WHEN typeof(ticket_status) IN ('text', 'null') THEN ticket_status
+                             ELSE CAST(ticket_status AS TEXT) END,
+        deployment_id = CASE WHEN typeof(deployment_id) IN ('text', 'null') THEN deployment_id
+                             ELSE CAST(deployment_id AS TEXT) END,
+        deploy_success = CASE WHEN typeof(deploy_success) = 'integer' AND deploy_success IN (0, 1)
+                              THEN deploy_success END,
+        message = CASE WHEN typeof(message) IN ('text', 'null') THEN message ELSE CAST(message AS TEXT) END,
+        validation_result = CASE WHEN typeof(validation_result) IN ('text', 'null') THEN validation_result
+                                 ELSE CAST(validation_result AS TEXT) END,
+        validation_errors = CASE WHEN typeof(validation_errors) = 'text' AND json_valid(validation_errors)
+                                      AND json_type(validation_errors) = 'array'
+                                 THEN validation_errors ELSE '[]' END,
+        request_id = CASE WHEN typeof(request_id) IN ('text', 'null') THEN request_id
+                          ELSE CAST(request_id AS TEXT) END,
+        webhook_note = CASE WHEN typeof(webhook_note) IN ('text', 'null') THEN webhook_note
+                            ELSE CAST(webhook_note AS TEXT) END,
+        polls = CASE WHEN typeof(polls) = 'integer' AND polls >= 0 THEN polls ELSE 0 END,
+        running_streak = CASE WHEN typeof(running_streak) = 'integer' AND running_streak >= 0
+                              THEN running_streak ELSE 0 END,
+        error_streak = CASE WHEN typeof(error_streak) = 'integer' AND error_streak >= 0
+                            THEN error_streak ELSE 0 END,
+        retries = CASE WHEN typeof(retries) = 'integer' AND retries >= 0 THEN retries ELSE 0 END
+    WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'";
+
+/// Decodes a row of `tickets`; `Err` names the first column whose value cannot be read.
+fn ticket_from_row(row: &SqliteRow) -> Result<Ticket, String> {
+    Ticket::from_row(row).map_err(|error| match error {
+        sqlx::Error::ColumnDecode { index, .. } => index.trim_matches('"').to_owned(),
+        sqlx::Error::ColumnNotFound(column) => column,
+        other => other.to_string(),
+    })
+}
+
+/// The column to blame when a claimed ticket has no readable deadline: a claim gives every row
+/// one, from `created_at` when `deadline_at` was empty, so "no deadline" means one of the two
+/// could not be read.
+fn unreadable_deadline(ticket: &Ticket) -> Option<&'static str> {
+    match ticket.deadline_at.as_deref() {
+        None => Some("created_at"),
+        Some(deadline) if crate::clock::parse_instant(deadline).is_none() => Some("deadline_at"),
+        Some(_) => None,
+    }
+}
+
+/// Decodes a row of `tickets` for showing it: a value that cannot be read as its column's type
+/// shows as its text, or as the type's default, so that one such value never hides the row.
+fn ticket_from_row_leniently(row: &SqliteRow) -> Ticket {
+    if let Ok(ticket) = Ticket::from_row(row) {
+        return ticket;
+    }
+    Ticket {
+        id: number(row, "id"),
+        ticket_id: text(row, "ticket_id"),
+        namespace: text(row, "namespace"),
+        workspace: text(row, "workspace"),
+        region: optional_text(row, "region"),
+        webhook_url: optional_text(row, "webhook_url"),
+        deadline_at: optional_text(row, "deadline_at"),
+        state: text(row, "state"),
+        ticket_status: optional_text(row, "ticket_status"),
+        deployment_id: optional_text(row, "deployment_id"),
+        deploy_success: row.try_get("deploy_success").unwrap_or_default(),
+        message: optional_text(row, "message"),
+        validation_result: optional_text(row, "validation_result"),
+        validation_errors: row.try_get("validation_errors").unwrap_or_else(|_| "[]".to_owned()),
+        error_code: optional_text(row, "error_code"),
+        error_message: optional_text(row, "error_message"),
+        polls: number(row, "polls"),
+        request_id: optional_text(row, "request_id"),
+        webhook_note: optional_text(row, "webhook_note"),
+        created_at: text(row, "created_at"),
+        updated_at: text(row, "updated_at"),
+        next_poll_at: text(row, "next_poll_at"),
+        finished_at: optional_text(row, "finished_at"),
+        running_streak: number(row, "running_streak"),
+        error_streak: number(row, "error_streak"),
+        retries: number(row, "retries"),
+        lease_owner: optional_text(row, "lease_owner"),
+        lease_until: optional_text(row, "lease_until"),
+    }
+}
+
+/// An integer column, or 0 when its value is not an integer.
+fn number(row: &SqliteRow, column: &str) -> i64 {
+    row.try_get(column).unwrap_or_default()
+}
+
+/// A text column, or the text of whatever value it holds.
+fn text(row: &SqliteRow, column: &str) -> String {
+    optional_text(row, column).unwrap_or_default()
+}
+
+/// A nullable text column, or the text of whatever value it holds.
+fn optional_text(row: &SqliteRow, column: &str) -> Option<String> {
+    if let Ok(value) = row.try_get::<Option<String>, _>(column) {
+        return value;
+    }
+    if let Ok(value) = row.try_get::<i64, _>(column) {
+        return Some(value.to_string());
+    }
+    if let Ok(value) = row.try_get::<f64, _>(column) {
+        return Some(value.to_string());
+    }
+    row.try_get::<Vec<u8>, _>(column).ok().map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// [`Store::record_progress`] on a given connection (the caller owns any transaction).
@@ -559,8 +733,10 @@ pub(super) async fn write_announcement_on(
     now: DateTime<Utc>,
     announcement: &Announcement,
 ) -> Result<usize, sqlx::Error> {
+    let mut written = 0;
     for delivery in &announcement.deliveries {
         deliveries::insert(&mut *connection, delivery, now).await?;
+        written += 1;
     }
     if let Some(note) = &announcement.webhook_note {
         sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
@@ -569,7 +745,7 @@ pub(super) async fn write_announcement_on(
             .execute(&mut *connection)
             .await?;
     }
-    Ok(announcement.deliveries.len())
+    Ok(written)
 }
 
 /// [`Store::record_final`] inside the caller's transaction.

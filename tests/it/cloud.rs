@@ -12,6 +12,7 @@ use flink_ticketd::flink::CredentialError;
 use flink_ticketd::flink::credentials::ChainEnvironment;
 use flink_ticketd::simulator::{Scenario, Step};
 use serde_json::json;
+use sqlx::Connection as _;
 use url::Url;
 
 use crate::harness::{FakeHttp, HANG, KEY_SECRET, TestEnv, eventually};
@@ -149,13 +150,19 @@ async fn unknown_region_is_refused_by_deploy_and_enqueue_before_anything_is_sent
 }
 
 #[tokio::test]
-async fn ticket_with_an_unknown_region_fails_as_invalid_ticket_even_with_an_endpoint_override() {
+async fn ticket_with_an_unknown_region_is_refused_at_insert_or_failed_as_invalid_ticket_even_with_an_endpoint_override()
+{
     let env = TestEnv::new("").await;
     let daemon = env.spawn_daemon(|_| {}).await;
-    env.execute_sql(
-        "INSERT INTO tickets (ticket_id, namespace, workspace, region) VALUES ('t-mars', 'ns', 'ws', 'mars-1')",
-    )
-    .await;
+    let insert =
+        "INSERT INTO tickets (ticket_id, namespace, workspace, region) VALUES ('t-mars', 'ns', 'ws', 'mars-1')";
+    let url = format!("sqlite://{}", env.db_path.display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.expect("a plain connection");
+    let refused = sqlx::raw_sql(insert).execute(&mut connection).await.expect_err("the insert is refused");
+    assert!(refused.to_string().contains("region_must_be_known"), "{refused}");
+    connection.close().await.expect("the connection closes");
+    // A row written with the checks switched off still never reaches the network.
+    env.execute_sql(&format!("PRAGMA ignore_check_constraints = ON; {insert}")).await;
     env.execute_sql(
         "INSERT INTO tickets (ticket_id, namespace, workspace, region) VALUES ('t-eu', 'ns', 'ws', 'eu-west-1')",
     )

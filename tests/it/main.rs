@@ -8,6 +8,7 @@ mod harness;
 mod hostile;
 mod ops;
 mod polling;
+mod schema;
 mod security;
 mod signing;
 mod store;
