@@ -90,6 +90,9 @@ pub struct WebhookConfig {
     pub secrets: Vec<SecretBytes>,
     /// Honour the per-ticket `webhook_url` column.
     pub allow_ticket_urls: bool,
+    /// Also honour per-ticket URLs to loopback, link-local, private and shared ranges and the
+    /// cloud metadata address (see `crate::webhook::private_address`).
+    pub allow_private_ticket_urls: bool,
     /// Delays between attempts: attempt `n` (1-based) that fails waits `schedule[n-1]`; after
     /// attempt `schedule.len() + 1` fails, the delivery is dead.
     pub schedule: Vec<Duration>,
@@ -204,6 +207,7 @@ struct RawWebhook {
     secret: OneOrMany,
     secret_file: String,
     allow_ticket_urls: bool,
+    allow_private_ticket_urls: bool,
     schedule: Vec<String>,
     timeout: String,
     lease: String,
@@ -613,6 +617,7 @@ impl RawConfig {
                 urls,
                 secrets,
                 allow_ticket_urls: self.webhook.allow_ticket_urls,
+                allow_private_ticket_urls: self.webhook.allow_private_ticket_urls,
                 schedule,
                 timeout: webhook_timeout,
                 lease: webhook_lease,
@@ -674,6 +679,7 @@ impl Config {
         let _ = writeln!(out, "\n[webhook]\nurls = [{}]", urls.join(", "));
         let _ = writeln!(out, "secret = [{}]", vec!["\"[redacted]\""; webhook.secrets.len()].join(", "));
         let _ = writeln!(out, "allow_ticket_urls = {}", webhook.allow_ticket_urls);
+        let _ = writeln!(out, "allow_private_ticket_urls = {}", webhook.allow_private_ticket_urls);
         let schedule: Vec<String> = webhook.schedule.iter().map(|delay| duration(*delay)).collect();
         let _ = writeln!(out, "schedule = [{}]", schedule.join(", "));
         let _ = writeln!(out, "timeout = {}\nlease = {}", duration(webhook.timeout), duration(webhook.lease));
@@ -765,7 +771,13 @@ pub fn format_duration(duration: Duration) -> String {
     out
 }
 
-/// Checks a receiver URL: http or https, with a host.
+/// Longest receiver URL, in characters, as stored in `webhook_deliveries.url` (its `CHECK`) and
+/// sent: the normalised, percent-encoded form, which may be several times longer than the text
+/// a user wrote.
+pub const MAX_WEBHOOK_URL_CHARS: usize = 2048;
+
+/// Checks a receiver URL: http or https, with a host, at most [`MAX_WEBHOOK_URL_CHARS`] once
+/// normalised (percent-encoded, IDNA host).
 pub fn parse_webhook_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text.trim()).map_err(|error| format!("{:?} is not a URL: {error}", redact_text(text)))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -773,6 +785,12 @@ pub fn parse_webhook_url(text: &str) -> Result<Url, String> {
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{:?} has no host", redact_text(text)));
+    }
+    let normalised = url.as_str().chars().count();
+    if normalised > MAX_WEBHOOK_URL_CHARS {
+        return Err(format!(
+            "the URL is {normalised} characters once percent-encoded; at most {MAX_WEBHOOK_URL_CHARS} are allowed"
+        ));
     }
     Ok(url)
 }
@@ -802,7 +820,8 @@ pub fn redact_url(url: &Url) -> String {
     shown.to_string()
 }
 
-fn redact_text(text: &str) -> String {
+/// [`redact_url`] of a URL given as text; text that is not a URL is shown as it is.
+pub fn redact_text(text: &str) -> String {
     Url::parse(text).map(|url| redact_url(&url)).unwrap_or_else(|_| text.to_owned())
 }
 
@@ -921,6 +940,23 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(!text.contains("sekrit"), "a secret leaked into:\n{text}");
+    }
+
+    #[test]
+    fn a_receiver_url_is_measured_once_percent_encoded() {
+        let raw = format!("https://hooks.example.com/{}", "部署".repeat(150));
+        assert!(raw.chars().count() < MAX_WEBHOOK_URL_CHARS);
+        let error = validate(
+            &format!("[webhook]\nurls = [{raw:?}]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"),
+            &[],
+        )
+        .expect_err("refused");
+        assert!(
+            error.to_string().contains("webhook.urls[0]: the URL is 2726 characters once percent-encoded"),
+            "{error}"
+        );
+        let fits = format!("https://hooks.example.com/{}", "部".repeat(200));
+        assert!(parse_webhook_url(&fits).is_ok());
     }
 
     #[test]

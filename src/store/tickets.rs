@@ -552,24 +552,53 @@ pub(super) async fn tickets_on(connection: &mut SqliteConnection, ids: &[i64]) -
 }
 
 /// Writes a final state's [`Announcement`] for its just-written row: the webhook deliveries and
-/// the note. Returns how many deliveries were written.
+/// the note. Returns how many deliveries were written. A delivery the outbox refuses (one of its
+/// constraints) is left out and the note says so, so that the final state always commits; any
+/// other error is returned.
 pub(super) async fn write_announcement_on(
     connection: &mut SqliteConnection,
     id: i64,
     now: DateTime<Utc>,
     announcement: &Announcement,
 ) -> Result<usize, sqlx::Error> {
+    let mut notes: Vec<String> = announcement.webhook_note.iter().cloned().collect();
+    let mut written = 0;
     for delivery in &announcement.deliveries {
-        deliveries::insert(&mut *connection, delivery, now).await?;
+        // A failed statement rolls back alone; the transaction goes on.
+        match deliveries::insert(&mut *connection, delivery, now).await {
+            Ok(()) => written += 1,
+            Err(error) if is_constraint(&error) => {
+                let refused = error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_default();
+                notes.push(format!(
+                    "webhook to {} dropped: the delivery could not be written ({refused})",
+                    crate::config::redact_text(&delivery.url)
+                ));
+            }
+            Err(error) => return Err(error),
+        }
     }
-    if let Some(note) = &announcement.webhook_note {
+    if !notes.is_empty() {
         sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
-            .bind(note)
+            .bind(notes.join("; "))
             .bind(id)
             .execute(&mut *connection)
             .await?;
     }
-    Ok(announcement.deliveries.len())
+    Ok(written)
+}
+
+/// Whether `error` is a constraint the row broke (not the database failing).
+fn is_constraint(error: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    error.as_database_error().is_some_and(|db| {
+        matches!(
+            db.kind(),
+            ErrorKind::CheckViolation
+                | ErrorKind::UniqueViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::ForeignKeyViolation
+        )
+    })
 }
 
 /// [`Store::record_final`] inside the caller's transaction.

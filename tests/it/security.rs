@@ -98,6 +98,56 @@ async fn per_ticket_webhook_urls_are_ignored_unless_allowed() {
     drop(daemon);
 }
 
+#[tokio::test]
+async fn per_ticket_urls_to_private_addresses_are_refused_unless_private_ones_are_allowed() {
+    let env = TestEnv::new("").await;
+    let mut configured = WebhookSink::accepting().await;
+    let mut own = WebhookSink::accepting().await;
+    let webhook = format!(
+        "[webhook]\nurls = [{:?}]\nsecret = {WEBHOOK_SECRET:?}\nallow_ticket_urls = true\nschedule = [\"10ms\"]\n",
+        configured.url
+    );
+    env.store().await.close().await;
+    let daemon = env.spawn_binary_with(&webhook, &[]);
+    let metadata = "http://100.100.100.200/latest/meta-data/";
+    for (ticket_id, url) in [("t-loopback", own.url.as_str()), ("t-metadata", metadata)] {
+        env.execute_sql(&format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, webhook_url) VALUES ({}, 'ns', 'ws', {})",
+            quote(ticket_id),
+            quote(url)
+        ))
+        .await;
+    }
+    let mut announced = vec![configured.next().await.json()["data"]["ticket_id"].clone()];
+    announced.push(configured.next().await.json()["data"]["ticket_id"].clone());
+    announced.sort_by_key(ToString::to_string);
+    assert_eq!(announced, ["t-loopback", "t-metadata"]);
+    for (ticket_id, why) in [("t-loopback", "a loopback address"), ("t-metadata", "the cloud metadata address")] {
+        let ticket = env.wait_final(ticket_id).await;
+        let note = ticket.webhook_note.unwrap_or_default();
+        assert!(note.contains(why) && note.contains("webhook.allow_private_ticket_urls"), "{ticket_id}: {note}");
+        let store = env.store().await;
+        let deliveries = store.deliveries_of_ticket(ticket.id).await.expect("deliveries are read");
+        store.close().await;
+        assert_eq!(deliveries.len(), 1, "{ticket_id}: only the configured receiver");
+    }
+    assert!(own.drain().is_empty(), "the loopback URL got nothing");
+    drop(daemon);
+
+    let allowed = TestEnv::new("").await;
+    allowed.store().await.close().await;
+    let daemon = allowed.spawn_binary_with(&format!("{webhook}allow_private_ticket_urls = true\n"), &[]);
+    allowed
+        .execute_sql(&format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, webhook_url) VALUES ('t-own', 'ns', 'ws', {})",
+            quote(&own.url)
+        ))
+        .await;
+    assert_eq!(own.next().await.json()["data"]["ticket_id"], "t-own");
+    assert_eq!(allowed.wait_final("t-own").await.webhook_note, None);
+    drop(daemon);
+}
+
 /// A server answering every request with a redirect to `location`, remembering whether each
 /// request carried an `Authorization` header.
 async fn redirecting_server(location: String) -> (String, Arc<Mutex<Vec<bool>>>) {

@@ -319,6 +319,7 @@ async fn per_ticket_urls_are_honoured_only_when_allowed() {
         .spawn_daemon(|config| {
             webhooks(&[&configured.url], &[10])(config);
             config.webhook.allow_ticket_urls = true;
+            config.webhook.allow_private_ticket_urls = true;
         })
         .await;
     insert_with_url(&allowed, "ok-own", &own.url).await;
@@ -336,6 +337,35 @@ async fn per_ticket_urls_are_honoured_only_when_allowed() {
     assert_eq!(configured.next().await.json()["data"]["ticket_id"], "ok-not-own");
     assert_eq!(refused.ticket("ok-not-own").await.webhook_note.as_deref(), Some(TICKET_URL_NOT_ALLOWED));
     assert!(own.drain().is_empty(), "the ticket's own URL got nothing");
+    daemon.stop().await.expect("the daemon stops cleanly");
+}
+
+#[tokio::test]
+async fn a_ticket_url_too_long_once_percent_encoded_is_noted_and_the_ticket_still_finishes_and_announces() {
+    let env = TestEnv::new(SCENARIO).await;
+    let mut configured = WebhookSink::accepting().await;
+    let mut own = WebhookSink::accepting().await;
+    let daemon = env
+        .spawn_daemon(|config| {
+            webhooks(&[&configured.url], &[10])(config);
+            config.webhook.allow_ticket_urls = true;
+            config.webhook.allow_private_ticket_urls = true;
+        })
+        .await;
+    // About 330 characters as written (the column's 2048 limit holds), nine times longer for
+    // each CJK character once percent-encoded.
+    let long = format!("{}/{}", own.url, "部署".repeat(150));
+    assert!(long.chars().count() < 2048 && url::Url::parse(&long).unwrap().as_str().len() > 2048);
+    insert_with_url(&env, "ok-long-url", &long).await;
+
+    let ticket = env.wait_final("ok-long-url").await;
+    assert_eq!(ticket.state, "succeeded");
+    let note = ticket.webhook_note.expect("the ticket says why its own URL was not used");
+    assert!(note.contains("percent-encoded") && note.contains("2048"), "{note}");
+    assert_eq!(configured.next().await.json()["data"]["ticket_id"], "ok-long-url");
+    let rows = settled_deliveries(&env, 1).await;
+    assert_eq!((rows[0].url.as_str(), rows[0].state.as_str()), (configured.url.as_str(), "delivered"));
+    assert!(own.drain().is_empty(), "the over-long URL got nothing");
     daemon.stop().await.expect("the daemon stops cleanly");
 }
 
