@@ -418,3 +418,56 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
 fn recorder_for(store: &Store) -> flink_ticketd::store::Recorder {
     store.recorder().0
 }
+
+#[tokio::test]
+async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_live_lease_meet_in_one_batch() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let first = insert_due_at(store, "first", at(0)).await;
+    let second = insert_due_at(store, "second", at(0)).await;
+    let old = Lease("old#1".to_owned());
+    let new = Lease("new#1".to_owned());
+    let deadline = Duration::from_secs(3600);
+    assert_eq!(store.claim_due_tickets(&old, at(1), Duration::from_secs(1), 10, deadline).await.unwrap().len(), 2);
+    let taken = store.claim_due_tickets(&new, at(3), Duration::from_secs(60), 10, deadline).await.unwrap();
+    assert_eq!(taken.len(), 2, "the old leases lapsed at 2s");
+    let (recorder, task) = store.recorder();
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    let announce = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
+        deliveries: vec![NewDelivery {
+            ticket: row.id,
+            url: "http://a.example/hook".to_owned(),
+            webhook_id: format!("tkt_{}_0.{}", row.id, row.state),
+            event_type: "ticket.succeeded".to_owned(),
+            payload: "{}".to_owned(),
+        }],
+        webhook_note: None,
+    });
+    let reschedule = Reschedule {
+        next_poll_at: at(30),
+        running_streak: 1,
+        error_streak: 0,
+        polled: true,
+        request_id: None,
+        answer: None,
+        error: None,
+    };
+    // Submitted together on this single-threaded runtime, the four land in one batch: on each
+    // row the lapsed lease's result comes first.
+    let (old_progress, new_final, old_final, new_progress) = tokio::join!(
+        recorder.record_progress(&old, first, at(4), &reschedule),
+        recorder.record_final(&new, first, at(4), &finish, announce.clone()),
+        recorder.record_final(&old, second, at(4), &finish, announce.clone()),
+        recorder.record_progress(&new, second, at(4), &reschedule),
+    );
+    drop(recorder);
+    task.await.unwrap();
+    assert_eq!(old_progress, Ok(false), "the lapsed lease's progress was not written");
+    assert_eq!(new_final, Ok(Some(1)));
+    assert_eq!(old_final, Ok(None), "the lapsed lease's final state was not written");
+    assert_eq!(new_progress, Ok(true));
+    assert_eq!(store.ticket(first).await.unwrap().unwrap().state, "succeeded");
+    let second_row = store.ticket(second).await.unwrap().unwrap();
+    assert_eq!((second_row.state.as_str(), second_row.running_streak), ("pending", 1));
+    assert!(store.deliveries_of_ticket(second).await.unwrap().is_empty(), "no announcement for a pending row");
+}
