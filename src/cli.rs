@@ -489,7 +489,7 @@ async fn deploy(
         config.flink.max_requests_per_second,
         u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
     ));
-    let owner = format!("deploy:{}:{:04x}", std::process::id(), rand::random::<u16>());
+    let owner = crate::store::lease_owner_prefix("deploy");
     let (recorder, recorder_task) = store.recorder();
     let poller = Poller::new(
         store.clone(),

@@ -551,7 +551,7 @@ impl Poller {
         self.policy.pause.max.max(self.policy.errors.max).max(self.poll.lease) + self.poll.max_interval
     }
 
-    /// Makes due now every ticket due beyond [`Poller::due_horizon`]. Only a wall-clock step back
+    /// Makes due now every unleased ticket due beyond [`Poller::due_horizon`]. Only a wall-clock step back
     /// leaves such rows (their times were computed on the clock before the step); without this
     /// they would wait out the size of the step. Deadlines stay as they are: a deadline is a
     /// wall-clock time.

@@ -54,6 +54,14 @@ pub struct Store {
     identity: Option<(u64, u64)>,
 }
 
+/// Names one process in `lease_owner` (`name:pid:random`, readable in the sqlite3 shell). The
+/// random part has 64 bits, so two processes with the same name and pid (two containers, each
+/// pid 1) still never share a prefix, and neither fencing nor shutdown's hand-back (which
+/// matches on the prefix) ever acts on the other's rows.
+pub fn lease_owner_prefix(name: &str) -> String {
+    format!("{name}:{}:{:016x}", std::process::id(), rand::random::<u64>())
+}
+
 /// Identifies one claim of a batch of rows. Every write to a claimed row names it, so a daemon
 /// whose lease lapsed (and whose row another claim took) cannot overwrite the newer owner's work.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -184,14 +184,17 @@ impl Store {
         Ok(latest.as_deref().and_then(crate::clock::parse_instant))
     }
 
-    /// Makes every pending ticket due at `now` whose `next_poll_at` (or lease) lies beyond
+    /// Makes every pending, unleased ticket due at `now` whose `next_poll_at` lies beyond
     /// `horizon`, later than any delay the daemon schedules: such a time was computed before the
-    /// wall clock stepped back. Returns how many rows changed.
+    /// wall clock stepped back. Leased rows are never touched: their `next_poll_at` is the lease's
+    /// end, and making it due would let a second claim take a ticket whose poll is still running.
+    /// Returns how many rows changed.
     pub async fn pull_back_due_times(&self, now: DateTime<Utc>, horizon: DateTime<Utc>) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "UPDATE tickets SET next_poll_at = ?1
              WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
-                          WHERE state = 'pending' AND next_poll_at > ?2)",
+                          WHERE state = 'pending' AND next_poll_at > ?2)
+               AND lease_owner IS NULL",
         )
         .bind(at(now))
         .bind(at(horizon))

@@ -471,3 +471,31 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     assert_eq!((second_row.state.as_str(), second_row.running_streak), ("pending", 1));
     assert!(store.deliveries_of_ticket(second).await.unwrap().is_empty(), "no announcement for a pending row");
 }
+
+#[tokio::test]
+async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let far = insert_due_at(store, "far", at(100_000)).await;
+    let held = insert_due_at(store, "held", at(0)).await;
+    let lease = Lease("poller#1".to_owned());
+    let claimed = store
+        .claim_due_tickets(&lease, at(1), Duration::from_secs(100_000), 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|row| row.id).collect::<Vec<_>>(), [held]);
+    let held_before = store.ticket(held).await.unwrap().unwrap();
+
+    assert_eq!(store.pull_back_due_times(at(2), at(50)).await.unwrap(), 1);
+    assert_eq!(store.ticket(far).await.unwrap().unwrap().next_poll_at, flink_ticketd::clock::format_instant(at(2)));
+    let held_after = store.ticket(held).await.unwrap().unwrap();
+    assert_eq!(
+        (held_after.next_poll_at, held_after.lease_owner, held_after.lease_until),
+        (held_before.next_poll_at, held_before.lease_owner, held_before.lease_until),
+        "the row whose poll is running keeps its lease and due time"
+    );
+    let other = Lease("other#1".to_owned());
+    let again = store.claim_due_tickets(&other, at(3), Duration::from_secs(60), 10, Duration::from_secs(3600)).await;
+    let again: Vec<i64> = again.unwrap().iter().map(|row| row.id).collect();
+    assert_eq!(again, [far], "no second claim of the held row");
+}

@@ -370,6 +370,22 @@ async fn a_ticket_url_too_long_once_percent_encoded_is_noted_and_the_ticket_stil
 }
 
 #[tokio::test]
+async fn lease_owners_carry_64_random_bits_so_two_hosts_of_one_name_and_pid_never_share_a_prefix() {
+    let env = TestEnv::new(SCENARIO).await;
+    let mut silent = WebhookSink::start(|_| Reply::Hang).await;
+    let daemon = env.spawn_daemon(webhooks(&[&silent.url], &[10])).await;
+    env.insert("ok-held", "ns", "ws").await;
+    silent.next().await;
+    let owner = deliveries(&env).await[0].lease_owner.clone().expect("the attempt in flight holds a lease");
+    let (prefix, claim) = owner.split_once('#').expect("prefix#claim");
+    assert!(claim.starts_with("webhook-"), "{owner}");
+    let random = prefix.rsplit(':').next().unwrap_or_default();
+    assert!(random.len() >= 16 && random.chars().all(|c| c.is_ascii_hexdigit()), "{owner}");
+    assert_ne!(flink_ticketd::store::lease_owner_prefix("host"), flink_ticketd::store::lease_owner_prefix("host"));
+    daemon.stop().await.expect("the daemon stops cleanly");
+}
+
+#[tokio::test]
 async fn retry_of_a_ticket_that_finishes_again_makes_new_deliveries_with_new_ids() {
     let env = TestEnv::new(SCENARIO).await;
     let mut sink = WebhookSink::accepting().await;
