@@ -496,15 +496,30 @@ impl RawConfig {
             (true, None) => None,
         };
 
-        if !(self.flink.max_requests_per_second.is_finite() && self.flink.max_requests_per_second > 0.0) {
+        if !(self.flink.max_requests_per_second.is_finite()
+            && (MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&self.flink.max_requests_per_second))
+        {
             problems.push(format!(
-                "flink.max_requests_per_second: must be a positive number, not {}",
+                "flink.max_requests_per_second: must be between {MIN_REQUESTS_PER_SECOND} and \
+                 {MAX_REQUESTS_PER_SECOND}, not {}",
                 self.flink.max_requests_per_second
             ));
         }
         let max_in_flight = positive(&mut problems, "flink.max_in_flight", self.flink.max_in_flight);
         let max_response_bytes = positive(&mut problems, "flink.max_response_bytes", self.flink.max_response_bytes);
         let webhook_max_in_flight = positive(&mut problems, "webhook.max_in_flight", self.webhook.max_in_flight);
+        for (key, value) in [("flink.max_in_flight", max_in_flight), ("webhook.max_in_flight", webhook_max_in_flight)] {
+            if value > MAX_IN_FLIGHT {
+                problems.push(format!("{key}: must be at most {MAX_IN_FLIGHT}, not {value}"));
+            }
+        }
+        if busy_timeout > MAX_BUSY_TIMEOUT {
+            problems.push(format!(
+                "database.busy_timeout: must be at most {}, not {}",
+                format_duration(MAX_BUSY_TIMEOUT),
+                format_duration(busy_timeout)
+            ));
+        }
         if !(self.poll.multiplier.is_finite() && self.poll.multiplier >= 1.0) {
             problems.push(format!("poll.multiplier: must be at least 1.0, not {}", self.poll.multiplier));
         }
@@ -704,6 +719,21 @@ impl Config {
         out
     }
 }
+
+/// Least `flink.max_requests_per_second`: one request every 100 seconds. Slower rates would make
+/// the limiter's intervals (16 times longer while throttled, times the burst) meaningless.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.01;
+
+/// Most `flink.max_requests_per_second`.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+
+/// Most `flink.max_in_flight` and `webhook.max_in_flight`: far above what one process can use,
+/// far below what a semaphore or a `u32` holds.
+pub const MAX_IN_FLIGHT: usize = 100_000;
+
+/// Longest `database.busy_timeout` (SQLite takes it in `i32` milliseconds, about 24 days; a
+/// writer waiting longer than an hour is stuck, not busy).
+pub const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The longest duration any key accepts (100 years). Bounding it keeps every sum and multiple
 /// the daemon derives from durations (lease checks, backoff caps, deadlines) far from overflow.
@@ -957,6 +987,44 @@ mod tests {
         );
         let fits = format!("https://hooks.example.com/{}", "部".repeat(200));
         assert!(parse_webhook_url(&fits).is_ok());
+    }
+
+    #[test]
+    fn values_that_would_break_the_daemon_are_refused_with_the_key_and_the_limit() {
+        let cases = [
+            ("[database]\nbusy_timeout = \"30d\"\n", "database.busy_timeout: must be at most 1h"),
+            ("[flink]\nmax_requests_per_second = 1e-300\n", "flink.max_requests_per_second: must be between 0.01"),
+            ("[flink]\nmax_requests_per_second = 1e300\n", "flink.max_requests_per_second: must be between"),
+            ("[flink]\nmax_in_flight = 9223372036854775807\n", "flink.max_in_flight: must be at most 100000"),
+            ("[webhook]\nmax_in_flight = 9223372036854775807\n", "webhook.max_in_flight: must be at most 100000"),
+        ];
+        for (toml, expected) in cases {
+            let error = validate(toml, &[]).expect_err(toml);
+            assert!(error.to_string().contains(expected), "{toml}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_most_extreme_values_validation_accepts_run_without_panicking() {
+        let config = validate(
+            "[database]\nbusy_timeout = \"1h\"\n[flink]\nmax_requests_per_second = 0.01\nmax_in_flight = 100000\n\
+             [webhook]\nmax_in_flight = 100000\n",
+            &[],
+        )
+        .expect("the bounds themselves are valid");
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings { path: dir.path().join("t.db"), ..config.database.clone() };
+        crate::store::Store::open(&settings).await.expect("the store opens").close().await;
+        let _ = tokio::sync::Semaphore::new(config.flink.max_in_flight.max(config.webhook.max_in_flight));
+        let limiter = crate::ratelimit::RateLimiter::new(
+            config.flink.max_requests_per_second,
+            u32::try_from(config.flink.max_in_flight).unwrap(),
+        );
+        for _ in 0..4 {
+            limiter.slow_down();
+            limiter.acquire().await;
+        }
+        assert!(limiter.current_rate() > 0.0);
     }
 
     #[test]
