@@ -238,6 +238,28 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn retry_after_zero_or_a_past_date_does_not_bring_the_next_attempt_forward_past_the_floor() {
+    let env = TestEnv::new(SCENARIO).await;
+    let mut sink = WebhookSink::start(|n| match n {
+        0 => Reply::WithHeader(503, "retry-after", "0".to_owned()),
+        1 => Reply::WithHeader(503, "retry-after", "Thu, 01 Jan 1970 00:00:00 GMT".to_owned()),
+        _ => Reply::Status(204),
+    })
+    .await;
+    let daemon = env.spawn_daemon(webhooks(&[&sink.url], &[400, 400])).await;
+    env.insert("ok-eager", "ns", "ws").await;
+    let first = sink.next().await;
+    let second = sink.next().await;
+    let third = sink.next().await;
+    for gap in [second.at - first.at, third.at - second.at] {
+        assert!(gap >= Duration::from_millis(390), "an attempt came {gap:?} after the last, before its step");
+    }
+    let rows = settled_deliveries(&env, 1).await;
+    assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("delivered", 3));
+    daemon.stop().await.expect("the daemon stops cleanly");
+}
+
+#[tokio::test]
 async fn a_receiver_that_never_answers_delays_neither_polling_nor_other_receivers() {
     let env = TestEnv::new(SCENARIO).await;
     let mut silent = WebhookSink::start(|_| Reply::Hang).await;
