@@ -617,9 +617,9 @@ fn parse_delivery_state(text: &str) -> Result<DeliveryState, String> {
     text.parse()
 }
 
-/// A receiver URL without its user information.
+/// A receiver URL without what may be a secret (see [`config::redact_url`]).
 fn shown_url(url: &str) -> String {
-    config::parse_webhook_url(url).map(|url| config::redact_url(&url)).unwrap_or_else(|_| url.to_owned())
+    config::redact_text(url)
 }
 
 /// Whether the database refused the row itself (a constraint), as opposed to failing.
@@ -651,6 +651,9 @@ fn describe_insert_error(error: &sqlx::Error) -> String {
 fn ticket_json(ticket: &Ticket) -> Value {
     let mut value = serde_json::to_value(ticket).expect("a ticket row serialises to JSON");
     value["validation_errors"] = serde_json::from_str(&ticket.validation_errors).unwrap_or_else(|_| json!([]));
+    if let Some(url) = &ticket.webhook_url {
+        value["webhook_url"] = Value::String(shown_url(url));
+    }
     if let Some(object) = value.as_object_mut() {
         for internal in ["lease_owner", "lease_until", "running_streak", "error_streak"] {
             object.remove(internal);
@@ -800,7 +803,7 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
     }
     field("deadline_at", ticket.deadline_at.as_deref());
     field("finished_at", ticket.finished_at.as_deref());
-    field("webhook_url", ticket.webhook_url.as_deref());
+    field("webhook_url", ticket.webhook_url.as_deref().map(shown_url).as_deref());
     field("webhook_note", ticket.webhook_note.as_deref());
     let issues: Vec<ValidationIssue> = serde_json::from_str(&ticket.validation_errors).unwrap_or_default();
     if !issues.is_empty() {

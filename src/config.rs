@@ -662,7 +662,7 @@ impl Config {
         let _ = writeln!(out, "[database]\npath = {:?}", self.database.path.display().to_string());
         let _ = writeln!(out, "busy_timeout = {}", duration(self.database.busy_timeout));
         let _ = writeln!(out, "\n[flink]\nregion = {:?}\nvpc = {}", endpoints.region, endpoints.vpc);
-        let _ = writeln!(out, "endpoint = {:?}", endpoints.override_url.as_ref().map(Url::as_str).unwrap_or(""));
+        let _ = writeln!(out, "endpoint = {:?}", endpoints.override_url.as_ref().map(redact_url).unwrap_or_default());
         let _ = writeln!(
             out,
             "ca_file = {:?}",
@@ -840,19 +840,45 @@ pub fn decode_webhook_secret(text: &str) -> Result<SecretBytes, String> {
     Ok(SecretBytes(key))
 }
 
-/// A URL without its user information (which may hold a password), for display.
+/// A URL for display, without what may be a secret: user information becomes `***`, every query
+/// value `***` (names are kept), path segments that look like tokens (see [`token_like`]) `***`,
+/// and the fragment is dropped. Used wherever a URL is printed or logged.
 pub fn redact_url(url: &Url) -> String {
     let mut shown = url.clone();
     if !shown.username().is_empty() || shown.password().is_some() {
         let _ = shown.set_username("***");
         let _ = shown.set_password(None);
     }
+    if url.query().is_some() {
+        let names: Vec<String> = url.query_pairs().map(|(name, _)| name.into_owned()).collect();
+        shown.set_query(None);
+        if !names.is_empty() {
+            shown.query_pairs_mut().extend_pairs(names.iter().map(|name| (name.as_str(), "***")));
+        }
+    }
+    shown.set_fragment(None);
+    if let Some(segments) = url.path_segments() {
+        let segments: Vec<&str> = segments.map(|segment| if token_like(segment) { "***" } else { segment }).collect();
+        shown.set_path(&segments.join("/"));
+    }
     shown.to_string()
 }
 
-/// [`redact_url`] of a URL given as text; text that is not a URL is shown as it is.
+/// Whether a path segment looks like a secret token (as in Slack's or Discord's webhook URLs):
+/// at least 16 characters, letters and digits mixed, or at least 32 of any kind.
+pub fn token_like(segment: &str) -> bool {
+    let length = segment.chars().count();
+    let mixed = segment.chars().any(|c| c.is_ascii_digit()) && segment.chars().any(|c| c.is_ascii_alphabetic());
+    length >= 32 || (length >= 16 && mixed)
+}
+
+/// [`redact_url`] of a URL given as text; text that is not a URL is shown only up to its first
+/// `@`, `?` or `#` (where a secret could start).
 pub fn redact_text(text: &str) -> String {
-    Url::parse(text).map(|url| redact_url(&url)).unwrap_or_else(|_| text.to_owned())
+    Url::parse(text.trim()).map(|url| redact_url(&url)).unwrap_or_else(|_| match text.find(['@', '?', '#']) {
+        Some(cut) => format!("{}***", &text[..cut]),
+        None => text.to_owned(),
+    })
 }
 
 fn read_secret_file(path: &str, credentials_directory: Option<&Path>) -> Result<SecretString, String> {
@@ -1025,6 +1051,23 @@ mod tests {
             limiter.acquire().await;
         }
         assert!(limiter.current_rate() > 0.0);
+    }
+
+    #[test]
+    fn urls_are_shown_without_user_information_query_values_fragments_or_path_tokens() {
+        let shown = |text: &str| redact_url(&Url::parse(text).unwrap());
+        assert_eq!(shown("https://user:pw@hooks.example.com/x"), "https://***@hooks.example.com/x");
+        assert_eq!(shown("https://h.example/x?token=abc&v=1#frag"), "https://h.example/x?token=***&v=***");
+        assert_eq!(
+            shown("https://hooks.slack.com/services/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"),
+            "https://hooks.slack.com/services/T0000AAAA/B0000BBBB/***"
+        );
+        assert_eq!(
+            shown("https://discord.com/api/webhooks/123/aB3dE6gH9jK2mN5pQ8"),
+            "https://discord.com/api/webhooks/123/***"
+        );
+        assert_eq!(shown("http://127.0.0.1:9/hook/flink-events"), "http://127.0.0.1:9/hook/flink-events");
+        assert_eq!(redact_text("not a url user:pw@host?x=1"), "not a url user:pw***");
     }
 
     #[test]

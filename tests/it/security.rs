@@ -148,6 +148,62 @@ async fn per_ticket_urls_to_private_addresses_are_refused_unless_private_ones_ar
     drop(daemon);
 }
 
+#[tokio::test]
+async fn secrets_in_urls_are_redacted_in_check_config_delivery_logs_show_and_list() {
+    let env = TestEnv::new("").await;
+    let mut sink = WebhookSink::start(|n| crate::harness::Reply::Status(if n == 0 { 503 } else { 204 })).await;
+    let secrets = ["userinfopass", "querysecret1", "T0k3nInThePath0123456789", "fragmentsecret"];
+    let configured = format!("{}/hooks/T0k3nInThePath0123456789?token=querysecret1&v=1#fragmentsecret", sink.url);
+    let configured = configured.replacen("http://", "http://hook:userinfopass@", 1);
+    let webhook = format!(
+        "[webhook]\nurls = [{configured:?}]\nsecret = {WEBHOOK_SECRET:?}\nschedule = [\"50ms\"]\n\
+         allow_ticket_urls = true\nallow_private_ticket_urls = true\n"
+    );
+    let config = env.config_file_with(&webhook);
+    let endpoint = format!("http://api:userinfopass@{}", env.sim.base_url().trim_start_matches("http://"));
+    let checked = env.cli_with(&config, &["check-config"], &[("FLINK_TICKETD_FLINK__ENDPOINT", &endpoint)]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    assert!(checked.stdout.contains("token=***&v=***") && checked.stdout.contains("http://***@"), "{}", checked.stdout);
+    for secret in secrets {
+        assert!(!checked.stdout.contains(secret), "check-config shows {secret}:\n{}", checked.stdout);
+    }
+
+    env.store().await.close().await;
+    let daemon = env.spawn_binary_with(&webhook, &[("RUST_LOG", "debug")]);
+    let own = format!("{}/own?key=querysecret1", sink.url);
+    env.execute_sql(&format!(
+        "INSERT INTO tickets (ticket_id, namespace, workspace, webhook_url) VALUES ('t-1', 'ns', 'ws', {})",
+        quote(&own)
+    ))
+    .await;
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        received.push(sink.next().await);
+    }
+    assert!(received.iter().any(|request| request.path.contains("T0k3nInThePath")), "the real URL was used");
+    let delivered = eventually("both deliveries delivered", || async {
+        let listed = env.cli_with(&config, &["webhooks", "list", "--json"], &[]);
+        (listed.stdout.matches("\"delivered\"").count() == 2).then_some(listed)
+    })
+    .await;
+    daemon.signal(15);
+    let log = daemon.log_text();
+    assert_eq!(daemon.wait(), Some(0));
+    assert!(log.contains("webhook attempt failed") && log.contains("url="), "delivery spans were logged");
+    for (what, text) in [
+        ("the log", log),
+        ("webhooks list", delivered.stdout),
+        ("show", env.cli_with(&config, &["show", "t-1"], &[]).stdout),
+        ("show --json", env.cli_with(&config, &["show", "t-1", "--json"], &[]).stdout),
+        ("list --json", env.cli_with(&config, &["list", "--json"], &[]).stdout),
+    ] {
+        assert!(text.contains("***"), "{what} shows the URLs redacted:\n{text}");
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} shows {secret}:\n{text}");
+        }
+    }
+}
+
 /// A server answering every request with a redirect to `location`, remembering whether each
 /// request carried an `Authorization` header.
 async fn redirecting_server(location: String) -> (String, Arc<Mutex<Vec<bool>>>) {
