@@ -47,15 +47,23 @@ pub fn honour_retry_after(scheduled: Duration, retry_after: Option<Duration>) ->
 }
 
 /// The delay before the next webhook attempt when the receiver sent `Retry-After`: the hint
-/// replaces the scheduled step, bounded by [`MAX_RETRY_AFTER`] or by the step itself when the
-/// schedule already waits longer (a receiver may ask for less than the schedule, never for more
-/// than an hour beyond it).
+/// replaces the scheduled step, bounded above by [`MAX_RETRY_AFTER`] or by the step itself when
+/// the schedule already waits longer, and below by a tenth of the step (at least
+/// [`MIN_WEBHOOK_RETRY_AFTER`], never more than the step). A receiver may ask for less than the
+/// schedule, but `Retry-After: 0` or a date in the past cannot use up the whole schedule in
+/// seconds.
 pub fn honour_webhook_retry_after(scheduled: Duration, retry_after: Option<Duration>) -> Duration {
     match retry_after {
-        Some(hint) => hint.min(MAX_RETRY_AFTER.max(scheduled)),
+        Some(hint) => {
+            let floor = (scheduled / 10).max(MIN_WEBHOOK_RETRY_AFTER).min(scheduled);
+            hint.clamp(floor, MAX_RETRY_AFTER.max(scheduled))
+        }
         None => scheduled,
     }
 }
+
+/// Least delay a webhook receiver's `Retry-After` can ask for (unless the step itself is shorter).
+pub const MIN_WEBHOOK_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -113,9 +121,22 @@ mod tests {
     fn webhook_retry_after_replaces_the_step_up_to_an_hour_or_the_step() {
         let five_minutes = Duration::from_secs(300);
         assert_eq!(honour_webhook_retry_after(five_minutes, None), five_minutes);
-        assert_eq!(honour_webhook_retry_after(five_minutes, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(honour_webhook_retry_after(five_minutes, Some(Duration::from_secs(60))), Duration::from_secs(60));
+        assert_eq!(honour_webhook_retry_after(five_minutes, Some(Duration::from_secs(2))), Duration::from_secs(30));
         assert_eq!(honour_webhook_retry_after(five_minutes, Some(Duration::from_secs(86_400))), MAX_RETRY_AFTER);
+        assert_eq!(honour_webhook_retry_after(five_minutes, Some(Duration::ZERO)), Duration::from_secs(30));
         let twenty_hours = Duration::from_secs(72_000);
         assert_eq!(honour_webhook_retry_after(twenty_hours, Some(Duration::from_secs(86_400))), twenty_hours);
+    }
+
+    #[test]
+    fn retry_after_zero_on_every_attempt_still_spreads_the_default_schedule_over_hours() {
+        let schedule = [5, 300, 1800, 7200, 18_000, 36_000, 50_400, 72_000, 86_400].map(Duration::from_secs);
+        let total: Duration = schedule.iter().map(|step| honour_webhook_retry_after(*step, Some(Duration::ZERO))).sum();
+        assert!(total >= Duration::from_secs(7 * 3600), "{total:?}");
+        assert_eq!(
+            honour_webhook_retry_after(Duration::from_millis(10), Some(Duration::ZERO)),
+            Duration::from_millis(10)
+        );
     }
 }

@@ -255,6 +255,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             }
             let store = Store::open(&config.database).await?;
             let mut failures = 0;
+            let mut database_failed = false;
             for ticket_id in ticket_ids {
                 let new = NewTicket {
                     ticket_id: ticket_id.clone(),
@@ -268,13 +269,21 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
                     Ok(ticket) => println!("queued {} (row {})", ticket.ticket_id, ticket.id),
                     Err(error) => {
                         failures += 1;
+                        database_failed |= !is_refusal(&error);
                         eprintln!("flink-ticketd: ticket {ticket_id:?} refused: {}", describe_insert_error(&error));
                     }
                 }
             }
             store.close().await;
             if failures > 0 {
-                return Err(CliError::Usage(format!("{failures} ticket(s) were not queued")));
+                let message = format!("{failures} ticket(s) were not queued");
+                // A row the database refused (a constraint) is the user's to fix; the database
+                // failing (locked, read-only, full) is a runtime failure.
+                return Err(if database_failed {
+                    CliError::Runtime(anyhow::anyhow!(message))
+                } else {
+                    CliError::Usage(message)
+                });
             }
         }
         Command::Deploy { namespace, workspace, draft_id, target, skip_validate, region, webhook_url, wait, json } => {
@@ -286,7 +295,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             })?;
         }
         Command::List { state, limit, json } => {
-            let store = Store::open_without_migrating(&config.database).await?;
+            let store = Store::open_read_only(&config.database).await?;
             let tickets = store.list_tickets(state, limit).await.context("listing tickets")?;
             if json {
                 let rows: Vec<Value> = tickets.iter().map(ticket_json).collect();
@@ -296,7 +305,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             }
         }
         Command::Show { ticket_id, which, json } => {
-            let store = Store::open_without_migrating(&config.database).await?;
+            let store = Store::open_read_only(&config.database).await?;
             let ticket = find_one(&store, &ticket_id, &which).await?;
             let deliveries = store.deliveries_of_ticket(ticket.id).await.context("reading webhook deliveries")?;
             if json {
@@ -335,7 +344,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
 async fn webhooks(config: &Config, command: WebhooksCommand, clock: &dyn Clock) -> Result<(), CliError> {
     match command {
         WebhooksCommand::List { state, limit, json } => {
-            let store = Store::open_without_migrating(&config.database).await?;
+            let store = Store::open_read_only(&config.database).await?;
             let deliveries = store.list_deliveries(state, limit).await.context("listing webhook deliveries")?;
             if json {
                 let rows: Vec<Value> = deliveries.iter().map(delivery_json).collect();
@@ -489,7 +498,7 @@ async fn deploy(
         config.flink.max_requests_per_second,
         u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
     ));
-    let owner = format!("deploy:{}:{:04x}", std::process::id(), rand::random::<u16>());
+    let owner = crate::store::lease_owner_prefix("deploy");
     let (recorder, recorder_task) = store.recorder();
     let poller = Poller::new(
         store.clone(),
@@ -608,9 +617,23 @@ fn parse_delivery_state(text: &str) -> Result<DeliveryState, String> {
     text.parse()
 }
 
-/// A receiver URL without its user information.
+/// A receiver URL without what may be a secret (see [`crate::redact::redact_url`]).
 fn shown_url(url: &str) -> String {
-    config::parse_webhook_url(url).map(|url| config::redact_url(&url)).unwrap_or_else(|_| url.to_owned())
+    crate::redact::redact_text(url)
+}
+
+/// Whether the database refused the row itself (a constraint), as opposed to failing.
+fn is_refusal(error: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    error.as_database_error().is_some_and(|db| {
+        matches!(
+            db.kind(),
+            ErrorKind::CheckViolation
+                | ErrorKind::UniqueViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::ForeignKeyViolation
+        )
+    })
 }
 
 /// A constraint failure in words a user can act on.
@@ -628,6 +651,9 @@ fn describe_insert_error(error: &sqlx::Error) -> String {
 fn ticket_json(ticket: &Ticket) -> Value {
     let mut value = serde_json::to_value(ticket).expect("a ticket row serialises to JSON");
     value["validation_errors"] = serde_json::from_str(&ticket.validation_errors).unwrap_or_else(|_| json!([]));
+    if let Some(url) = &ticket.webhook_url {
+        value["webhook_url"] = Value::String(shown_url(url));
+    }
     if let Some(object) = value.as_object_mut() {
         for internal in ["lease_owner", "lease_until", "running_streak", "error_streak"] {
             object.remove(internal);
@@ -777,7 +803,7 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
     }
     field("deadline_at", ticket.deadline_at.as_deref());
     field("finished_at", ticket.finished_at.as_deref());
-    field("webhook_url", ticket.webhook_url.as_deref());
+    field("webhook_url", ticket.webhook_url.as_deref().map(shown_url).as_deref());
     field("webhook_note", ticket.webhook_note.as_deref());
     let issues: Vec<ValidationIssue> = serde_json::from_str(&ticket.validation_errors).unwrap_or_default();
     if !issues.is_empty() {

@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::flink::credentials::ChainEnvironment;
 use crate::flink::{ClientSettings, Credentials, Endpoints};
+use crate::redact::{redact_text, redact_url};
 use crate::store::StoreSettings;
 
 /// The built-in defaults, documented key by key.
@@ -90,6 +91,9 @@ pub struct WebhookConfig {
     pub secrets: Vec<SecretBytes>,
     /// Honour the per-ticket `webhook_url` column.
     pub allow_ticket_urls: bool,
+    /// Also honour per-ticket URLs to loopback, link-local, private and shared ranges and the
+    /// cloud metadata address (see `crate::webhook::private_address`).
+    pub allow_private_ticket_urls: bool,
     /// Delays between attempts: attempt `n` (1-based) that fails waits `schedule[n-1]`; after
     /// attempt `schedule.len() + 1` fails, the delivery is dead.
     pub schedule: Vec<Duration>,
@@ -204,6 +208,7 @@ struct RawWebhook {
     secret: OneOrMany,
     secret_file: String,
     allow_ticket_urls: bool,
+    allow_private_ticket_urls: bool,
     schedule: Vec<String>,
     timeout: String,
     lease: String,
@@ -492,15 +497,30 @@ impl RawConfig {
             (true, None) => None,
         };
 
-        if !(self.flink.max_requests_per_second.is_finite() && self.flink.max_requests_per_second > 0.0) {
+        if !(self.flink.max_requests_per_second.is_finite()
+            && (MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND).contains(&self.flink.max_requests_per_second))
+        {
             problems.push(format!(
-                "flink.max_requests_per_second: must be a positive number, not {}",
+                "flink.max_requests_per_second: must be between {MIN_REQUESTS_PER_SECOND} and \
+                 {MAX_REQUESTS_PER_SECOND}, not {}",
                 self.flink.max_requests_per_second
             ));
         }
         let max_in_flight = positive(&mut problems, "flink.max_in_flight", self.flink.max_in_flight);
         let max_response_bytes = positive(&mut problems, "flink.max_response_bytes", self.flink.max_response_bytes);
         let webhook_max_in_flight = positive(&mut problems, "webhook.max_in_flight", self.webhook.max_in_flight);
+        for (key, value) in [("flink.max_in_flight", max_in_flight), ("webhook.max_in_flight", webhook_max_in_flight)] {
+            if value > MAX_IN_FLIGHT {
+                problems.push(format!("{key}: must be at most {MAX_IN_FLIGHT}, not {value}"));
+            }
+        }
+        if busy_timeout > MAX_BUSY_TIMEOUT {
+            problems.push(format!(
+                "database.busy_timeout: must be at most {}, not {}",
+                format_duration(MAX_BUSY_TIMEOUT),
+                format_duration(busy_timeout)
+            ));
+        }
         if !(self.poll.multiplier.is_finite() && self.poll.multiplier >= 1.0) {
             problems.push(format!("poll.multiplier: must be at least 1.0, not {}", self.poll.multiplier));
         }
@@ -613,6 +633,7 @@ impl RawConfig {
                 urls,
                 secrets,
                 allow_ticket_urls: self.webhook.allow_ticket_urls,
+                allow_private_ticket_urls: self.webhook.allow_private_ticket_urls,
                 schedule,
                 timeout: webhook_timeout,
                 lease: webhook_lease,
@@ -642,7 +663,7 @@ impl Config {
         let _ = writeln!(out, "[database]\npath = {:?}", self.database.path.display().to_string());
         let _ = writeln!(out, "busy_timeout = {}", duration(self.database.busy_timeout));
         let _ = writeln!(out, "\n[flink]\nregion = {:?}\nvpc = {}", endpoints.region, endpoints.vpc);
-        let _ = writeln!(out, "endpoint = {:?}", endpoints.override_url.as_ref().map(Url::as_str).unwrap_or(""));
+        let _ = writeln!(out, "endpoint = {:?}", endpoints.override_url.as_ref().map(redact_url).unwrap_or_default());
         let _ = writeln!(
             out,
             "ca_file = {:?}",
@@ -674,6 +695,7 @@ impl Config {
         let _ = writeln!(out, "\n[webhook]\nurls = [{}]", urls.join(", "));
         let _ = writeln!(out, "secret = [{}]", vec!["\"[redacted]\""; webhook.secrets.len()].join(", "));
         let _ = writeln!(out, "allow_ticket_urls = {}", webhook.allow_ticket_urls);
+        let _ = writeln!(out, "allow_private_ticket_urls = {}", webhook.allow_private_ticket_urls);
         let schedule: Vec<String> = webhook.schedule.iter().map(|delay| duration(*delay)).collect();
         let _ = writeln!(out, "schedule = [{}]", schedule.join(", "));
         let _ = writeln!(out, "timeout = {}\nlease = {}", duration(webhook.timeout), duration(webhook.lease));
@@ -698,6 +720,21 @@ impl Config {
         out
     }
 }
+
+/// Least `flink.max_requests_per_second`: one request every 100 seconds. Slower rates would make
+/// the limiter's intervals (16 times longer while throttled, times the burst) meaningless.
+pub const MIN_REQUESTS_PER_SECOND: f64 = 0.01;
+
+/// Most `flink.max_requests_per_second`.
+pub const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+
+/// Most `flink.max_in_flight` and `webhook.max_in_flight`: far above what one process can use,
+/// far below what a semaphore or a `u32` holds.
+pub const MAX_IN_FLIGHT: usize = 100_000;
+
+/// Longest `database.busy_timeout` (SQLite takes it in `i32` milliseconds, about 24 days; a
+/// writer waiting longer than an hour is stuck, not busy).
+pub const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The longest duration any key accepts (100 years). Bounding it keeps every sum and multiple
 /// the daemon derives from durations (lease checks, backoff caps, deadlines) far from overflow.
@@ -765,7 +802,13 @@ pub fn format_duration(duration: Duration) -> String {
     out
 }
 
-/// Checks a receiver URL: http or https, with a host.
+/// Longest receiver URL, in characters, as stored in `webhook_deliveries.url` (its `CHECK`) and
+/// sent: the normalised, percent-encoded form, which may be several times longer than the text
+/// a user wrote.
+pub const MAX_WEBHOOK_URL_CHARS: usize = 2048;
+
+/// Checks a receiver URL: http or https, with a host, at most [`MAX_WEBHOOK_URL_CHARS`] once
+/// normalised (percent-encoded, IDNA host).
 pub fn parse_webhook_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text.trim()).map_err(|error| format!("{:?} is not a URL: {error}", redact_text(text)))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -773,6 +816,12 @@ pub fn parse_webhook_url(text: &str) -> Result<Url, String> {
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{:?} has no host", redact_text(text)));
+    }
+    let normalised = url.as_str().chars().count();
+    if normalised > MAX_WEBHOOK_URL_CHARS {
+        return Err(format!(
+            "the URL is {normalised} characters once percent-encoded; at most {MAX_WEBHOOK_URL_CHARS} are allowed"
+        ));
     }
     Ok(url)
 }
@@ -790,20 +839,6 @@ pub fn decode_webhook_secret(text: &str) -> Result<SecretBytes, String> {
         return Err(format!("decodes to {} bytes; Standard Webhooks secrets have 24 to 64", key.len()));
     }
     Ok(SecretBytes(key))
-}
-
-/// A URL without its user information (which may hold a password), for display.
-pub fn redact_url(url: &Url) -> String {
-    let mut shown = url.clone();
-    if !shown.username().is_empty() || shown.password().is_some() {
-        let _ = shown.set_username("***");
-        let _ = shown.set_password(None);
-    }
-    shown.to_string()
-}
-
-fn redact_text(text: &str) -> String {
-    Url::parse(text).map(|url| redact_url(&url)).unwrap_or_else(|_| text.to_owned())
 }
 
 fn read_secret_file(path: &str, credentials_directory: Option<&Path>) -> Result<SecretString, String> {
@@ -921,6 +956,78 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(!text.contains("sekrit"), "a secret leaked into:\n{text}");
+    }
+
+    #[test]
+    fn a_receiver_url_is_measured_once_percent_encoded() {
+        let raw = format!("https://hooks.example.com/{}", "部署".repeat(150));
+        assert!(raw.chars().count() < MAX_WEBHOOK_URL_CHARS);
+        let error = validate(
+            &format!("[webhook]\nurls = [{raw:?}]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n"),
+            &[],
+        )
+        .expect_err("refused");
+        assert!(
+            error.to_string().contains("webhook.urls[0]: the URL is 2726 characters once percent-encoded"),
+            "{error}"
+        );
+        let fits = format!("https://hooks.example.com/{}", "部".repeat(200));
+        assert!(parse_webhook_url(&fits).is_ok());
+    }
+
+    #[test]
+    fn values_that_would_break_the_daemon_are_refused_with_the_key_and_the_limit() {
+        let cases = [
+            ("[database]\nbusy_timeout = \"30d\"\n", "database.busy_timeout: must be at most 1h"),
+            ("[flink]\nmax_requests_per_second = 1e-300\n", "flink.max_requests_per_second: must be between 0.01"),
+            ("[flink]\nmax_requests_per_second = 1e300\n", "flink.max_requests_per_second: must be between"),
+            ("[flink]\nmax_in_flight = 9223372036854775807\n", "flink.max_in_flight: must be at most 100000"),
+            ("[webhook]\nmax_in_flight = 9223372036854775807\n", "webhook.max_in_flight: must be at most 100000"),
+        ];
+        for (toml, expected) in cases {
+            let error = validate(toml, &[]).expect_err(toml);
+            assert!(error.to_string().contains(expected), "{toml}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_most_extreme_values_validation_accepts_run_without_panicking() {
+        let config = validate(
+            "[database]\nbusy_timeout = \"1h\"\n[flink]\nmax_requests_per_second = 0.01\nmax_in_flight = 100000\n\
+             [webhook]\nmax_in_flight = 100000\n",
+            &[],
+        )
+        .expect("the bounds themselves are valid");
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StoreSettings { path: dir.path().join("t.db"), ..config.database.clone() };
+        crate::store::Store::open(&settings).await.expect("the store opens").close().await;
+        let _ = tokio::sync::Semaphore::new(config.flink.max_in_flight.max(config.webhook.max_in_flight));
+        let limiter = crate::ratelimit::RateLimiter::new(
+            config.flink.max_requests_per_second,
+            u32::try_from(config.flink.max_in_flight).unwrap(),
+        );
+        for _ in 0..4 {
+            limiter.slow_down();
+            limiter.acquire().await;
+        }
+        assert!(limiter.current_rate() > 0.0);
+    }
+
+    #[test]
+    fn urls_are_shown_without_user_information_query_values_fragments_or_path_tokens() {
+        let shown = |text: &str| redact_url(&Url::parse(text).unwrap());
+        assert_eq!(shown("https://user:pw@hooks.example.com/x"), "https://***@hooks.example.com/x");
+        assert_eq!(shown("https://h.example/x?token=abc&v=1#frag"), "https://h.example/x?token=***&v=***");
+        assert_eq!(
+            shown("https://hooks.slack.com/services/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"),
+            "https://hooks.slack.com/services/T0000AAAA/B0000BBBB/***"
+        );
+        assert_eq!(
+            shown("https://discord.com/api/webhooks/123/aB3dE6gH9jK2mN5pQ8"),
+            "https://discord.com/api/webhooks/123/***"
+        );
+        assert_eq!(shown("http://127.0.0.1:9/hook/flink-events"), "http://127.0.0.1:9/hook/flink-events");
+        assert_eq!(redact_text("not a url user:pw@host?x=1"), "not a url user:pw***");
     }
 
     #[test]

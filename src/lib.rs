@@ -16,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod ratelimit;
+pub mod redact;
 pub mod retention;
 pub mod service;
 pub mod simulator;
@@ -218,10 +219,10 @@ pub async fn run_supervised(
 /// Least time the recorder gets at shutdown to commit results it already holds.
 const RECORDER_FLUSH: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// `host:pid:random`: names this process in `lease_owner`, readable in the sqlite3 shell.
+/// `host:pid:random`: names this process in `lease_owner` (see [`store::lease_owner_prefix`]).
 fn lease_owner_prefix() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
-    format!("{host}:{}:{:04x}", std::process::id(), rand::random::<u16>())
+    store::lease_owner_prefix(&host)
 }

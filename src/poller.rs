@@ -40,6 +40,11 @@ pub const MAX_DECODE_ERRORS: i64 = 10;
 /// Status values the API documents; anything else is logged once and polled on.
 pub const KNOWN_STATUSES: [&str; 4] = ["INIT", "EXECUTING", "FINISHED", "FAILED"];
 
+/// Shortest wait of the pause schedule, however short `poll.initial_interval` is: tickets held
+/// while polling is paused are put back for at least this long, so that they are not claimed and
+/// put back over and over until the probe answers.
+pub const MIN_PAUSE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The schedules [`decide`] draws delays from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
@@ -53,12 +58,18 @@ pub struct Policy {
 
 impl Policy {
     /// The schedules derived from `[poll]`: running tickets follow it as configured, failed calls
-    /// back off twice as fast up to twice the cap, and pauses grow up to ten times the cap.
+    /// back off twice as fast up to twice the cap, and pauses grow up to ten times the cap,
+    /// starting at no less than [`MIN_PAUSE_INTERVAL`].
     pub fn from_config(poll: &PollConfig) -> Policy {
+        let pause_initial = poll.initial_interval.max(MIN_PAUSE_INTERVAL);
         Policy {
             running: Schedule { initial: poll.initial_interval, max: poll.max_interval, multiplier: poll.multiplier },
             errors: Schedule { initial: poll.initial_interval, max: poll.max_interval * 2, multiplier: 2.0 },
-            pause: Schedule { initial: poll.initial_interval, max: poll.max_interval * 10, multiplier: 2.0 },
+            pause: Schedule {
+                initial: pause_initial,
+                max: (poll.max_interval * 10).max(pause_initial),
+                multiplier: 2.0,
+            },
         }
     }
 }
@@ -551,7 +562,7 @@ impl Poller {
         self.policy.pause.max.max(self.policy.errors.max).max(self.poll.lease) + self.poll.max_interval
     }
 
-    /// Makes due now every ticket due beyond [`Poller::due_horizon`]. Only a wall-clock step back
+    /// Makes due now every unleased ticket due beyond [`Poller::due_horizon`]. Only a wall-clock step back
     /// leaves such rows (their times were computed on the clock before the step); without this
     /// they would wait out the size of the step. Deadlines stay as they are: a deadline is a
     /// wall-clock time.
@@ -848,6 +859,21 @@ mod tests {
             deadline: Duration::from_secs(3600),
             lease: Duration::from_secs(60),
         })
+    }
+
+    #[test]
+    fn a_pause_holds_tickets_for_at_least_100ms_however_short_the_initial_interval() {
+        let fast = Policy::from_config(&PollConfig {
+            initial_interval: Duration::from_millis(1),
+            max_interval: Duration::from_millis(2),
+            multiplier: 2.0,
+            deadline: Duration::from_secs(3600),
+            lease: Duration::from_secs(60),
+        });
+        assert_eq!(fast.pause.initial, MIN_PAUSE_INTERVAL);
+        assert!(fast.pause.max >= MIN_PAUSE_INTERVAL);
+        assert_eq!(fast.running.initial, Duration::from_millis(1), "running tickets keep the configured schedule");
+        assert_eq!(policy().pause.initial, Duration::from_secs(2), "longer intervals are kept");
     }
 
     fn ticket(running_streak: i64, error_streak: i64, deadline: DateTime<Utc>) -> Ticket {

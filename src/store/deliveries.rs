@@ -142,14 +142,24 @@ pub struct NewDelivery {
     pub payload: String,
 }
 
-/// Inserts one delivery inside the caller's transaction. A (`webhook_id`, `url`) that is already
-/// in the outbox is an error that says so, never a silent drop: receivers deduplicate on the
-/// webhook-id, so sending a second outcome under it would lose that outcome.
+/// What the outbox made of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Inserted {
+    /// The row is in the outbox.
+    Written,
+    /// One of the outbox's constraints refused the row; the text says which and why.
+    Refused(String),
+}
+
+/// Inserts one delivery inside the caller's transaction. A row the outbox refuses is reported as
+/// [`Inserted::Refused`], never dropped silently; in particular a (`webhook_id`, `url`) already in
+/// the outbox: receivers deduplicate on the webhook-id, so a second outcome is never sent under
+/// it. Other errors (the database failing) are returned.
 pub(super) async fn insert(
     connection: &mut SqliteConnection,
     delivery: &NewDelivery,
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Inserted, sqlx::Error> {
     let now = at(now);
     let inserted = sqlx::query(
         "INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload, next_attempt_at, created_at, updated_at)
@@ -163,13 +173,17 @@ pub(super) async fn insert(
     .bind(&now)
     .execute(connection)
     .await;
-    match inserted {
-        Err(error) if is_unique_violation(&error) => Err(sqlx::Error::Protocol(format!(
-            "webhook-id {} was already issued to this receiver; refusing to send a second outcome under it",
+    let Err(error) = inserted else { return Ok(Inserted::Written) };
+    let Some(refusal) = error.as_database_error() else { return Err(error) };
+    match refusal.kind() {
+        sqlx::error::ErrorKind::UniqueViolation => Ok(Inserted::Refused(format!(
+            "webhook-id {} was already issued to this receiver; a second outcome is never sent under it",
             delivery.webhook_id
         ))),
-        Err(error) => Err(error),
-        Ok(_) => Ok(()),
+        sqlx::error::ErrorKind::CheckViolation
+        | sqlx::error::ErrorKind::NotNullViolation
+        | sqlx::error::ErrorKind::ForeignKeyViolation => Ok(Inserted::Refused(refusal.message().to_owned())),
+        _ => Err(error),
     }
 }
 
@@ -341,9 +355,4 @@ impl Store {
             .fetch_all(&self.reader)
             .await
     }
-}
-
-/// Whether `error` is SQLite's `SQLITE_CONSTRAINT_UNIQUE`.
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error.as_database_error().is_some_and(|error| error.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }

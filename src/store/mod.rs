@@ -54,6 +54,14 @@ pub struct Store {
     identity: Option<(u64, u64)>,
 }
 
+/// Names one process in `lease_owner` (`name:pid:random`, readable in the sqlite3 shell). The
+/// random part has 64 bits, so two processes with the same name and pid (two containers, each
+/// pid 1) still never share a prefix, and neither fencing nor shutdown's hand-back (which
+/// matches on the prefix) ever acts on the other's rows.
+pub fn lease_owner_prefix(name: &str) -> String {
+    format!("{name}:{}:{:016x}", std::process::id(), rand::random::<u64>())
+}
+
 /// Identifies one claim of a batch of rows. Every write to a claimed row names it, so a daemon
 /// whose lease lapsed (and whose row another claim took) cannot overwrite the newer owner's work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +109,32 @@ impl Store {
             .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))?;
         let identity = file_identity(&settings.path);
         Ok(Store { writer, reader, path: settings.path.clone(), identity })
+    }
+
+    /// Opens an existing database for reading only (`list`, `show`, `webhooks list`): no file or
+    /// directory is created, nothing is written, and a missing file is an error naming the path.
+    /// Every query that writes fails on this handle.
+    pub async fn open_read_only(settings: &StoreSettings) -> anyhow::Result<Store> {
+        if !settings.path.is_file() {
+            anyhow::bail!(
+                "no database at {} (it is created by `flink-ticketd migrate`, `enqueue` or the daemon)",
+                settings.path.display()
+            );
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("the bare sqlite: URL is valid")
+            .filename(&settings.path)
+            .create_if_missing(false)
+            .read_only(true)
+            .busy_timeout(settings.busy_timeout);
+        let reader = SqlitePoolOptions::new()
+            .max_connections(settings.max_readers.max(1))
+            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))?;
+        let identity = file_identity(&settings.path);
+        Ok(Store { writer: reader.clone(), reader, path: settings.path.clone(), identity })
     }
 
     /// The database file.

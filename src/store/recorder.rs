@@ -216,10 +216,13 @@ async fn try_batch_on(
             })
             .collect();
         let written = record_many_on(&mut transaction, &writes).await.map_err(BatchError::Job)?;
+        // Results are matched to their writes by position, that is by (row, lease): two jobs for
+        // one row (a lapsed lease's and the new owner's) get each their own answer.
         let finished: Vec<i64> = jobs
             .iter()
-            .filter_map(|job| match job {
-                Job::Final { id, .. } if written.contains(id) => Some(*id),
+            .zip(&written)
+            .filter_map(|(job, written)| match job {
+                Job::Final { id, .. } if *written => Some(*id),
                 _ => None,
             })
             .collect();
@@ -229,9 +232,10 @@ async fn try_batch_on(
             let rows = tickets_on(&mut transaction, &finished).await.map_err(BatchError::Job)?;
             rows.into_iter().map(|row| (row.id, row)).collect()
         };
-        for job in jobs.iter() {
+        for (job, written) in jobs.iter().zip(written) {
             let outcome = match job {
-                Job::Progress { id, .. } => Outcome::Progress(Ok(written.contains(id))),
+                Job::Progress { .. } => Outcome::Progress(Ok(written)),
+                Job::Final { .. } if !written => Outcome::Final(Ok(None)),
                 Job::Final { id, now, announce, .. } => match final_rows.get(id) {
                     None => Outcome::Final(Ok(None)),
                     Some(row) => {

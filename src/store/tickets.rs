@@ -188,14 +188,17 @@ impl Store {
         Ok(latest.as_deref().and_then(crate::clock::parse_instant))
     }
 
-    /// Makes every pending ticket due at `now` whose `next_poll_at` (or lease) lies beyond
+    /// Makes every pending, unleased ticket due at `now` whose `next_poll_at` lies beyond
     /// `horizon`, later than any delay the daemon schedules: such a time was computed before the
-    /// wall clock stepped back. Returns how many rows changed.
+    /// wall clock stepped back. Leased rows are never touched: their `next_poll_at` is the lease's
+    /// end, and making it due would let a second claim take a ticket whose poll is still running.
+    /// Returns how many rows changed.
     pub async fn pull_back_due_times(&self, now: DateTime<Utc>, horizon: DateTime<Utc>) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "UPDATE tickets SET next_poll_at = ?1
              WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
-                          WHERE state = 'pending' AND next_poll_at > ?2)",
+                          WHERE state = 'pending' AND next_poll_at > ?2)
+               AND lease_owner IS NULL",
         )
         .bind(at(now))
         .bind(at(horizon))
@@ -594,7 +597,7 @@ pub(super) async fn record_progress_on(
     update: &Reschedule,
 ) -> Result<bool, sqlx::Error> {
     let write = ResultWrite { lease, id, now, result: PollResult::Progress(update) };
-    Ok(record_many_on(connection, &[write]).await?.contains(&id))
+    Ok(record_many_on(connection, &[write]).await?[0])
 }
 
 /// One poll result to write with [`record_many_on`].
@@ -619,14 +622,19 @@ pub(super) enum PollResult<'a> {
 const ROWS_PER_STATEMENT: usize = 256;
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
-/// result is written; the one-row writes call it too), fenced by lease and state. Returns the IDs of the rows written; a final state's announcement is the caller's to
-/// write (see [`tickets_on`]). The caller owns the transaction.
+/// result is written; the one-row writes call it too), fenced by lease and state. Returns, for
+/// each write in order, whether it was written: a result counts as written only when its own
+/// (row, lease) matched, never because another write to the same row did. A final state's
+/// announcement is the caller's to write (see [`tickets_on`]). The caller owns the transaction.
 pub(super) async fn record_many_on(
     connection: &mut SqliteConnection,
     writes: &[ResultWrite<'_>],
-) -> Result<std::collections::HashSet<i64>, sqlx::Error> {
-    let mut written = std::collections::HashSet::with_capacity(writes.len());
-    for chunk in writes.chunks(ROWS_PER_STATEMENT) {
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut written = vec![false; writes.len()];
+    for chunk in statement_chunks(writes) {
+        let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
+        let chunk_ids: Vec<(i64, usize)> = chunk.iter().map(|&index| (writes[index].id, index)).collect();
+        let chunk = chunk_writes.as_slice();
         let mut query = QueryBuilder::<Sqlite>::new(
             "WITH v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
                      has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
@@ -704,10 +712,40 @@ pub(super) async fn record_many_on(
             WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
             RETURNING tickets.id",
         );
-        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *connection).await?;
-        written.extend(ids);
+        // RETURNING names rows, not writes; within one statement each row has one write (see
+        // `statement_chunks`), so a returned row identifies its write.
+        let ids: std::collections::HashSet<i64> =
+            query.build_query_scalar().fetch_all(&mut *connection).await?.into_iter().collect();
+        for (id, index) in chunk_ids {
+            written[index] = ids.contains(&id);
+        }
     }
     Ok(written)
+}
+
+/// Splits writes (by index, in order) into groups for one statement each: at most
+/// [`ROWS_PER_STATEMENT`], and never two writes to the same row (a lapsed lease's result and the
+/// new owner's may meet in one batch), so that the statement's result says which write landed.
+fn statement_chunks(writes: &[ResultWrite<'_>]) -> Vec<Vec<usize>> {
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut rows: Vec<std::collections::HashSet<i64>> = Vec::new();
+    for (index, write) in writes.iter().enumerate() {
+        // The first group from the end that does not hold this row yet, and has room, keeps
+        // writes to one row in their order.
+        let last_with_row = rows.iter().rposition(|ids| ids.contains(&write.id));
+        let start = last_with_row.map_or(0, |position| position + 1);
+        match (start..chunks.len()).find(|&group| chunks[group].len() < ROWS_PER_STATEMENT) {
+            Some(group) => {
+                chunks[group].push(index);
+                rows[group].insert(write.id);
+            }
+            None => {
+                chunks.push(vec![index]);
+                rows.push(std::collections::HashSet::from([write.id]));
+            }
+        }
+    }
+    chunks
 }
 
 /// The rows with these IDs, as the caller's transaction sees them.
@@ -726,21 +764,31 @@ pub(super) async fn tickets_on(connection: &mut SqliteConnection, ids: &[i64]) -
 }
 
 /// Writes a final state's [`Announcement`] for its just-written row: the webhook deliveries and
-/// the note. Returns how many deliveries were written.
+/// the note. Returns how many deliveries were written. A delivery the outbox refuses (one of its
+/// constraints) is left out and the note says so, so that the final state always commits; any
+/// other error is returned.
 pub(super) async fn write_announcement_on(
     connection: &mut SqliteConnection,
     id: i64,
     now: DateTime<Utc>,
     announcement: &Announcement,
 ) -> Result<usize, sqlx::Error> {
+    let mut notes: Vec<String> = announcement.webhook_note.iter().cloned().collect();
     let mut written = 0;
     for delivery in &announcement.deliveries {
-        deliveries::insert(&mut *connection, delivery, now).await?;
-        written += 1;
+        // A refused statement rolls back alone; the transaction goes on.
+        match deliveries::insert(&mut *connection, delivery, now).await? {
+            deliveries::Inserted::Written => written += 1,
+            deliveries::Inserted::Refused(reason) => {
+                let url = crate::redact::redact_text(&delivery.url);
+                tracing::error!(row = id, url = %url, reason = %reason, "webhook delivery dropped: the outbox refused it");
+                notes.push(format!("webhook to {url} dropped: the delivery could not be written ({reason})"));
+            }
+        }
     }
-    if let Some(note) = &announcement.webhook_note {
+    if !notes.is_empty() {
         sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
-            .bind(note)
+            .bind(notes.join("; "))
             .bind(id)
             .execute(&mut *connection)
             .await?;
@@ -758,7 +806,7 @@ pub(super) async fn record_final_on(
     announce: impl FnOnce(&Ticket) -> Announcement,
 ) -> Result<Option<usize>, sqlx::Error> {
     let write = ResultWrite { lease, id, now, result: PollResult::Final(finish) };
-    if !record_many_on(connection, &[write]).await?.contains(&id) {
+    if !record_many_on(connection, &[write]).await?[0] {
         return Ok(None);
     }
     let Some(ticket) = tickets_on(connection, &[id]).await?.pop() else {

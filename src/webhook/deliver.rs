@@ -23,8 +23,9 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use super::signing;
 use crate::backoff::honour_webhook_retry_after;
 use crate::clock::Clock;
-use crate::config::{WebhookConfig, parse_webhook_url, redact_url};
+use crate::config::{WebhookConfig, parse_webhook_url};
 use crate::metrics::Metrics;
+use crate::redact::redact_url;
 use crate::service::Heartbeat;
 use crate::store::{AttemptRecord, Delivery, Lease, Store, retry_when_busy};
 

@@ -17,7 +17,8 @@ use crate::store::{Announcement, NewDelivery, Ticket};
 pub const TICKET_URL_NOT_ALLOWED: &str = "webhook_url ignored: webhook.allow_ticket_urls is false";
 
 /// The deliveries announcing `ticket`'s final state, one per receiver (configured URLs, plus the
-/// ticket's own URL when allowed), and a note for the ticket when its URL was ignored.
+/// ticket's own URL when allowed), and a note for the ticket when its URL was ignored. Every
+/// planned URL is in its normalised form and fits the outbox's length limit.
 pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
     let Some(event_type) = ticket.state().and_then(|state| state.event_type()) else {
         return Announcement::default();
@@ -26,15 +27,14 @@ pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
     let mut note = None;
     if let Some(url) = &ticket.webhook_url {
         if !config.allow_ticket_urls {
-            note = Some(TICKET_URL_NOT_ALLOWED);
+            note = Some(TICKET_URL_NOT_ALLOWED.to_owned());
         } else {
-            match crate::config::parse_webhook_url(url) {
+            match ticket_url(url, config.allow_private_ticket_urls) {
                 Ok(url) => urls.push(url.as_str().to_owned()),
-                Err(_) => note = Some("webhook_url ignored: not an http or https URL"),
+                Err(why) => note = Some(format!("webhook_url ignored: {why}")),
             }
         }
     }
-    urls.dedup();
     let mut seen = std::collections::HashSet::new();
     urls.retain(|url| seen.insert(url.clone()));
     let payload = payload(ticket, event_type);
@@ -49,7 +49,80 @@ pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
             payload: payload.clone(),
         })
         .collect();
-    Announcement { deliveries, webhook_note: note.map(str::to_owned) }
+    Announcement { deliveries, webhook_note: note }
+}
+
+/// Checks a ticket's own receiver URL: what [`crate::config::parse_webhook_url`] checks, and,
+/// unless `allow_private`, that its host is not a private address (see [`private_address`]).
+pub fn ticket_url(text: &str, allow_private: bool) -> Result<url::Url, String> {
+    let url = crate::config::parse_webhook_url(text)?;
+    if !allow_private {
+        if let Some(why) = private_host(&url) {
+            return Err(format!("{why}; set webhook.allow_private_ticket_urls = true to allow it"));
+        }
+    }
+    Ok(url)
+}
+
+/// Why `address` is not a public one, if it is not: loopback, unspecified, link-local, private
+/// (RFC 1918, unique local), shared (100.64.0.0/10, which holds the cloud metadata address
+/// 100.100.100.200), broadcast, or an IPv4-mapped IPv6 form of any of these.
+pub fn private_address(address: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match address {
+        IpAddr::V4(v4) => {
+            let [first, second, ..] = v4.octets();
+            if v4 == std::net::Ipv4Addr::new(100, 100, 100, 200) {
+                Some("the cloud metadata address")
+            } else if v4.is_loopback() {
+                Some("a loopback address")
+            } else if v4.is_unspecified() || first == 0 {
+                Some("an unspecified address")
+            } else if v4.is_link_local() {
+                Some("a link-local address")
+            } else if v4.is_private() {
+                Some("a private address")
+            } else if first == 100 && (64..128).contains(&second) {
+                Some("a shared (carrier-grade NAT) address")
+            } else if v4.is_broadcast() || first >= 224 {
+                Some("a multicast or reserved address")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return private_address(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_unspecified() {
+                Some("an unspecified address")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("a link-local address")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("a private address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Why a URL's host is private, if it is: a private IP literal, or `localhost`.
+fn private_host(url: &url::Url) -> Option<String> {
+    let why = match url.host()? {
+        url::Host::Ipv4(v4) => private_address(v4.into()),
+        url::Host::Ipv6(v6) => private_address(v6.into()),
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            (name == "localhost" || name.ends_with(".localhost")).then_some("a loopback address")
+        }
+    }?;
+    Some(format!("its host is {why}"))
 }
 
 /// The `webhook-id` of a ticket's current outcome: the same for every receiver and attempt, new
@@ -83,4 +156,44 @@ pub fn payload(ticket: &Ticket, event_type: &str) -> String {
         }
     });
     body.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_loopback_link_local_shared_and_metadata_addresses_are_told_from_public_ones() {
+        for private in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.100.100.200",
+            "100.64.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:100.100.100.200",
+        ] {
+            assert!(private_address(private.parse().unwrap()).is_some(), "{private}");
+        }
+        for public in ["8.8.8.8", "47.96.1.1", "100.128.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert_eq!(private_address(public.parse().unwrap()), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn ticket_urls_naming_private_hosts_are_refused_unless_allowed() {
+        for url in ["http://localhost:8080/x", "http://api.localhost/x", "http://[::1]/x", "http://0x7f.1/x"] {
+            assert!(ticket_url(url, false).is_err(), "{url}");
+            assert!(ticket_url(url, true).is_ok(), "{url}");
+        }
+        assert!(ticket_url("https://hooks.example.com/x", false).is_ok());
+    }
 }

@@ -130,3 +130,44 @@ async fn output_piped_into_a_reader_that_stops_early_ends_quietly() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[tokio::test]
+async fn list_show_and_webhooks_list_on_a_missing_database_fail_in_one_line_and_create_nothing() {
+    let env = TestEnv::new("").await;
+    let missing_dir = env.dir.path().join("not-there");
+    let database = missing_dir.join("tickets.db");
+    let database_text = database.display().to_string();
+    let variables = [("FLINK_TICKETD_DATABASE__PATH", database_text.as_str())];
+    for args in [&["list"][..], &["list", "--json"], &["show", "t-1"], &["webhooks", "list"]] {
+        let output = env.cli_with(&env.config_file(), args, &variables);
+        assert_eq!(output.code, Some(1), "{args:?}: {}", output.stderr);
+        assert_eq!(output.stderr.trim_end().lines().count(), 1, "{args:?}: {}", output.stderr);
+        assert!(output.stderr.contains(&format!("no database at {database_text}")), "{args:?}: {}", output.stderr);
+        assert!(!missing_dir.exists(), "{args:?} created {}", missing_dir.display());
+    }
+}
+
+#[tokio::test]
+async fn enqueue_exits_1_when_the_database_fails_and_2_when_it_refuses_the_row() {
+    use sqlx::Connection as _;
+    let env = TestEnv::new("").await;
+    env.store().await.close().await;
+    // Another program holds the write lock longer than enqueue waits for it.
+    let mut holder =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", env.db_path.display())).await.expect("a connection");
+    sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut holder).await.expect("the write lock is taken");
+    let locked = env
+        .cli_async(
+            &env.config_file(),
+            &["enqueue", "--namespace", "ns", "--workspace", "ws", "t-locked"],
+            &[("FLINK_TICKETD_DATABASE__BUSY_TIMEOUT", "100ms")],
+        )
+        .await;
+    assert_eq!(locked.code, Some(1), "{}", locked.stderr);
+    assert!(locked.stderr.contains("database is locked"), "{}", locked.stderr);
+    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.expect("the write lock is released");
+    holder.close().await.expect("the connection closes");
+
+    let refused = env.cli(&["enqueue", "--namespace", "ns", "--workspace", "ws", ""]);
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+}

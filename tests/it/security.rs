@@ -98,6 +98,112 @@ async fn per_ticket_webhook_urls_are_ignored_unless_allowed() {
     drop(daemon);
 }
 
+#[tokio::test]
+async fn per_ticket_urls_to_private_addresses_are_refused_unless_private_ones_are_allowed() {
+    let env = TestEnv::new("").await;
+    let mut configured = WebhookSink::accepting().await;
+    let mut own = WebhookSink::accepting().await;
+    let webhook = format!(
+        "[webhook]\nurls = [{:?}]\nsecret = {WEBHOOK_SECRET:?}\nallow_ticket_urls = true\nschedule = [\"10ms\"]\n",
+        configured.url
+    );
+    env.store().await.close().await;
+    let daemon = env.spawn_binary_with(&webhook, &[]);
+    let metadata = "http://100.100.100.200/latest/meta-data/";
+    for (ticket_id, url) in [("t-loopback", own.url.as_str()), ("t-metadata", metadata)] {
+        env.execute_sql(&format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, webhook_url) VALUES ({}, 'ns', 'ws', {})",
+            quote(ticket_id),
+            quote(url)
+        ))
+        .await;
+    }
+    let mut announced = vec![configured.next().await.json()["data"]["ticket_id"].clone()];
+    announced.push(configured.next().await.json()["data"]["ticket_id"].clone());
+    announced.sort_by_key(ToString::to_string);
+    assert_eq!(announced, ["t-loopback", "t-metadata"]);
+    for (ticket_id, why) in [("t-loopback", "a loopback address"), ("t-metadata", "the cloud metadata address")] {
+        let ticket = env.wait_final(ticket_id).await;
+        let note = ticket.webhook_note.unwrap_or_default();
+        assert!(note.contains(why) && note.contains("webhook.allow_private_ticket_urls"), "{ticket_id}: {note}");
+        let store = env.store().await;
+        let deliveries = store.deliveries_of_ticket(ticket.id).await.expect("deliveries are read");
+        store.close().await;
+        assert_eq!(deliveries.len(), 1, "{ticket_id}: only the configured receiver");
+    }
+    assert!(own.drain().is_empty(), "the loopback URL got nothing");
+    drop(daemon);
+
+    let allowed = TestEnv::new("").await;
+    allowed.store().await.close().await;
+    let daemon = allowed.spawn_binary_with(&format!("{webhook}allow_private_ticket_urls = true\n"), &[]);
+    allowed
+        .execute_sql(&format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, webhook_url) VALUES ('t-own', 'ns', 'ws', {})",
+            quote(&own.url)
+        ))
+        .await;
+    assert_eq!(own.next().await.json()["data"]["ticket_id"], "t-own");
+    assert_eq!(allowed.wait_final("t-own").await.webhook_note, None);
+    drop(daemon);
+}
+
+#[tokio::test]
+async fn secrets_in_urls_are_redacted_in_check_config_delivery_logs_show_and_list() {
+    let env = TestEnv::new("").await;
+    let mut sink = WebhookSink::start(|n| crate::harness::Reply::Status(if n == 0 { 503 } else { 204 })).await;
+    let secrets = ["userinfopass", "querysecret1", "T0k3nInThePath0123456789", "fragmentsecret"];
+    let configured = format!("{}/hooks/T0k3nInThePath0123456789?token=querysecret1&v=1#fragmentsecret", sink.url);
+    let configured = configured.replacen("http://", "http://hook:userinfopass@", 1);
+    let webhook = format!(
+        "[webhook]\nurls = [{configured:?}]\nsecret = {WEBHOOK_SECRET:?}\nschedule = [\"50ms\"]\n\
+         allow_ticket_urls = true\nallow_private_ticket_urls = true\n"
+    );
+    let config = env.config_file_with(&webhook);
+    let endpoint = format!("http://api:userinfopass@{}", env.sim.base_url().trim_start_matches("http://"));
+    let checked = env.cli_with(&config, &["check-config"], &[("FLINK_TICKETD_FLINK__ENDPOINT", &endpoint)]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    assert!(checked.stdout.contains("token=***&v=***") && checked.stdout.contains("http://***@"), "{}", checked.stdout);
+    for secret in secrets {
+        assert!(!checked.stdout.contains(secret), "check-config shows {secret}:\n{}", checked.stdout);
+    }
+
+    env.store().await.close().await;
+    let daemon = env.spawn_binary_with(&webhook, &[("RUST_LOG", "debug")]);
+    let own = format!("{}/own?key=querysecret1", sink.url);
+    env.execute_sql(&format!(
+        "INSERT INTO tickets (ticket_id, namespace, workspace, webhook_url) VALUES ('t-1', 'ns', 'ws', {})",
+        quote(&own)
+    ))
+    .await;
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        received.push(sink.next().await);
+    }
+    assert!(received.iter().any(|request| request.path.contains("T0k3nInThePath")), "the real URL was used");
+    let delivered = eventually("both deliveries delivered", || async {
+        let listed = env.cli_with(&config, &["webhooks", "list", "--json"], &[]);
+        (listed.stdout.matches("\"delivered\"").count() == 2).then_some(listed)
+    })
+    .await;
+    daemon.signal(15);
+    let log = daemon.log_text();
+    assert_eq!(daemon.wait(), Some(0));
+    assert!(log.contains("webhook attempt failed") && log.contains("url="), "delivery spans were logged");
+    for (what, text) in [
+        ("the log", log),
+        ("webhooks list", delivered.stdout),
+        ("show", env.cli_with(&config, &["show", "t-1"], &[]).stdout),
+        ("show --json", env.cli_with(&config, &["show", "t-1", "--json"], &[]).stdout),
+        ("list --json", env.cli_with(&config, &["list", "--json"], &[]).stdout),
+    ] {
+        assert!(text.contains("***"), "{what} shows the URLs redacted:\n{text}");
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} shows {secret}:\n{text}");
+        }
+    }
+}
+
 /// A server answering every request with a redirect to `location`, remembering whether each
 /// request carried an `Authorization` header.
 async fn redirecting_server(location: String) -> (String, Arc<Mutex<Vec<bool>>>) {

@@ -190,24 +190,41 @@ async fn the_final_state_and_its_deliveries_commit_together() {
             .iter()
             .all(|delivery| delivery.state == "pending" && delivery.webhook_id == format!("tkt_{id}_0.failed"))
     );
+}
 
-    // A delivery that cannot be written rolls the final state back with it.
-    let id2 = insert_due_at(store, "t2", at(0)).await;
-    store.claim_due_tickets(&lease, at(3), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
-    let result = store
-        .record_final(&lease, id2, at(4), &finish, |row| {
-            let deliveries = vec![NewDelivery {
-                ticket: row.id,
-                url: String::new(),
-                webhook_id: "x".to_owned(),
-                event_type: "ticket.failed".to_owned(),
-                payload: "{}".to_owned(),
-            }];
-            Announcement { deliveries, webhook_note: None }
+#[tokio::test]
+async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_state_commits() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let id = insert_due_at(store, "t", at(0)).await;
+    let lease = Lease("d#1".to_owned());
+    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let finish = Finish { state: TicketState::Failed, polled: true, request_id: None, answer: None, error: None };
+    let too_long = format!("http://a.example/{}", "x".repeat(3000));
+    let written = store
+        .record_final(&lease, id, at(2), &finish, |row| {
+            let deliveries = ["http://ok.example/hook", too_long.as_str()]
+                .into_iter()
+                .map(|url| NewDelivery {
+                    ticket: row.id,
+                    url: url.to_owned(),
+                    webhook_id: format!("tkt_{}_0.failed", row.id),
+                    event_type: "ticket.failed".to_owned(),
+                    payload: "{}".to_owned(),
+                })
+                .collect();
+            Announcement { deliveries, webhook_note: Some("first note".to_owned()) }
         })
-        .await;
-    assert!(result.is_err(), "an empty URL violates the deliveries table's constraint");
-    assert_eq!(store.ticket(id2).await.unwrap().unwrap().state, "pending", "no final state without its deliveries");
+        .await
+        .expect("the final state commits");
+    assert_eq!(written, Some(1), "only the delivery the outbox took is counted");
+    let row = store.ticket(id).await.unwrap().unwrap();
+    assert_eq!(row.state, "failed");
+    let note = row.webhook_note.unwrap_or_default();
+    assert!(note.starts_with("first note; webhook to http://a.example/*** dropped"), "{note}");
+    assert!(note.contains("dropped: the delivery could not be written"), "{note}");
+    let deliveries = store.deliveries_of_ticket(id).await.unwrap();
+    assert_eq!(deliveries.iter().map(|delivery| delivery.url.as_str()).collect::<Vec<_>>(), ["http://ok.example/hook"]);
 }
 
 #[tokio::test]
@@ -347,17 +364,20 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
         }],
         webhook_note: None,
     });
-    // An empty URL violates the deliveries table's constraint.
-    let announce_broken = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
-        deliveries: vec![NewDelivery {
-            ticket: row.id,
-            url: String::new(),
-            webhook_id: "x".to_owned(),
-            event_type: "ticket.succeeded".to_owned(),
-            payload: "{}".to_owned(),
-        }],
-        webhook_note: None,
-    });
+    // Another program's trigger refuses the final state of "bad" (SQLite cannot tell it from a
+    // constraint of the table's own).
+    let mut outside: sqlx::SqliteConnection =
+        sqlx::Connection::connect(&format!("sqlite://{}", fixture.path.display())).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_bad BEFORE UPDATE OF state ON tickets
+         WHEN NEW.ticket_id = 'bad' AND NEW.state <> 'pending'
+         BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+    )
+    .execute(&mut outside)
+    .await
+    .unwrap();
+    sqlx::Connection::close(outside).await.unwrap();
+    let announce_broken = announce_one.clone();
     let reschedule = Reschedule {
         next_poll_at: at(30),
         running_streak: 3,
@@ -375,7 +395,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
     );
     assert_eq!(good_result, Ok(Some(1)));
     assert_eq!(progress_result, Ok(true));
-    assert!(bad_result.is_err(), "the broken announcement is reported to its caller");
+    assert!(bad_result.is_err(), "the refused write is reported to its caller");
     drop(recorder);
     task.await.unwrap();
 
@@ -387,7 +407,8 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
         ("pending", 3, Some("EXECUTING"))
     );
     assert_eq!(progressed.next_poll_at, flink_ticketd::clock::format_instant(at(30)));
-    assert_eq!(store.ticket(bad).await.unwrap().unwrap().state, "pending", "no final state without its deliveries");
+    assert_eq!(store.ticket(bad).await.unwrap().unwrap().state, "pending", "the refused write changed nothing");
+    assert!(store.deliveries_of_ticket(bad).await.unwrap().is_empty(), "nor wrote its deliveries");
 
     // A stale lease writes nothing, in a batch as alone.
     let stale = recorder_for(store).record_progress(&Lease("other#9".to_owned()), progress, at(3), &reschedule).await;
@@ -396,4 +417,85 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
 
 fn recorder_for(store: &Store) -> flink_ticketd::store::Recorder {
     store.recorder().0
+}
+
+#[tokio::test]
+async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_live_lease_meet_in_one_batch() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let first = insert_due_at(store, "first", at(0)).await;
+    let second = insert_due_at(store, "second", at(0)).await;
+    let old = Lease("old#1".to_owned());
+    let new = Lease("new#1".to_owned());
+    let deadline = Duration::from_secs(3600);
+    assert_eq!(store.claim_due_tickets(&old, at(1), Duration::from_secs(1), 10, deadline).await.unwrap().len(), 2);
+    let taken = store.claim_due_tickets(&new, at(3), Duration::from_secs(60), 10, deadline).await.unwrap();
+    assert_eq!(taken.len(), 2, "the old leases lapsed at 2s");
+    let (recorder, task) = store.recorder();
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    let announce = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
+        deliveries: vec![NewDelivery {
+            ticket: row.id,
+            url: "http://a.example/hook".to_owned(),
+            webhook_id: format!("tkt_{}_0.{}", row.id, row.state),
+            event_type: "ticket.succeeded".to_owned(),
+            payload: "{}".to_owned(),
+        }],
+        webhook_note: None,
+    });
+    let reschedule = Reschedule {
+        next_poll_at: at(30),
+        running_streak: 1,
+        error_streak: 0,
+        polled: true,
+        request_id: None,
+        answer: None,
+        error: None,
+    };
+    // Submitted together on this single-threaded runtime, the four land in one batch: on each
+    // row the lapsed lease's result comes first.
+    let (old_progress, new_final, old_final, new_progress) = tokio::join!(
+        recorder.record_progress(&old, first, at(4), &reschedule),
+        recorder.record_final(&new, first, at(4), &finish, announce.clone()),
+        recorder.record_final(&old, second, at(4), &finish, announce.clone()),
+        recorder.record_progress(&new, second, at(4), &reschedule),
+    );
+    drop(recorder);
+    task.await.unwrap();
+    assert_eq!(old_progress, Ok(false), "the lapsed lease's progress was not written");
+    assert_eq!(new_final, Ok(Some(1)));
+    assert_eq!(old_final, Ok(None), "the lapsed lease's final state was not written");
+    assert_eq!(new_progress, Ok(true));
+    assert_eq!(store.ticket(first).await.unwrap().unwrap().state, "succeeded");
+    let second_row = store.ticket(second).await.unwrap().unwrap();
+    assert_eq!((second_row.state.as_str(), second_row.running_streak), ("pending", 1));
+    assert!(store.deliveries_of_ticket(second).await.unwrap().is_empty(), "no announcement for a pending row");
+}
+
+#[tokio::test]
+async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone() {
+    let fixture = fixture().await;
+    let store = &fixture.store;
+    let far = insert_due_at(store, "far", at(100_000)).await;
+    let held = insert_due_at(store, "held", at(0)).await;
+    let lease = Lease("poller#1".to_owned());
+    let claimed = store
+        .claim_due_tickets(&lease, at(1), Duration::from_secs(100_000), 10, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|row| row.id).collect::<Vec<_>>(), [held]);
+    let held_before = store.ticket(held).await.unwrap().unwrap();
+
+    assert_eq!(store.pull_back_due_times(at(2), at(50)).await.unwrap(), 1);
+    assert_eq!(store.ticket(far).await.unwrap().unwrap().next_poll_at, flink_ticketd::clock::format_instant(at(2)));
+    let held_after = store.ticket(held).await.unwrap().unwrap();
+    assert_eq!(
+        (held_after.next_poll_at, held_after.lease_owner, held_after.lease_until),
+        (held_before.next_poll_at, held_before.lease_owner, held_before.lease_until),
+        "the row whose poll is running keeps its lease and due time"
+    );
+    let other = Lease("other#1".to_owned());
+    let again = store.claim_due_tickets(&other, at(3), Duration::from_secs(60), 10, Duration::from_secs(3600)).await;
+    let again: Vec<i64> = again.unwrap().iter().map(|row| row.id).collect();
+    assert_eq!(again, [far], "no second claim of the held row");
 }

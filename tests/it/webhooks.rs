@@ -238,6 +238,28 @@ async fn retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn retry_after_zero_or_a_past_date_does_not_bring_the_next_attempt_forward_past_the_floor() {
+    let env = TestEnv::new(SCENARIO).await;
+    let mut sink = WebhookSink::start(|n| match n {
+        0 => Reply::WithHeader(503, "retry-after", "0".to_owned()),
+        1 => Reply::WithHeader(503, "retry-after", "Thu, 01 Jan 1970 00:00:00 GMT".to_owned()),
+        _ => Reply::Status(204),
+    })
+    .await;
+    let daemon = env.spawn_daemon(webhooks(&[&sink.url], &[400, 400])).await;
+    env.insert("ok-eager", "ns", "ws").await;
+    let first = sink.next().await;
+    let second = sink.next().await;
+    let third = sink.next().await;
+    for gap in [second.at - first.at, third.at - second.at] {
+        assert!(gap >= Duration::from_millis(390), "an attempt came {gap:?} after the last, before its step");
+    }
+    let rows = settled_deliveries(&env, 1).await;
+    assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("delivered", 3));
+    daemon.stop().await.expect("the daemon stops cleanly");
+}
+
+#[tokio::test]
 async fn a_receiver_that_never_answers_delays_neither_polling_nor_other_receivers() {
     let env = TestEnv::new(SCENARIO).await;
     let mut silent = WebhookSink::start(|_| Reply::Hang).await;
@@ -319,6 +341,7 @@ async fn per_ticket_urls_are_honoured_only_when_allowed() {
         .spawn_daemon(|config| {
             webhooks(&[&configured.url], &[10])(config);
             config.webhook.allow_ticket_urls = true;
+            config.webhook.allow_private_ticket_urls = true;
         })
         .await;
     insert_with_url(&allowed, "ok-own", &own.url).await;
@@ -336,6 +359,51 @@ async fn per_ticket_urls_are_honoured_only_when_allowed() {
     assert_eq!(configured.next().await.json()["data"]["ticket_id"], "ok-not-own");
     assert_eq!(refused.ticket("ok-not-own").await.webhook_note.as_deref(), Some(TICKET_URL_NOT_ALLOWED));
     assert!(own.drain().is_empty(), "the ticket's own URL got nothing");
+    daemon.stop().await.expect("the daemon stops cleanly");
+}
+
+#[tokio::test]
+async fn a_ticket_url_too_long_once_percent_encoded_is_noted_and_the_ticket_still_finishes_and_announces() {
+    let env = TestEnv::new(SCENARIO).await;
+    let mut configured = WebhookSink::accepting().await;
+    let mut own = WebhookSink::accepting().await;
+    let daemon = env
+        .spawn_daemon(|config| {
+            webhooks(&[&configured.url], &[10])(config);
+            config.webhook.allow_ticket_urls = true;
+            config.webhook.allow_private_ticket_urls = true;
+        })
+        .await;
+    // About 330 characters as written (the column's 2048 limit holds), nine times longer for
+    // each CJK character once percent-encoded.
+    let long = format!("{}/{}", own.url, "部署".repeat(150));
+    assert!(long.chars().count() < 2048 && url::Url::parse(&long).unwrap().as_str().len() > 2048);
+    insert_with_url(&env, "ok-long-url", &long).await;
+
+    let ticket = env.wait_final("ok-long-url").await;
+    assert_eq!(ticket.state, "succeeded");
+    let note = ticket.webhook_note.expect("the ticket says why its own URL was not used");
+    assert!(note.contains("percent-encoded") && note.contains("2048"), "{note}");
+    assert_eq!(configured.next().await.json()["data"]["ticket_id"], "ok-long-url");
+    let rows = settled_deliveries(&env, 1).await;
+    assert_eq!((rows[0].url.as_str(), rows[0].state.as_str()), (configured.url.as_str(), "delivered"));
+    assert!(own.drain().is_empty(), "the over-long URL got nothing");
+    daemon.stop().await.expect("the daemon stops cleanly");
+}
+
+#[tokio::test]
+async fn lease_owners_carry_64_random_bits_so_two_hosts_of_one_name_and_pid_never_share_a_prefix() {
+    let env = TestEnv::new(SCENARIO).await;
+    let mut silent = WebhookSink::start(|_| Reply::Hang).await;
+    let daemon = env.spawn_daemon(webhooks(&[&silent.url], &[10])).await;
+    env.insert("ok-held", "ns", "ws").await;
+    silent.next().await;
+    let owner = deliveries(&env).await[0].lease_owner.clone().expect("the attempt in flight holds a lease");
+    let (prefix, claim) = owner.split_once('#').expect("prefix#claim");
+    assert!(claim.starts_with("webhook-"), "{owner}");
+    let random = prefix.rsplit(':').next().unwrap_or_default();
+    assert!(random.len() >= 16 && random.chars().all(|c| c.is_ascii_hexdigit()), "{owner}");
+    assert_ne!(flink_ticketd::store::lease_owner_prefix("host"), flink_ticketd::store::lease_owner_prefix("host"));
     daemon.stop().await.expect("the daemon stops cleanly");
 }
 
