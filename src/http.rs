@@ -1,7 +1,7 @@
 //! The daemon's own HTTP endpoints on `http.listen` (axum): `/healthz` (the process answers),
 //! `/readyz` (it can do its job: database reachable, loops making progress, credentials
-//! resolved, polling not paused by an authentication error; otherwise 503 with the reasons as
-//! JSON) and `/metrics` (Prometheus text format, see `crate::metrics`).
+//! resolved, polling not paused by a rejection or an outage of the API; otherwise 503 with the
+//! reasons as JSON) and `/metrics` (Prometheus text format, see `crate::metrics`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use tracing::{error, warn};
 
 use crate::clock::Clock;
 use crate::metrics::{Metrics, Snapshot};
-use crate::poller::PauseFlag;
+use crate::poller::{PauseCause, PauseFlag};
 use crate::service::Liveness;
 use crate::store::Store;
 
@@ -72,7 +72,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<HttpState>) -> Response {
     let database = matches!(tokio::time::timeout(DATABASE_CHECK_TIMEOUT, state.store.ping()).await, Ok(true));
     let verdict = state.liveness.verdict();
-    let paused = state.paused.is_paused();
+    let pause = state.paused.cause();
+    let paused = pause.is_some();
+    let api_unavailable = is_outage(pause);
     let mut reasons = Vec::new();
     if !database {
         reasons.push("database unreachable".to_owned());
@@ -80,8 +82,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     for stuck in &verdict.stuck {
         reasons.push(format!("{stuck} loop made no progress for {}ms", state.liveness.window().as_millis()));
     }
-    if paused {
-        reasons.push("polling paused: the API rejects our credentials, signature or clock".to_owned());
+    if let Some(cause) = pause {
+        reasons.push(cause.describe().to_owned());
     }
     let ready = reasons.is_empty();
     let body = json!({
@@ -92,6 +94,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             "loops": verdict.live(),
             "credentials": state.credentials,
             "polling_paused": paused,
+            "api_unavailable": api_unavailable,
         },
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -110,6 +113,12 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     };
     let now = state.clock.now();
     let queue_lag = next_due.and_then(|due| (now - due).to_std().ok()).unwrap_or(Duration::ZERO);
-    let snapshot = Snapshot { tickets_by_state, queue_lag, paused: state.paused.is_paused() };
+    let pause = state.paused.cause();
+    let snapshot = Snapshot { tickets_by_state, queue_lag, paused: pause.is_some(), api_unavailable: is_outage(pause) };
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render(&snapshot)).into_response()
+}
+
+/// Whether a global pause is an outage of the API rather than a rejection of our requests.
+fn is_outage(pause: Option<PauseCause>) -> bool {
+    matches!(pause, Some(PauseCause::Unavailable | PauseCause::Unreadable))
 }

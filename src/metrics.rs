@@ -45,8 +45,10 @@ pub struct Snapshot {
     pub tickets_by_state: Vec<(String, i64)>,
     /// How long the oldest due pending ticket has been waiting to be polled; zero if none.
     pub queue_lag: Duration,
-    /// Whether polling is paused globally because the API rejects our requests.
+    /// Whether polling is paused globally (the API rejects our requests, or is unavailable).
     pub paused: bool,
+    /// Whether that pause is an outage: the API is unreachable, failing or unreadable.
+    pub api_unavailable: bool,
 }
 
 /// The registry and a handle on every metric.
@@ -56,6 +58,7 @@ pub struct Metrics {
     tickets: Family<StateLabel, Gauge>,
     queue_lag: Gauge<f64, AtomicU64>,
     paused: Gauge,
+    api_unavailable: Gauge,
     polls: Family<OutcomeLabel, Counter>,
     api_latency: Histogram,
     rate_limit_wait: Histogram,
@@ -87,8 +90,14 @@ impl Metrics {
         let paused = Gauge::default();
         registry.register(
             "polling_paused",
-            "1 while all polling is paused because the API rejects our credentials, signature or clock",
+            "1 while all polling is paused: the API rejects our credentials, signature or clock, or is unavailable",
             paused.clone(),
+        );
+        let api_unavailable = Gauge::default();
+        registry.register(
+            "api_unavailable",
+            "1 while all polling is paused because the API is unreachable, failing or unreadable (one probe at a time)",
+            api_unavailable.clone(),
         );
         let polls = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -131,6 +140,7 @@ impl Metrics {
             tickets,
             queue_lag,
             paused,
+            api_unavailable,
             polls,
             api_latency,
             rate_limit_wait,
@@ -186,6 +196,7 @@ impl Metrics {
         }
         self.queue_lag.set(snapshot.queue_lag.as_secs_f64());
         self.paused.set(i64::from(snapshot.paused));
+        self.api_unavailable.set(i64::from(snapshot.api_unavailable));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing into a String cannot fail");
@@ -227,12 +238,14 @@ mod tests {
             tickets_by_state: vec![("pending".to_owned(), 3)],
             queue_lag: Duration::from_millis(1500),
             paused: true,
+            api_unavailable: true,
         });
         for line in [
             "flink_ticketd_tickets{state=\"pending\"} 3",
             "flink_ticketd_tickets{state=\"expired\"} 0",
             "flink_ticketd_queue_lag_seconds 1.5",
             "flink_ticketd_polling_paused 1",
+            "flink_ticketd_api_unavailable 1",
             "flink_ticketd_polls_total{outcome=\"network_error\"} 1",
             "flink_ticketd_api_request_duration_seconds_count 1",
             "flink_ticketd_tickets_finished_total{state=\"succeeded\"} 1",

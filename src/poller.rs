@@ -3,8 +3,14 @@
 //! [`decide`] makes of the answer. [`decide`] is pure; everything with IO is in [`Poller`].
 //!
 //! Errors about us rather than the ticket (signature, unknown key, clock) pause all polling
-//! through a [`Gate`]; access denied pauses only that workspace. A paused gate lets one probe
-//! request through when its pause ends, and opens again on the first accepted call.
+//! through a [`Gate`]; access denied pauses only that workspace. A run of transient failures
+//! across tickets (network errors, 5xx, throttling, unreadable answers) is an outage: it pauses
+//! all polling through the same gate, a circuit breaker. A paused gate lets one probe request
+//! through when its pause ends, and opens again on the first answer that is not a failure of the
+//! same kind. No transient failure ever fails a ticket; at worst it expires at its deadline.
+//!
+//! A poll holds its ticket's lease for as long as it runs: the lease is extended while the poll
+//! waits for the rate limit, for credentials or for the client's own retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,8 +40,8 @@ pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest the loop waits to gather free slots before claiming, while polls are in flight.
 pub const CLAIM_WINDOW: Duration = Duration::from_millis(1);
 
-/// Consecutive unreadable answers after which a ticket is failed with `InvalidResponse`.
-pub const MAX_DECODE_ERRORS: i64 = 10;
+/// Transient failures in a row, across tickets, that make an outage and pause all polling.
+pub const OUTAGE_THRESHOLD: u32 = 5;
 
 /// Status values the API documents; anything else is logged once and polled on.
 pub const KNOWN_STATUSES: [&str; 4] = ["INIT", "EXECUTING", "FINISHED", "FAILED"];
@@ -81,6 +87,49 @@ pub enum PauseScope {
     Global,
     /// Access to this ticket's workspace: that workspace's tickets wait.
     Workspace,
+}
+
+/// Why polling is paused globally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseCause {
+    /// The API rejects our credentials, signature, clock or request.
+    Rejected,
+    /// The API is unreachable or failing: network errors, 5xx, throttling, unreadable error pages.
+    Unavailable,
+    /// The API answers 2xx with bodies we cannot read: it changed, or something in the way did.
+    Unreadable,
+}
+
+impl PauseCause {
+    /// One sentence for `/readyz`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PauseCause::Rejected => "polling paused: the API rejects our credentials, signature or clock",
+            PauseCause::Unavailable => {
+                "polling paused: the API is unavailable (network errors, 5xx or throttling); probing until it answers"
+            }
+            PauseCause::Unreadable => {
+                "polling paused: the API's answers cannot be read (has the API changed?); probing until it answers"
+            }
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            PauseCause::Rejected => 1,
+            PauseCause::Unavailable => 2,
+            PauseCause::Unreadable => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<PauseCause> {
+        match code {
+            1 => Some(PauseCause::Rejected),
+            2 => Some(PauseCause::Unavailable),
+            3 => Some(PauseCause::Unreadable),
+            _ => None,
+        }
+    }
 }
 
 /// What to do with a polled ticket.
@@ -164,14 +213,14 @@ pub fn decide(
             };
             match error {
                 FlinkError::Ticket(_) => fail(TicketState::Failed),
+                _ if past_deadline => fail(TicketState::Expired),
                 FlinkError::Credentials(_) | FlinkError::Config(_) => {
                     Decision::Pause { scope: PauseScope::Global, error: recorded, request_id }
                 }
                 FlinkError::AccessDenied(_) => {
                     Decision::Pause { scope: PauseScope::Workspace, error: recorded, request_id }
                 }
-                FlinkError::Decode(_) if ticket.error_streak + 1 >= MAX_DECODE_ERRORS => fail(TicketState::Failed),
-                _ if past_deadline => fail(TicketState::Expired),
+                // Transient, however long it lasts: never the ticket's failure.
                 FlinkError::Network(_)
                 | FlinkError::Decode(_)
                 | FlinkError::Transient(_)
@@ -208,11 +257,15 @@ pub struct Gate {
 
 #[derive(Debug, Clone)]
 struct PauseState {
+    /// When the pause began, for the log line that ends it.
+    since: DateTime<Utc>,
     until: DateTime<Utc>,
     streak: u32,
     probing: bool,
     /// (code, message) of the rejection, shown on the tickets that wait.
     reason: (String, String),
+    /// What the last rejection was.
+    cause: PauseCause,
 }
 
 /// A ticket must wait for a paused gate.
@@ -247,24 +300,25 @@ impl Gate {
         }
     }
 
-    /// A call went through: opens the gate. Returns whether it was paused.
-    fn accepted(&mut self) -> bool {
-        self.paused.take().is_some()
+    /// A call went through: opens the gate. Returns the cause and start of the pause it ends.
+    fn accepted(&mut self) -> Option<(PauseCause, DateTime<Utc>)> {
+        self.paused.take().map(|pause| (pause.cause, pause.since))
     }
 
-    /// A call was rejected for `reason` (code, message). Returns the pause end if this starts a
-    /// new pause (to log it once).
+    /// A call was rejected for `reason` (code, message) because of `cause`. Returns the pause end
+    /// if this starts a new pause (to log it once).
     fn rejected(
         &mut self,
         now: DateTime<Utc>,
         schedule: &Schedule,
         probe: bool,
         reason: (String, String),
+        cause: PauseCause,
     ) -> Option<DateTime<Utc>> {
         match &mut self.paused {
             None => {
                 let until = now + to_chrono(schedule.ceiling(0));
-                self.paused = Some(PauseState { until, streak: 0, probing: false, reason });
+                self.paused = Some(PauseState { since: now, until, streak: 0, probing: false, reason, cause });
                 Some(until)
             }
             Some(pause) if probe => {
@@ -272,6 +326,7 @@ impl Gate {
                 pause.until = now + to_chrono(schedule.ceiling(pause.streak));
                 pause.probing = false;
                 pause.reason = reason;
+                pause.cause = cause;
                 None
             }
             Some(_) => None,
@@ -298,16 +353,27 @@ impl Gate {
 pub struct Gates {
     global: Gate,
     workspaces: HashMap<String, Gate>,
+    /// Transient failures in a row across all tickets; any answer that is not one resets it.
+    transient_in_a_row: u32,
 }
 
-/// Whether polling is globally paused, readable from outside (readiness, metrics).
+/// Whether and why polling is globally paused, readable from outside (readiness, metrics).
 #[derive(Debug, Default)]
-pub struct PauseFlag(std::sync::atomic::AtomicBool);
+pub struct PauseFlag(std::sync::atomic::AtomicU8);
 
 impl PauseFlag {
-    /// Whether every ticket is paused because the API rejects our requests.
+    /// Whether every ticket is paused (the API rejects our requests, or is unavailable).
     pub fn is_paused(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.cause().is_some()
+    }
+
+    /// Why every ticket is paused; `None` while polling runs.
+    pub fn cause(&self) -> Option<PauseCause> {
+        PauseCause::from_code(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, cause: Option<PauseCause>) {
+        self.0.store(cause.map_or(0, PauseCause::code), Ordering::Relaxed);
     }
 }
 
@@ -510,7 +576,9 @@ impl Poller {
                 let span =
                     info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id);
                 self.handle(ticket, &lease, None).instrument(span).await;
-                if self.paused.is_paused() {
+                // An outage is waited out (the ticket's deadline bounds it); a rejection needs a
+                // person.
+                if self.paused.cause() == Some(PauseCause::Rejected) {
                     let row = self.store.ticket(id).await?.ok_or(sqlx::Error::RowNotFound)?;
                     if row.state == TicketState::Pending.as_str() {
                         return Ok(Followed::Paused(row));
@@ -628,23 +696,27 @@ impl Poller {
         if ticket.polls == 0 {
             info!(deadline_at = ticket.deadline_at.as_deref().unwrap_or(""), "ticket picked up");
         }
-        let waited = self.limiter.acquire().await;
-        self.metrics.observe_rate_limit_wait(waited);
-        if waited > Duration::from_millis(1) {
-            debug!(delay_ms = waited.as_millis(), "waited for the rate limit");
-        }
-        let started = tokio::time::Instant::now();
-        let outcome = self
-            .flink
-            .get_deploy_result(TicketRef {
-                namespace: &ticket.namespace,
-                workspace: &ticket.workspace,
-                ticket_id: &ticket.ticket_id,
-                region: ticket.region.as_deref(),
-            })
-            .await;
+        let poll = async {
+            let waited = self.limiter.acquire().await;
+            self.metrics.observe_rate_limit_wait(waited);
+            if waited > Duration::from_millis(1) {
+                debug!(delay_ms = waited.as_millis(), "waited for the rate limit");
+            }
+            let started = tokio::time::Instant::now();
+            let outcome = self
+                .flink
+                .get_deploy_result(TicketRef {
+                    namespace: &ticket.namespace,
+                    workspace: &ticket.workspace,
+                    ticket_id: &ticket.ticket_id,
+                    region: ticket.region.as_deref(),
+                })
+                .await;
+            (outcome, started.elapsed())
+        };
+        let (outcome, took) = self.keep_leased(ticket.id, lease, poll).await;
         drop(slot);
-        self.metrics.observe_poll(&outcome, started.elapsed());
+        self.metrics.observe_poll(&outcome, took);
         let now = self.clock.now();
         self.update_gates(&ticket, &outcome, now, global_probe, workspace_probe).await;
         if let Err(FlinkError::RateLimited { .. }) = &outcome {
@@ -685,6 +757,32 @@ impl Poller {
             Ok(false) => warn!("ticket changed under us (lease lapsed, or cancelled); result not recorded"),
             Err(error) => {
                 error!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
+            }
+        }
+    }
+
+    /// Runs `work` (one poll) while extending the lease on row `id` every third of a lease, so
+    /// that however long the poll takes (rate-limit wait, credential refresh, the client's own
+    /// retries) no other claim takes the ticket meanwhile.
+    async fn keep_leased<T>(&self, id: i64, lease: &Lease, work: impl std::future::Future<Output = T>) -> T {
+        let every = (self.poll.lease / 3).max(Duration::from_millis(1));
+        let renewals = async {
+            loop {
+                tokio::time::sleep(every).await;
+                match self.store.extend_ticket_lease(lease, id, self.clock.now(), self.poll.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => debug!("the lease was taken back while polling; the result will not be recorded"),
+                    Err(error) => warn!(error = %error, "extending the lease of a ticket being polled failed"),
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::pin!(renewals);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut work => return output,
+                () = &mut renewals => {}
             }
         }
     }
@@ -751,64 +849,130 @@ impl Poller {
         global_probe: bool,
         workspace_probe: bool,
     ) {
-        let mut postpone_workspace_until = None;
-        {
+        let postpone_workspace_until = {
             let mut gates = self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it");
-            let Gates { global, workspaces } = &mut *gates;
-            match outcome {
-                Ok(_) | Err(FlinkError::Ticket(_)) => {
-                    if global.accepted() {
-                        info!("polling resumed: the API accepted our requests again");
-                    }
-                    if workspaces.get_mut(&ticket.workspace).is_some_and(Gate::accepted) {
-                        info!("workspace access restored; its tickets are polled again");
-                    }
-                }
-                Err(error @ (FlinkError::Credentials(_) | FlinkError::Config(_))) => {
-                    let reason = (error.code(), error.message());
-                    if let Some(until) = global.rejected(now, &self.policy.pause, global_probe, reason) {
-                        error!(
-                            error_code = %error.code(),
-                            request_id = error.request_id().unwrap_or(""),
-                            error = %error,
-                            paused_until = %crate::clock::format_instant(until),
-                            "polling paused: the API rejects our requests (credentials, signature or clock); \
-                             no ticket is failed for this, and polling resumes once a request is accepted"
-                        );
-                    }
-                    if let Some(gate) = workspaces.get_mut(&ticket.workspace) {
-                        gate.inconclusive(workspace_probe);
-                    }
-                }
-                Err(error @ FlinkError::AccessDenied(_)) => {
-                    global.accepted();
-                    let gate = workspaces.entry(ticket.workspace.clone()).or_default();
-                    let reason = (error.code(), error.message());
-                    if let Some(until) = gate.rejected(now, &self.policy.pause, workspace_probe, reason) {
-                        error!(
-                            error_code = %error.code(),
-                            request_id = error.request_id().unwrap_or(""),
-                            error = %error,
-                            paused_until = %crate::clock::format_instant(until),
-                            "workspace paused: access denied; its tickets wait until access is granted or their deadline"
-                        );
-                    }
-                    postpone_workspace_until = gate.paused_until();
-                }
-                Err(_) => {
-                    global.inconclusive(global_probe);
-                    if let Some(gate) = workspaces.get_mut(&ticket.workspace) {
-                        gate.inconclusive(workspace_probe);
-                    }
-                }
-            }
-            self.paused.0.store(global.paused.is_some(), Ordering::Relaxed);
-        }
+            let probes = Probes { global: global_probe, workspace: workspace_probe };
+            let postpone =
+                gates.observe(&ticket.workspace, outcome.as_ref().map(|_| ()), now, probes, &self.policy.pause);
+            self.paused.set(gates.global.paused.as_ref().map(|pause| pause.cause));
+            postpone
+        };
         if let Some(until) = postpone_workspace_until {
             if let Err(error) = self.store.postpone_workspace(&ticket.workspace, until).await {
                 warn!(error = %error, "postponing the paused workspace's tickets failed");
             }
         }
+    }
+}
+
+/// Whether a poll was let through as the probe of the global gate and of its workspace's gate.
+#[derive(Debug, Clone, Copy, Default)]
+struct Probes {
+    global: bool,
+    workspace: bool,
+}
+
+impl Gates {
+    /// Moves the gates on what a poll of a ticket in `workspace` came to. Returns the end of the
+    /// workspace's pause when that workspace's tickets are to be postponed.
+    fn observe(
+        &mut self,
+        workspace: &str,
+        outcome: Result<(), &FlinkError>,
+        now: DateTime<Utc>,
+        probes: Probes,
+        pause_schedule: &Schedule,
+    ) -> Option<DateTime<Utc>> {
+        let Probes { global: global_probe, workspace: workspace_probe } = probes;
+        let Gates { global, workspaces, transient_in_a_row } = self;
+        let mut postpone_workspace_until = None;
+        match outcome {
+            // Raised here before any request was sent (a region, header value or path we
+            // cannot use): it says nothing about whether the API accepts us.
+            Err(error @ FlinkError::Ticket(_)) if !error.answered() => {
+                global.inconclusive(global_probe);
+                if let Some(gate) = workspaces.get_mut(workspace) {
+                    gate.inconclusive(workspace_probe);
+                }
+            }
+            Ok(_) | Err(FlinkError::Ticket(_)) => {
+                *transient_in_a_row = 0;
+                if let Some((cause, since)) = global.accepted() {
+                    let paused_ms = (now - since).num_milliseconds().max(0);
+                    match cause {
+                        PauseCause::Rejected => {
+                            info!(paused_ms, "polling resumed: the API accepted our requests again");
+                        }
+                        PauseCause::Unavailable | PauseCause::Unreadable => {
+                            info!(paused_ms, "polling resumed: the API answers again");
+                        }
+                    }
+                }
+                if workspaces.get_mut(workspace).is_some_and(|gate| gate.accepted().is_some()) {
+                    info!("workspace access restored; its tickets are polled again");
+                }
+            }
+            Err(error @ (FlinkError::Credentials(_) | FlinkError::Config(_))) => {
+                if error.answered() {
+                    *transient_in_a_row = 0;
+                }
+                let reason = (error.code(), error.message());
+                if let Some(until) = global.rejected(now, pause_schedule, global_probe, reason, PauseCause::Rejected) {
+                    error!(
+                        error_code = %error.code(),
+                        request_id = error.request_id().unwrap_or(""),
+                        error = %error,
+                        paused_until = %crate::clock::format_instant(until),
+                        "polling paused: the API rejects our requests (credentials, signature, clock or request); \
+                         no ticket is failed for this, and polling resumes once a request is accepted"
+                    );
+                }
+                if let Some(gate) = workspaces.get_mut(workspace) {
+                    gate.inconclusive(workspace_probe);
+                }
+            }
+            Err(error @ FlinkError::AccessDenied(_)) => {
+                *transient_in_a_row = 0;
+                if let Some((cause, _)) = global.accepted() {
+                    info!(?cause, "polling resumed: the API answers again");
+                }
+                let gate = workspaces.entry(workspace.to_owned()).or_default();
+                let reason = (error.code(), error.message());
+                if let Some(until) = gate.rejected(now, pause_schedule, workspace_probe, reason, PauseCause::Rejected) {
+                    error!(
+                        error_code = %error.code(),
+                        request_id = error.request_id().unwrap_or(""),
+                        error = %error,
+                        paused_until = %crate::clock::format_instant(until),
+                        "workspace paused: access denied; its tickets wait until access is granted or their deadline"
+                    );
+                }
+                postpone_workspace_until = gate.paused_until();
+            }
+            Err(
+                error @ (FlinkError::Network(_)
+                | FlinkError::Transient(_)
+                | FlinkError::RateLimited { .. }
+                | FlinkError::Decode(_)),
+            ) => {
+                *transient_in_a_row = transient_in_a_row.saturating_add(1);
+                if let Some(gate) = workspaces.get_mut(workspace) {
+                    gate.inconclusive(workspace_probe);
+                }
+                // A failed probe keeps the pause, growing; enough failures in a row start one.
+                if global_probe || *transient_in_a_row >= OUTAGE_THRESHOLD {
+                    let cause = match error {
+                        FlinkError::Decode(_) => PauseCause::Unreadable,
+                        _ => PauseCause::Unavailable,
+                    };
+                    let reason = (error.code(), error.message());
+                    if let Some(until) = global.rejected(now, pause_schedule, global_probe, reason, cause) {
+                        log_outage(error, cause, *transient_in_a_row, until);
+                    }
+                }
+            }
+        }
+        postpone_workspace_until
     }
 }
 
@@ -826,6 +990,30 @@ fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
             request_id = error.request_id().unwrap_or(""),
             error = %error,
             "poll failed"
+        ),
+    }
+}
+
+/// The one line that starts an outage episode: at `error` when the API's 2xx answers cannot be
+/// read (a person should look), else at `warn`.
+fn log_outage(error: &FlinkError, cause: PauseCause, failures: u32, until: DateTime<Utc>) {
+    let paused_until = crate::clock::format_instant(until);
+    match cause {
+        PauseCause::Unreadable => error!(
+            error_code = %error.code(),
+            error = %error,
+            failures,
+            paused_until = %paused_until,
+            "polling paused: the API answers with bodies that cannot be read (has the API changed?); \
+             one probe at a time until it answers, and no ticket is failed for this"
+        ),
+        PauseCause::Unavailable | PauseCause::Rejected => warn!(
+            error_code = %error.code(),
+            error = %error,
+            failures,
+            paused_until = %paused_until,
+            "polling paused: the API is unavailable; one probe at a time until it answers, and no ticket is \
+             failed for this"
         ),
     }
 }
@@ -1063,18 +1251,90 @@ mod tests {
     }
 
     #[test]
-    fn ticket_errors_fail_it_and_repeated_garbage_fails_it_eventually() {
+    fn ticket_errors_fail_it_and_no_run_of_transient_errors_ever_does() {
         let not_found = FlinkError::Ticket(api("TicketNotFound"));
         let Decision::Finish(finish) = decide(&ticket(0, 0, later()), Err(&not_found), now(), &policy(), 0.5) else {
             panic!("expected a finish")
         };
         assert_eq!((finish.state, finish.error.unwrap().0), (TicketState::Failed, "TicketNotFound".to_owned()));
 
-        let garbage = FlinkError::Decode(ApiError::default());
-        let last = decide(&ticket(0, MAX_DECODE_ERRORS - 1, later()), Err(&garbage), now(), &policy(), 0.5);
-        assert!(matches!(last, Decision::Finish(Finish { state: TicketState::Failed, .. })));
-        let not_yet = decide(&ticket(0, MAX_DECODE_ERRORS - 2, later()), Err(&garbage), now(), &policy(), 0.5);
-        assert!(matches!(not_yet, Decision::Reschedule(_)));
+        let html = ApiError { http_status: Some(502), message: Some("<html>".to_owned()), ..ApiError::default() };
+        for error in [
+            FlinkError::Decode(ApiError { http_status: Some(200), ..ApiError::default() }),
+            FlinkError::Transient(html),
+            FlinkError::Network("connection reset".to_owned()),
+        ] {
+            for streak in [9, 10, 13, 1_000] {
+                let decision = decide(&ticket(0, streak, later()), Err(&error), now(), &policy(), 0.5);
+                assert!(matches!(decision, Decision::Reschedule(_)), "{error:?} after {streak}: {decision:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_that_pauses_expires_a_ticket_past_its_deadline() {
+        for error in [FlinkError::Config(api("SignatureDoesNotMatch")), FlinkError::AccessDenied(api("NoPermission"))] {
+            let decision = decide(&ticket(1, 1, now()), Err(&error), now(), &policy(), 0.5);
+            assert!(matches!(decision, Decision::Finish(Finish { state: TicketState::Expired, .. })), "{decision:?}");
+        }
+    }
+
+    fn local(message: &str) -> FlinkError {
+        FlinkError::Ticket(ApiError {
+            code: Some("InvalidTicket".to_owned()),
+            message: Some(message.to_owned()),
+            ..ApiError::default()
+        })
+    }
+
+    #[test]
+    fn a_poll_refused_before_any_request_is_sent_never_reopens_a_paused_gate() {
+        let schedule = policy().pause;
+        let mut gates = Gates::default();
+        let rejected = FlinkError::Config(api("SignatureDoesNotMatch"));
+        gates.observe("ws", Err(&rejected), now(), Probes::default(), &schedule);
+        let until = gates.global.paused_until().expect("paused");
+        for error in [local("unknown region \"mars-1\""), local("the workspace header value is not valid in HTTP")] {
+            assert!(gates.global.start_probe(), "the pause ended: this poll is the probe");
+            gates.observe("ws", Err(&error), until, Probes { global: true, workspace: false }, &schedule);
+            assert_eq!(gates.global.paused_until(), Some(until), "{error:?} reopened or moved the gate");
+            assert!(gates.global.hold(until, Duration::from_secs(2)).is_none(), "another probe may go");
+        }
+        let answered = FlinkError::Ticket(api("TicketNotFound"));
+        gates.observe("ws", Err(&answered), until, Probes { global: true, workspace: false }, &schedule);
+        assert_eq!(gates.global.paused_until(), None, "an answer about a ticket is the API accepting us");
+    }
+
+    #[test]
+    fn a_run_of_transient_failures_across_tickets_opens_the_circuit_and_a_good_answer_closes_it() {
+        let schedule = policy().pause;
+        let mut gates = Gates::default();
+        let outage = FlinkError::Transient(ApiError { http_status: Some(502), ..ApiError::default() });
+        let network = FlinkError::Network("connection refused".to_owned());
+        for n in 1..OUTAGE_THRESHOLD {
+            let error = if n % 2 == 0 { &outage } else { &network };
+            gates.observe(&format!("ws-{n}"), Err(error), now(), Probes::default(), &schedule);
+            assert_eq!(gates.global.paused_until(), None, "{n} failures are not an outage yet");
+        }
+        gates.observe("ws", Ok(()), now(), Probes::default(), &schedule);
+        for _ in 1..OUTAGE_THRESHOLD {
+            gates.observe("ws", Err(&outage), now(), Probes::default(), &schedule);
+        }
+        assert_eq!(gates.global.paused_until(), None, "a good answer restarted the count");
+        gates.observe("ws", Err(&outage), now(), Probes::default(), &schedule);
+        let until = gates.global.paused_until().expect("the circuit opened");
+        assert_eq!(gates.global.paused.as_ref().map(|pause| pause.cause), Some(PauseCause::Unavailable));
+
+        assert!(gates.global.start_probe());
+        let garbage = FlinkError::Decode(ApiError { http_status: Some(200), ..ApiError::default() });
+        gates.observe("ws", Err(&garbage), until, Probes { global: true, workspace: false }, &schedule);
+        let longer = gates.global.paused_until().expect("still paused");
+        assert_eq!(longer - until, chrono::Duration::seconds(4), "a failed probe doubles the pause");
+        assert_eq!(gates.global.paused.as_ref().map(|pause| pause.cause), Some(PauseCause::Unreadable));
+
+        assert!(gates.global.start_probe());
+        gates.observe("ws", Ok(()), longer, Probes { global: true, workspace: false }, &schedule);
+        assert_eq!(gates.global.paused_until(), None, "the first good answer closes the circuit");
     }
 
     #[test]
@@ -1085,18 +1345,22 @@ mod tests {
         let reason = || ("SignatureDoesNotMatch".to_owned(), "m".to_owned());
         let hold_until = |gate: &Gate, at| gate.hold(at, hold).map(|hold| hold.until);
         assert_eq!(hold_until(&gate, now()), None);
-        let until = gate.rejected(now(), &schedule, false, reason()).expect("a new pause");
+        let until = gate.rejected(now(), &schedule, false, reason(), PauseCause::Rejected).expect("a new pause");
         assert_eq!(until, now() + chrono::Duration::seconds(2));
-        assert_eq!(gate.rejected(now(), &schedule, false, reason()), None, "a second rejection in flight logs nothing");
+        assert_eq!(
+            gate.rejected(now(), &schedule, false, reason(), PauseCause::Rejected),
+            None,
+            "a second rejection in flight logs nothing"
+        );
         assert_eq!(gate.hold(now(), hold), Some(Hold { until, reason: reason() }), "waiting tickets show why");
         assert_eq!(hold_until(&gate, until), None, "the pause ended: a probe may go");
         assert!(gate.start_probe());
         assert_eq!(hold_until(&gate, until), Some(until + chrono::Duration::seconds(2)), "others wait for the probe");
-        assert_eq!(gate.rejected(until, &schedule, true, reason()), None);
+        assert_eq!(gate.rejected(until, &schedule, true, reason(), PauseCause::Rejected), None);
         assert_eq!(gate.paused_until(), Some(until + chrono::Duration::seconds(4)), "the pause doubles");
         assert!(gate.start_probe());
-        assert!(gate.accepted());
+        assert_eq!(gate.accepted(), Some((PauseCause::Rejected, now())));
         assert_eq!(hold_until(&gate, until), None);
-        assert!(!gate.accepted());
+        assert_eq!(gate.accepted(), None);
     }
 }

@@ -104,10 +104,12 @@ pub enum FlinkError {
     /// No HTTP answer: connect error, timeout, dropped connection.
     #[error("network error: {0}")]
     Network(String),
-    /// An answer we could not read (HTML, truncated, too large); retried a bounded number of times.
+    /// A 2xx answer we could not read (not the envelope, or too large): the API said something
+    /// we do not understand. Never the ticket's fault: retried like [`FlinkError::Transient`].
     #[error("invalid response: {}", describe(.0))]
     Decode(ApiError),
-    /// 5xx, `ServiceUnavailable`, `InternalError` and unknown codes: retry with backoff.
+    /// 5xx, 408, `ServiceUnavailable`, `InternalError`, unknown codes, and error statuses whose
+    /// body is not JSON (a proxy's HTML page, an empty or plain-text body): retry with backoff.
     #[error("temporary API error: {}", describe(.0))]
     Transient(ApiError),
     /// 429 or `Throttling*`: retry no sooner than `retry_after`.
@@ -169,6 +171,13 @@ impl FlinkError {
             FlinkError::Network(message) => message.clone(),
             other => other.api_error().and_then(|error| error.message.clone()).unwrap_or_else(|| other.to_string()),
         }
+    }
+
+    /// Whether the API answered this: `false` for network failures and for errors raised here
+    /// before any request was sent (an unknown region, a value no header or path can carry, no
+    /// credentials). Only an answer says anything about whether the API accepts us.
+    pub fn answered(&self) -> bool {
+        self.api_error().is_some_and(|error| error.http_status.is_some())
     }
 
     /// The request ID of the answer, if any.
@@ -436,13 +445,7 @@ impl FlinkClient {
         );
         let mut header_map = HeaderMap::with_capacity(headers.len() + 1);
         for (name, value) in headers.iter().chain([&("authorization", signed.authorization.as_str())]) {
-            let mut value = HeaderValue::from_str(value).map_err(|_| {
-                FlinkError::Ticket(ApiError {
-                    code: Some("InvalidTicket".to_owned()),
-                    message: Some(format!("the {name} header value is not valid in HTTP")),
-                    ..ApiError::default()
-                })
-            })?;
+            let mut value = HeaderValue::from_str(value).map_err(|_| unsendable_header(name))?;
             if matches!(*name, "authorization" | "x-acs-security-token") {
                 value.set_sensitive(true);
             }
@@ -525,6 +528,26 @@ fn credentials_unavailable(error: &CredentialError) -> FlinkError {
     })
 }
 
+/// A header value HTTP cannot carry. The credential headers (the AccessKey ID is in
+/// `authorization` too) are about us: a credentials error, which pauses polling instead of failing
+/// tickets. The others carry the ticket's own values (its workspace). The value is never shown.
+fn unsendable_header(name: &str) -> FlinkError {
+    let message = format!("the {name} header value is not valid in HTTP");
+    if matches!(name, "authorization" | "x-acs-accesskey-id" | "x-acs-security-token") {
+        FlinkError::Credentials(ApiError {
+            code: Some("CredentialsUnusable".to_owned()),
+            message: Some(format!("{message}: the credentials hold characters a header cannot carry")),
+            ..ApiError::default()
+        })
+    } else {
+        FlinkError::Ticket(ApiError {
+            code: Some("InvalidTicket".to_owned()),
+            message: Some(message),
+            ..ApiError::default()
+        })
+    }
+}
+
 /// Encodes one path parameter, refusing the dot segments that URL normalisation would resolve
 /// into another path.
 pub fn path_parameter(value: &str) -> Result<String, FlinkError> {
@@ -566,23 +589,27 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > cap {
-                    return Err(FlinkError::Decode(ApiError {
+                    let error = ApiError {
                         http_status: Some(status),
                         code: None,
                         message: Some(format!("response body larger than {cap} bytes")),
                         request_id: None,
-                    }));
+                    };
+                    // Only a 2xx answer is the API's own; an oversized error page is a proxy's.
+                    return Err(if (200..300).contains(&status) {
+                        FlinkError::Decode(error)
+                    } else {
+                        FlinkError::Transient(error)
+                    });
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
             Err(error) => {
-                return Err(FlinkError::Decode(ApiError {
-                    http_status: Some(status),
-                    code: None,
-                    message: Some(format!("response body cut short: {}", crate::transport::describe(&error))),
-                    request_id: None,
-                }));
+                return Err(FlinkError::Network(format!(
+                    "response body cut short (HTTP {status}): {}",
+                    crate::transport::describe(&error)
+                )));
             }
         }
     }

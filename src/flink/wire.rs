@@ -31,10 +31,13 @@ pub fn parse_reply(http_status: u16, retry_after: Option<Duration>, body: &[u8])
             message: Some(describe_unparsable(body)),
             request_id: None,
         };
-        // A body we cannot read is transient whatever the status: proxies answer with HTML.
-        return Err(match classify_status_only(http_status) {
-            ErrorClass::RateLimited => FlinkError::RateLimited { error, retry_after },
-            _ => FlinkError::Decode(error),
+        // An error status with a body we cannot read comes from a proxy or gateway in the way
+        // (HTML, empty, plain text): transient whatever the status. An unreadable 2xx answer is
+        // the API itself saying something we do not understand.
+        return Err(match http_status {
+            429 => FlinkError::RateLimited { error, retry_after },
+            200..=299 => FlinkError::Decode(error),
+            _ => FlinkError::Transient(error),
         });
     };
 
@@ -82,12 +85,14 @@ pub fn retry_after(acs_retry_after_ms: Option<&str>, retry_after_secs: Option<&s
     from_ms.or(from_secs)
 }
 
-/// Classifies an API error by its code, falling back to the HTTP status only when there is no
-/// code (Alibaba's own tables disagree on statuses).
+/// Classifies an API error as `flink-api.md`'s table says: by its code, falling back to the
+/// HTTP status only for codes the table does not name (Alibaba's own tables disagree on
+/// statuses). Only an error that names the ticket fails it; every other refusal is about our
+/// configuration, credentials or access, and pauses polling instead.
 pub fn classify(error: ApiError, retry_after: Option<Duration>) -> FlinkError {
-    let class = match error.code.as_deref() {
-        Some(code) => classify_code(code, error.message.as_deref())
-            .unwrap_or_else(|| classify_status_only(error.http_status.unwrap_or(0))),
+    let class = match error.code.as_deref().and_then(classify_code) {
+        Some(class) => class,
+        None if names_the_ticket(&error) => ErrorClass::Ticket,
         None => classify_status_only(error.http_status.unwrap_or(0)),
     };
     match class {
@@ -100,8 +105,8 @@ pub fn classify(error: ApiError, retry_after: Option<Duration>) -> FlinkError {
     }
 }
 
-/// The class of a known code; `None` for codes the table does not name.
-fn classify_code(code: &str, message: Option<&str>) -> Option<ErrorClass> {
+/// The class of a code the table names; `None` for the others.
+fn classify_code(code: &str) -> Option<ErrorClass> {
     let class = match code {
         "Throttling" | "Throttling.User" | "Throttling.Api" => ErrorClass::RateLimited,
         code if code.starts_with("Throttling") => ErrorClass::RateLimited,
@@ -113,21 +118,30 @@ fn classify_code(code: &str, message: Option<&str>) -> Option<ErrorClass> {
             ErrorClass::Config
         }
         code if code.starts_with("InvalidTimeStamp") || code.starts_with("Missing") => ErrorClass::Config,
+        // A poll's parameters are the namespace, the ticket and the workspace; an error that does
+        // not name the ticket (checked by the caller) is about the request we build.
+        code if code.starts_with("InvalidParameter") => ErrorClass::Config,
         "NoPermission" => ErrorClass::AccessDenied,
         code if code.starts_with("Forbidden") => ErrorClass::AccessDenied,
-        // A poll's only parameters are the namespace, the ticket and the workspace, so a
-        // parameter or not-found error is about this ticket.
-        code if code.starts_with("InvalidParameter") || code.ends_with("NotFound") => ErrorClass::Ticket,
-        _ if message.is_some_and(|message| message.to_ascii_lowercase().contains("ticket")) => ErrorClass::Ticket,
         _ => return None,
     };
     Some(class)
 }
 
+/// Whether the error is about the ticket itself: its code or its message names the ticket
+/// (`TicketNotFound`, "the ticket ... does not exist").
+fn names_the_ticket(error: &ApiError) -> bool {
+    let mentions = |text: &str| text.to_ascii_lowercase().contains("ticket");
+    error.code.as_deref().is_some_and(mentions) || error.message.as_deref().is_some_and(mentions)
+}
+
+/// The class of an answer without a code the table names: 429 is throttling, a 404 that does
+/// not name the ticket means the request went to the wrong place (configuration), and anything
+/// else is retried.
 fn classify_status_only(http_status: u16) -> ErrorClass {
     match http_status {
         429 => ErrorClass::RateLimited,
-        404 => ErrorClass::Ticket,
+        404 => ErrorClass::Config,
         _ => ErrorClass::Transient,
     }
 }
@@ -271,7 +285,8 @@ mod tests {
             ("InvalidAction.NotFound", "Config"),
             ("Forbidden.RAM", "AccessDenied"),
             ("NoPermission", "AccessDenied"),
-            ("InvalidParameter", "Ticket"),
+            ("InvalidParameter", "Config"),
+            ("InvalidParameter.TicketId", "Config"),
             ("TicketNotFound", "Ticket"),
             ("SomethingNew", "Transient"),
         ];
@@ -280,27 +295,60 @@ mod tests {
                 ApiError { http_status: Some(400), code: Some(code.to_owned()), message: None, request_id: None },
                 None,
             );
-            let got = match error {
-                FlinkError::Transient(_) => "Transient",
-                FlinkError::RateLimited { .. } => "RateLimited",
-                FlinkError::Credentials(_) => "Credentials",
-                FlinkError::Config(_) => "Config",
-                FlinkError::AccessDenied(_) => "AccessDenied",
-                FlinkError::Ticket(_) => "Ticket",
-                FlinkError::Decode(_) | FlinkError::Network(_) => "other",
-            };
-            assert_eq!(got, expected, "code {code}");
+            assert_eq!(class_name(&error), expected, "code {code}");
         }
     }
 
     #[test]
-    fn unparsable_bodies_are_decode_errors_and_429_is_throttling() {
+    fn only_an_error_naming_the_ticket_fails_it() {
+        let error = |http_status, code: Option<&str>, message: Option<&str>| {
+            class_name(&classify(
+                ApiError {
+                    http_status: Some(http_status),
+                    code: code.map(str::to_owned),
+                    message: message.map(str::to_owned),
+                    request_id: None,
+                },
+                None,
+            ))
+        };
+        assert_eq!(error(404, Some("TicketNotFound"), None), "Ticket");
+        assert_eq!(error(400, Some("SomethingNew"), Some("The ticket t-1 does not exist.")), "Ticket");
+        assert_eq!(error(400, Some("InvalidParameter"), Some("The ticket id is invalid.")), "Config", "the table wins");
+        assert_eq!(error(404, Some("NamespaceNotFound"), Some("namespace ns not found")), "Config");
+        assert_eq!(error(404, None, None), "Config", "a 404 that names nothing is a wrong endpoint or path");
+        assert_eq!(error(404, Some("Forbidden.RAM"), Some("ticket")), "AccessDenied");
+    }
+
+    fn class_name(error: &FlinkError) -> &'static str {
+        match error {
+            FlinkError::Transient(_) => "Transient",
+            FlinkError::RateLimited { .. } => "RateLimited",
+            FlinkError::Credentials(_) => "Credentials",
+            FlinkError::Config(_) => "Config",
+            FlinkError::AccessDenied(_) => "AccessDenied",
+            FlinkError::Ticket(_) => "Ticket",
+            FlinkError::Decode(_) => "Decode",
+            FlinkError::Network(_) => "Network",
+        }
+    }
+
+    #[test]
+    fn unreadable_error_answers_are_transient_and_unreadable_2xx_answers_are_decode_errors() {
         assert!(matches!(reply(200, "<html>bad gateway</html>"), Err(FlinkError::Decode(_))));
         assert!(matches!(reply(200, r#"{"success":tr"#), Err(FlinkError::Decode(_))));
-        assert!(matches!(reply(502, ""), Err(FlinkError::Decode(_))));
-        assert!(matches!(reply(429, "slow down"), Err(FlinkError::RateLimited { .. })));
-        assert!(matches!(reply(404, r#"{"success":false}"#), Err(FlinkError::Ticket(_))));
         assert!(matches!(reply(200, "[1,2]"), Err(FlinkError::Decode(_))));
+        for (status, body) in
+            [(502, "<html>bad gateway</html>"), (503, ""), (504, "Gateway Timeout"), (408, ""), (404, "<html>")]
+        {
+            assert!(matches!(reply(status, body), Err(FlinkError::Transient(_))), "{status} {body:?}");
+        }
+        assert!(matches!(reply(429, "slow down"), Err(FlinkError::RateLimited { .. })));
+        assert!(matches!(reply(404, r#"{"success":false}"#), Err(FlinkError::Config(_))));
+        assert!(matches!(
+            reply(404, r#"{"success":false,"errorMessage":"ticket t-1 not found"}"#),
+            Err(FlinkError::Ticket(_))
+        ));
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub struct LoggedRequest {
     pub finished_at: DateTime<Utc>,
     /// A short label of the answer: the ticket status (`"INIT"`, `"FINISHED"`, …) for a poll,
     /// `"submitted"` for a deploy, `"throttled"` for `Throttling*` error steps, `"error <Code>"`
-    /// for other error steps, `"not found"`, `"http <status>"` for HTML pages, `"truncated"`,
+    /// for other error steps, `"not found"`, `"http <status>"` for HTML pages, `"text <status>"` for
+    /// plain-text answers, `"truncated"`,
     /// `"garbage"`, `"dropped"`, `"signature mismatch"`, `"rejected <Code>"` for every other
     /// gateway check, and `"unknown api"` for paths or actions the API does not have.
     pub answer: String,
@@ -472,6 +473,10 @@ fn play(
         Step::Html { http_status, .. } => {
             entry.answer = format!("http {http_status}");
             answer::html_page(stamp, *http_status)
+        }
+        Step::Text { text, http_status, .. } => {
+            entry.answer = format!("text {http_status}");
+            answer::bytes_response(stamp, *http_status, "text/plain", Bytes::from(text.clone()))
         }
         Step::Truncated { .. } => {
             entry.answer = "truncated".to_owned();

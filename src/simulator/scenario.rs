@@ -64,6 +64,15 @@ pub enum Step {
         /// Milliseconds to wait before answering.
         delay_ms: u64,
     },
+    /// A plain-text answer, as a load balancer or proxy sends it (`body = "..."`, possibly empty).
+    Text {
+        /// The body, sent as `text/plain`.
+        text: String,
+        /// HTTP status, 503 by default.
+        http_status: u16,
+        /// Milliseconds to wait before answering.
+        delay_ms: u64,
+    },
     /// A success envelope cut in the middle, with a matching `Content-Length` (`truncated = true`).
     Truncated {
         /// Milliseconds to wait before answering.
@@ -279,6 +288,7 @@ impl Step {
             | Step::Error(ErrorStep { delay_ms, .. })
             | Step::NotFound { delay_ms, .. }
             | Step::Html { delay_ms, .. }
+            | Step::Text { delay_ms, .. }
             | Step::Truncated { delay_ms }
             | Step::Drop { delay_ms }
             | Step::Garbage { delay_ms, .. } => *delay_ms = delay,
@@ -293,6 +303,7 @@ impl Step {
             | Step::Error(ErrorStep { delay_ms, .. })
             | Step::NotFound { delay_ms, .. }
             | Step::Html { delay_ms, .. }
+            | Step::Text { delay_ms, .. }
             | Step::Truncated { delay_ms }
             | Step::Drop { delay_ms }
             | Step::Garbage { delay_ms, .. } => *delay_ms,
@@ -439,6 +450,8 @@ struct RawStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     html: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     truncated: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     drop: Option<bool>,
@@ -465,6 +478,7 @@ impl RawStep {
             ("shape", self.shape.is_some()),
             ("not_found", self.not_found.is_some()),
             ("html", self.html.is_some()),
+            ("body", self.body.is_some()),
             ("truncated", self.truncated.is_some()),
             ("drop", self.drop.is_some()),
             ("garbage_bytes", self.garbage_bytes.is_some()),
@@ -473,7 +487,7 @@ impl RawStep {
     }
 }
 
-const KINDS: &str = "status, error, not_found, html, truncated, drop or garbage_bytes";
+const KINDS: &str = "status, error, not_found, html, body, truncated, drop or garbage_bytes";
 
 impl TryFrom<RawStep> for Step {
     type Error = String;
@@ -484,6 +498,7 @@ impl TryFrom<RawStep> for Step {
             ("error", raw.error.is_some()),
             ("not_found", raw.not_found.is_some()),
             ("html", raw.html.is_some()),
+            ("body", raw.body.is_some()),
             ("truncated", raw.truncated.is_some()),
             ("drop", raw.drop.is_some()),
             ("garbage_bytes", raw.garbage_bytes.is_some()),
@@ -504,6 +519,7 @@ impl TryFrom<RawStep> for Step {
             "error" => &["error", "http_status", "message", "retry_after_ms", "shape"],
             "not_found" => &["not_found", "message"],
             "html" => &["html", "http_status"],
+            "body" => &["body", "http_status"],
             "garbage_bytes" => &["garbage_bytes", "http_status"],
             _ => &[kind],
         };
@@ -559,6 +575,9 @@ impl TryFrom<RawStep> for Step {
                 flag(raw.html)?;
                 Step::Html { http_status: http_status(502)?, delay_ms }
             }
+            "body" => {
+                Step::Text { text: raw.body.clone().unwrap_or_default(), http_status: http_status(503)?, delay_ms }
+            }
             "truncated" => {
                 flag(raw.truncated)?;
                 Step::Truncated { delay_ms }
@@ -601,6 +620,10 @@ impl From<Step> for RawStep {
             Step::Html { http_status, .. } => {
                 raw.html = Some(true);
                 raw.http_status = (http_status != 502).then_some(http_status);
+            }
+            Step::Text { text, http_status, .. } => {
+                raw.body = Some(text);
+                raw.http_status = (http_status != 503).then_some(http_status);
             }
             Step::Truncated { .. } => raw.truncated = Some(true),
             Step::Drop { .. } => raw.drop = Some(true),
@@ -647,6 +670,7 @@ mod tests {
             steps = [
                 { drop = true }, { garbage_bytes = 10, http_status = 500 }, { html = true }, { truncated = true },
                 { not_found = true }, { error = "InternalError", shape = "service" },
+                { body = "" }, { body = "Gateway Timeout", http_status = 504 },
             ]
             "#,
         )
@@ -670,6 +694,8 @@ mod tests {
         assert_eq!(draft_steps[0], Step::Drop { delay_ms: 0 });
         assert_eq!(draft_steps[1], Step::Garbage { bytes: 10, http_status: 500, delay_ms: 0 });
         assert_eq!(draft_steps[2], Step::Html { http_status: 502, delay_ms: 0 });
+        assert_eq!(draft_steps[6], Step::Text { text: String::new(), http_status: 503, delay_ms: 0 });
+        assert_eq!(draft_steps[7], Step::Text { text: "Gateway Timeout".to_owned(), http_status: 504, delay_ms: 0 });
         assert!(scenario.steps_for_draft("draft-other").is_none());
     }
 

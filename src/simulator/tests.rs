@@ -228,23 +228,31 @@ async fn a_dropped_connection_is_a_network_error() {
 }
 
 #[tokio::test]
-async fn truncated_html_and_oversized_answers_are_decode_errors() {
+async fn truncated_and_oversized_2xx_answers_are_decode_errors_and_error_pages_are_transient() {
     let running = start(Scenario::default()).await;
     running.simulator.set_script(
         "t-junk",
-        steps(json!([{"truncated": true}, {"html": true}, {"garbage_bytes": 5_000_000}, {"status": "EXECUTING"}])),
+        steps(json!([
+            {"truncated": true}, {"html": true}, {"garbage_bytes": 5_000_000}, {"body": ""},
+            {"body": "Gateway Timeout", "http_status": 504}, {"status": "EXECUTING"}
+        ])),
     );
     let flink = default_client(&running.simulator);
     let truncated = poll(&flink, "t-junk").await.expect_err("truncated");
     assert!(matches!(&truncated, FlinkError::Decode(api) if api.http_status == Some(200)), "{truncated:?}");
     let html = poll(&flink, "t-junk").await.expect_err("html");
-    assert!(matches!(&html, FlinkError::Decode(api) if api.http_status == Some(502)), "{html:?}");
+    assert!(matches!(&html, FlinkError::Transient(api) if api.http_status == Some(502)), "{html:?}");
     assert!(html.message().contains("Bad Gateway"), "{html:?}");
     let huge = poll(&flink, "t-junk").await.expect_err("too large");
     assert!(matches!(&huge, FlinkError::Decode(_)) && huge.message().contains("larger than"), "{huge:?}");
+    let empty = poll(&flink, "t-junk").await.expect_err("empty 503");
+    assert!(matches!(&empty, FlinkError::Transient(api) if api.http_status == Some(503)), "{empty:?}");
+    let text = poll(&flink, "t-junk").await.expect_err("plain-text 504");
+    assert!(matches!(&text, FlinkError::Transient(api) if api.http_status == Some(504)), "{text:?}");
+    assert!(text.message().contains("Gateway Timeout"), "{text:?}");
     assert_eq!(status_of(&poll(&flink, "t-junk").await.expect("then a real answer")), "EXECUTING");
     let answers: Vec<String> = running.simulator.requests().into_iter().map(|entry| entry.answer).collect();
-    assert_eq!(answers, ["truncated", "http 502", "garbage", "EXECUTING"]);
+    assert_eq!(answers, ["truncated", "http 502", "garbage", "text 503", "text 504", "EXECUTING"]);
 }
 
 #[tokio::test]

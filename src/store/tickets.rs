@@ -281,6 +281,30 @@ impl Store {
         }
     }
 
+    /// Moves the lease `lease` holds on row `id` to `now + lease_for` (with `next_poll_at`, as a
+    /// claim sets it), for a poll still running. Returns `false` (and writes nothing) when the
+    /// lease is no longer ours or the ticket is no longer pending.
+    pub async fn extend_ticket_lease(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: DateTime<Utc>,
+        lease_for: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        let updated = sqlx::query(
+            "UPDATE tickets SET lease_until = ?1, next_poll_at = ?1
+             WHERE id = ?2 AND lease_owner = ?3 AND state = 'pending'",
+        )
+        .bind(&until)
+        .bind(id)
+        .bind(&lease.0)
+        .execute(&self.writer)
+        .await?
+        .rows_affected();
+        Ok(updated == 1)
+    }
+
     /// Records a poll that did not end the ticket and releases the lease. Returns `false` (and
     /// writes nothing) when the lease is no longer ours or the ticket is no longer pending.
     pub async fn record_progress(
@@ -321,11 +345,14 @@ impl Store {
     }
 
     /// Moves every pending, unclaimed ticket of `workspace` due before `until` to `until`.
+    /// A ticket whose deadline comes first is moved to its deadline instead, so that it expires
+    /// on time.
     pub async fn postpone_workspace(&self, workspace: &str, until: DateTime<Utc>) -> Result<u64, sqlx::Error> {
         let until = at(until);
         Ok(sqlx::query(
-            "UPDATE tickets SET next_poll_at = ?1
-             WHERE state = 'pending' AND workspace = ?2 AND lease_owner IS NULL AND next_poll_at < ?1",
+            "UPDATE tickets SET next_poll_at = min(?1, coalesce(deadline_at, ?1))
+             WHERE state = 'pending' AND workspace = ?2 AND lease_owner IS NULL
+               AND next_poll_at < min(?1, coalesce(deadline_at, ?1))",
         )
         .bind(&until)
         .bind(workspace)

@@ -16,9 +16,10 @@ use flink_ticketd::clock::{Clock, ManualClock, format_instant, parse_instant};
 use crate::harness::{TestEnv, eventually, eventually_within, outside_connection, quote};
 
 #[tokio::test]
-async fn a_poll_whose_lease_lapsed_cannot_overwrite_the_result_of_a_later_claim() {
-    // The first answer takes longer than the lease, so the ticket is claimed again and finished
-    // while the first poll is still in flight; the first poll's result must then be dropped.
+async fn a_poll_whose_lease_was_taken_back_cannot_overwrite_the_result_of_a_later_claim() {
+    // While the first (slow) poll is in flight, its lease is taken back from outside (as by a
+    // process handing leases back), so the ticket is claimed again and finished meanwhile; the
+    // first poll's result must then be dropped, and its lease extensions write nothing.
     let env = TestEnv::new(
         r#"
         [[tickets]]
@@ -29,6 +30,19 @@ async fn a_poll_whose_lease_lapsed_cannot_overwrite_the_result_of_a_later_claim(
     .await;
     let daemon = env.spawn_daemon(|config| config.poll.lease = Duration::from_millis(300)).await;
     env.insert("t-slow", "ns", "ws").await;
+    let store = env.store().await;
+    eventually("the first poll to hold the lease", || async {
+        let rows = store.find_tickets("t-slow", None, None).await.expect("tickets are read");
+        rows.into_iter().find(|row| row.lease_owner.is_some())
+    })
+    .await;
+    store.close().await;
+    env.execute_sql(
+        "UPDATE tickets SET lease_owner = NULL, lease_until = NULL,
+                            next_poll_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE ticket_id = 't-slow'",
+    )
+    .await;
     eventually("both polls to be answered", || async { (env.sim.requests().len() == 2).then_some(()) }).await;
     // Graceful shutdown waits for the first poll's write to be attempted.
     daemon.stop().await.expect("clean shutdown");

@@ -316,7 +316,7 @@ async fn raw_http_server(response: Vec<u8>) -> String {
 }
 
 #[tokio::test]
-async fn bodies_past_the_cap_are_not_read_and_fail_the_ticket_after_bounded_retries() {
+async fn bodies_past_the_cap_are_not_read_and_never_fail_the_ticket() {
     // The simulator streams 1 GiB per answer; reading one to the end would take longer than the
     // request timeout, so only the cap explains the recorded message.
     let env = TestEnv::new(
@@ -327,17 +327,16 @@ async fn bodies_past_the_cap_are_not_read_and_fail_the_ticket_after_bounded_retr
         "#,
     )
     .await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let daemon = env.spawn_daemon(|config| config.poll.deadline = Duration::from_secs(2)).await;
     env.insert("t-huge", "ns", "ws").await;
     let ticket = env.wait_final("t-huge").await;
-    assert_eq!(ticket.state, "failed");
+    assert_eq!(ticket.state, "expired", "an answer we cannot read is not the ticket's failure");
     assert_eq!(ticket.error_code.as_deref(), Some("InvalidResponse"));
     assert!(
         ticket.error_message.as_deref().unwrap_or_default().contains("response body larger than 1048576 bytes"),
         "{:?}",
         ticket.error_message
     );
-    assert_eq!(ticket.polls, flink_ticketd::poller::MAX_DECODE_ERRORS);
     daemon.stop().await.expect("clean shutdown");
 }
 

@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod ops;
+mod pauses;
 mod polling;
 mod schema;
 mod security;

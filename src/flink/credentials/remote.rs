@@ -134,7 +134,7 @@ pub(super) async fn assume_role_with_oidc(
     let answer: StsAnswer = serde_json::from_slice(&body)
         .map_err(|_| format!("STS answered HTTP {} with a body that is not the expected JSON", status.as_u16()))?;
     match answer.credentials {
-        Some(credentials) if status.is_success() => temporary(credentials, "STS"),
+        Some(credentials) if status.is_success() => temporary(&credentials, "STS"),
         _ => Err(format!(
             "STS refused AssumeRoleWithOIDC: HTTP {}{}{}{}",
             status.as_u16(),
@@ -261,23 +261,27 @@ impl CredentialsAnswer {
             return Err(format!("{from} answered Code {code:?}"));
         }
         match self.credentials {
-            Some(credentials) => temporary(credentials, from),
+            Some(credentials) => temporary(&credentials, from),
             None => Err(format!("{from} answered without AccessKeyId, AccessKeySecret, SecurityToken and Expiration")),
         }
     }
 }
 
-fn temporary(credentials: TemporaryCredentials, from: &str) -> Result<Fetched, String> {
+fn temporary(credentials: &TemporaryCredentials, from: &str) -> Result<Fetched, String> {
     let expires_at = crate::clock::parse_instant(credentials.expiration.trim())
         .ok_or_else(|| format!("{from} gave an Expiration that is not an RFC 3339 time"))?;
-    if credentials.access_key_id.trim().is_empty() || credentials.access_key_secret.is_empty() {
+    // Values read from a file or a web answer often end in a newline; a header cannot carry one
+    // and a signature made with one is refused, so every part is trimmed.
+    let secret = credentials.access_key_secret.trim();
+    let token = credentials.security_token.trim();
+    if credentials.access_key_id.trim().is_empty() || secret.is_empty() {
         return Err(format!("{from} gave an empty AccessKeyId or AccessKeySecret"));
     }
     Ok(Fetched {
         credentials: Credentials {
             access_key_id: credentials.access_key_id.trim().to_owned(),
-            access_key_secret: SecretString::from(credentials.access_key_secret),
-            security_token: Some(SecretString::from(credentials.security_token)),
+            access_key_secret: SecretString::from(secret.to_owned()),
+            security_token: Some(SecretString::from(token.to_owned())),
         },
         expires_at,
     })

@@ -478,6 +478,40 @@ async fn ecs_without_a_session_token_falls_back_unless_imdsv1_is_disabled() {
     assert_eq!(metadata.count(), 3, "no request without a token was made");
 }
 
+#[tokio::test]
+async fn secrets_and_tokens_from_sts_and_the_metadata_service_are_trimmed() {
+    let expires = start_time() + chrono::Duration::hours(1);
+    let padded = |key: &str| {
+        serde_json::json!({
+            "AccessKeyId": format!(" {key}\n"),
+            "AccessKeySecret": format!("{key}-secret\n"),
+            "SecurityToken": format!("\t{key}-token\r\n"),
+            "Expiration": expiring(expires),
+            "Code": "Success",
+        })
+    };
+    let sts_body = serde_json::json!({"RequestId": "r", "Credentials": padded("STS.sts")}).to_string();
+    let sts = Fake::start(move |_| (StatusCode::OK, sts_body.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let from_sts = get(&provider(plan(None, &oidc_env(&sts, &dir)).unwrap(), &clock())).await.unwrap();
+
+    let metadata_body = padded("STS.ecs").to_string();
+    let metadata = Fake::start(move |seen| match seen.method.as_str() {
+        "PUT" => (StatusCode::OK, "session-token".to_owned()),
+        _ => (StatusCode::OK, metadata_body.clone()),
+    })
+    .await;
+    let mut env = env_with(&[("ALIBABA_CLOUD_ECS_METADATA", "role")]);
+    env.metadata_endpoint = Some(metadata.base.clone());
+    let from_metadata = get(&provider(plan(None, &env).unwrap(), &clock())).await.unwrap();
+
+    for (credentials, key) in [(from_sts, "STS.sts"), (from_metadata, "STS.ecs")] {
+        assert_eq!(credentials.access_key_id, key);
+        assert_eq!(credentials.access_key_secret.expose_secret(), format!("{key}-secret"));
+        assert_eq!(credentials.security_token.as_ref().unwrap().expose_secret(), format!("{key}-token"));
+    }
+}
+
 /// A loopback address where nothing listens: connections are refused at once.
 async fn closed_port() -> Url {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
