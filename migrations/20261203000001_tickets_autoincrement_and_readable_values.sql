@@ -53,8 +53,8 @@ CREATE TABLE tickets_rebuilt (
     deadline_at       TEXT
                       CONSTRAINT deadline_at_must_be_a_real_time
                       CHECK (deadline_at IS NULL OR (typeof(deadline_at) = 'text' AND deadline_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(deadline_at, 1, 10))) = substr(deadline_at, 1, 10)
-                             AND substr(deadline_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', deadline_at) IS NOT NULL)),
+                             AND (substr(deadline_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(deadline_at, 1, 10))) = substr(deadline_at, 1, 10))
+                             AND substr(deadline_at, 12, 2) <> '24' AND julianday(deadline_at) IS NOT NULL)),
 
     -- What the daemon fills.
     state             TEXT NOT NULL DEFAULT 'pending'
@@ -80,23 +80,23 @@ CREATE TABLE tickets_rebuilt (
     created_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
                       CONSTRAINT created_at_must_be_a_real_time
                       CHECK (typeof(created_at) = 'text' AND created_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(created_at, 1, 10))) = substr(created_at, 1, 10)
-                             AND substr(created_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', created_at) IS NOT NULL),
+                             AND (substr(created_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(created_at, 1, 10))) = substr(created_at, 1, 10))
+                             AND substr(created_at, 12, 2) <> '24' AND julianday(created_at) IS NOT NULL),
     updated_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
                       CONSTRAINT updated_at_must_be_a_real_time
                       CHECK (typeof(updated_at) = 'text' AND updated_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(updated_at, 1, 10))) = substr(updated_at, 1, 10)
-                             AND substr(updated_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', updated_at) IS NOT NULL),
+                             AND (substr(updated_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(updated_at, 1, 10))) = substr(updated_at, 1, 10))
+                             AND substr(updated_at, 12, 2) <> '24' AND julianday(updated_at) IS NOT NULL),
     next_poll_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
                       CONSTRAINT next_poll_at_must_be_a_real_time
                       CHECK (typeof(next_poll_at) = 'text' AND next_poll_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(next_poll_at, 1, 10))) = substr(next_poll_at, 1, 10)
-                             AND substr(next_poll_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', next_poll_at) IS NOT NULL),
+                             AND (substr(next_poll_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(next_poll_at, 1, 10))) = substr(next_poll_at, 1, 10))
+                             AND substr(next_poll_at, 12, 2) <> '24' AND julianday(next_poll_at) IS NOT NULL),
     finished_at       TEXT
                       CONSTRAINT finished_at_must_be_a_real_time
                       CHECK (finished_at IS NULL OR (typeof(finished_at) = 'text' AND finished_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(finished_at, 1, 10))) = substr(finished_at, 1, 10)
-                             AND substr(finished_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', finished_at) IS NOT NULL)),
+                             AND (substr(finished_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(finished_at, 1, 10))) = substr(finished_at, 1, 10))
+                             AND substr(finished_at, 12, 2) <> '24' AND julianday(finished_at) IS NOT NULL)),
 
     -- Scheduling state. `running_streak` counts consecutive "still running" answers and
     -- `error_streak` consecutive failed calls; the next delay is computed from them, so a restart
@@ -113,8 +113,8 @@ CREATE TABLE tickets_rebuilt (
     lease_until       TEXT
                       CONSTRAINT lease_until_must_be_a_real_time
                       CHECK (lease_until IS NULL OR (typeof(lease_until) = 'text' AND lease_until GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10)
-                             AND substr(lease_until, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', lease_until) IS NOT NULL)),
+                             AND (substr(lease_until, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10))
+                             AND substr(lease_until, 12, 2) <> '24' AND julianday(lease_until) IS NOT NULL)),
 
     UNIQUE (workspace, namespace, ticket_id)
 );
@@ -128,8 +128,8 @@ SELECT
     CASE WHEN (region IS NULL OR region IN ('cn-qingdao', 'cn-shenzhen', 'cn-wulanchabu', 'cn-beijing', 'ap-northeast-1', 'cn-chengdu', 'cn-shanghai', 'cn-hongkong', 'ap-southeast-1', 'ap-southeast-3', 'ap-southeast-5', 'cn-zhangjiakou', 'cn-hangzhou', 'us-west-1', 'us-east-1', 'eu-central-1', 'eu-west-1', 'cn-shanghai-finance-1')) THEN region END,
     CASE WHEN (webhook_url IS NULL OR lower(webhook_url) GLOB 'http://?*' OR lower(webhook_url) GLOB 'https://?*') THEN webhook_url END,
     CASE WHEN (deadline_at IS NULL OR (typeof(deadline_at) = 'text' AND deadline_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(deadline_at, 1, 10))) = substr(deadline_at, 1, 10)
-                             AND substr(deadline_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', deadline_at) IS NOT NULL)) THEN strftime('%Y-%m-%dT%H:%M:%fZ', deadline_at) ELSE NULL END,
+                             AND (substr(deadline_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(deadline_at, 1, 10))) = substr(deadline_at, 1, 10))
+                             AND substr(deadline_at, 12, 2) <> '24' AND julianday(deadline_at) IS NOT NULL)) THEN strftime('%Y-%m-%dT%H:%M:%fZ', deadline_at) ELSE NULL END,
     CASE WHEN problem IS NOT NULL AND state = 'pending' THEN 'failed' ELSE state END,
     CASE WHEN typeof(ticket_status) IN ('text', 'null') THEN ticket_status ELSE CAST(ticket_status AS TEXT) END,
     CASE WHEN typeof(deployment_id) IN ('text', 'null') THEN deployment_id ELSE CAST(deployment_id AS TEXT) END,
@@ -143,48 +143,48 @@ SELECT
     CASE WHEN typeof(request_id) IN ('text', 'null') THEN request_id ELSE CAST(request_id AS TEXT) END,
     CASE WHEN typeof(webhook_note) IN ('text', 'null') THEN webhook_note ELSE CAST(webhook_note AS TEXT) END,
     CASE WHEN (typeof(created_at) = 'text' AND created_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(created_at, 1, 10))) = substr(created_at, 1, 10)
-                             AND substr(created_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', created_at) IS NOT NULL) THEN strftime('%Y-%m-%dT%H:%M:%fZ', created_at) ELSE now_at END,
+                             AND (substr(created_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(created_at, 1, 10))) = substr(created_at, 1, 10))
+                             AND substr(created_at, 12, 2) <> '24' AND julianday(created_at) IS NOT NULL) THEN strftime('%Y-%m-%dT%H:%M:%fZ', created_at) ELSE now_at END,
     CASE WHEN (typeof(updated_at) = 'text' AND updated_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(updated_at, 1, 10))) = substr(updated_at, 1, 10)
-                             AND substr(updated_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', updated_at) IS NOT NULL) THEN strftime('%Y-%m-%dT%H:%M:%fZ', updated_at) ELSE now_at END,
+                             AND (substr(updated_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(updated_at, 1, 10))) = substr(updated_at, 1, 10))
+                             AND substr(updated_at, 12, 2) <> '24' AND julianday(updated_at) IS NOT NULL) THEN strftime('%Y-%m-%dT%H:%M:%fZ', updated_at) ELSE now_at END,
     CASE WHEN (typeof(next_poll_at) = 'text' AND next_poll_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(next_poll_at, 1, 10))) = substr(next_poll_at, 1, 10)
-                             AND substr(next_poll_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', next_poll_at) IS NOT NULL) THEN strftime('%Y-%m-%dT%H:%M:%fZ', next_poll_at) ELSE now_at END,
+                             AND (substr(next_poll_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(next_poll_at, 1, 10))) = substr(next_poll_at, 1, 10))
+                             AND substr(next_poll_at, 12, 2) <> '24' AND julianday(next_poll_at) IS NOT NULL) THEN strftime('%Y-%m-%dT%H:%M:%fZ', next_poll_at) ELSE now_at END,
     CASE WHEN problem IS NOT NULL AND state = 'pending' THEN now_at ELSE CASE WHEN (finished_at IS NULL OR (typeof(finished_at) = 'text' AND finished_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(finished_at, 1, 10))) = substr(finished_at, 1, 10)
-                             AND substr(finished_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', finished_at) IS NOT NULL)) THEN strftime('%Y-%m-%dT%H:%M:%fZ', finished_at) ELSE NULL END END,
+                             AND (substr(finished_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(finished_at, 1, 10))) = substr(finished_at, 1, 10))
+                             AND substr(finished_at, 12, 2) <> '24' AND julianday(finished_at) IS NOT NULL)) THEN strftime('%Y-%m-%dT%H:%M:%fZ', finished_at) ELSE NULL END END,
     CASE WHEN typeof(running_streak) = 'integer' AND running_streak >= 0 THEN running_streak ELSE 0 END,
     CASE WHEN typeof(error_streak) = 'integer' AND error_streak >= 0 THEN error_streak ELSE 0 END,
     CASE WHEN typeof(retries) = 'integer' AND retries >= 0 THEN retries ELSE 0 END,
     CASE WHEN problem IS NOT NULL OR NOT (lease_until IS NULL OR (typeof(lease_until) = 'text' AND lease_until GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10)
-                             AND substr(lease_until, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', lease_until) IS NOT NULL)) OR typeof(lease_owner) NOT IN ('text', 'null') THEN NULL ELSE lease_owner END,
+                             AND (substr(lease_until, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10))
+                             AND substr(lease_until, 12, 2) <> '24' AND julianday(lease_until) IS NOT NULL)) OR typeof(lease_owner) NOT IN ('text', 'null') THEN NULL ELSE lease_owner END,
     CASE WHEN problem IS NOT NULL OR typeof(lease_owner) NOT IN ('text', 'null') THEN NULL ELSE CASE WHEN (lease_until IS NULL OR (typeof(lease_until) = 'text' AND lease_until GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10)
-                             AND substr(lease_until, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', lease_until) IS NOT NULL)) THEN strftime('%Y-%m-%dT%H:%M:%fZ', lease_until) ELSE NULL END END
+                             AND (substr(lease_until, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10))
+                             AND substr(lease_until, 12, 2) <> '24' AND julianday(lease_until) IS NOT NULL)) THEN strftime('%Y-%m-%dT%H:%M:%fZ', lease_until) ELSE NULL END END
 FROM (SELECT tickets.*, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS now_at,
             CASE
                 WHEN NOT (region IS NULL OR region IN ('cn-qingdao', 'cn-shenzhen', 'cn-wulanchabu', 'cn-beijing', 'ap-northeast-1', 'cn-chengdu', 'cn-shanghai', 'cn-hongkong', 'ap-southeast-1', 'ap-southeast-3', 'ap-southeast-5', 'cn-zhangjiakou', 'cn-hangzhou', 'us-west-1', 'us-east-1', 'eu-central-1', 'eu-west-1', 'cn-shanghai-finance-1')) THEN 'region'
                 WHEN NOT (webhook_url IS NULL OR lower(webhook_url) GLOB 'http://?*' OR lower(webhook_url) GLOB 'https://?*') THEN 'webhook_url'
                 WHEN NOT (deadline_at IS NULL OR (typeof(deadline_at) = 'text' AND deadline_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(deadline_at, 1, 10))) = substr(deadline_at, 1, 10)
-                             AND substr(deadline_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', deadline_at) IS NOT NULL)) THEN 'deadline_at'
+                             AND (substr(deadline_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(deadline_at, 1, 10))) = substr(deadline_at, 1, 10))
+                             AND substr(deadline_at, 12, 2) <> '24' AND julianday(deadline_at) IS NOT NULL)) THEN 'deadline_at'
                 WHEN NOT (typeof(created_at) = 'text' AND created_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(created_at, 1, 10))) = substr(created_at, 1, 10)
-                             AND substr(created_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', created_at) IS NOT NULL) THEN 'created_at'
+                             AND (substr(created_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(created_at, 1, 10))) = substr(created_at, 1, 10))
+                             AND substr(created_at, 12, 2) <> '24' AND julianday(created_at) IS NOT NULL) THEN 'created_at'
                 WHEN NOT (typeof(updated_at) = 'text' AND updated_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(updated_at, 1, 10))) = substr(updated_at, 1, 10)
-                             AND substr(updated_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', updated_at) IS NOT NULL) THEN 'updated_at'
+                             AND (substr(updated_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(updated_at, 1, 10))) = substr(updated_at, 1, 10))
+                             AND substr(updated_at, 12, 2) <> '24' AND julianday(updated_at) IS NOT NULL) THEN 'updated_at'
                 WHEN NOT (typeof(next_poll_at) = 'text' AND next_poll_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(next_poll_at, 1, 10))) = substr(next_poll_at, 1, 10)
-                             AND substr(next_poll_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', next_poll_at) IS NOT NULL) THEN 'next_poll_at'
+                             AND (substr(next_poll_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(next_poll_at, 1, 10))) = substr(next_poll_at, 1, 10))
+                             AND substr(next_poll_at, 12, 2) <> '24' AND julianday(next_poll_at) IS NOT NULL) THEN 'next_poll_at'
                 WHEN NOT (finished_at IS NULL OR (typeof(finished_at) = 'text' AND finished_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(finished_at, 1, 10))) = substr(finished_at, 1, 10)
-                             AND substr(finished_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', finished_at) IS NOT NULL)) THEN 'finished_at'
+                             AND (substr(finished_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(finished_at, 1, 10))) = substr(finished_at, 1, 10))
+                             AND substr(finished_at, 12, 2) <> '24' AND julianday(finished_at) IS NOT NULL)) THEN 'finished_at'
                 WHEN NOT (lease_until IS NULL OR (typeof(lease_until) = 'text' AND lease_until GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10)
-                             AND substr(lease_until, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', lease_until) IS NOT NULL)) THEN 'lease_until'
+                             AND (substr(lease_until, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(lease_until, 1, 10))) = substr(lease_until, 1, 10))
+                             AND substr(lease_until, 12, 2) <> '24' AND julianday(lease_until) IS NOT NULL)) THEN 'lease_until'
                 WHEN NOT (ticket_status IS NULL OR typeof(ticket_status) = 'text') THEN 'ticket_status'
                 WHEN NOT (deployment_id IS NULL OR typeof(deployment_id) = 'text') THEN 'deployment_id'
                 WHEN NOT (message IS NULL OR typeof(message) = 'text') THEN 'message'
@@ -230,8 +230,8 @@ CREATE TABLE webhook_deliveries (
     next_attempt_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
                       CONSTRAINT next_attempt_at_must_be_a_real_time
                       CHECK (typeof(next_attempt_at) = 'text' AND next_attempt_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(next_attempt_at, 1, 10))) = substr(next_attempt_at, 1, 10)
-                             AND substr(next_attempt_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', next_attempt_at) IS NOT NULL),
+                             AND (substr(next_attempt_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(next_attempt_at, 1, 10))) = substr(next_attempt_at, 1, 10))
+                             AND substr(next_attempt_at, 12, 2) <> '24' AND julianday(next_attempt_at) IS NOT NULL),
     last_http_status  INTEGER,
     last_error        TEXT,
     delivered_at      TEXT,
@@ -253,8 +253,8 @@ SELECT
     state,
     attempts,
     CASE WHEN typeof(next_attempt_at) = 'text' AND next_attempt_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'
-                             AND date(julianday(substr(next_attempt_at, 1, 10))) = substr(next_attempt_at, 1, 10)
-                             AND substr(next_attempt_at, 12, 2) <> '24' AND strftime('%Y-%m-%dT%H:%M:%fZ', next_attempt_at) IS NOT NULL THEN strftime('%Y-%m-%dT%H:%M:%fZ', next_attempt_at) ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END,
+                             AND (substr(next_attempt_at, 9, 2) BETWEEN '01' AND '28' OR date(julianday(substr(next_attempt_at, 1, 10))) = substr(next_attempt_at, 1, 10))
+                             AND substr(next_attempt_at, 12, 2) <> '24' AND julianday(next_attempt_at) IS NOT NULL THEN strftime('%Y-%m-%dT%H:%M:%fZ', next_attempt_at) ELSE strftime('%Y-%m-%dT%H:%M:%fZ', 'now') END,
     last_http_status,
     last_error,
     delivered_at,
@@ -303,23 +303,48 @@ BEGIN
     WHERE id = NEW.id;
 END;
 
-CREATE TRIGGER tickets_normalise_times_on_update
-AFTER UPDATE OF created_at, updated_at, next_poll_at, finished_at, deadline_at, lease_until ON tickets
+-- One trigger per column on update: the daemon's writes change a few of them on every poll, and
+-- only the triggers of the columns a statement sets run.
+CREATE TRIGGER tickets_normalise_created_at_on_update
+AFTER UPDATE OF created_at ON tickets
 WHEN NEW.created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
-   OR NEW.updated_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
-   OR NEW.next_poll_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
-   OR NEW.finished_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
-   OR NEW.deadline_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
-   OR NEW.lease_until NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
 BEGIN
-    UPDATE tickets SET
-        created_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.created_at), NEW.created_at),
-        updated_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.updated_at), NEW.updated_at),
-        next_poll_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.next_poll_at), NEW.next_poll_at),
-        finished_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.finished_at), NEW.finished_at),
-        deadline_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.deadline_at), NEW.deadline_at),
-        lease_until = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.lease_until), NEW.lease_until)
-    WHERE id = NEW.id;
+    UPDATE tickets SET created_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.created_at), NEW.created_at) WHERE id = NEW.id;
+END;
+
+CREATE TRIGGER tickets_normalise_updated_at_on_update
+AFTER UPDATE OF updated_at ON tickets
+WHEN NEW.updated_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    UPDATE tickets SET updated_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.updated_at), NEW.updated_at) WHERE id = NEW.id;
+END;
+
+CREATE TRIGGER tickets_normalise_next_poll_at_on_update
+AFTER UPDATE OF next_poll_at ON tickets
+WHEN NEW.next_poll_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    UPDATE tickets SET next_poll_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.next_poll_at), NEW.next_poll_at) WHERE id = NEW.id;
+END;
+
+CREATE TRIGGER tickets_normalise_finished_at_on_update
+AFTER UPDATE OF finished_at ON tickets
+WHEN NEW.finished_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    UPDATE tickets SET finished_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.finished_at), NEW.finished_at) WHERE id = NEW.id;
+END;
+
+CREATE TRIGGER tickets_normalise_deadline_at_on_update
+AFTER UPDATE OF deadline_at ON tickets
+WHEN NEW.deadline_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    UPDATE tickets SET deadline_at = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.deadline_at), NEW.deadline_at) WHERE id = NEW.id;
+END;
+
+CREATE TRIGGER tickets_normalise_lease_until_on_update
+AFTER UPDATE OF lease_until ON tickets
+WHEN NEW.lease_until NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]Z'
+BEGIN
+    UPDATE tickets SET lease_until = COALESCE(strftime('%Y-%m-%dT%H:%M:%fZ', NEW.lease_until), NEW.lease_until) WHERE id = NEW.id;
 END;
 
 CREATE TRIGGER webhook_deliveries_normalise_times_on_insert
