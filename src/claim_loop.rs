@@ -269,3 +269,228 @@ async fn wait_until_due<Q: Queue>(queue: &Q, shutdown: &CancellationToken) -> bo
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chrono::TimeZone as _;
+    use tokio::sync::watch;
+
+    use super::*;
+
+    fn start() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 12, 0, 0).unwrap()
+    }
+
+    #[derive(Debug)]
+    struct Row {
+        id: usize,
+        due: DateTime<Utc>,
+        leased: bool,
+    }
+
+    /// A queue of numbered rows kept in memory. `process` holds each item until `gate` gives it
+    /// a permit (when `gated`), and counts what it sees.
+    struct Rows {
+        rows: Mutex<Vec<Row>>,
+        max_in_flight: usize,
+        heartbeat: Heartbeat,
+        wake: Notify,
+        written: Notify,
+        gated: bool,
+        gate: Arc<Semaphore>,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+        handled: Mutex<Vec<usize>>,
+        /// How many items have started, and how many have finished, for tests to wait on.
+        started: watch::Sender<usize>,
+        finished: watch::Sender<usize>,
+        leases: Mutex<Vec<String>>,
+    }
+
+    impl Rows {
+        fn new(max_in_flight: usize, due: &[i64], gated: bool) -> Arc<Rows> {
+            let rows =
+                due.iter().enumerate().map(|(id, secs)| Row { id, due: start() + chrono::Duration::seconds(*secs), leased: false });
+            Arc::new(Rows {
+                rows: Mutex::new(rows.collect()),
+                max_in_flight,
+                // Long, so that only a wake or a write ends a wait.
+                heartbeat: Heartbeat::new(Duration::from_secs(3600)),
+                wake: Notify::new(),
+                written: Notify::new(),
+                gated,
+                gate: Arc::new(Semaphore::new(0)),
+                in_flight: AtomicUsize::new(0),
+                most_in_flight: AtomicUsize::new(0),
+                handled: Mutex::new(Vec::new()),
+                started: watch::channel(0).0,
+                finished: watch::channel(0).0,
+                leases: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn handled(&self) -> Vec<usize> {
+            let mut handled = self.handled.lock().unwrap().clone();
+            handled.sort_unstable();
+            handled
+        }
+
+        async fn wait_started(&self, count: usize) {
+            let mut started = self.started.subscribe();
+            tokio::time::timeout(Duration::from_secs(30), started.wait_for(|started| *started >= count))
+                .await
+                .expect("the items start in time")
+                .expect("the queue is alive");
+        }
+
+        async fn wait_finished(&self, count: usize) {
+            let mut finished = self.finished.subscribe();
+            tokio::time::timeout(Duration::from_secs(30), finished.wait_for(|finished| *finished >= count))
+                .await
+                .expect("the items finish in time")
+                .expect("the queue is alive");
+        }
+    }
+
+    impl Queue for Rows {
+        type Item = usize;
+        type Error = std::convert::Infallible;
+
+        const ROWS: &'static str = "rows";
+        const ROW: &'static str = "row";
+
+        fn shape(&self) -> Shape {
+            Shape {
+                max_in_flight: self.max_in_flight,
+                batch: 1,
+                window: Duration::ZERO,
+                wake_interval: Duration::from_secs(3600),
+            }
+        }
+
+        fn lease_prefix(&self) -> String {
+            "test#".to_owned()
+        }
+
+        fn heartbeat(&self) -> &Heartbeat {
+            &self.heartbeat
+        }
+
+        fn wake(&self) -> &Notify {
+            &self.wake
+        }
+
+        fn written(&self) -> Option<&Notify> {
+            Some(&self.written)
+        }
+
+        fn now(&self) -> DateTime<Utc> {
+            start()
+        }
+
+        async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, Self::Error> {
+            Ok(self.rows.lock().unwrap().iter().filter(|row| !row.leased).map(|row| row.due).min())
+        }
+
+        async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<usize>, Self::Error> {
+            let free = self.max_in_flight - self.in_flight.load(Ordering::SeqCst);
+            assert!(limit as usize <= free, "claimed for {limit} items with {free} slots free");
+            self.leases.lock().unwrap().push(lease.0.clone());
+            let mut rows = self.rows.lock().unwrap();
+            let mut claimed = Vec::new();
+            for row in rows.iter_mut().filter(|row| !row.leased && row.due <= now).take(limit as usize) {
+                row.leased = true;
+                claimed.push(row.id);
+            }
+            Ok(claimed)
+        }
+
+        fn span(&self, _item: &usize) -> Span {
+            Span::none()
+        }
+
+        async fn process(self: Arc<Self>, item: usize, _lease: Lease, slot: OwnedSemaphorePermit) {
+            let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+            self.started.send_modify(|started| *started += 1);
+            if self.gated {
+                self.gate.acquire().await.expect("the gate stays open").forget();
+            }
+            self.handled.lock().unwrap().push(item);
+            self.rows.lock().unwrap().retain(|row| row.id != item);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(slot);
+            self.finished.send_modify(|finished| *finished += 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_claim_each_due_item_once_and_then_are_idle() {
+        let rows = Rows::new(4, &[0, 0, 0, 0, 0, 0, 0, 0, 0, -5, 60], false);
+        assert_eq!(step_once(&rows, 1).await, Ok(Step::Claimed(4)), "one step claims up to the slots");
+        assert_eq!(drain(&rows).await, Ok(6));
+        assert_eq!(rows.handled(), (0..10).collect::<Vec<_>>(), "every due item once, the later one not");
+        assert_eq!(step_once(&rows, 9).await, Ok(Step::Idle));
+        assert_eq!(rows.leases.lock().unwrap()[0], "test#step-1");
+    }
+
+    #[tokio::test]
+    async fn a_step_is_idle_when_nothing_is_due() {
+        let rows = Rows::new(4, &[30, 60], false);
+        assert_eq!(step_once(&rows, 1).await, Ok(Step::Idle));
+        assert_eq!(drain(&rows).await, Ok(0));
+        assert!(rows.handled().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_loop_never_has_more_items_in_flight_than_slots_and_claims_each_once() {
+        let rows = Rows::new(3, &[0; 20], true);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        rows.wait_started(3).await;
+        assert_eq!(rows.in_flight.load(Ordering::SeqCst), 3);
+        rows.gate.add_permits(20);
+        rows.wait_finished(20).await;
+        assert_eq!(rows.most_in_flight.load(Ordering::SeqCst), 3, "every slot used, never more");
+        assert_eq!(rows.handled(), (0..20).collect::<Vec<_>>());
+        let leases = rows.leases.lock().unwrap().clone();
+        assert!(leases.iter().enumerate().all(|(n, lease)| *lease == format!("test#{}", n + 1)), "{leases:?}");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+    }
+
+    #[tokio::test]
+    async fn the_loop_stops_on_cancel_and_leaves_claimed_items_to_finish_in_the_tracker() {
+        let rows = Rows::new(2, &[0, 3600], true);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        rows.wait_started(1).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+        tracker.close();
+        assert!(!tracker.is_empty(), "the claimed item is still running");
+        rows.gate.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.expect("the item finishes");
+        assert_eq!(rows.handled(), vec![0], "the item due later is never claimed");
+    }
+
+    #[tokio::test]
+    async fn rows_written_in_process_are_claimed_at_once_not_after_the_wake_interval() {
+        let rows = Rows::new(2, &[3600], false);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        rows.rows.lock().unwrap().push(Row { id: 7, due: start(), leased: false });
+        // Every timer of the loop is an hour long: only the notice can bring the row in time.
+        rows.written.notify_one();
+        rows.wait_finished(1).await;
+        assert_eq!(rows.handled(), vec![7]);
+        shutdown.cancel();
+        run.await.expect("the loop joins");
+    }
+}
