@@ -312,8 +312,11 @@ mod tests {
 
     impl Rows {
         fn new(max_in_flight: usize, due: &[i64], gated: bool) -> Arc<Rows> {
-            let rows =
-                due.iter().enumerate().map(|(id, secs)| Row { id, due: start() + chrono::Duration::seconds(*secs), leased: false });
+            let rows = due.iter().enumerate().map(|(id, secs)| Row {
+                id,
+                due: start() + chrono::Duration::seconds(*secs),
+                leased: false,
+            });
             Arc::new(Rows {
                 rows: Mutex::new(rows.collect()),
                 max_in_flight,

@@ -170,11 +170,12 @@ async fn errors_between_polls_are_recorded_on_the_pending_row() {
     let store = env.store().await;
     let driven = env.driven(|_| {}).await;
     env.insert("t-flaky", "ns", "ws").await;
-    let ticket = driven.turn_until(|| async {
-        let rows = store.find_tickets("t-flaky", None, None).await.unwrap();
-        rows.into_iter().find(|ticket| ticket.error_streak >= 2)
-    })
-    .await;
+    let ticket = driven
+        .turn_until(|| async {
+            let rows = store.find_tickets("t-flaky", None, None).await.unwrap();
+            rows.into_iter().find(|ticket| ticket.error_streak >= 2)
+        })
+        .await;
     assert_eq!(ticket.state, "pending");
     assert_eq!(ticket.error_code.as_deref(), Some("InternalError"));
     assert_eq!(ticket.running_streak, 0);
@@ -195,11 +196,12 @@ async fn unknown_status_keeps_the_ticket_polling_until_a_final_one() {
     let store = env.store().await;
     let driven = env.driven(|_| {}).await;
     env.insert("t-odd", "ns", "ws").await;
-    let ticket = driven.turn_until(|| async {
-        let rows = store.find_tickets("t-odd", None, None).await.unwrap();
-        rows.into_iter().find(|ticket| ticket.polls >= 4)
-    })
-    .await;
+    let ticket = driven
+        .turn_until(|| async {
+            let rows = store.find_tickets("t-odd", None, None).await.unwrap();
+            rows.into_iter().find(|ticket| ticket.polls >= 4)
+        })
+        .await;
     assert_eq!(ticket.state, "pending");
     assert_eq!(ticket.ticket_status.as_deref(), Some("VALIDATING_SOMETHING_NEW"));
     assert!(ticket.error_code.is_none(), "an unknown status is not an error");
