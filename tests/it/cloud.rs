@@ -207,19 +207,20 @@ async fn daemon_with_oidc_credentials_refreshes_once_after_an_invalid_security_t
         ("STS.2".to_owned(), "STS.2-secret".to_owned()),
     ]);
     let chain = oidc_chain(&env, &sts);
-    let daemon = env
-        .spawn_daemon(move |config| {
+    let driven = env
+        .driven(move |config| {
             config.flink.credentials = None;
             config.flink.credential_chain = chain;
         })
         .await;
     env.insert("t-token", "ns", "ws").await;
-    let row = env.wait_final("t-token").await;
+    driven.settle().await;
+    let row = env.ticket("t-token").await;
     assert_eq!((row.state.as_str(), row.error_code.as_deref()), ("succeeded", None));
     assert_eq!(sts.count(), 2, "one fetch at start, one refresh after the refused token");
     assert_eq!(sts.seen()[1].query.get("Action").map(String::as_str), Some("AssumeRoleWithOIDC"));
     assert_eq!(env.sim.polls_of("t-token"), 2);
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -434,15 +435,16 @@ async fn extra_ca_bundle_lets_the_daemon_reach_an_endpoint_with_a_private_certif
     let refused = untrusting.get_deploy_result(ticket).await.expect_err("the private CA is not trusted by default");
     assert!(matches!(&refused, FlinkError::Network(message) if message.contains("certificate")), "{refused}");
 
-    let daemon = env
-        .spawn_daemon(move |config| {
+    let driven = env
+        .driven(move |config| {
             config.flink.client.endpoints.override_url = Some(endpoint);
             config.flink.client.ca_file = Some(fixture("test-ca.pem"));
         })
         .await;
     env.insert("t-1", "ns", "ws").await;
-    assert_eq!(env.wait_final("t-1").await.state, "succeeded");
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.settle().await;
+    assert_eq!(env.ticket("t-1").await.state, "succeeded");
+    driven.stop().await;
     shutdown.cancel();
 }
 

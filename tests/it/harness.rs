@@ -1,6 +1,10 @@
 //! Real parts for the integration tests: a SQLite file in a temp dir, the simulated Flink API on
-//! 127.0.0.1 as the cloud, and the daemon either in-process (`crate::run`, as `main` calls it)
-//! or as the real binary. Waiting is done on conditions with a timeout that only catches hangs.
+//! 127.0.0.1 as the cloud, and the daemon either in-process (`crate::run`, as `main` calls it),
+//! as its parts without their loops ([`Driven`], whose claim steps a test turns itself on a
+//! manual clock), or as the real binary. Tests that need the work done drive the steps until
+//! nothing is pending; [`eventually`] re-checks a condition only where a test watches a separate
+//! process or real time (deadlines, backoff delays, pauses, the running loops themselves).
+//! Every wait has a timeout that only catches hangs.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -465,7 +469,8 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
-/// Re-checks `check` every few milliseconds until it yields a value; panics after [`HANG`].
+/// Re-checks `check` every few milliseconds until it yields a value; panics after [`HANG`]. For
+/// a separate process or real time only: in-process work is driven with [`Driven`].
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
