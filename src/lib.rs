@@ -6,6 +6,7 @@
 //! the same with the service manager link given explicitly (tests watch its notices).
 
 pub mod backoff;
+pub mod claim_loop;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -19,12 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::backoff::{Schedule, honour_retry_after};
+use crate::claim_loop;
 use crate::clock::Clock;
 use crate::config::{PollConfig, WebhookConfig};
 use crate::domain::TicketState;
@@ -476,84 +477,10 @@ impl Poller {
         self
     }
 
-    /// Polls until `shutdown` is cancelled. In-flight polls run in `tracker`; the caller waits
-    /// for them (with a grace period) after this returns.
+    /// Polls until `shutdown` is cancelled (the claim loop of `crate::claim_loop`). In-flight
+    /// polls run in `tracker`; the caller waits for them (with a grace period) after this returns.
     pub async fn run_until_cancelled(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
-        let semaphore = Arc::new(Semaphore::new(self.max_in_flight));
-        // Claiming for one free slot at a time would cost a read and a write per poll; gathering
-        // a quarter of the slots first (for at most CLAIM_WINDOW) makes claims a small share.
-        let batch = (self.max_in_flight / 4).max(1);
-        let mut claims: u64 = 0;
-        let mut more_due = false;
-        loop {
-            // While every slot is busy (a slow API) the loop is waiting, not stuck: the heartbeat
-            // keeps counting progress until a slot frees up.
-            let mut permits = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                permit = self.heartbeat.acquire(&semaphore) => permit,
-            };
-            if permits.num_permits() < batch && semaphore.available_permits() + 1 < self.max_in_flight {
-                let window = tokio::time::sleep(CLAIM_WINDOW);
-                tokio::pin!(window);
-                while permits.num_permits() < batch {
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => break,
-                        permit = semaphore.clone().acquire_owned() => {
-                            permits.merge(permit.expect("the semaphore is never closed"));
-                        }
-                        () = &mut window => break,
-                    }
-                }
-            }
-            if let Ok(rest) = semaphore
-                .clone()
-                .try_acquire_many_owned(u32::try_from(semaphore.available_permits()).unwrap_or(u32::MAX))
-            {
-                permits.merge(rest);
-            }
-            if !more_due && !self.wait_until_due(&shutdown).await {
-                break;
-            }
-            if shutdown.is_cancelled() {
-                break;
-            }
-            claims += 1;
-            let lease = Lease(format!("{}#{claims}", self.owner));
-            let wanted = permits.num_permits();
-            let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
-            let now = self.clock.now();
-            match self.store.claim_due_tickets(&lease, now, self.poll.lease, limit, self.poll.deadline).await {
-                Ok(tickets) => {
-                    self.heartbeat.beat();
-                    // After a full claim there are probably more due rows: claim again without
-                    // looking first.
-                    more_due = tickets.len() == wanted;
-                    for ticket in tickets {
-                        let permit = permits.split(1).expect("one permit was gathered per claimed row");
-                        let poller = Arc::clone(&self);
-                        let lease = lease.clone();
-                        let span = info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id);
-                        tracker.spawn(
-                            async move {
-                                poller.handle(ticket, &lease, Some(permit)).await;
-                                poller.wake.notify_one();
-                            }
-                            .instrument(span),
-                        );
-                    }
-                }
-                Err(error) => {
-                    more_due = false;
-                    error!(error = %error, "claiming due tickets failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = self.heartbeat.sleep(WAKE_INTERVAL) => {}
-                    }
-                }
-            }
-        }
+        claim_loop::run_until_cancelled(self, shutdown, tracker).await;
     }
 
     /// Polls ticket row `id` until it is final, claiming each poll with a lease exactly as the loop
@@ -593,31 +520,6 @@ impl Poller {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(Followed::Cancelled(row)),
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    /// Waits until a pending ticket is due. Returns `false` when cancelled first.
-    async fn wait_until_due(&self, shutdown: &CancellationToken) -> bool {
-        loop {
-            self.heartbeat.beat();
-            let now = self.clock.now();
-            self.pull_back_after_clock_step(now).await;
-            let wait = match self.store.next_due_at().await {
-                Ok(Some(due)) if due <= now => return true,
-                Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(WAKE_INTERVAL),
-                Ok(None) => WAKE_INTERVAL,
-                Err(error) => {
-                    error!(error = %error, "reading the next due ticket failed");
-                    WAKE_INTERVAL
-                }
-            }
-            .min(self.heartbeat.every);
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return false,
-                () = self.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -862,6 +764,62 @@ impl Poller {
                 warn!(error = %error, "postponing the paused workspace's tickets failed");
             }
         }
+    }
+}
+
+/// The poll loop's queue: due tickets, each polled by [`Poller::handle`] in its `ticket` span.
+impl claim_loop::Queue for Poller {
+    type Item = Ticket;
+    type Error = sqlx::Error;
+
+    const ROWS: &'static str = "tickets";
+    const ROW: &'static str = "ticket";
+
+    fn shape(&self) -> claim_loop::Shape {
+        // Claiming for one free slot at a time would cost a read and a write per poll; gathering
+        // a quarter of the slots first (for at most CLAIM_WINDOW) makes claims a small share.
+        claim_loop::Shape {
+            max_in_flight: self.max_in_flight,
+            batch: (self.max_in_flight / 4).max(1),
+            window: CLAIM_WINDOW,
+            wake_interval: WAKE_INTERVAL,
+        }
+    }
+
+    fn lease_prefix(&self) -> String {
+        format!("{}#", self.owner)
+    }
+
+    fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    async fn before_looking(&self, now: DateTime<Utc>) {
+        self.pull_back_after_clock_step(now).await;
+    }
+
+    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.store.next_due_at().await
+    }
+
+    async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
+        self.store.claim_due_tickets(lease, now, self.poll.lease, limit, self.poll.deadline).await
+    }
+
+    fn span(&self, ticket: &Ticket) -> tracing::Span {
+        info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id)
+    }
+
+    async fn process(self: Arc<Self>, ticket: Ticket, lease: Lease, slot: tokio::sync::OwnedSemaphorePermit) {
+        Poller::handle(&self, ticket, &lease, Some(slot)).await;
     }
 }
 

@@ -15,13 +15,14 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
 use serde::Deserialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{error, info, info_span, warn};
 
 use super::signing;
 use crate::backoff::honour_webhook_retry_after;
+use crate::claim_loop;
 use crate::clock::Clock;
 use crate::config::{WebhookConfig, parse_webhook_url};
 use crate::metrics::Metrics;
@@ -172,98 +173,11 @@ impl Deliverer {
         u32::try_from((self.config.max_in_flight / 2).max(1)).unwrap_or(u32::MAX)
     }
 
-    /// Delivers until `shutdown` is cancelled. Attempts in flight run in `tracker`; the caller
-    /// waits for them (with a grace period) after this returns.
+    /// Delivers until `shutdown` is cancelled (the claim loop of `crate::claim_loop`). Attempts
+    /// in flight run in `tracker`; the caller waits for them (with a grace period) after this
+    /// returns.
     pub async fn run_until_cancelled(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
-        let semaphore = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
-        let mut claims: u64 = 0;
-        loop {
-            let first = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                permit = self.heartbeat.acquire(&semaphore) => permit,
-            };
-            if !self.wait_until_due(&shutdown).await {
-                break;
-            }
-            let mut permits = vec![first];
-            while let Ok(permit) = semaphore.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
-            claims += 1;
-            let lease = Lease(format!("{}{claims}", self.owner));
-            let limit = u32::try_from(permits.len()).unwrap_or(u32::MAX);
-            let now = self.clock.now();
-            let claimed =
-                self.store.claim_due_deliveries(&lease, now, self.config.lease, limit, self.per_url_limit()).await;
-            self.heartbeat.beat();
-            match claimed {
-                Ok(deliveries) if deliveries.is_empty() => {
-                    // Something is due, but its receiver already has its share of attempts in
-                    // flight (or another daemon took it): wait for an attempt to finish.
-                    drop(permits);
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => break,
-                        () = self.wake.notified() => {}
-                        () = self.heartbeat.sleep(WAKE_INTERVAL) => {}
-                    }
-                }
-                Ok(deliveries) => {
-                    for (delivery, permit) in deliveries.into_iter().zip(permits) {
-                        let deliverer = Arc::clone(&self);
-                        let lease = lease.clone();
-                        let span = info_span!(
-                            "delivery",
-                            delivery_id = delivery.id,
-                            ticket_id = %ticket_id_of(&delivery),
-                            url = %shown_url(&delivery.url),
-                            attempt = delivery.attempts,
-                        );
-                        tracker.spawn(
-                            async move {
-                                deliverer.deliver(delivery, &lease).await;
-                                drop(permit);
-                                deliverer.wake.notify_one();
-                            }
-                            .instrument(span),
-                        );
-                    }
-                }
-                Err(error) => {
-                    error!(error = %error, "claiming due webhook deliveries failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = self.heartbeat.sleep(WAKE_INTERVAL) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Waits until a pending delivery is due. Returns `false` when cancelled first.
-    async fn wait_until_due(&self, shutdown: &CancellationToken) -> bool {
-        loop {
-            self.heartbeat.beat();
-            let now = self.clock.now();
-            let wait = match self.store.next_delivery_due_at().await {
-                Ok(Some(due)) if due <= now => return true,
-                Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(WAKE_INTERVAL),
-                Ok(None) => WAKE_INTERVAL,
-                Err(error) => {
-                    error!(error = %error, "reading the next due webhook delivery failed");
-                    WAKE_INTERVAL
-                }
-            }
-            .min(self.heartbeat.every);
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return false,
-                () = self.deliveries_written.notified() => {}
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
+        claim_loop::run_until_cancelled(self, shutdown, tracker).await;
     }
 
     /// Sends one claimed delivery and records the outcome.
@@ -361,6 +275,68 @@ impl Deliverer {
             error.push_str(&said);
         }
         Outcome::Failed { http_status: Some(status.as_u16()), error, retry_after }
+    }
+}
+
+/// The delivery loop's queue: due deliveries, at most [`Deliverer::per_url_limit`] in flight to
+/// any one receiver, each sent by [`Deliverer::deliver`] in its `delivery` span.
+impl claim_loop::Queue for Deliverer {
+    type Item = Delivery;
+    type Error = sqlx::Error;
+
+    const ROWS: &'static str = "webhook deliveries";
+    const ROW: &'static str = "webhook delivery";
+
+    fn shape(&self) -> claim_loop::Shape {
+        claim_loop::Shape {
+            max_in_flight: self.config.max_in_flight,
+            batch: 1,
+            window: Duration::ZERO,
+            wake_interval: WAKE_INTERVAL,
+        }
+    }
+
+    fn lease_prefix(&self) -> String {
+        self.owner.clone()
+    }
+
+    fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    fn written(&self) -> Option<&Notify> {
+        Some(&self.deliveries_written)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.store.next_delivery_due_at().await
+    }
+
+    async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>, sqlx::Error> {
+        self.store.claim_due_deliveries(lease, now, self.config.lease, limit, self.per_url_limit()).await
+    }
+
+    fn span(&self, delivery: &Delivery) -> tracing::Span {
+        info_span!(
+            "delivery",
+            delivery_id = delivery.id,
+            ticket_id = %ticket_id_of(delivery),
+            url = %shown_url(&delivery.url),
+            attempt = delivery.attempts,
+        )
+    }
+
+    async fn process(self: Arc<Self>, delivery: Delivery, lease: Lease, slot: OwnedSemaphorePermit) {
+        self.deliver(delivery, &lease).await;
+        drop(slot);
     }
 }
 

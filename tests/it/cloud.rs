@@ -153,7 +153,7 @@ async fn unknown_region_is_refused_by_deploy_and_enqueue_before_anything_is_sent
 async fn ticket_with_an_unknown_region_is_refused_at_insert_or_failed_as_invalid_ticket_even_with_an_endpoint_override()
 {
     let env = TestEnv::new("").await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     let insert =
         "INSERT INTO tickets (ticket_id, namespace, workspace, region) VALUES ('t-mars', 'ns', 'ws', 'mars-1')";
     let url = format!("sqlite://{}", env.db_path.display());
@@ -167,24 +167,26 @@ async fn ticket_with_an_unknown_region_is_refused_at_insert_or_failed_as_invalid
         "INSERT INTO tickets (ticket_id, namespace, workspace, region) VALUES ('t-eu', 'ns', 'ws', 'eu-west-1')",
     )
     .await;
-    let refused = env.wait_final("t-mars").await;
+    driven.settle().await;
+    let refused = env.ticket("t-mars").await;
     assert_eq!((refused.state.as_str(), refused.error_code.as_deref()), ("failed", Some("InvalidTicket")));
     assert!(refused.error_message.as_deref().unwrap_or("").contains("unknown region \"mars-1\""), "{refused:?}");
-    assert_eq!(env.wait_final("t-eu").await.state, "succeeded", "a known region goes to the override");
+    assert_eq!(env.ticket("t-eu").await.state, "succeeded", "a known region goes to the override");
     assert_eq!(env.sim.polls_of("t-mars"), 0);
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
 async fn daemon_signs_with_the_api_clock_when_it_is_an_hour_ahead() {
     let env = TestEnv::with_clock_offset(Scenario::default(), 3600).await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     env.insert("t-skew", "ns", "ws").await;
-    let row = env.wait_final("t-skew").await;
+    driven.settle().await;
+    let row = env.ticket("t-skew").await;
     assert_eq!((row.state.as_str(), row.polls), ("succeeded", 3));
     let answers: Vec<String> = env.sim.requests().into_iter().map(|request| request.answer).collect();
     assert_eq!(answers, ["rejected InvalidTimeStamp.Expired", "INIT", "EXECUTING", "FINISHED"]);
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -205,19 +207,20 @@ async fn daemon_with_oidc_credentials_refreshes_once_after_an_invalid_security_t
         ("STS.2".to_owned(), "STS.2-secret".to_owned()),
     ]);
     let chain = oidc_chain(&env, &sts);
-    let daemon = env
-        .spawn_daemon(move |config| {
+    let driven = env
+        .driven(move |config| {
             config.flink.credentials = None;
             config.flink.credential_chain = chain;
         })
         .await;
     env.insert("t-token", "ns", "ws").await;
-    let row = env.wait_final("t-token").await;
+    driven.settle().await;
+    let row = env.ticket("t-token").await;
     assert_eq!((row.state.as_str(), row.error_code.as_deref()), ("succeeded", None));
     assert_eq!(sts.count(), 2, "one fetch at start, one refresh after the refused token");
     assert_eq!(sts.seen()[1].query.get("Action").map(String::as_str), Some("AssumeRoleWithOIDC"));
     assert_eq!(env.sim.polls_of("t-token"), 2);
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -286,11 +289,12 @@ async fn daemon_pauses_instead_of_stopping_when_credentials_expire_and_cannot_be
 #[tokio::test]
 async fn polls_reuse_one_keep_alive_connection() {
     let env = TestEnv::new("").await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     env.insert("t-1", "ns", "ws").await;
-    assert_eq!(env.wait_final("t-1").await.polls, 3);
+    driven.settle().await;
+    assert_eq!(env.ticket("t-1").await.polls, 3);
     assert_eq!(env.sim.connections_accepted(), 1, "three polls over one connection");
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -431,15 +435,16 @@ async fn extra_ca_bundle_lets_the_daemon_reach_an_endpoint_with_a_private_certif
     let refused = untrusting.get_deploy_result(ticket).await.expect_err("the private CA is not trusted by default");
     assert!(matches!(&refused, FlinkError::Network(message) if message.contains("certificate")), "{refused}");
 
-    let daemon = env
-        .spawn_daemon(move |config| {
+    let driven = env
+        .driven(move |config| {
             config.flink.client.endpoints.override_url = Some(endpoint);
             config.flink.client.ca_file = Some(fixture("test-ca.pem"));
         })
         .await;
     env.insert("t-1", "ns", "ws").await;
-    assert_eq!(env.wait_final("t-1").await.state, "succeeded");
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.settle().await;
+    assert_eq!(env.ticket("t-1").await.state, "succeeded");
+    driven.stop().await;
     shutdown.cancel();
 }
 

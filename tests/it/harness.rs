@@ -1,6 +1,10 @@
 //! Real parts for the integration tests: a SQLite file in a temp dir, the simulated Flink API on
-//! 127.0.0.1 as the cloud, and the daemon either in-process (`crate::run`, as `main` calls it)
-//! or as the real binary. Waiting is done on conditions with a timeout that only catches hangs.
+//! 127.0.0.1 as the cloud, and the daemon either in-process (`crate::run`, as `main` calls it),
+//! as its parts without their loops ([`Driven`], whose claim steps a test turns itself on a
+//! manual clock), or as the real binary. Tests that need the work done drive the steps until
+//! nothing is pending; [`eventually`] re-checks a condition only where a test watches a separate
+//! process or real time (deadlines, backoff delays, pauses, the running loops themselves).
+//! Every wait has a timeout that only catches hangs.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -10,10 +14,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flink_ticketd::clock::{Clock, SystemClock};
+use flink_ticketd::claim_loop;
+use flink_ticketd::clock::{Clock, ManualClock, SystemClock};
 use flink_ticketd::config::{self, Config};
+use flink_ticketd::poller::Poller;
+use flink_ticketd::ratelimit::RateLimiter;
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
 use flink_ticketd::store::{Store, StoreSettings, Ticket};
+use flink_ticketd::webhook::Deliverer;
 use sqlx::Connection as _;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -276,6 +284,117 @@ level = "info"
     }
 }
 
+/// The daemon's poller and delivery queue in-process without their loops, on a `ManualClock`
+/// that starts at the wall-clock time. Tests drive the claim steps themselves
+/// ([`Driven::settle`]) instead of waiting for a running loop.
+pub struct Driven {
+    pub clock: Arc<ManualClock>,
+    pub store: Store,
+    pub poller: Arc<Poller>,
+    /// `None` when no webhook secret is configured (the daemon sends nothing then either).
+    pub deliverer: Option<Arc<Deliverer>>,
+    recorder_task: JoinHandle<()>,
+}
+
+impl TestEnv {
+    /// Builds the daemon's parts from the test config, changed by `adjust`, as `run` does.
+    pub async fn driven(&self, adjust: impl FnOnce(&mut Config)) -> Driven {
+        let config = self.config(adjust);
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let shared: Arc<dyn Clock> = Arc::clone(&clock) as Arc<dyn Clock>;
+        let store = self.store().await;
+        let credentials = flink_ticketd::flink::CredentialProvider::for_config(&config.flink, Arc::clone(&shared))
+            .await
+            .expect("the test credentials are accepted");
+        let flink = flink_ticketd::flink::FlinkClient::new(&config.flink.client, credentials, Arc::clone(&shared))
+            .expect("the API client builds");
+        let limiter = Arc::new(RateLimiter::new(
+            config.flink.max_requests_per_second,
+            u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
+        ));
+        let owner = flink_ticketd::store::lease_owner_prefix("driven");
+        let (recorder, recorder_task) = store.recorder();
+        let webhook = Arc::new(config.webhook.clone());
+        let poller = Arc::new(Poller::new(
+            store.clone(),
+            recorder,
+            flink,
+            Arc::clone(&shared),
+            config.poll,
+            Arc::clone(&webhook),
+            limiter,
+            config.flink.max_in_flight,
+            owner.clone(),
+        ));
+        let deliverer = (!webhook.secrets.is_empty()).then(|| {
+            Arc::new(
+                Deliverer::new(store.clone(), shared, webhook, &owner, Arc::clone(&poller.deliveries_written))
+                    .expect("the webhook client builds"),
+            )
+        });
+        Driven { clock, store, poller, deliverer, recorder_task }
+    }
+}
+
+impl Driven {
+    /// One turn: claims and works off every due ticket, then every due delivery, one claim
+    /// step at a time until both are idle; then moves the clock to the next due time. Returns
+    /// `false` when nothing is pending (deliveries count only when they can be sent).
+    pub async fn turn(&self) -> bool {
+        claim_loop::drain(&self.poller).await.expect("tickets are claimed");
+        if let Some(deliverer) = &self.deliverer {
+            claim_loop::drain(deliverer).await.expect("deliveries are claimed");
+        }
+        let ticket_due = self.store.next_due_at().await.expect("the next due ticket is read");
+        let delivery_due = match &self.deliverer {
+            Some(_) => self.store.next_delivery_due_at().await.expect("the next due delivery is read"),
+            None => None,
+        };
+        let Some(due) = ticket_due.into_iter().chain(delivery_due).min() else { return false };
+        if due > self.clock.now() {
+            self.clock.set(due);
+        }
+        true
+    }
+
+    /// Turns until nothing is pending. Panics after [`HANG`].
+    pub async fn settle(&self) {
+        tokio::time::timeout(HANG, async { while self.turn().await {} })
+            .await
+            .expect("every ticket and delivery settles in time");
+    }
+
+    /// Turns until `check` yields a value. Panics after [`HANG`].
+    pub async fn turn_until<T, F, Fut>(&self, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        tokio::time::timeout(HANG, async {
+            loop {
+                if let Some(value) = check().await {
+                    return value;
+                }
+                self.turn().await;
+            }
+        })
+        .await
+        .expect("the condition holds in time")
+    }
+
+    /// Drops the parts and waits for the recorder to write what it was given.
+    pub async fn stop(self) {
+        let Driven { store, poller, deliverer, recorder_task, .. } = self;
+        drop(deliverer);
+        drop(poller);
+        tokio::time::timeout(HANG, recorder_task)
+            .await
+            .expect("the recorder stops in time")
+            .expect("the recorder task joins");
+        store.close().await;
+    }
+}
+
 /// The in-process daemon.
 pub struct TestDaemon {
     pub shutdown: CancellationToken,
@@ -350,7 +469,8 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
-/// Re-checks `check` every few milliseconds until it yields a value; panics after [`HANG`].
+/// Re-checks `check` every few milliseconds until it yields a value; panics after [`HANG`]. For
+/// a separate process or real time only: in-process work is driven with [`Driven`].
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,

@@ -19,10 +19,11 @@ async fn ticket_inserted_with_plain_sql_succeeds_with_its_deployment_id() {
         "#,
     )
     .await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     env.insert("t-ok", "default-namespace", "710d6a64d8a1").await;
 
-    let ticket = env.wait_final("t-ok").await;
+    driven.settle().await;
+    let ticket = env.ticket("t-ok").await;
     assert_eq!(ticket.state, "succeeded");
     assert_eq!(ticket.ticket_status.as_deref(), Some("FINISHED"));
     assert_eq!(ticket.deployment_id.as_deref(), Some("dep-42"));
@@ -36,7 +37,7 @@ async fn ticket_inserted_with_plain_sql_succeeds_with_its_deployment_id() {
     assert_eq!(env.sim.polls_of("t-ok"), 3);
     let requests = env.sim.requests();
     assert!(requests.iter().all(|request| request.workspace.as_deref() == Some("710d6a64d8a1")));
-    daemon.stop().await.expect("clean shutdown");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -74,10 +75,12 @@ async fn validation_failure_is_failed_with_line_and_column() {
         "#,
     )
     .await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     env.insert("t-bad-sql", "ns", "ws").await;
 
-    let ticket = env.wait_final("t-bad-sql").await;
+    driven.settle().await;
+
+    let ticket = env.ticket("t-bad-sql").await;
     assert_eq!(ticket.state, "failed");
     assert_eq!(ticket.deploy_success, Some(false));
     assert_eq!(ticket.validation_result.as_deref(), Some("VALIDATION_RESULT_INVALID_QUERY"));
@@ -88,7 +91,7 @@ async fn validation_failure_is_failed_with_line_and_column() {
         "positions arrive as strings and are stored as integers"
     );
     assert!(ticket.error_code.is_none(), "a rejected draft is an outcome, not an API error");
-    daemon.stop().await.expect("clean shutdown");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -101,15 +104,17 @@ async fn ticket_not_found_is_failed_with_the_error_code() {
         "#,
     )
     .await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     env.insert("t-missing", "ns", "ws").await;
 
-    let ticket = env.wait_final("t-missing").await;
+    driven.settle().await;
+
+    let ticket = env.ticket("t-missing").await;
     assert_eq!(ticket.state, "failed");
     assert_eq!(ticket.error_code.as_deref(), Some("TicketNotFound"));
     assert!(ticket.error_message.as_deref().is_some_and(|message| message.contains("t-missing")));
     assert_eq!(ticket.polls, 1, "a permanent error is not retried");
-    daemon.stop().await.expect("clean shutdown");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -163,17 +168,18 @@ async fn errors_between_polls_are_recorded_on_the_pending_row() {
     )
     .await;
     let store = env.store().await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     env.insert("t-flaky", "ns", "ws").await;
-    let ticket = eventually("the error to be recorded", || async {
-        let rows = store.find_tickets("t-flaky", None, None).await.unwrap();
-        rows.into_iter().find(|ticket| ticket.error_streak >= 2)
-    })
-    .await;
+    let ticket = driven
+        .turn_until(|| async {
+            let rows = store.find_tickets("t-flaky", None, None).await.unwrap();
+            rows.into_iter().find(|ticket| ticket.error_streak >= 2)
+        })
+        .await;
     assert_eq!(ticket.state, "pending");
     assert_eq!(ticket.error_code.as_deref(), Some("InternalError"));
     assert_eq!(ticket.running_streak, 0);
-    daemon.stop().await.expect("clean shutdown");
+    driven.stop().await;
     store.close().await;
 }
 
@@ -188,20 +194,22 @@ async fn unknown_status_keeps_the_ticket_polling_until_a_final_one() {
     )
     .await;
     let store = env.store().await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     env.insert("t-odd", "ns", "ws").await;
-    let ticket = eventually("several polls of the unknown status", || async {
-        let rows = store.find_tickets("t-odd", None, None).await.unwrap();
-        rows.into_iter().find(|ticket| ticket.polls >= 4)
-    })
-    .await;
+    let ticket = driven
+        .turn_until(|| async {
+            let rows = store.find_tickets("t-odd", None, None).await.unwrap();
+            rows.into_iter().find(|ticket| ticket.polls >= 4)
+        })
+        .await;
     assert_eq!(ticket.state, "pending");
     assert_eq!(ticket.ticket_status.as_deref(), Some("VALIDATING_SOMETHING_NEW"));
     assert!(ticket.error_code.is_none(), "an unknown status is not an error");
 
     env.sim.set_script("t-odd", vec![Step::finished_ok()]);
-    assert_eq!(env.wait_final("t-odd").await.state, "succeeded");
-    daemon.stop().await.expect("clean shutdown");
+    driven.settle().await;
+    assert_eq!(env.ticket("t-odd").await.state, "succeeded");
+    driven.stop().await;
     store.close().await;
 }
 
@@ -239,12 +247,14 @@ async fn a_ticket_that_never_finishes_expires_at_its_deadline() {
 #[tokio::test]
 async fn ids_with_reserved_and_non_ascii_characters_round_trip() {
     let env = TestEnv::new("").await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
     let ticket_id = "tick/et 1+ü:%2F*~";
     let namespace = "ns with space+plus/slash:ü";
     env.insert(ticket_id, namespace, "ws:1").await;
 
-    let ticket = env.wait_final(ticket_id).await;
+    driven.settle().await;
+
+    let ticket = env.ticket(ticket_id).await;
     assert_eq!(ticket.state, "succeeded");
     let requests = env.sim.requests();
     assert!(!requests.is_empty());
@@ -254,7 +264,7 @@ async fn ids_with_reserved_and_non_ascii_characters_round_trip() {
         assert_eq!(request.answer, request.answer.trim(), "{request:?}");
         assert!(!request.answer.starts_with("rejected"), "the simulator rejected {request:?}");
     }
-    daemon.stop().await.expect("clean shutdown");
+    driven.stop().await;
 }
 
 #[tokio::test]

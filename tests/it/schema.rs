@@ -378,16 +378,17 @@ async fn a_row_with_an_unreadable_value_fails_alone_and_is_still_listed() {
         env.insert(ticket_id, "ns", "ws").await;
     }
     run_sql_without_checks(&env.db_path, "UPDATE tickets SET polls = 'abc' WHERE ticket_id = 't-bad'").await;
-    let daemon = env.spawn_daemon(|_| {}).await;
+    let driven = env.driven(|_| {}).await;
+    driven.settle().await;
 
     for ticket_id in ["t-1", "t-2", "t-3"] {
-        assert_eq!(env.wait_final(ticket_id).await.state, "succeeded", "{ticket_id} is not held back");
+        assert_eq!(env.ticket(ticket_id).await.state, "succeeded", "{ticket_id} is not held back");
     }
-    let bad = env.wait_final("t-bad").await;
+    let bad = env.ticket("t-bad").await;
     assert_eq!((bad.state.as_str(), bad.error_code.as_deref()), ("failed", Some("InvalidTicket")), "{bad:?}");
     assert!(bad.error_message.as_deref().unwrap_or("").contains("polls"), "{bad:?}");
     assert_eq!(env.sim.polls_of("t-bad"), 0, "an unreadable row is never polled");
-    daemon.stop().await.expect("clean shutdown");
+    driven.stop().await;
 
     // A finished row holding such a value is still listed and shown.
     run_sql_without_checks(&env.db_path, "UPDATE tickets SET running_streak = 'x' WHERE ticket_id = 't-1'").await;

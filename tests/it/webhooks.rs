@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::harness::{Received, Reply, TestEnv, WebhookSink, eventually, quote};
+use crate::harness::{Driven, Received, Reply, TestEnv, WebhookSink, eventually, quote};
 
 /// Two secrets, as during a rotation: every message carries a signature for each.
 const SECRETS: [&str; 2] =
@@ -95,6 +95,16 @@ async fn settled_deliveries(env: &TestEnv, count: usize) -> Vec<Delivery> {
     .await
 }
 
+/// Turns the claim steps until nothing is pending, then returns the deliveries, checking that
+/// there are `count` of them and that every one is delivered or dead.
+async fn settle_deliveries(env: &TestEnv, driven: &Driven, count: usize) -> Vec<Delivery> {
+    driven.settle().await;
+    let rows = deliveries(env).await;
+    assert_eq!(rows.len(), count, "{rows:?}");
+    assert!(rows.iter().all(|delivery| delivery.state != "pending"), "{rows:?}");
+    rows
+}
+
 async fn insert_with_url(env: &TestEnv, ticket_id: &str, url: &str) {
     env.execute_sql(&format!(
         "INSERT INTO tickets (ticket_id, namespace, workspace, webhook_url) VALUES ({}, 'ns', 'ws', {})",
@@ -109,11 +119,11 @@ async fn every_receiver_gets_one_delivery_per_finished_ticket_signed_with_every_
     let env = TestEnv::new(SCENARIO).await;
     let mut first = WebhookSink::accepting().await;
     let mut second = WebhookSink::accepting().await;
-    let daemon = env.spawn_daemon(webhooks(&[&first.url, &second.url], &[10])).await;
+    let driven = env.driven(webhooks(&[&first.url, &second.url], &[10])).await;
     for ticket_id in ["ok-1", "bad-sql-1", "missing-1"] {
         env.insert(ticket_id, "ns", "ws").await;
     }
-    let rows = settled_deliveries(&env, 6).await;
+    let rows = settle_deliveries(&env, &driven, 6).await;
     assert!(rows.iter().all(|row| row.state == "delivered" && row.attempts == 1), "{rows:#?}");
     assert!(rows.iter().all(|row| row.last_http_status == Some(204) && row.delivered_at.is_some()));
 
@@ -139,7 +149,7 @@ async fn every_receiver_gets_one_delivery_per_finished_ticket_signed_with_every_
         .map(|ticket| ids_per_receiver[0].iter().find(|(id, _)| id == ticket).map(|(_, hook)| hook.as_str()).unwrap())
         .collect();
     assert!(states[0].ends_with(".failed") && states[1].ends_with(".failed") && states[2].ends_with(".succeeded"));
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -172,8 +182,9 @@ async fn a_receiver_failing_its_first_requests_gets_the_event_on_the_next_attemp
     let failures = 2;
     let mut sink =
         WebhookSink::start(move |n| if n < failures { Reply::Status(500) } else { Reply::Status(200) }).await;
-    let daemon = env.spawn_daemon(webhooks(&[&sink.url], &[10, 10, 10])).await;
+    let driven = env.driven(webhooks(&[&sink.url], &[10, 10, 10])).await;
     env.insert("ok-retry", "ns", "ws").await;
+    let rows = settle_deliveries(&env, &driven, 1).await;
     let mut requests = Vec::new();
     for _ in 0..=failures {
         requests.push(sink.next().await);
@@ -181,40 +192,39 @@ async fn a_receiver_failing_its_first_requests_gets_the_event_on_the_next_attemp
     let ids: Vec<&str> = requests.iter().map(|request| request.header("webhook-id")).collect();
     assert!(ids.iter().all(|id| *id == ids[0]), "the same webhook-id on every attempt: {ids:?}");
     requests.iter().for_each(assert_signed);
-    let rows = settled_deliveries(&env, 1).await;
     assert_eq!(rows[0].state, "delivered");
     assert_eq!(rows[0].attempts, 3);
     assert_eq!(rows[0].last_http_status, Some(200));
     assert_eq!(rows[0].webhook_id, ids[0]);
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
 async fn a_410_makes_the_delivery_dead_at_once() {
     let env = TestEnv::new(SCENARIO).await;
     let mut sink = WebhookSink::start(|_| Reply::Status(410)).await;
-    let daemon = env.spawn_daemon(webhooks(&[&sink.url], &[10, 10, 10])).await;
+    let driven = env.driven(webhooks(&[&sink.url], &[10, 10, 10])).await;
     env.insert("ok-gone", "ns", "ws").await;
-    let rows = settled_deliveries(&env, 1).await;
+    let rows = settle_deliveries(&env, &driven, 1).await;
     assert_eq!(rows[0].state, "dead");
     assert_eq!(rows[0].attempts, 1);
     assert_eq!(rows[0].last_http_status, Some(410));
     assert!(rows[0].last_error.as_deref().unwrap_or_default().contains("410"));
     assert_eq!(sink.drain().len(), 1, "no attempt after the 410");
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
 async fn the_last_failed_attempt_makes_the_delivery_dead() {
     let env = TestEnv::new(SCENARIO).await;
     let mut sink = WebhookSink::start(|_| Reply::Status(503)).await;
-    let daemon = env.spawn_daemon(webhooks(&[&sink.url], &[10, 10])).await;
+    let driven = env.driven(webhooks(&[&sink.url], &[10, 10])).await;
     env.insert("ok-down", "ns", "ws").await;
-    let rows = settled_deliveries(&env, 1).await;
+    let rows = settle_deliveries(&env, &driven, 1).await;
     assert_eq!((rows[0].state.as_str(), rows[0].attempts), ("dead", 3), "two retries after the first attempt");
     assert_eq!(rows[0].last_http_status, Some(503));
     assert_eq!(sink.drain().len(), 3);
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -337,29 +347,29 @@ async fn per_ticket_urls_are_honoured_only_when_allowed() {
     let mut own = WebhookSink::accepting().await;
 
     let allowed = TestEnv::new(SCENARIO).await;
-    let daemon = allowed
-        .spawn_daemon(|config| {
+    let driven = allowed
+        .driven(|config| {
             webhooks(&[&configured.url], &[10])(config);
             config.webhook.allow_ticket_urls = true;
             config.webhook.allow_private_ticket_urls = true;
         })
         .await;
     insert_with_url(&allowed, "ok-own", &own.url).await;
-    let rows = settled_deliveries(&allowed, 2).await;
+    let rows = settle_deliveries(&allowed, &driven, 2).await;
     assert!(rows.iter().all(|row| row.state == "delivered"));
     assert_eq!(own.next().await.header("webhook-id"), configured.next().await.header("webhook-id"));
     assert_eq!(allowed.ticket("ok-own").await.webhook_note, None);
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 
     let refused = TestEnv::new(SCENARIO).await;
-    let daemon = refused.spawn_daemon(webhooks(&[&configured.url], &[10])).await;
+    let driven = refused.driven(webhooks(&[&configured.url], &[10])).await;
     insert_with_url(&refused, "ok-not-own", &own.url).await;
-    let rows = settled_deliveries(&refused, 1).await;
+    let rows = settle_deliveries(&refused, &driven, 1).await;
     assert_eq!(rows[0].url, configured.url);
     assert_eq!(configured.next().await.json()["data"]["ticket_id"], "ok-not-own");
     assert_eq!(refused.ticket("ok-not-own").await.webhook_note.as_deref(), Some(TICKET_URL_NOT_ALLOWED));
     assert!(own.drain().is_empty(), "the ticket's own URL got nothing");
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -367,8 +377,8 @@ async fn a_ticket_url_too_long_once_percent_encoded_is_noted_and_the_ticket_stil
     let env = TestEnv::new(SCENARIO).await;
     let mut configured = WebhookSink::accepting().await;
     let mut own = WebhookSink::accepting().await;
-    let daemon = env
-        .spawn_daemon(|config| {
+    let driven = env
+        .driven(|config| {
             webhooks(&[&configured.url], &[10])(config);
             config.webhook.allow_ticket_urls = true;
             config.webhook.allow_private_ticket_urls = true;
@@ -380,15 +390,15 @@ async fn a_ticket_url_too_long_once_percent_encoded_is_noted_and_the_ticket_stil
     assert!(long.chars().count() < 2048 && url::Url::parse(&long).unwrap().as_str().len() > 2048);
     insert_with_url(&env, "ok-long-url", &long).await;
 
-    let ticket = env.wait_final("ok-long-url").await;
+    let rows = settle_deliveries(&env, &driven, 1).await;
+    let ticket = env.ticket("ok-long-url").await;
     assert_eq!(ticket.state, "succeeded");
     let note = ticket.webhook_note.expect("the ticket says why its own URL was not used");
     assert!(note.contains("percent-encoded") && note.contains("2048"), "{note}");
     assert_eq!(configured.next().await.json()["data"]["ticket_id"], "ok-long-url");
-    let rows = settled_deliveries(&env, 1).await;
     assert_eq!((rows[0].url.as_str(), rows[0].state.as_str()), (configured.url.as_str(), "delivered"));
     assert!(own.drain().is_empty(), "the over-long URL got nothing");
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -411,20 +421,20 @@ async fn lease_owners_carry_64_random_bits_so_two_hosts_of_one_name_and_pid_neve
 async fn retry_of_a_ticket_that_finishes_again_makes_new_deliveries_with_new_ids() {
     let env = TestEnv::new(SCENARIO).await;
     let mut sink = WebhookSink::accepting().await;
-    let daemon = env.spawn_daemon(webhooks(&[&sink.url], &[10])).await;
+    let driven = env.driven(webhooks(&[&sink.url], &[10])).await;
     env.insert("ok-twice", "ns", "ws").await;
+    settle_deliveries(&env, &driven, 1).await;
     let first = sink.next().await;
-    settled_deliveries(&env, 1).await;
 
     let retried = env.cli(&["retry", "ok-twice"]);
     assert_eq!(retried.code, Some(0), "{}", retried.stderr);
+    let rows = settle_deliveries(&env, &driven, 2).await;
     let second = sink.next().await;
     assert_ne!(first.header("webhook-id"), second.header("webhook-id"));
     assert_eq!(second.json()["data"]["ticket_id"], "ok-twice");
-    let rows = settled_deliveries(&env, 2).await;
     assert_ne!(rows[0].webhook_id, rows[1].webhook_id);
     assert!(rows.iter().all(|row| row.state == "delivered" && row.attempts == 1));
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
@@ -437,9 +447,9 @@ async fn redirects_are_not_followed_and_endless_answers_are_not_read_to_the_end(
     let endless_error = WebhookSink::start(|_| Reply::Endless(500)).await;
     // With a 20 s timeout, reading an endless body to the end would take 40 s per receiver,
     // longer than the test waits.
-    let daemon = env.spawn_daemon(webhooks(&[&redirecting.url, &endless_ok.url, &endless_error.url], &[10])).await;
+    let driven = env.driven(webhooks(&[&redirecting.url, &endless_ok.url, &endless_error.url], &[10])).await;
     env.insert("ok-odd", "ns", "ws").await;
-    let rows = settled_deliveries(&env, 3).await;
+    let rows = settle_deliveries(&env, &driven, 3).await;
     let row = |url: &str| rows.iter().find(|row| row.url == url).expect("a row per receiver");
 
     let redirected = row(&redirecting.url);
@@ -454,7 +464,7 @@ async fn redirects_are_not_followed_and_endless_answers_are_not_read_to_the_end(
     assert_eq!((refused.state.as_str(), refused.last_http_status), ("dead", Some(500)));
     let error = refused.last_error.as_deref().unwrap_or_default();
     assert!(error.starts_with("HTTP 500") && error.contains("xxx") && error.len() < 400, "{error}");
-    daemon.stop().await.expect("the daemon stops cleanly");
+    driven.stop().await;
 }
 
 #[tokio::test]
