@@ -27,7 +27,7 @@ use tracing::{Instrument as _, debug, error, info, info_span, warn};
 use crate::backoff::{Schedule, honour_retry_after};
 use crate::clock::Clock;
 use crate::config::{PollConfig, WebhookConfig};
-use crate::domain::TicketState;
+use crate::domain::{RowId, TicketState, TicketStatus};
 use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -42,9 +42,6 @@ pub const CLAIM_WINDOW: Duration = Duration::from_millis(1);
 
 /// Transient failures in a row, across tickets, that make an outage and pause all polling.
 pub const OUTAGE_THRESHOLD: u32 = 5;
-
-/// Status values the API documents; anything else is logged once and polled on.
-pub const KNOWN_STATUSES: [&str; 4] = ["INIT", "EXECUTING", "FINISHED", "FAILED"];
 
 /// Shortest wait of the pause schedule, however short `poll.initial_interval` is: tickets held
 /// while polling is paused are put back for at least this long, so that they are not claimed and
@@ -175,15 +172,19 @@ pub fn decide(
                     error: None,
                 })
             };
-            match (answer.ticket_status.as_deref(), answer.success) {
-                (Some("FINISHED"), Some(true)) => finish(TicketState::Succeeded),
-                (Some("FINISHED"), Some(false)) | (Some("FAILED"), _) => finish(TicketState::Failed),
+            match (&answer.ticket_status, answer.success) {
+                (Some(TicketStatus::Finished), Some(true)) => finish(TicketState::Succeeded),
+                (Some(TicketStatus::Finished), Some(false)) | (Some(TicketStatus::Failed), _) => {
+                    finish(TicketState::Failed)
+                }
                 // Undocumented: FINISHED without `success`. A deployment ID and no validation
                 // issues can only mean it deployed.
-                (Some("FINISHED"), None) if answer.deployment_id.is_some() && answer.validation_errors.is_empty() => {
+                (Some(TicketStatus::Finished), None)
+                    if answer.deployment_id.is_some() && answer.validation_errors.is_empty() =>
+                {
                     finish(TicketState::Succeeded)
                 }
-                (Some("FINISHED"), None) => finish(TicketState::Failed),
+                (Some(TicketStatus::Finished), None) => finish(TicketState::Failed),
                 _ if past_deadline => finish(TicketState::Expired),
                 _ => {
                     let delay = policy.running.delay(streak(ticket.running_streak), jitter);
@@ -534,7 +535,7 @@ impl Poller {
                         let permit = permits.split(1).expect("one permit was gathered per claimed row");
                         let poller = Arc::clone(&self);
                         let lease = lease.clone();
-                        let span = info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id);
+                        let span = info_span!("ticket", ticket_id = %ticket.key.ticket_id, workspace = %ticket.key.workspace, row = ticket.id.0);
                         tracker.spawn(
                             async move {
                                 poller.handle(ticket, &lease, Some(permit)).await;
@@ -559,11 +560,11 @@ impl Poller {
     /// Polls ticket row `id` until it is final, claiming each poll with a lease exactly as the loop
     /// does, so that it cooperates with a daemon on the same database: whoever claims a due poll
     /// makes it, and a final state written by either ends the wait.
-    pub async fn follow(&self, id: i64, shutdown: &CancellationToken) -> Result<Followed, sqlx::Error> {
+    pub async fn follow(&self, id: RowId, shutdown: &CancellationToken) -> Result<Followed, sqlx::Error> {
         let mut claims: u64 = 0;
         loop {
             let row = self.store.ticket(id).await?.ok_or(sqlx::Error::RowNotFound)?;
-            if row.state != TicketState::Pending.as_str() {
+            if !row.is_pending() {
                 return Ok(Followed::Final(row));
             }
             if shutdown.is_cancelled() {
@@ -573,14 +574,13 @@ impl Poller {
             claims += 1;
             let lease = Lease(format!("{}#follow-{claims}", self.owner));
             if let Some(ticket) = self.store.claim_ticket(&lease, id, now, self.poll.lease, self.poll.deadline).await? {
-                let span =
-                    info_span!("ticket", ticket_id = %ticket.ticket_id, workspace = %ticket.workspace, row = ticket.id);
+                let span = info_span!("ticket", ticket_id = %ticket.key.ticket_id, workspace = %ticket.key.workspace, row = ticket.id.0);
                 self.handle(ticket, &lease, None).instrument(span).await;
                 // An outage is waited out (the ticket's deadline bounds it); a rejection needs a
                 // person.
                 if self.paused.cause() == Some(PauseCause::Rejected) {
                     let row = self.store.ticket(id).await?.ok_or(sqlx::Error::RowNotFound)?;
-                    if row.state == TicketState::Pending.as_str() {
+                    if row.is_pending() {
                         return Ok(Followed::Paused(row));
                     }
                 }
@@ -588,7 +588,7 @@ impl Poller {
             }
             // Not due yet, or another process holds it: look again when it is due, and at least
             // every WAKE_INTERVAL to notice a final state written by someone else.
-            let due = crate::clock::parse_instant(&row.next_poll_at).unwrap_or(now);
+            let due = row.next_poll_at;
             let wait = (due - now).to_std().unwrap_or(Duration::ZERO).clamp(Duration::from_millis(10), WAKE_INTERVAL);
             tokio::select! {
                 biased;
@@ -678,12 +678,13 @@ impl Poller {
             let hold = gates
                 .global
                 .hold(now, probe_hold)
-                .or_else(|| gates.workspaces.get(&ticket.workspace).and_then(|gate| gate.hold(now, probe_hold)));
+                .or_else(|| gates.workspaces.get(&ticket.key.workspace).and_then(|gate| gate.hold(now, probe_hold)));
             match hold {
                 Some(hold) => Err(hold),
                 None => {
                     let global_probe = gates.global.start_probe();
-                    let workspace_probe = gates.workspaces.get_mut(&ticket.workspace).is_some_and(Gate::start_probe);
+                    let workspace_probe =
+                        gates.workspaces.get_mut(&ticket.key.workspace).is_some_and(Gate::start_probe);
                     Ok((global_probe, workspace_probe))
                 }
             }
@@ -694,7 +695,10 @@ impl Poller {
         };
 
         if ticket.polls == 0 {
-            info!(deadline_at = ticket.deadline_at.as_deref().unwrap_or(""), "ticket picked up");
+            info!(
+                deadline_at = ticket.deadline_at.map(crate::clock::format_instant).unwrap_or_default(),
+                "ticket picked up"
+            );
         }
         let poll = async {
             let waited = self.limiter.acquire().await;
@@ -706,9 +710,9 @@ impl Poller {
             let outcome = self
                 .flink
                 .get_deploy_result(TicketRef {
-                    namespace: &ticket.namespace,
-                    workspace: &ticket.workspace,
-                    ticket_id: &ticket.ticket_id,
+                    namespace: &ticket.key.namespace,
+                    workspace: &ticket.key.workspace,
+                    ticket_id: &ticket.key.ticket_id,
                     region: ticket.region.as_deref(),
                 })
                 .await;
@@ -734,7 +738,9 @@ impl Poller {
                         self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it");
                     match scope {
                         PauseScope::Global => gates.global.paused_until(),
-                        PauseScope::Workspace => gates.workspaces.get(&ticket.workspace).and_then(Gate::paused_until),
+                        PauseScope::Workspace => {
+                            gates.workspaces.get(&ticket.key.workspace).and_then(Gate::paused_until)
+                        }
                     }
                 }
                 .unwrap_or(now + to_chrono(self.policy.pause.initial));
@@ -764,7 +770,7 @@ impl Poller {
     /// Runs `work` (one poll) while extending the lease on row `id` every third of a lease, so
     /// that however long the poll takes (rate-limit wait, credential refresh, the client's own
     /// retries) no other claim takes the ticket meanwhile.
-    async fn keep_leased<T>(&self, id: i64, lease: &Lease, work: impl std::future::Future<Output = T>) -> T {
+    async fn keep_leased<T>(&self, id: RowId, lease: &Lease, work: impl std::future::Future<Output = T>) -> T {
         let every = (self.poll.lease / 3).max(Duration::from_millis(1));
         let renewals = async {
             loop {
@@ -853,12 +859,12 @@ impl Poller {
             let mut gates = self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it");
             let probes = Probes { global: global_probe, workspace: workspace_probe };
             let postpone =
-                gates.observe(&ticket.workspace, outcome.as_ref().map(|_| ()), now, probes, &self.policy.pause);
+                gates.observe(&ticket.key.workspace, outcome.as_ref().map(|_| ()), now, probes, &self.policy.pause);
             self.paused.set(gates.global.paused.as_ref().map(|pause| pause.cause));
             postpone
         };
         if let Some(until) = postpone_workspace_until {
-            if let Err(error) = self.store.postpone_workspace(&ticket.workspace, until).await {
+            if let Err(error) = self.store.postpone_workspace(&ticket.key.workspace, until).await {
                 warn!(error = %error, "postponing the paused workspace's tickets failed");
             }
         }
@@ -979,9 +985,13 @@ impl Gates {
 fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
     match outcome {
         Ok(polled) => {
-            let status = polled.result.ticket_status.as_deref().unwrap_or("");
+            let status = polled.result.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default();
             debug!(ticket_status = status, request_id = polled.request_id.as_deref().unwrap_or(""), "polled");
-            if !KNOWN_STATUSES.contains(&status) && ticket.ticket_status.as_deref() != Some(status) {
+            let unknown = !matches!(
+                polled.result.ticket_status,
+                Some(TicketStatus::Init | TicketStatus::Executing | TicketStatus::Finished | TicketStatus::Failed)
+            );
+            if unknown && ticket.ticket_status != polled.result.ticket_status {
                 warn!(ticket_status = status, "unknown ticket status; polling on until the deadline");
             }
         }
@@ -1032,7 +1042,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::domain::{DeployResult, ValidationIssue};
+    use crate::domain::{DeployResult, TicketKey, ValidationIssue};
     use crate::flink::ApiError;
 
     fn now() -> DateTime<Utc> {
@@ -1066,28 +1076,26 @@ mod tests {
 
     fn ticket(running_streak: i64, error_streak: i64, deadline: DateTime<Utc>) -> Ticket {
         Ticket {
-            id: 7,
-            ticket_id: "t-1".to_owned(),
-            namespace: "ns".to_owned(),
-            workspace: "ws".to_owned(),
+            id: RowId(7),
+            key: TicketKey { ticket_id: "t-1".to_owned(), namespace: "ns".to_owned(), workspace: "ws".to_owned() },
             region: None,
             webhook_url: None,
-            deadline_at: Some(crate::clock::format_instant(deadline)),
-            state: "pending".to_owned(),
+            deadline_at: Some(deadline),
+            state: TicketState::Pending,
             ticket_status: None,
             deployment_id: None,
             deploy_success: None,
             message: None,
             validation_result: None,
-            validation_errors: "[]".to_owned(),
+            validation_errors: Vec::new(),
             error_code: None,
             error_message: None,
             polls: running_streak + error_streak,
             request_id: None,
             webhook_note: None,
-            created_at: "2026-11-28T11:00:00.000Z".to_owned(),
-            updated_at: "2026-11-28T11:00:00.000Z".to_owned(),
-            next_poll_at: "2026-11-28T12:00:00.000Z".to_owned(),
+            created_at: now() - chrono::Duration::hours(1),
+            updated_at: now() - chrono::Duration::hours(1),
+            next_poll_at: now(),
             finished_at: None,
             running_streak,
             error_streak,
@@ -1101,7 +1109,7 @@ mod tests {
         Polled {
             request_id: Some("R".to_owned()),
             result: DeployResult {
-                ticket_status: Some(status.to_owned()),
+                ticket_status: Some(TicketStatus::from_wire(status)),
                 deployment_id: success.filter(|success| *success).map(|_| "dep-1".to_owned()),
                 success,
                 ..DeployResult::default()
