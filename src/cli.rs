@@ -542,7 +542,7 @@ async fn deploy(
     for issue in &row.validation_errors {
         eprintln!("{issue}");
     }
-    if row.state == TicketState::Succeeded {
+    if let TicketState::Succeeded = row.state {
         if !args.json {
             println!(
                 "ticket {ticket_id} succeeded: deployment {}",

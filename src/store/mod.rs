@@ -10,6 +10,7 @@
 pub mod deliveries;
 pub mod maintenance;
 pub mod recorder;
+mod results;
 mod row;
 pub mod tickets;
 

@@ -10,9 +10,9 @@
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
+use super::results::{PollResult, ResultWrite, record_many_on};
 use super::tickets::{
-    Announcement, Finish, PollResult, Reschedule, ResultWrite, Ticket, record_final_on, record_many_on,
-    record_progress_on, tickets_on, write_announcement_on,
+    Announcement, Finish, Reschedule, Ticket, record_final_on, record_progress_on, tickets_on, write_announcement_on,
 };
 use super::{Lease, Store, is_busy};
 use crate::domain::RowId;
