@@ -507,7 +507,10 @@ async fn deploy(
         flink,
         Arc::clone(&clock),
         config.poll,
-        Arc::new(config.webhook.clone()),
+        {
+            let settings = config.webhook.clone();
+            Arc::new(move |row: &Ticket| crate::webhook::plan(row, &settings))
+        },
         limiter,
         1,
         owner,

@@ -182,7 +182,7 @@ proptest! {
         let outcome = load_config_text(&text);
         if let Ok(config) = &outcome {
             // What the daemon derives from an accepted configuration cannot overflow either.
-            let policy = flink_ticketd::poller::Policy::from_config(&config.poll);
+            let policy = flink_ticketd::poller::Policy::from_settings(&config.poll);
             let _ = policy.pause.max + config.poll.lease + config.flink.client.request_timeout;
         }
         if let Err(error) = outcome {

@@ -246,7 +246,10 @@ async fn poller(env: &TestEnv, credentials: Credentials) -> (Poller, tokio::task
         flink,
         clock,
         config.poll,
-        Arc::new(config.webhook.clone()),
+        {
+            let settings = config.webhook.clone();
+            Arc::new(move |row: &flink_ticketd::store::Ticket| flink_ticketd::webhook::plan(row, &settings))
+        },
         Arc::new(RateLimiter::new(100.0, 1)),
         1,
         "test:1:00".to_owned(),

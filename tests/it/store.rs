@@ -85,7 +85,7 @@ async fn a_claim_takes_due_rows_once_earliest_first() {
     assert_eq!(claimed[0].lease_owner.as_deref(), Some("a#1"));
     assert_eq!(
         claimed[0].next_poll_at,
-        claimed[0].lease_until.clone().unwrap(),
+        claimed[0].lease_until.unwrap(),
         "a claimed row is due when its lease lapses"
     );
 
