@@ -11,13 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, format_instant};
 use crate::config::{self, Config};
-use crate::domain::{TicketState, ValidationIssue};
+use crate::domain::{TicketState, TicketStatus};
 use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
 
 /// Watches Alibaba Cloud Flink deploy tickets queued in SQLite and reports their outcome.
@@ -266,7 +267,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
                     deadline_at: None,
                 };
                 match store.insert_ticket(&new).await {
-                    Ok(ticket) => println!("queued {} (row {})", ticket.ticket_id, ticket.id),
+                    Ok(ticket) => println!("queued {} (row {})", ticket.key.ticket_id, ticket.id),
                     Err(error) => {
                         failures += 1;
                         database_failed |= !is_refusal(&error);
@@ -307,7 +308,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
         Command::Show { ticket_id, which, json } => {
             let store = Store::open_read_only(&config.database).await?;
             let ticket = find_one(&store, &ticket_id, &which).await?;
-            let deliveries = store.deliveries_of_ticket(ticket.id).await.context("reading webhook deliveries")?;
+            let deliveries = store.deliveries_of_ticket(ticket.id.0).await.context("reading webhook deliveries")?;
             if json {
                 let mut value = ticket_json(&ticket);
                 value["webhook_deliveries"] = deliveries.iter().map(delivery_json).collect();
@@ -506,7 +507,10 @@ async fn deploy(
         flink,
         Arc::clone(&clock),
         config.poll,
-        Arc::new(config.webhook.clone()),
+        {
+            let settings = config.webhook.clone();
+            Arc::new(move |row: &Ticket| crate::webhook::plan(row, &settings))
+        },
         limiter,
         1,
         owner,
@@ -538,11 +542,10 @@ async fn deploy(
     if args.json {
         println!("{}", serde_json::to_string_pretty(&ticket_json(&row)).context("serialising the ticket")?);
     }
-    let issues: Vec<ValidationIssue> = serde_json::from_str(&row.validation_errors).unwrap_or_default();
-    for issue in &issues {
+    for issue in &row.validation_errors {
         eprintln!("{issue}");
     }
-    if row.state == TicketState::Succeeded.as_str() {
+    if let TicketState::Succeeded = row.state {
         if !args.json {
             println!(
                 "ticket {ticket_id} succeeded: deployment {}",
@@ -551,7 +554,8 @@ async fn deploy(
         }
         return Ok(());
     }
-    let mut why = vec![row.ticket_status.clone(), row.validation_result.clone(), row.message.clone()];
+    let mut why =
+        vec![row.ticket_status.as_ref().map(ToString::to_string), row.validation_result.clone(), row.message.clone()];
     if let Some(code) = &row.error_code {
         why.push(Some(format!("{code}: {}", row.error_message.as_deref().unwrap_or(""))));
     }
@@ -590,7 +594,7 @@ async fn find_one(store: &Store, ticket_id: &str, which: &Which) -> Result<Ticke
         _ => {
             let places: Vec<String> = matches
                 .iter()
-                .map(|ticket| format!("--workspace {} --namespace {}", ticket.workspace, ticket.namespace))
+                .map(|ticket| format!("--workspace {} --namespace {}", ticket.key.workspace, ticket.key.namespace))
                 .collect();
             Err(CliError::Usage(format!(
                 "ticket {ticket_id:?} exists in several places; add one of: {}",
@@ -650,7 +654,6 @@ fn describe_insert_error(error: &sqlx::Error) -> String {
 
 fn ticket_json(ticket: &Ticket) -> Value {
     let mut value = serde_json::to_value(ticket).expect("a ticket row serialises to JSON");
-    value["validation_errors"] = serde_json::from_str(&ticket.validation_errors).unwrap_or_else(|_| json!([]));
     if let Some(url) = &ticket.webhook_url {
         value["webhook_url"] = Value::String(shown_url(url));
     }
@@ -743,12 +746,14 @@ fn print_table(tickets: &[Ticket]) {
         .iter()
         .map(|ticket| {
             [
-                ticket.ticket_id.clone(),
-                ticket.workspace.clone(),
-                ticket.state.clone(),
-                ticket.ticket_status.clone().unwrap_or_default(),
+                ticket.key.ticket_id.clone(),
+                ticket.key.workspace.clone(),
+                ticket.state.to_string(),
+                ticket.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default(),
                 ticket.polls.to_string(),
-                ticket.finished_at.clone().unwrap_or_else(|| format!("next {}", ticket.next_poll_at)),
+                ticket
+                    .finished_at
+                    .map_or_else(|| format!("next {}", format_instant(ticket.next_poll_at)), format_instant),
                 ticket.error_code.clone().unwrap_or_default(),
             ]
         })
@@ -782,12 +787,13 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
             println!("{name:<18} {value}");
         }
     };
-    field("ticket_id", Some(&ticket.ticket_id));
-    field("namespace", Some(&ticket.namespace));
-    field("workspace", Some(&ticket.workspace));
+    let instant = |instant: Option<DateTime<Utc>>| instant.map(format_instant);
+    field("ticket_id", Some(&ticket.key.ticket_id));
+    field("namespace", Some(&ticket.key.namespace));
+    field("workspace", Some(&ticket.key.workspace));
     field("region", ticket.region.as_deref());
-    field("state", Some(&ticket.state));
-    field("ticket_status", ticket.ticket_status.as_deref());
+    field("state", Some(ticket.state.as_str()));
+    field("ticket_status", ticket.ticket_status.as_ref().map(TicketStatus::as_wire));
     field("deployment_id", ticket.deployment_id.as_deref());
     field("deploy_success", ticket.deploy_success.map(|success| if success { "true" } else { "false" }));
     field("message", ticket.message.as_deref());
@@ -796,19 +802,18 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
     field("error_message", ticket.error_message.as_deref());
     field("polls", Some(&ticket.polls.to_string()));
     field("request_id", ticket.request_id.as_deref());
-    field("created_at", Some(&ticket.created_at));
-    field("updated_at", Some(&ticket.updated_at));
-    if ticket.state == "pending" {
-        field("next_poll_at", Some(&ticket.next_poll_at));
+    field("created_at", instant(Some(ticket.created_at)).as_deref());
+    field("updated_at", instant(Some(ticket.updated_at)).as_deref());
+    if ticket.is_pending() {
+        field("next_poll_at", instant(Some(ticket.next_poll_at)).as_deref());
     }
-    field("deadline_at", ticket.deadline_at.as_deref());
-    field("finished_at", ticket.finished_at.as_deref());
+    field("deadline_at", instant(ticket.deadline_at).as_deref());
+    field("finished_at", instant(ticket.finished_at).as_deref());
     field("webhook_url", ticket.webhook_url.as_deref().map(shown_url).as_deref());
     field("webhook_note", ticket.webhook_note.as_deref());
-    let issues: Vec<ValidationIssue> = serde_json::from_str(&ticket.validation_errors).unwrap_or_default();
-    if !issues.is_empty() {
+    if !ticket.validation_errors.is_empty() {
         println!("validation errors:");
-        for issue in &issues {
+        for issue in &ticket.validation_errors {
             println!("  {issue}");
         }
     }

@@ -16,6 +16,7 @@ use url::Url;
 
 use crate::flink::credentials::ChainEnvironment;
 use crate::flink::{ClientSettings, Credentials, Endpoints};
+use crate::poller::PollSettings;
 use crate::redact::{redact_text, redact_url};
 use crate::store::StoreSettings;
 
@@ -38,7 +39,7 @@ pub struct Config {
     /// `[flink]`.
     pub flink: FlinkConfig,
     /// `[poll]`.
-    pub poll: PollConfig,
+    pub poll: PollSettings,
     /// `[webhook]`.
     pub webhook: WebhookConfig,
     /// `shutdown.grace`.
@@ -65,21 +66,6 @@ pub struct FlinkConfig {
     pub max_requests_per_second: f64,
     /// Global concurrency limit.
     pub max_in_flight: usize,
-}
-
-/// `[poll]`: the per-ticket schedule.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PollConfig {
-    /// First wait between polls.
-    pub initial_interval: Duration,
-    /// Longest wait between polls.
-    pub max_interval: Duration,
-    /// Growth factor of the wait.
-    pub multiplier: f64,
-    /// Default time from enqueue to `expired`.
-    pub deadline: Duration,
-    /// How long a claim holds a ticket.
-    pub lease: Duration,
 }
 
 /// `[webhook]`: receivers and their schedule.
@@ -628,7 +614,7 @@ impl RawConfig {
                 max_requests_per_second: self.flink.max_requests_per_second,
                 max_in_flight,
             },
-            poll: PollConfig { initial_interval, max_interval, multiplier: self.poll.multiplier, deadline, lease },
+            poll: PollSettings { initial_interval, max_interval, multiplier: self.poll.multiplier, deadline, lease },
             webhook: WebhookConfig {
                 urls,
                 secrets,

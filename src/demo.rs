@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{SIMULATOR_DEMO_CREDENTIALS, print_rows};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, Environment, RawConfig};
-use crate::domain::ValidationIssue;
+use crate::domain::TicketState;
 use crate::simulator::{Scenario, Simulator, SimulatorSettings};
-use crate::store::{Delivery, NewTicket, Store, Ticket};
+use crate::store::{Delivery, DeliveryState, NewTicket, Store, Ticket};
 use crate::webhook::signing;
 
 /// The demo gives up (and fails) if its tickets are not done by then; they take about 6 s.
@@ -268,7 +268,7 @@ async fn watch(
     shutdown: &CancellationToken,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let mut seen: HashMap<String, (String, Option<String>)> = HashMap::new();
+    let mut seen: HashMap<String, (TicketState, Option<String>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         // A webhook can arrive before the next look at the tickets: look first, so that a
@@ -284,20 +284,20 @@ async fn watch(
         let tickets = demo_tickets(store).await?;
         let deliveries = store.list_deliveries(None, 100).await.context("reading the webhook deliveries")?;
         for ticket in &tickets {
-            let now = (ticket.state.clone(), ticket.error_code.clone());
-            if seen.get(&ticket.ticket_id) != Some(&now) {
+            let now = (ticket.state, ticket.error_code.clone());
+            if seen.get(&ticket.key.ticket_id) != Some(&now) {
                 if let Some(line) = describe_change(ticket) {
                     screen.say(line);
                 }
-                seen.insert(ticket.ticket_id.clone(), now);
+                seen.insert(ticket.key.ticket_id.clone(), now);
             }
         }
         for event in event.into_iter().chain(std::iter::from_fn(|| received.try_recv().ok())) {
             screen.say(event);
         }
-        let finished = tickets.iter().filter(|ticket| ticket.state != "pending").count();
-        let settled = deliveries.iter().filter(|delivery| delivery.state != "pending").count();
-        let delivered = deliveries.iter().filter(|delivery| delivery.state == "delivered").count();
+        let finished = tickets.iter().filter(|ticket| ticket.state.is_final()).count();
+        let settled = deliveries.iter().filter(|delivery| delivery.state() != Some(DeliveryState::Pending)).count();
+        let delivered = deliveries.iter().filter(|delivery| delivery.state() == Some(DeliveryState::Delivered)).count();
         screen.progress(
             u64::try_from(finished + settled).unwrap_or(u64::MAX),
             format!("tickets finished {finished}/{} · webhooks delivered {delivered}", tickets.len()),
@@ -310,10 +310,10 @@ async fn watch(
 
 /// One line when a ticket's state or error changes.
 fn describe_change(ticket: &Ticket) -> Option<String> {
-    let id = &ticket.ticket_id;
-    match (ticket.state.as_str(), ticket.error_code.as_deref()) {
-        ("pending", None) => None,
-        ("pending", Some(code)) => {
+    let id = &ticket.key.ticket_id;
+    match (ticket.state, ticket.error_code.as_deref()) {
+        (TicketState::Pending, None) => None,
+        (TicketState::Pending, Some(code)) => {
             Some(format!("  {id}: the API answered {code}; the daemon backs off and polls again"))
         }
         (state, _) => Some(format!(
@@ -334,13 +334,12 @@ async fn demo_tickets(store: &Store) -> anyhow::Result<Vec<Ticket>> {
 
 /// The outcome of a ticket in a few words.
 fn result_of(ticket: &Ticket) -> String {
-    let issues: Vec<ValidationIssue> = serde_json::from_str(&ticket.validation_errors).unwrap_or_default();
-    if !issues.is_empty() {
-        return issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    if !ticket.validation_errors.is_empty() {
+        return ticket.validation_errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
     }
-    match (ticket.state.as_str(), &ticket.deployment_id, &ticket.error_code) {
-        ("succeeded", Some(deployment), _) => format!("deployment {deployment}"),
-        ("expired", _, _) => "no final status before the deadline".to_owned(),
+    match (ticket.state, &ticket.deployment_id, &ticket.error_code) {
+        (TicketState::Succeeded, Some(deployment), _) => format!("deployment {deployment}"),
+        (TicketState::Expired, _, _) => "no final status before the deadline".to_owned(),
         (_, _, Some(code)) => format!("{code}: {}", ticket.error_message.as_deref().unwrap_or_default()),
         _ => ticket.message.clone().unwrap_or_default(),
     }
@@ -352,9 +351,9 @@ fn print_summary(tickets: &[Ticket], deliveries: &[Delivery]) {
         .iter()
         .map(|ticket| {
             vec![
-                ticket.ticket_id.clone(),
-                ticket.state.clone(),
-                ticket.ticket_status.clone().unwrap_or_default(),
+                ticket.key.ticket_id.clone(),
+                ticket.state.to_string(),
+                ticket.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default(),
                 ticket.polls.to_string(),
                 result_of(ticket),
             ]
@@ -363,7 +362,7 @@ fn print_summary(tickets: &[Ticket], deliveries: &[Delivery]) {
     print_rows(&["TICKET", "STATE", "STATUS", "POLLS", "DEPLOYMENT / ERROR"], &rows);
 
     println!("\nwebhook deliveries");
-    let names: HashMap<i64, &str> = tickets.iter().map(|ticket| (ticket.id, ticket.ticket_id.as_str())).collect();
+    let names: HashMap<i64, &str> = tickets.iter().map(|ticket| (ticket.id.0, ticket.key.ticket_id.as_str())).collect();
     let mut deliveries = deliveries.to_vec();
     deliveries.sort_by_key(|delivery| delivery.id);
     let rows: Vec<Vec<String>> = deliveries

@@ -1,5 +1,6 @@
-//! The vocabulary of the daemon: ticket states, what a poll can tell us, and the SQL validation
-//! issues the cloud reports. No IO lives here.
+//! The vocabulary of the daemon: ticket states, row ids and keys, what a poll can tell us (the
+//! cloud's [`TicketStatus`], whose wire words only `flink/` reads and writes), and the SQL
+//! validation issues the cloud reports. No IO lives here.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -75,6 +76,59 @@ impl std::str::FromStr for TicketState {
     }
 }
 
+/// The `tickets.id` of a row: the daemon's own handle on a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RowId(pub i64);
+
+impl std::fmt::Display for RowId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What names a ticket in the cloud: the cloud's ticket ID within a workspace and namespace.
+/// The same ticket ID may exist in several workspaces or namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct TicketKey {
+    /// The cloud's ticket ID.
+    pub ticket_id: String,
+    /// The Flink namespace.
+    pub namespace: String,
+    /// The workspace ID.
+    pub workspace: String,
+}
+
+/// The cloud's `ticketStatus`. Produced only by `flink/`, which also holds its one conversion
+/// to and from the wire words; everything else matches on the variants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TicketStatus {
+    /// Queued in the cloud.
+    Init,
+    /// Running.
+    Executing,
+    /// Done: `success` says how it went.
+    Finished,
+    /// Done, and failed.
+    Failed,
+    /// A word the API does not document; polled on until the deadline.
+    Other(String),
+}
+
+impl TicketStatus {
+    /// The documented status's name in lowercase (for metric labels); `None` for
+    /// [`TicketStatus::Other`].
+    pub fn name(&self) -> Option<&'static str> {
+        match self {
+            TicketStatus::Init => Some("init"),
+            TicketStatus::Executing => Some("executing"),
+            TicketStatus::Finished => Some("finished"),
+            TicketStatus::Failed => Some("failed"),
+            TicketStatus::Other(_) => None,
+        }
+    }
+}
+
 /// One SQL validation problem reported by the cloud, as stored in `validation_errors`.
 ///
 /// Positions are JSON integers when the API gave something numeric (it sends numbers as strings),
@@ -114,8 +168,8 @@ impl std::fmt::Display for ValidationIssue {
 /// What a successful poll said about a deploy ticket (`data` of GetDeployDeploymentDraftResult).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeployResult {
-    /// `ticketStatus`: `INIT`, `EXECUTING`, `FINISHED`, `FAILED` or anything else.
-    pub ticket_status: Option<String>,
+    /// `ticketStatus`.
+    pub ticket_status: Option<TicketStatus>,
     /// `deploymentId`, once known.
     pub deployment_id: Option<String>,
     /// `success`: the deployment outcome, not the request outcome.

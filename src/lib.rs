@@ -82,7 +82,10 @@ pub async fn run_supervised(
             flink,
             Arc::clone(&clock),
             config.poll,
-            Arc::clone(&webhook),
+            {
+                let settings = Arc::clone(&webhook);
+                Arc::new(move |row: &store::Ticket| webhook::plan(row, &settings))
+            },
             limiter,
             config.flink.max_in_flight,
             owner.clone(),

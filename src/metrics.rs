@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::domain::TicketState;
+use crate::domain::{TicketState, TicketStatus};
 use crate::flink::{FlinkError, Polled};
 use crate::store::AttemptRecord;
 
@@ -207,13 +207,7 @@ impl Metrics {
 /// The `outcome` label of a result request: the ticket status class answered, or the error class.
 pub fn poll_outcome(outcome: &Result<Polled, FlinkError>) -> &'static str {
     match outcome {
-        Ok(polled) => match polled.result.ticket_status.as_deref() {
-            Some("INIT") => "init",
-            Some("EXECUTING") => "executing",
-            Some("FINISHED") => "finished",
-            Some("FAILED") => "failed",
-            _ => "other_status",
-        },
+        Ok(polled) => polled.result.ticket_status.as_ref().and_then(TicketStatus::name).unwrap_or("other_status"),
         Err(FlinkError::Network(_)) => "network_error",
         Err(FlinkError::Decode(_)) => "invalid_response",
         Err(FlinkError::Transient(_)) => "transient_error",

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{ApiError, ErrorClass, FlinkError};
-use crate::domain::{DeployResult, ValidationIssue};
+use crate::domain::{DeployResult, TicketStatus, ValidationIssue};
 
 /// The parts of a successful envelope the daemon uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,12 +63,48 @@ pub fn parse_deploy_result(data: &Value) -> DeployResult {
     let detail = data.get("artifactValidationDetail").filter(|v| v.is_object());
     let validation_errors = detail.and_then(|detail| detail.get("errorDetails")).map(parse_issues).unwrap_or_default();
     DeployResult {
-        ticket_status: text_field(data, &["ticketStatus"]),
+        ticket_status: text_field(data, &["ticketStatus"]).map(|word| TicketStatus::from_wire(&word)),
         deployment_id: text_field(data, &["deploymentId"]),
         success: bool_field(data, &["success"]),
         message: text_field(data, &["message"]),
         validation_result: detail.and_then(|detail| text_field(detail, &["validationResult"])),
         validation_errors,
+    }
+}
+
+impl TicketStatus {
+    /// The status a wire word names; a word the API does not document is kept as it came.
+    pub fn from_wire(word: &str) -> TicketStatus {
+        match word {
+            "INIT" => TicketStatus::Init,
+            "EXECUTING" => TicketStatus::Executing,
+            "FINISHED" => TicketStatus::Finished,
+            "FAILED" => TicketStatus::Failed,
+            other => TicketStatus::Other(other.to_owned()),
+        }
+    }
+
+    /// The wire word, as the API sends it and as `tickets.ticket_status` stores it.
+    pub fn as_wire(&self) -> &str {
+        match self {
+            TicketStatus::Init => "INIT",
+            TicketStatus::Executing => "EXECUTING",
+            TicketStatus::Finished => "FINISHED",
+            TicketStatus::Failed => "FAILED",
+            TicketStatus::Other(word) => word,
+        }
+    }
+}
+
+impl std::fmt::Display for TicketStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_wire())
+    }
+}
+
+impl serde::Serialize for TicketStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_wire())
     }
 }
 
@@ -365,7 +401,7 @@ mod tests {
             }
         });
         let result = parse_deploy_result(&data);
-        assert_eq!(result.ticket_status.as_deref(), Some("FINISHED"));
+        assert_eq!(result.ticket_status, Some(TicketStatus::Finished));
         assert_eq!(result.deployment_id, None);
         assert_eq!(result.success, Some(false));
         assert_eq!(result.message, None);

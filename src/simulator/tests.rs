@@ -85,7 +85,7 @@ fn steps(value: Value) -> Vec<Step> {
 }
 
 fn status_of(polled: &Polled) -> &str {
-    polled.result.ticket_status.as_deref().unwrap_or("")
+    polled.result.ticket_status.as_ref().map_or("", |status| status.as_wire())
 }
 
 /// Headers as `FlinkClient::call` builds them, signed with our key, minus `omit`, plus `extra`

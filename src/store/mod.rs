@@ -10,6 +10,8 @@
 pub mod deliveries;
 pub mod maintenance;
 pub mod recorder;
+mod results;
+mod row;
 pub mod tickets;
 
 use std::path::{Path, PathBuf};

@@ -10,11 +10,12 @@
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
+use super::results::{PollResult, ResultWrite, record_many_on};
 use super::tickets::{
-    Announcement, Finish, PollResult, Reschedule, ResultWrite, Ticket, record_final_on, record_many_on,
-    record_progress_on, tickets_on, write_announcement_on,
+    Announcement, Finish, Reschedule, Ticket, record_final_on, record_progress_on, tickets_on, write_announcement_on,
 };
 use super::{Lease, Store, is_busy};
+use crate::domain::RowId;
 
 /// Most writes one transaction takes.
 pub const MAX_BATCH: usize = 256;
@@ -33,14 +34,14 @@ pub struct Recorder {
 enum Job {
     Progress {
         lease: Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         update: Reschedule,
         reply: oneshot::Sender<Result<bool, String>>,
     },
     Final {
         lease: Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         finish: Finish,
         announce: Announce,
@@ -68,7 +69,7 @@ impl Recorder {
     pub async fn record_progress(
         &self,
         lease: &Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         update: &Reschedule,
     ) -> Result<bool, RecordError> {
@@ -81,7 +82,7 @@ impl Recorder {
     pub async fn record_final(
         &self,
         lease: &Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         finish: &Finish,
         announce: Announce,
@@ -218,7 +219,7 @@ async fn try_batch_on(
         let written = record_many_on(&mut transaction, &writes).await.map_err(BatchError::Job)?;
         // Results are matched to their writes by position, that is by (row, lease): two jobs for
         // one row (a lapsed lease's and the new owner's) get each their own answer.
-        let finished: Vec<i64> = jobs
+        let finished: Vec<RowId> = jobs
             .iter()
             .zip(&written)
             .filter_map(|(job, written)| match job {
@@ -226,7 +227,7 @@ async fn try_batch_on(
                 _ => None,
             })
             .collect();
-        let final_rows: std::collections::HashMap<i64, Ticket> = if finished.is_empty() {
+        let final_rows: std::collections::HashMap<RowId, Ticket> = if finished.is_empty() {
             std::collections::HashMap::new()
         } else {
             let rows = tickets_on(&mut transaction, &finished).await.map_err(BatchError::Job)?;

@@ -6,43 +6,44 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{FromRow as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::deliveries::{self, NewDelivery};
-use super::{Lease, Store, at};
-use crate::domain::{DeployResult, TicketState};
+use super::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, record_many_on};
+use super::{Lease, Store, at, row};
+use crate::domain::{DeployResult, RowId, TicketKey, TicketState, TicketStatus, ValidationIssue};
 
-/// A row of `tickets`, every column as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+/// A row of `tickets`, read once at the store's boundary: the state as a [`TicketState`], instants
+/// as `DateTime<Utc>`, the validation issues as a list. Only the store produces it (see
+/// `store/row.rs` for how each column is read, and what a value that cannot be read becomes).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ticket {
     /// Internal row ID.
-    pub id: i64,
-    /// The cloud's ticket ID.
-    pub ticket_id: String,
-    /// The Flink namespace.
-    pub namespace: String,
-    /// The workspace ID.
-    pub workspace: String,
+    pub id: RowId,
+    /// The cloud's ticket ID, namespace and workspace.
+    #[serde(flatten)]
+    pub key: TicketKey,
     /// Region override for this ticket.
     pub region: Option<String>,
     /// Extra receiver for this ticket (honoured only when configured).
     pub webhook_url: Option<String>,
     /// When the daemon gives up and marks the ticket `expired`.
-    pub deadline_at: Option<String>,
-    /// `pending`, `succeeded`, `failed`, `expired` or `cancelled`.
-    pub state: String,
+    #[serde(serialize_with = "row::optional_instant")]
+    pub deadline_at: Option<DateTime<Utc>>,
+    /// Where the ticket is in its life.
+    pub state: TicketState,
     /// The last `ticketStatus` the API returned.
-    pub ticket_status: Option<String>,
+    pub ticket_status: Option<TicketStatus>,
     /// The deployment ID, once known.
     pub deployment_id: Option<String>,
-    /// The API's `data.success` (1/0), once known.
+    /// The API's `data.success`, once known.
     pub deploy_success: Option<bool>,
     /// The API's `data.message`.
     pub message: Option<String>,
     /// `artifactValidationDetail.validationResult`.
     pub validation_result: Option<String>,
-    /// JSON array of validation issues.
-    pub validation_errors: String,
+    /// The validation issues of the last answer.
+    pub validation_errors: Vec<ValidationIssue>,
     /// The last API error code, or why the row was refused.
     pub error_code: Option<String>,
     /// The last API error message.
@@ -54,13 +55,17 @@ pub struct Ticket {
     /// Why a per-ticket webhook URL was not used, if it was not.
     pub webhook_note: Option<String>,
     /// When the row was inserted.
-    pub created_at: String,
+    #[serde(serialize_with = "row::instant")]
+    pub created_at: DateTime<Utc>,
     /// When the daemon last wrote the row.
-    pub updated_at: String,
+    #[serde(serialize_with = "row::instant")]
+    pub updated_at: DateTime<Utc>,
     /// When the ticket is next due.
-    pub next_poll_at: String,
+    #[serde(serialize_with = "row::instant")]
+    pub next_poll_at: DateTime<Utc>,
     /// When the ticket reached its final state.
-    pub finished_at: Option<String>,
+    #[serde(serialize_with = "row::optional_instant")]
+    pub finished_at: Option<DateTime<Utc>>,
     /// Consecutive "still running" answers.
     pub running_streak: i64,
     /// Consecutive failed calls.
@@ -70,18 +75,19 @@ pub struct Ticket {
     /// The claim that holds the row, while it is being polled.
     pub lease_owner: Option<String>,
     /// When that claim lapses.
-    pub lease_until: Option<String>,
+    #[serde(serialize_with = "row::optional_instant")]
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl Ticket {
-    /// The state as an enum; `None` only if someone bypassed the `CHECK` constraint.
-    pub fn state(&self) -> Option<TicketState> {
-        self.state.parse().ok()
+    /// The deadline; every claimed row has one.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.deadline_at
     }
 
-    /// The deadline as an instant.
-    pub fn deadline(&self) -> Option<DateTime<Utc>> {
-        self.deadline_at.as_deref().and_then(crate::clock::parse_instant)
+    /// Whether the ticket waits to be polled (the daemon is not done with it).
+    pub fn is_pending(&self) -> bool {
+        self.state == TicketState::Pending
     }
 }
 
@@ -149,7 +155,7 @@ pub struct Finish {
 impl Store {
     /// Inserts a ticket as a user's `INSERT` would.
     pub async fn insert_ticket(&self, ticket: &NewTicket) -> Result<Ticket, sqlx::Error> {
-        sqlx::query_as(
+        let row = sqlx::query(
             "INSERT INTO tickets (ticket_id, namespace, workspace, region, webhook_url, deadline_at)
              VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
         )
@@ -160,7 +166,8 @@ impl Store {
         .bind(&ticket.webhook_url)
         .bind(ticket.deadline_at.map(at))
         .fetch_one(&self.writer)
-        .await
+        .await?;
+        Ok(row::read_ticket_leniently(&row))
     }
 
     /// The earliest `next_poll_at` of a pending ticket (a lease counts as not due until it lapses).
@@ -254,7 +261,7 @@ impl Store {
     pub async fn claim_ticket(
         &self,
         lease: &Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         lease_for: Duration,
         default_deadline: Duration,
@@ -272,7 +279,7 @@ impl Store {
         .bind(&until)
         .bind(&now_text)
         .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .bind(id)
+        .bind(id.0)
         .fetch_optional(&self.writer)
         .await?;
         match row {
@@ -287,7 +294,7 @@ impl Store {
     pub async fn extend_ticket_lease(
         &self,
         lease: &Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         lease_for: Duration,
     ) -> Result<bool, sqlx::Error> {
@@ -297,7 +304,7 @@ impl Store {
              WHERE id = ?2 AND lease_owner = ?3 AND state = 'pending'",
         )
         .bind(&until)
-        .bind(id)
+        .bind(id.0)
         .bind(&lease.0)
         .execute(&self.writer)
         .await?
@@ -310,7 +317,7 @@ impl Store {
     pub async fn record_progress(
         &self,
         lease: &Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         update: &Reschedule,
     ) -> Result<bool, sqlx::Error> {
@@ -325,7 +332,7 @@ impl Store {
     pub async fn record_final(
         &self,
         lease: &Lease,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         finish: &Finish,
         announce: impl FnOnce(&Ticket) -> Announcement,
@@ -385,7 +392,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows.iter().map(ticket_from_row_leniently).collect())
+        Ok(rows.iter().map(row::read_ticket_leniently).collect())
     }
 
     /// Every row with this ticket ID (the same ID may exist in several workspaces/namespaces),
@@ -405,13 +412,13 @@ impl Store {
         .bind(namespace)
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows.iter().map(ticket_from_row_leniently).collect())
+        Ok(rows.iter().map(row::read_ticket_leniently).collect())
     }
 
     /// The row with this internal ID (read as [`Store::list_tickets`] reads rows).
-    pub async fn ticket(&self, id: i64) -> Result<Option<Ticket>, sqlx::Error> {
-        let row = sqlx::query("SELECT * FROM tickets WHERE id = ?").bind(id).fetch_optional(&self.reader).await?;
-        Ok(row.as_ref().map(ticket_from_row_leniently))
+    pub async fn ticket(&self, id: RowId) -> Result<Option<Ticket>, sqlx::Error> {
+        let row = sqlx::query("SELECT * FROM tickets WHERE id = ?").bind(id.0).fetch_optional(&self.reader).await?;
+        Ok(row.as_ref().map(row::read_ticket_leniently))
     }
 
     /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff. The
@@ -419,7 +426,7 @@ impl Store {
     /// that nothing announced later carries it. Returns `false` when it is still pending.
     pub async fn retry_ticket(
         &self,
-        id: i64,
+        id: RowId,
         now: DateTime<Utc>,
         deadline: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
@@ -432,7 +439,7 @@ impl Store {
                  validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL
              WHERE id = ?1 AND state <> 'pending'",
         )
-        .bind(id)
+        .bind(id.0)
         .bind(&now)
         .bind(at(deadline))
         .execute(&self.writer)
@@ -442,14 +449,14 @@ impl Store {
     }
 
     /// Stops polling a pending ticket. Returns `false` when it is not pending.
-    pub async fn cancel_ticket(&self, id: i64, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    pub async fn cancel_ticket(&self, id: RowId, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
         let now = at(now);
         Ok(sqlx::query(
             "UPDATE tickets SET state = 'cancelled', finished_at = ?2, updated_at = ?2,
                  lease_owner = NULL, lease_until = NULL
              WHERE id = ?1 AND state = 'pending'",
         )
-        .bind(id)
+        .bind(id.0)
         .bind(&now)
         .execute(&self.writer)
         .await?
@@ -473,12 +480,9 @@ impl Store {
         lease: &Lease,
         now: DateTime<Utc>,
     ) -> Result<Option<Ticket>, sqlx::Error> {
-        let column = match ticket_from_row(row) {
-            Ok(ticket) => match unreadable_deadline(&ticket) {
-                None => return Ok(Some(ticket)),
-                Some(column) => column.to_owned(),
-            },
-            Err(column) => column,
+        let column = match row::read_ticket(row) {
+            Ok(ticket) => return Ok(Some(ticket)),
+            Err(unreadable) => unreadable.column,
         };
         let id: i64 = row.try_get("id")?;
         let message = format!("column {column} holds a value the daemon cannot read");
@@ -533,93 +537,11 @@ const FAIL_UNREADABLE: &str = "UPDATE tickets SET
         retries = CASE WHEN typeof(retries) = 'integer' AND retries >= 0 THEN retries ELSE 0 END
     WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'";
 
-/// Decodes a row of `tickets`; `Err` names the first column whose value cannot be read.
-fn ticket_from_row(row: &SqliteRow) -> Result<Ticket, String> {
-    Ticket::from_row(row).map_err(|error| match error {
-        sqlx::Error::ColumnDecode { index, .. } => index.trim_matches('"').to_owned(),
-        sqlx::Error::ColumnNotFound(column) => column,
-        other => other.to_string(),
-    })
-}
-
-/// The column to blame when a claimed ticket has no readable deadline: a claim gives every row
-/// one, from `created_at` when `deadline_at` was empty, so "no deadline" means one of the two
-/// could not be read.
-fn unreadable_deadline(ticket: &Ticket) -> Option<&'static str> {
-    match ticket.deadline_at.as_deref() {
-        None => Some("created_at"),
-        Some(deadline) if crate::clock::parse_instant(deadline).is_none() => Some("deadline_at"),
-        Some(_) => None,
-    }
-}
-
-/// Decodes a row of `tickets` for showing it: a value that cannot be read as its column's type
-/// shows as its text, or as the type's default, so that one such value never hides the row.
-fn ticket_from_row_leniently(row: &SqliteRow) -> Ticket {
-    if let Ok(ticket) = Ticket::from_row(row) {
-        return ticket;
-    }
-    Ticket {
-        id: number(row, "id"),
-        ticket_id: text(row, "ticket_id"),
-        namespace: text(row, "namespace"),
-        workspace: text(row, "workspace"),
-        region: optional_text(row, "region"),
-        webhook_url: optional_text(row, "webhook_url"),
-        deadline_at: optional_text(row, "deadline_at"),
-        state: text(row, "state"),
-        ticket_status: optional_text(row, "ticket_status"),
-        deployment_id: optional_text(row, "deployment_id"),
-        deploy_success: row.try_get("deploy_success").unwrap_or_default(),
-        message: optional_text(row, "message"),
-        validation_result: optional_text(row, "validation_result"),
-        validation_errors: row.try_get("validation_errors").unwrap_or_else(|_| "[]".to_owned()),
-        error_code: optional_text(row, "error_code"),
-        error_message: optional_text(row, "error_message"),
-        polls: number(row, "polls"),
-        request_id: optional_text(row, "request_id"),
-        webhook_note: optional_text(row, "webhook_note"),
-        created_at: text(row, "created_at"),
-        updated_at: text(row, "updated_at"),
-        next_poll_at: text(row, "next_poll_at"),
-        finished_at: optional_text(row, "finished_at"),
-        running_streak: number(row, "running_streak"),
-        error_streak: number(row, "error_streak"),
-        retries: number(row, "retries"),
-        lease_owner: optional_text(row, "lease_owner"),
-        lease_until: optional_text(row, "lease_until"),
-    }
-}
-
-/// An integer column, or 0 when its value is not an integer.
-fn number(row: &SqliteRow, column: &str) -> i64 {
-    row.try_get(column).unwrap_or_default()
-}
-
-/// A text column, or the text of whatever value it holds.
-fn text(row: &SqliteRow, column: &str) -> String {
-    optional_text(row, column).unwrap_or_default()
-}
-
-/// A nullable text column, or the text of whatever value it holds.
-fn optional_text(row: &SqliteRow, column: &str) -> Option<String> {
-    if let Ok(value) = row.try_get::<Option<String>, _>(column) {
-        return value;
-    }
-    if let Ok(value) = row.try_get::<i64, _>(column) {
-        return Some(value.to_string());
-    }
-    if let Ok(value) = row.try_get::<f64, _>(column) {
-        return Some(value.to_string());
-    }
-    row.try_get::<Vec<u8>, _>(column).ok().map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-}
-
 /// [`Store::record_progress`] on a given connection (the caller owns any transaction).
 pub(super) async fn record_progress_on(
     connection: &mut SqliteConnection,
     lease: &Lease,
-    id: i64,
+    id: RowId,
     now: DateTime<Utc>,
     update: &Reschedule,
 ) -> Result<bool, sqlx::Error> {
@@ -627,165 +549,17 @@ pub(super) async fn record_progress_on(
     Ok(record_many_on(connection, &[write]).await?[0])
 }
 
-/// One poll result to write with [`record_many_on`].
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ResultWrite<'a> {
-    pub(super) lease: &'a Lease,
-    pub(super) id: i64,
-    pub(super) now: DateTime<Utc>,
-    pub(super) result: PollResult<'a>,
-}
-
-/// What a [`ResultWrite`] records.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum PollResult<'a> {
-    /// The ticket goes on: due time, streaks, and what the call said.
-    Progress(&'a Reschedule),
-    /// The ticket is done: state and `finished_at` (the caller writes the announcement).
-    Final(&'a Finish),
-}
-
-/// Most rows one multi-row write names (18 bound values each, well below SQLite's limit).
-const ROWS_PER_STATEMENT: usize = 256;
-
-/// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
-/// result is written; the one-row writes call it too), fenced by lease and state. Returns, for
-/// each write in order, whether it was written: a result counts as written only when its own
-/// (row, lease) matched, never because another write to the same row did. A final state's
-/// announcement is the caller's to write (see [`tickets_on`]). The caller owns the transaction.
-pub(super) async fn record_many_on(
-    connection: &mut SqliteConnection,
-    writes: &[ResultWrite<'_>],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let mut written = vec![false; writes.len()];
-    for chunk in statement_chunks(writes) {
-        let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
-        let chunk_ids: Vec<(i64, usize)> = chunk.iter().map(|&index| (writes[index].id, index)).collect();
-        let chunk = chunk_writes.as_slice();
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "WITH v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
-                     has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
-                     validation_errors, error_code, error_message, now) AS (",
-        );
-        query.push_values(chunk, |mut row, write| {
-            let (final_state, schedule, polled, request_id, answer, error) = match write.result {
-                PollResult::Progress(update) => (
-                    None,
-                    Some((update.next_poll_at, update.running_streak, update.error_streak)),
-                    update.polled,
-                    &update.request_id,
-                    update.answer.as_ref(),
-                    &update.error,
-                ),
-                PollResult::Final(finish) => (
-                    Some(finish.state.as_str()),
-                    None,
-                    finish.polled,
-                    &finish.request_id,
-                    finish.answer.as_ref(),
-                    &finish.error,
-                ),
-            };
-            let errors = answer.map(|answer| {
-                serde_json::to_string(&answer.validation_errors).expect("validation issues serialise to JSON")
-            });
-            let (code, message) = error.clone().unzip();
-            row.push_bind(write.id)
-                .push_bind(write.lease.0.clone())
-                .push_bind(final_state)
-                .push_bind(schedule.map(|(next_poll_at, _, _)| at(next_poll_at)))
-                .push_bind(schedule.map(|(_, running_streak, _)| running_streak))
-                .push_bind(schedule.map(|(_, _, error_streak)| error_streak))
-                .push_bind(i64::from(polled))
-                .push_bind(request_id.clone())
-                .push_bind(i64::from(answer.is_some()))
-                .push_bind(answer.and_then(|answer| answer.ticket_status.clone()))
-                .push_bind(answer.and_then(|answer| answer.deployment_id.clone()))
-                .push_bind(answer.and_then(|answer| answer.success))
-                .push_bind(answer.and_then(|answer| answer.message.clone()))
-                .push_bind(answer.and_then(|answer| answer.validation_result.clone()))
-                .push_bind(errors)
-                .push_bind(code)
-                .push_bind(message)
-                .push_bind(at(write.now));
-        });
-        // Column by column what the one-row writes do: an answer replaces the answer columns
-        // and clears the error, an error replaces the error columns, neither keeps them; a final
-        // state sets `state` and `finished_at`, a reschedule the due time and the streaks.
-        query.push(
-            ")
-            UPDATE tickets SET
-                lease_owner = NULL, lease_until = NULL,
-                state = COALESCE(v.final_state, tickets.state),
-                finished_at = CASE WHEN v.final_state IS NOT NULL THEN v.now ELSE tickets.finished_at END,
-                next_poll_at = COALESCE(v.next_poll_at, tickets.next_poll_at),
-                running_streak = COALESCE(v.running_streak, tickets.running_streak),
-                error_streak = COALESCE(v.error_streak, tickets.error_streak),
-                updated_at = v.now,
-                polls = tickets.polls + v.polled,
-                request_id = COALESCE(v.request_id, tickets.request_id),
-                ticket_status = CASE WHEN v.has_answer THEN v.ticket_status ELSE tickets.ticket_status END,
-                deployment_id = CASE WHEN v.has_answer THEN COALESCE(v.deployment_id, tickets.deployment_id)
-                                     ELSE tickets.deployment_id END,
-                deploy_success = CASE WHEN v.has_answer THEN v.deploy_success ELSE tickets.deploy_success END,
-                message = CASE WHEN v.has_answer THEN v.message ELSE tickets.message END,
-                validation_result = CASE WHEN v.has_answer THEN v.validation_result ELSE tickets.validation_result END,
-                validation_errors = CASE WHEN v.has_answer THEN v.validation_errors ELSE tickets.validation_errors END,
-                error_code = CASE WHEN v.error_code IS NOT NULL THEN v.error_code
-                                  WHEN v.has_answer THEN NULL ELSE tickets.error_code END,
-                error_message = CASE WHEN v.error_code IS NOT NULL THEN v.error_message
-                                     WHEN v.has_answer THEN NULL ELSE tickets.error_message END
-            FROM v
-            WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
-            RETURNING tickets.id",
-        );
-        // RETURNING names rows, not writes; within one statement each row has one write (see
-        // `statement_chunks`), so a returned row identifies its write.
-        let ids: std::collections::HashSet<i64> =
-            query.build_query_scalar().fetch_all(&mut *connection).await?.into_iter().collect();
-        for (id, index) in chunk_ids {
-            written[index] = ids.contains(&id);
-        }
-    }
-    Ok(written)
-}
-
-/// Splits writes (by index, in order) into groups for one statement each: at most
-/// [`ROWS_PER_STATEMENT`], and never two writes to the same row (a lapsed lease's result and the
-/// new owner's may meet in one batch), so that the statement's result says which write landed.
-fn statement_chunks(writes: &[ResultWrite<'_>]) -> Vec<Vec<usize>> {
-    let mut chunks: Vec<Vec<usize>> = Vec::new();
-    let mut rows: Vec<std::collections::HashSet<i64>> = Vec::new();
-    for (index, write) in writes.iter().enumerate() {
-        // The first group from the end that does not hold this row yet, and has room, keeps
-        // writes to one row in their order.
-        let last_with_row = rows.iter().rposition(|ids| ids.contains(&write.id));
-        let start = last_with_row.map_or(0, |position| position + 1);
-        match (start..chunks.len()).find(|&group| chunks[group].len() < ROWS_PER_STATEMENT) {
-            Some(group) => {
-                chunks[group].push(index);
-                rows[group].insert(write.id);
-            }
-            None => {
-                chunks.push(vec![index]);
-                rows.push(std::collections::HashSet::from([write.id]));
-            }
-        }
-    }
-    chunks
-}
-
 /// The rows with these IDs, as the caller's transaction sees them.
-pub(super) async fn tickets_on(connection: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<Ticket>, sqlx::Error> {
+pub(super) async fn tickets_on(connection: &mut SqliteConnection, ids: &[RowId]) -> Result<Vec<Ticket>, sqlx::Error> {
     let mut rows = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tickets WHERE id IN (");
         let mut list = query.separated(", ");
         for id in chunk {
-            list.push_bind(*id);
+            list.push_bind(id.0);
         }
         query.push(")");
-        rows.extend(query.build_query_as::<Ticket>().fetch_all(&mut *connection).await?);
+        rows.extend(query.build().fetch_all(&mut *connection).await?.iter().map(row::read_ticket_leniently));
     }
     Ok(rows)
 }
@@ -796,7 +570,7 @@ pub(super) async fn tickets_on(connection: &mut SqliteConnection, ids: &[i64]) -
 /// other error is returned.
 pub(super) async fn write_announcement_on(
     connection: &mut SqliteConnection,
-    id: i64,
+    id: RowId,
     now: DateTime<Utc>,
     announcement: &Announcement,
 ) -> Result<usize, sqlx::Error> {
@@ -808,7 +582,7 @@ pub(super) async fn write_announcement_on(
             deliveries::Inserted::Written => written += 1,
             deliveries::Inserted::Refused(reason) => {
                 let url = crate::redact::redact_text(&delivery.url);
-                tracing::error!(row = id, url = %url, reason = %reason, "webhook delivery dropped: the outbox refused it");
+                tracing::error!(row = id.0, url = %url, reason = %reason, "webhook delivery dropped: the outbox refused it");
                 notes.push(format!("webhook to {url} dropped: the delivery could not be written ({reason})"));
             }
         }
@@ -816,7 +590,7 @@ pub(super) async fn write_announcement_on(
     if !notes.is_empty() {
         sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
             .bind(notes.join("; "))
-            .bind(id)
+            .bind(id.0)
             .execute(&mut *connection)
             .await?;
     }
@@ -827,7 +601,7 @@ pub(super) async fn write_announcement_on(
 pub(super) async fn record_final_on(
     connection: &mut SqliteConnection,
     lease: &Lease,
-    id: i64,
+    id: RowId,
     now: DateTime<Utc>,
     finish: &Finish,
     announce: impl FnOnce(&Ticket) -> Announcement,

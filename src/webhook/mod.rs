@@ -8,8 +8,9 @@ pub mod signing;
 
 pub use deliver::Deliverer;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::clock::format_instant;
 use crate::config::WebhookConfig;
 use crate::store::{Announcement, NewDelivery, Ticket};
 
@@ -20,7 +21,7 @@ pub const TICKET_URL_NOT_ALLOWED: &str = "webhook_url ignored: webhook.allow_tic
 /// ticket's own URL when allowed), and a note for the ticket when its URL was ignored. Every
 /// planned URL is in its normalised form and fits the outbox's length limit.
 pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
-    let Some(event_type) = ticket.state().and_then(|state| state.event_type()) else {
+    let Some(event_type) = ticket.state.event_type() else {
         return Announcement::default();
     };
     let mut urls: Vec<String> = config.urls.iter().map(|url| url.as_str().to_owned()).collect();
@@ -42,7 +43,7 @@ pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
     let deliveries = urls
         .into_iter()
         .map(|url| NewDelivery {
-            ticket: ticket.id,
+            ticket: ticket.id.0,
             url,
             webhook_id: webhook_id.clone(),
             event_type: event_type.to_owned(),
@@ -133,26 +134,25 @@ pub fn webhook_id(ticket: &Ticket) -> String {
 
 /// The JSON body announcing a final ticket, as the public interface defines it.
 pub fn payload(ticket: &Ticket, event_type: &str) -> String {
-    let validation_errors: Value = serde_json::from_str(&ticket.validation_errors).unwrap_or_else(|_| json!([]));
     let body = json!({
         "type": event_type,
-        "timestamp": ticket.finished_at.as_deref().unwrap_or(&ticket.updated_at),
+        "timestamp": format_instant(ticket.finished_at.unwrap_or(ticket.updated_at)),
         "data": {
-            "ticket_id": ticket.ticket_id,
-            "namespace": ticket.namespace,
-            "workspace": ticket.workspace,
+            "ticket_id": ticket.key.ticket_id,
+            "namespace": ticket.key.namespace,
+            "workspace": ticket.key.workspace,
             "state": ticket.state,
             "ticket_status": ticket.ticket_status,
             "deployment_id": ticket.deployment_id,
             "deploy_success": ticket.deploy_success,
             "message": ticket.message,
             "validation_result": ticket.validation_result,
-            "validation_errors": validation_errors,
+            "validation_errors": ticket.validation_errors,
             "error_code": ticket.error_code,
             "error_message": ticket.error_message,
             "polls": ticket.polls,
-            "created_at": ticket.created_at,
-            "finished_at": ticket.finished_at,
+            "created_at": format_instant(ticket.created_at),
+            "finished_at": ticket.finished_at.map(format_instant),
         }
     });
     body.to_string()

@@ -1,6 +1,7 @@
 //! The real binary's user commands: output, exit codes, and what they change in the database.
 
 use crate::harness::{KEY_SECRET, TestEnv};
+use flink_ticketd::domain::TicketState;
 
 #[tokio::test]
 async fn enqueue_list_show_cancel_and_retry_work_on_the_database() {
@@ -31,7 +32,7 @@ async fn enqueue_list_show_cancel_and_retry_work_on_the_database() {
 
     let cancelled = env.cli(&["cancel", "t-1"]);
     assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
-    assert_eq!(env.ticket("t-1").await.state, "cancelled");
+    assert_eq!(env.ticket("t-1").await.state, TicketState::Cancelled);
     let again = env.cli(&["cancel", "t-1"]);
     assert_eq!(again.code, Some(2));
     assert!(again.stderr.contains("already cancelled"), "{}", again.stderr);

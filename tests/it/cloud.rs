@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flink_ticketd::clock::{Clock, ManualClock};
+use flink_ticketd::domain::TicketState;
 use flink_ticketd::flink::CredentialError;
 use flink_ticketd::flink::credentials::ChainEnvironment;
 use flink_ticketd::simulator::{Scenario, Step};
@@ -171,7 +172,7 @@ async fn ticket_with_an_unknown_region_is_refused_at_insert_or_failed_as_invalid
     let refused = env.ticket("t-mars").await;
     assert_eq!((refused.state.as_str(), refused.error_code.as_deref()), ("failed", Some("InvalidTicket")));
     assert!(refused.error_message.as_deref().unwrap_or("").contains("unknown region \"mars-1\""), "{refused:?}");
-    assert_eq!(env.ticket("t-eu").await.state, "succeeded", "a known region goes to the override");
+    assert_eq!(env.ticket("t-eu").await.state, TicketState::Succeeded, "a known region goes to the override");
     assert_eq!(env.sim.polls_of("t-mars"), 0);
     driven.stop().await;
 }
@@ -271,7 +272,7 @@ async fn daemon_pauses_instead_of_stopping_when_credentials_expire_and_cannot_be
         (row.error_code.as_deref() == Some("CredentialsUnavailable")).then_some(row)
     })
     .await;
-    assert_eq!(paused.state, "pending");
+    assert_eq!(paused.state, TicketState::Pending);
     assert!(paused.error_message.unwrap_or_default().contains("HTTP 503"));
     assert!(!daemon.handle.is_finished(), "the daemon keeps running, paused");
 
@@ -443,7 +444,7 @@ async fn extra_ca_bundle_lets_the_daemon_reach_an_endpoint_with_a_private_certif
         .await;
     env.insert("t-1", "ns", "ws").await;
     driven.settle().await;
-    assert_eq!(env.ticket("t-1").await.state, "succeeded");
+    assert_eq!(env.ticket("t-1").await.state, TicketState::Succeeded);
     driven.stop().await;
     shutdown.cancel();
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use flink_ticketd::clock::{Clock, ManualClock, format_instant, parse_instant};
+use flink_ticketd::domain::{TicketState, TicketStatus};
 
 use crate::harness::{TestEnv, eventually, eventually_within, outside_connection, quote};
 
@@ -48,8 +49,12 @@ async fn a_poll_whose_lease_was_taken_back_cannot_overwrite_the_result_of_a_late
     daemon.stop().await.expect("clean shutdown");
 
     let ticket = env.ticket("t-slow").await;
-    assert_eq!(ticket.state, "succeeded");
-    assert_eq!(ticket.ticket_status.as_deref(), Some("FINISHED"), "the stale EXECUTING answer was not written");
+    assert_eq!(ticket.state, TicketState::Succeeded);
+    assert_eq!(
+        ticket.ticket_status.as_ref().map(TicketStatus::as_wire),
+        Some("FINISHED"),
+        "the stale EXECUTING answer was not written"
+    );
     assert_eq!(ticket.deploy_success, Some(true));
     assert_eq!(ticket.polls, 1, "only the poll that held the lease is recorded");
     assert!(ticket.lease_owner.is_none());
@@ -162,9 +167,9 @@ async fn outside_writers_and_backups_never_see_a_locked_database_while_the_daemo
     let store = env.store().await;
     let rows = store.list_tickets(None, 1_000_000).await.expect("tickets are read");
     store.close().await;
-    let count = |prefix: &str| rows.iter().filter(|row| row.ticket_id.starts_with(prefix)).count() as u64;
+    let count = |prefix: &str| rows.iter().filter(|row| row.key.ticket_id.starts_with(prefix)).count() as u64;
     assert_eq!((count("sqlx-"), count("shell-"), count("queued-")), (sqlx_rows, shell_rows, 1500));
-    assert!(rows.iter().all(|row| row.state == "succeeded"));
+    assert!(rows.iter().all(|row| row.state == TicketState::Succeeded));
     let latest = backups.last().expect("a backup");
     assert_eq!(sqlite3_output(latest, "PRAGMA integrity_check;").trim(), "ok", "the last backup is consistent");
 
@@ -370,9 +375,9 @@ async fn with_the_api_unreachable_tickets_expire_at_their_deadlines_and_nothing_
 
     for index in 0..3 {
         let ticket = env.wait_final(&format!("never-{index}")).await;
-        assert_eq!(ticket.state, "expired");
+        assert_eq!(ticket.state, TicketState::Expired);
         assert_eq!(ticket.error_code.as_deref(), Some("NetworkError"), "{:?}", ticket.error_message);
-        let finished = parse_instant(ticket.finished_at.as_deref().expect("finished")).expect("an instant");
+        let finished = ticket.finished_at.expect("finished");
         let deadline = parse_instant(&deadline).expect("an instant");
         assert!(finished >= deadline, "not before its deadline");
         assert!(finished - deadline < chrono::Duration::seconds(2), "at its deadline, not long after: {finished}");
@@ -428,7 +433,11 @@ async fn a_wall_clock_step_forward_or_back_neither_expires_tickets_en_masse_nor_
     let before = counts();
     eventually("polling to go on after a step forward", || polled_past(before.clone(), 3)).await;
     for id in &ids {
-        assert_eq!(env.ticket(id).await.state, "pending", "{id}: a step forward within the deadline expires nothing");
+        assert_eq!(
+            env.ticket(id).await.state,
+            TicketState::Pending,
+            "{id}: a step forward within the deadline expires nothing"
+        );
     }
 
     clock.advance(chrono::Duration::hours(-2));
@@ -437,11 +446,11 @@ async fn a_wall_clock_step_forward_or_back_neither_expires_tickets_en_masse_nor_
     let horizon = clock.now() + chrono::Duration::minutes(5);
     for id in &ids {
         let ticket = env.ticket(id).await;
-        assert_eq!(ticket.state, "pending");
+        assert_eq!(ticket.state, TicketState::Pending);
         assert!(
-            parse_instant(&ticket.next_poll_at).expect("an instant") < horizon,
+            ticket.next_poll_at < horizon,
             "{id} is due at {} though the clock says {}",
-            ticket.next_poll_at,
+            format_instant(ticket.next_poll_at),
             format_instant(clock.now())
         );
     }

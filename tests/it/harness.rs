@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use flink_ticketd::claim_loop;
 use flink_ticketd::clock::{Clock, ManualClock, SystemClock};
 use flink_ticketd::config::{self, Config};
+use flink_ticketd::domain::{RowId, TicketState};
 use flink_ticketd::poller::Poller;
 use flink_ticketd::ratelimit::RateLimiter;
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
@@ -265,7 +266,7 @@ level = "info"
         let store = self.store().await;
         let ticket = eventually(&format!("ticket {ticket_id:?} to finish"), || async {
             let rows = store.find_tickets(ticket_id, None, None).await.expect("tickets are read");
-            rows.into_iter().find(|ticket| ticket.state != "pending")
+            rows.into_iter().find(|ticket| ticket.state != TicketState::Pending)
         })
         .await;
         store.close().await;
@@ -321,7 +322,10 @@ impl TestEnv {
             flink,
             Arc::clone(&shared),
             config.poll,
-            Arc::clone(&webhook),
+            {
+                let settings = Arc::clone(&webhook);
+                Arc::new(move |row: &flink_ticketd::store::Ticket| flink_ticketd::webhook::plan(row, &settings))
+            },
             limiter,
             config.flink.max_in_flight,
             owner.clone(),
@@ -538,6 +542,19 @@ pub fn binary() -> &'static Path {
 }
 
 /// A SQL string literal.
+/// The text `column` of ticket row `id` holds, as the sqlite3 shell shows it (`None` for NULL).
+pub async fn stored_text(path: &Path, id: RowId, column: &str) -> Option<String> {
+    let url = format!("sqlite://{}", path.display());
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.expect("a plain connection");
+    let text = sqlx::query_scalar(&format!("SELECT CAST({column} AS TEXT) FROM tickets WHERE id = ?"))
+        .bind(id.0)
+        .fetch_one(&mut connection)
+        .await
+        .expect("the row is read");
+    connection.close().await.expect("the connection closes");
+    text
+}
+
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }

@@ -11,6 +11,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use flink_ticketd::config;
+use flink_ticketd::domain::TicketState;
 use flink_ticketd::flink::wire::{parse_deploy_result, parse_reply};
 use flink_ticketd::flink::{FlinkError, path_parameter, signing};
 use flink_ticketd::simulator::Scenario;
@@ -181,7 +182,7 @@ proptest! {
         let outcome = load_config_text(&text);
         if let Ok(config) = &outcome {
             // What the daemon derives from an accepted configuration cannot overflow either.
-            let policy = flink_ticketd::poller::Policy::from_config(&config.poll);
+            let policy = flink_ticketd::poller::Policy::from_settings(&config.poll);
             let _ = policy.pause.max + config.poll.lease + config.flink.client.request_timeout;
         }
         if let Err(error) = outcome {
@@ -330,7 +331,7 @@ async fn bodies_past_the_cap_are_not_read_and_never_fail_the_ticket() {
     let daemon = env.spawn_daemon(|config| config.poll.deadline = Duration::from_secs(2)).await;
     env.insert("t-huge", "ns", "ws").await;
     let ticket = env.wait_final("t-huge").await;
-    assert_eq!(ticket.state, "expired", "an answer we cannot read is not the ticket's failure");
+    assert_eq!(ticket.state, TicketState::Expired, "an answer we cannot read is not the ticket's failure");
     assert_eq!(ticket.error_code.as_deref(), Some("InvalidResponse"));
     assert!(
         ticket.error_message.as_deref().unwrap_or_default().contains("response body larger than 1048576 bytes"),
@@ -359,7 +360,7 @@ async fn giant_and_countless_response_headers_are_network_errors_that_expire_the
         )
         .await;
         let ticket = env.wait_final("t-headers").await;
-        assert_eq!(ticket.state, "expired");
+        assert_eq!(ticket.state, TicketState::Expired);
         assert_eq!(ticket.error_code.as_deref(), Some("NetworkError"), "{:?}", ticket.error_message);
         assert!(ticket.polls >= 1);
         daemon.stop().await.expect("clean shutdown");
@@ -433,10 +434,10 @@ async fn hostile_rows_are_refused_or_failed_and_never_reach_another_path() {
     let tickets = store.list_tickets(None, 100).await.expect("tickets are read");
     assert_eq!(tickets.len(), accepted, "the table survived every value");
     for ticket in &tickets {
-        assert_eq!(ticket.state, "failed", "{ticket:?}");
+        assert_eq!(ticket.state, TicketState::Failed, "{ticket:?}");
         let code = ticket.error_code.as_deref().unwrap_or_default();
-        let expected = if ticket.ticket_id.starts_with("bad-") { "InvalidTicket" } else { "TicketNotFound" };
-        assert_eq!(code, expected, "{:?}: {:?}", ticket.ticket_id, ticket.error_message);
+        let expected = if ticket.key.ticket_id.starts_with("bad-") { "InvalidTicket" } else { "TicketNotFound" };
+        assert_eq!(code, expected, "{:?}: {:?}", ticket.key.ticket_id, ticket.error_message);
     }
     store.close().await;
 
@@ -444,18 +445,19 @@ async fn hostile_rows_are_refused_or_failed_and_never_reach_another_path() {
     assert!(!requests.is_empty());
     for request in &requests {
         let ticket_id = request.ticket_id.as_deref().unwrap_or_default();
-        let owner =
-            tickets.iter().find(|ticket| ticket.ticket_id == ticket_id && ticket.namespace == request.namespace);
+        let owner = tickets
+            .iter()
+            .find(|ticket| ticket.key.ticket_id == ticket_id && ticket.key.namespace == request.namespace);
         let Some(owner) = owner else { panic!("a request for no row: {request:?}") };
         let expected = format!(
             "/api/v2/namespaces/{}/deployment-drafts/tickets/{}/async-deploy",
-            signing::encode(&owner.namespace),
-            signing::encode(&owner.ticket_id)
+            signing::encode(&owner.key.namespace),
+            signing::encode(&owner.key.ticket_id)
         );
         assert_eq!(request.path, expected);
         assert_eq!(request.answer, "not found", "{request:?}");
-        if owner.workspace.is_ascii() {
-            assert_eq!(request.workspace.as_deref(), Some(owner.workspace.as_str()));
+        if owner.key.workspace.is_ascii() {
+            assert_eq!(request.workspace.as_deref(), Some(owner.key.workspace.as_str()));
         }
     }
     let polled: std::collections::HashSet<&str> =

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flink_ticketd::clock::SystemClock;
+use flink_ticketd::domain::TicketState;
 use flink_ticketd::metrics::Metrics;
 use flink_ticketd::retention::{self, Retention};
 use flink_ticketd::service::{self, Liveness, Notice, Supervisor};
@@ -145,7 +146,7 @@ async fn ticket_ids(env: &TestEnv) -> Vec<String> {
         .await
         .expect("tickets are read")
         .into_iter()
-        .map(|row| row.ticket_id)
+        .map(|row| row.key.ticket_id)
         .collect();
     store.close().await;
     ids.sort();
@@ -208,13 +209,13 @@ async fn systemd_sees_ready_keep_alives_and_stopping_and_a_restart_polls_the_int
     assert!(log.contains("unfinished tickets handed back"), "{log}");
 
     let rows = store.list_tickets(None, 10).await.expect("tickets are read");
-    assert!(rows.iter().all(|row| row.state == "pending" && row.lease_owner.is_none()), "{rows:#?}");
+    assert!(rows.iter().all(|row| row.state == TicketState::Pending && row.lease_owner.is_none()), "{rows:#?}");
 
     let restarted_at = Instant::now();
     let restarted = env.spawn_binary(&settings);
     for ticket_id in ["slow-1", "slow-2"] {
         let row = env.wait_final(ticket_id).await;
-        assert_eq!(row.state, "succeeded");
+        assert_eq!(row.state, TicketState::Succeeded);
     }
     assert!(
         restarted_at.elapsed() < Duration::from_secs(15),

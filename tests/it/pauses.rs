@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flink_ticketd::clock::{Clock, SystemClock};
 use flink_ticketd::config::{self, Config};
+use flink_ticketd::domain::{RowId, TicketState};
 use flink_ticketd::flink::{CredentialSource, Credentials, FlinkClient};
 use flink_ticketd::poller::{Followed, Poller};
 use flink_ticketd::ratelimit::RateLimiter;
@@ -78,7 +79,7 @@ async fn a_ticket_behind_a_failing_gateway_succeeds_once_the_api_answers_and_no_
 
     for (id, failures) in [("t-html", 14), ("t-mixed", 13)] {
         let ticket = env.wait_final(id).await;
-        assert_eq!(ticket.state, "succeeded", "{id}: {:?} {:?}", ticket.error_code, ticket.error_message);
+        assert_eq!(ticket.state, TicketState::Succeeded, "{id}: {:?} {:?}", ticket.error_code, ticket.error_message);
         assert!(ticket.deployment_id.is_some(), "{id}");
         assert_eq!(env.sim.polls_of(id), failures + 1, "{id}: every failure was retried, then it finished");
     }
@@ -161,7 +162,7 @@ async fn unreadable_2xx_answers_pause_polling_logged_at_error_and_fail_no_ticket
     let daemon = env.spawn_binary(&[]);
     env.insert("t-changed", "ns", "ws").await;
     let ticket = env.wait_final("t-changed").await;
-    assert_eq!(ticket.state, "succeeded");
+    assert_eq!(ticket.state, TicketState::Succeeded);
     assert_eq!(env.sim.polls_of("t-changed"), 9);
     let log = daemon.log_text();
     let paused: Vec<&str> =
@@ -194,7 +195,7 @@ async fn a_poll_waiting_for_the_rate_limit_keeps_its_lease_so_no_ticket_is_polle
     daemon.stop().await.expect("clean shutdown");
     for id in ["t-1", "t-2", "t-3", "t-4"] {
         let ticket = env.ticket(id).await;
-        assert_eq!(ticket.state, "succeeded", "{id}");
+        assert_eq!(ticket.state, TicketState::Succeeded, "{id}");
         assert_eq!(env.sim.polls_of(id), 1, "{id}: polled once, by the one holder of its lease");
         assert_eq!(ticket.polls, 1, "{id}");
     }
@@ -219,12 +220,12 @@ async fn a_workspace_pause_moves_no_ticket_past_its_deadline() {
     )
     .await;
     let later = env.wait_final("denied-later").await;
-    assert_eq!(later.state, "expired");
+    assert_eq!(later.state, TicketState::Expired);
     let deadline = later.deadline().expect("a deadline");
-    let finished = flink_ticketd::clock::parse_instant(later.finished_at.as_deref().unwrap()).unwrap();
+    let finished = later.finished_at.unwrap();
     assert!(finished >= deadline, "expired before its deadline");
     assert!(finished - deadline < chrono::Duration::milliseconds(700), "expired {} late", finished - deadline);
-    assert_eq!(env.ticket("denied-first").await.state, "pending", "the first waits for the pause");
+    assert_eq!(env.ticket("denied-first").await.state, TicketState::Pending, "the first waits for the pause");
     daemon.stop().await.expect("clean shutdown");
 }
 
@@ -245,7 +246,10 @@ async fn poller(env: &TestEnv, credentials: Credentials) -> (Poller, tokio::task
         flink,
         clock,
         config.poll,
-        Arc::new(config.webhook.clone()),
+        {
+            let settings = config.webhook.clone();
+            Arc::new(move |row: &flink_ticketd::store::Ticket| flink_ticketd::webhook::plan(row, &settings))
+        },
         Arc::new(RateLimiter::new(100.0, 1)),
         1,
         "test:1:00".to_owned(),
@@ -264,7 +268,7 @@ fn key(secret: &str, token: Option<&str>) -> Credentials {
     }
 }
 
-async fn row_id(env: &TestEnv, ticket_id: &str) -> i64 {
+async fn row_id(env: &TestEnv, ticket_id: &str) -> RowId {
     env.ticket(ticket_id).await.id
 }
 
@@ -278,7 +282,7 @@ async fn a_credential_no_header_can_carry_pauses_polling_instead_of_failing_the_
     let id = row_id(&env, "t-waits").await;
     let followed = tokio::time::timeout(HANG, poller.follow(id, &shutdown)).await.expect("no hang").unwrap();
     let Followed::Paused(row) = followed else { panic!("expected a pause, got {followed:?}") };
-    assert_eq!(row.state, "pending");
+    assert_eq!(row.state, TicketState::Pending);
     assert_eq!(row.error_code.as_deref(), Some("CredentialsUnusable"));
     assert!(!row.error_message.unwrap_or_default().contains("a-newline"), "the token is never shown");
     assert!(env.sim.requests().is_empty(), "nothing was sent");

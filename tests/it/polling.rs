@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use flink_ticketd::domain::{TicketState, TicketStatus};
 use flink_ticketd::simulator::Step;
 use serde_json::json;
 
-use crate::harness::{KEY_ID, TestEnv, eventually};
+use crate::harness::{KEY_ID, TestEnv, eventually, stored_text};
 
 #[tokio::test]
 async fn ticket_inserted_with_plain_sql_succeeds_with_its_deployment_id() {
@@ -24,13 +25,13 @@ async fn ticket_inserted_with_plain_sql_succeeds_with_its_deployment_id() {
 
     driven.settle().await;
     let ticket = env.ticket("t-ok").await;
-    assert_eq!(ticket.state, "succeeded");
-    assert_eq!(ticket.ticket_status.as_deref(), Some("FINISHED"));
+    assert_eq!(ticket.state, TicketState::Succeeded);
+    assert_eq!(ticket.ticket_status.as_ref().map(TicketStatus::as_wire), Some("FINISHED"));
     assert_eq!(ticket.deployment_id.as_deref(), Some("dep-42"));
     assert_eq!(ticket.deploy_success, Some(true));
     assert_eq!(ticket.message.as_deref(), Some("deployed"));
     assert_eq!(ticket.polls, 3);
-    assert_eq!(ticket.validation_errors, "[]");
+    assert_eq!(stored_text(&env.db_path, ticket.id, "validation_errors").await.as_deref(), Some("[]"));
     assert!(ticket.request_id.is_some(), "the last request ID is recorded");
     assert!(ticket.finished_at.is_some() && ticket.error_code.is_none());
     assert!(ticket.lease_owner.is_none(), "no lease is left behind");
@@ -53,7 +54,7 @@ async fn rows_inserted_by_the_sqlite3_shell_while_the_daemon_runs_are_polled() {
     assert!(output.status.success(), "sqlite3 failed: {}", String::from_utf8_lossy(&output.stderr));
 
     let ticket = env.wait_final("shell-1").await;
-    assert_eq!(ticket.state, "succeeded", "default progression INIT, EXECUTING, FINISHED");
+    assert_eq!(ticket.state, TicketState::Succeeded, "default progression INIT, EXECUTING, FINISHED");
     assert!(ticket.deployment_id.is_some());
     daemon.stop().await.expect("clean shutdown");
 }
@@ -81,10 +82,11 @@ async fn validation_failure_is_failed_with_line_and_column() {
     driven.settle().await;
 
     let ticket = env.ticket("t-bad-sql").await;
-    assert_eq!(ticket.state, "failed");
+    assert_eq!(ticket.state, TicketState::Failed);
     assert_eq!(ticket.deploy_success, Some(false));
     assert_eq!(ticket.validation_result.as_deref(), Some("VALIDATION_RESULT_INVALID_QUERY"));
-    let errors: serde_json::Value = serde_json::from_str(&ticket.validation_errors).unwrap();
+    let stored = stored_text(&env.db_path, ticket.id, "validation_errors").await.expect("issues are stored");
+    let errors: serde_json::Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(
         errors,
         json!([{"line": 3, "column": 10, "end_line": 3, "end_column": 16, "message": "Object 'orders' not found"}]),
@@ -110,7 +112,7 @@ async fn ticket_not_found_is_failed_with_the_error_code() {
     driven.settle().await;
 
     let ticket = env.ticket("t-missing").await;
-    assert_eq!(ticket.state, "failed");
+    assert_eq!(ticket.state, TicketState::Failed);
     assert_eq!(ticket.error_code.as_deref(), Some("TicketNotFound"));
     assert!(ticket.error_message.as_deref().is_some_and(|message| message.contains("t-missing")));
     assert_eq!(ticket.polls, 1, "a permanent error is not retried");
@@ -145,7 +147,7 @@ async fn throttling_5xx_truncated_bodies_and_dropped_connections_are_retried_unt
     }
     for (id, polls) in [("t-throttled", 2), ("t-5xx", 3), ("t-truncated", 2), ("t-dropped", 3), ("t-huge", 2)] {
         let ticket = env.wait_final(id).await;
-        assert_eq!(ticket.state, "succeeded", "{id}");
+        assert_eq!(ticket.state, TicketState::Succeeded, "{id}");
         assert_eq!(ticket.polls, polls, "{id}");
         assert!(ticket.error_code.is_none(), "{id}: a later success clears the error");
     }
@@ -176,7 +178,7 @@ async fn errors_between_polls_are_recorded_on_the_pending_row() {
             rows.into_iter().find(|ticket| ticket.error_streak >= 2)
         })
         .await;
-    assert_eq!(ticket.state, "pending");
+    assert_eq!(ticket.state, TicketState::Pending);
     assert_eq!(ticket.error_code.as_deref(), Some("InternalError"));
     assert_eq!(ticket.running_streak, 0);
     driven.stop().await;
@@ -202,13 +204,13 @@ async fn unknown_status_keeps_the_ticket_polling_until_a_final_one() {
             rows.into_iter().find(|ticket| ticket.polls >= 4)
         })
         .await;
-    assert_eq!(ticket.state, "pending");
-    assert_eq!(ticket.ticket_status.as_deref(), Some("VALIDATING_SOMETHING_NEW"));
+    assert_eq!(ticket.state, TicketState::Pending);
+    assert_eq!(ticket.ticket_status.as_ref().map(TicketStatus::as_wire), Some("VALIDATING_SOMETHING_NEW"));
     assert!(ticket.error_code.is_none(), "an unknown status is not an error");
 
     env.sim.set_script("t-odd", vec![Step::finished_ok()]);
     driven.settle().await;
-    assert_eq!(env.ticket("t-odd").await.state, "succeeded");
+    assert_eq!(env.ticket("t-odd").await.state, TicketState::Succeeded);
     driven.stop().await;
     store.close().await;
 }
@@ -234,10 +236,10 @@ async fn a_ticket_that_never_finishes_expires_at_its_deadline() {
 
     for id in ["t-stuck-default", "t-stuck-own"] {
         let ticket = env.wait_final(id).await;
-        assert_eq!(ticket.state, "expired", "{id}");
-        assert_eq!(ticket.ticket_status.as_deref(), Some("EXECUTING"));
+        assert_eq!(ticket.state, TicketState::Expired, "{id}");
+        assert_eq!(ticket.ticket_status.as_ref().map(TicketStatus::as_wire), Some("EXECUTING"));
         let deadline = ticket.deadline().expect("the deadline is stored");
-        let finished = flink_ticketd::clock::parse_instant(ticket.finished_at.as_deref().unwrap()).unwrap();
+        let finished = ticket.finished_at.unwrap();
         assert!(finished >= deadline, "{id}: expired before its deadline");
         assert!(finished - deadline < chrono::Duration::seconds(2), "{id}: expired long after its deadline");
     }
@@ -255,7 +257,7 @@ async fn ids_with_reserved_and_non_ascii_characters_round_trip() {
     driven.settle().await;
 
     let ticket = env.ticket(ticket_id).await;
-    assert_eq!(ticket.state, "succeeded");
+    assert_eq!(ticket.state, TicketState::Succeeded);
     let requests = env.sim.requests();
     assert!(!requests.is_empty());
     for request in &requests {
@@ -299,7 +301,7 @@ async fn killing_the_daemon_mid_polling_loses_nothing_and_keeps_the_backoff() {
         .await
         .unwrap()
         .into_iter()
-        .map(|ticket| (ticket.ticket_id.clone(), (ticket.running_streak, ticket.polls)))
+        .map(|ticket| (ticket.key.ticket_id.clone(), (ticket.running_streak, ticket.polls)))
         .collect();
     for id in &ids {
         let (streak, polls) = before[id];
@@ -312,7 +314,7 @@ async fn killing_the_daemon_mid_polling_loses_nothing_and_keeps_the_backoff() {
     env.wait_all_final().await;
     for id in &ids {
         let ticket = env.ticket(id).await;
-        assert_eq!(ticket.state, "succeeded", "{id}");
+        assert_eq!(ticket.state, TicketState::Succeeded, "{id}");
         // Nine answers in all: eight EXECUTING, one FINISHED. Every request the simulator answered
         // was counted, except possibly one in flight at the kill.
         let answered = i64::try_from(env.sim.polls_of(id)).unwrap();
@@ -386,7 +388,7 @@ async fn a_wrong_secret_pauses_polling_instead_of_failing_tickets_and_polling_re
     let rejected_before = env.sim.requests().len();
     eventually("a few probes", || async { (env.sim.requests().len() >= rejected_before + 3).then_some(()) }).await;
     let rows = store.list_tickets(None, 100).await.unwrap();
-    assert!(rows.iter().all(|ticket| ticket.state == "pending"), "no ticket is failed for our own error");
+    assert!(rows.iter().all(|ticket| ticket.state == TicketState::Pending), "no ticket is failed for our own error");
     let requests = env.sim.requests();
     assert!(requests.iter().all(|request| request.answer == "signature mismatch"), "{requests:?}");
     assert!(
@@ -399,7 +401,7 @@ async fn a_wrong_secret_pauses_polling_instead_of_failing_tickets_and_polling_re
     env.sim.set_credentials(vec![(KEY_ID.to_owned(), crate::harness::KEY_SECRET.to_owned())]);
     env.wait_all_final().await;
     let rows = store.list_tickets(None, 100).await.unwrap();
-    assert!(rows.iter().all(|ticket| ticket.state == "succeeded" && ticket.error_code.is_none()));
+    assert!(rows.iter().all(|ticket| ticket.state == TicketState::Succeeded && ticket.error_code.is_none()));
     daemon.stop().await.expect("clean shutdown");
     store.close().await;
 }
@@ -421,11 +423,11 @@ async fn access_denied_pauses_only_that_workspace_until_the_deadline() {
     }
     for n in 0..3 {
         let fine = env.wait_final(&format!("fine-{n}")).await;
-        assert_eq!(fine.state, "succeeded");
+        assert_eq!(fine.state, TicketState::Succeeded);
     }
     for n in 0..3 {
         let denied = env.wait_final(&format!("denied-{n}")).await;
-        assert_eq!(denied.state, "expired", "access denied is not a failure of the ticket");
+        assert_eq!(denied.state, TicketState::Expired, "access denied is not a failure of the ticket");
         assert_eq!(denied.error_code.as_deref(), Some("NoPermission"));
     }
     let denied_requests =

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 use flink_ticketd::clock::{format_instant, parse_instant};
-use flink_ticketd::domain::{DeployResult, TicketState};
+use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
 use flink_ticketd::store::{Announcement, Finish, Lease, NewDelivery, NewTicket, Store, StoreSettings, Ticket};
 use sqlx::Connection as _;
 
-use crate::harness::{TestEnv, quote};
+use crate::harness::{TestEnv, quote, stored_text};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -57,7 +57,7 @@ fn is_canonical(text: &str) -> bool {
 
 /// Claims row `id` and records `finish`, with one delivery to `url` announcing it under the
 /// webhook-id the daemon gives it. Returns how many deliveries were written.
-async fn finish(store: &Store, id: i64, finish: &Finish, url: &str) -> Result<Option<usize>, sqlx::Error> {
+async fn finish(store: &Store, id: RowId, finish: &Finish, url: &str) -> Result<Option<usize>, sqlx::Error> {
     let lease = Lease(format!("test#{id}"));
     let now = Utc::now();
     let claimed = store.claim_ticket(&lease, id, now, Duration::from_secs(60), HOUR).await.expect("claim");
@@ -66,7 +66,7 @@ async fn finish(store: &Store, id: i64, finish: &Finish, url: &str) -> Result<Op
     store
         .record_final(&lease, id, now, finish, move |row: &Ticket| Announcement {
             deliveries: vec![NewDelivery {
-                ticket: row.id,
+                ticket: row.id.0,
                 url,
                 webhook_id: flink_ticketd::webhook::webhook_id(row),
                 event_type: "ticket.succeeded".to_owned(),
@@ -83,7 +83,7 @@ fn succeeded() -> Finish {
         polled: true,
         request_id: Some("req-1".to_owned()),
         answer: Some(DeployResult {
-            ticket_status: Some("FINISHED".to_owned()),
+            ticket_status: Some(TicketStatus::Finished),
             deployment_id: Some("dep-old".to_owned()),
             success: Some(true),
             message: Some("deployed".to_owned()),
@@ -112,7 +112,7 @@ async fn a_deleted_rows_id_is_never_handed_out_again_so_its_webhook_id_is_never_
     let deliveries = store.list_deliveries(None, 10).await.unwrap();
     let ids: std::collections::HashSet<&str> = deliveries.iter().map(|d| d.webhook_id.as_str()).collect();
     assert_eq!((deliveries.len(), ids.len()), (2, 2), "two outcomes, two webhook-ids: {deliveries:?}");
-    assert_eq!(store.deliveries_of_ticket(second.id).await.unwrap().len(), 1);
+    assert_eq!(store.deliveries_of_ticket(second.id.0).await.unwrap().len(), 1);
     store.close().await;
 }
 
@@ -139,11 +139,11 @@ async fn a_delivery_whose_webhook_id_is_taken_is_noted_on_the_ticket_not_dropped
     let written = finish(&store, ticket.id, &succeeded(), "http://127.0.0.1:9/hook").await.unwrap();
     assert_eq!(written, Some(0), "no delivery is counted that was not written");
     let row = store.ticket(ticket.id).await.unwrap().unwrap();
-    assert_eq!(row.state, "succeeded");
+    assert_eq!(row.state, TicketState::Succeeded);
     let note = row.webhook_note.unwrap_or_default();
     assert!(note.contains(&format!("tkt_{}_0.succeeded", ticket.id)), "{note}");
     assert!(note.contains("already issued"), "{note}");
-    assert_eq!(store.deliveries_of_ticket(ticket.id).await.unwrap().len(), 1);
+    assert_eq!(store.deliveries_of_ticket(ticket.id.0).await.unwrap().len(), 1);
     store.close().await;
 }
 
@@ -196,21 +196,22 @@ async fn the_migration_keeps_every_row_and_id_and_starts_ids_above_every_id_ever
 
     let store = open(&path).await;
     let rows = store.list_tickets(None, 100).await.unwrap();
-    let by_id = |id: i64| rows.iter().find(|row| row.id == id).unwrap_or_else(|| panic!("row {id} kept: {rows:?}"));
-    let mut ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    let by_id = |id: RowId| rows.iter().find(|row| row.id == id).unwrap_or_else(|| panic!("row {id} kept: {rows:?}"));
+    let mut ids: Vec<RowId> = rows.iter().map(|row| row.id).collect();
     ids.sort_unstable();
-    assert_eq!(ids, vec![3, 7, 8, 9, 12], "every row keeps its id");
+    assert_eq!(ids, [3, 7, 8, 9, 12].map(RowId), "every row keeps its id");
     for row in &rows {
-        for time in [&row.created_at, &row.updated_at, &row.next_poll_at] {
-            assert!(is_canonical(time), "{time:?} in {row:?}");
+        for column in ["created_at", "updated_at", "next_poll_at"] {
+            let time = stored_text(&path, row.id, column).await;
+            assert!(time.as_deref().is_some_and(is_canonical), "{time:?} in {row:?}");
         }
     }
-    assert_eq!(by_id(7).state, "pending", "a time in another form is rewritten, not refused");
-    let done = by_id(12);
-    assert_eq!(done.state, "succeeded");
-    assert!(is_canonical(done.finished_at.as_deref().unwrap()), "{done:?}");
+    assert_eq!(by_id(RowId(7)).state, TicketState::Pending, "a time in another form is rewritten, not refused");
+    let done = by_id(RowId(12));
+    assert_eq!(done.state, TicketState::Succeeded);
+    assert!(stored_text(&path, done.id, "finished_at").await.as_deref().is_some_and(is_canonical), "{done:?}");
     for (id, column) in [(8, "polls"), (9, "deadline_at")] {
-        let row = by_id(id);
+        let row = by_id(RowId(id));
         assert_eq!((row.state.as_str(), row.error_code.as_deref()), ("failed", Some("InvalidTicket")), "{row:?}");
         assert!(row.error_message.as_deref().unwrap_or("").contains(column), "{row:?}");
     }
@@ -218,7 +219,7 @@ async fn the_migration_keeps_every_row_and_id_and_starts_ids_above_every_id_ever
 
     // The delivery of the row deleted by hand named id 20: a new row starts above it.
     let new = store.insert_ticket(&new_ticket("new")).await.unwrap();
-    assert!(new.id > 20, "new id {}", new.id);
+    assert!(new.id > RowId(20), "new id {}", new.id);
     store.close().await;
 }
 
@@ -246,9 +247,10 @@ async fn hand_written_poll_times_are_stored_canonically_and_never_stop_or_spin_t
 
     for ticket_id in ["t-shell", "t-offset", "t-later"] {
         let row = env.wait_final(ticket_id).await;
-        assert_eq!(row.state, "succeeded", "{row:?}");
-        for time in [&row.created_at, &row.updated_at, &row.next_poll_at] {
-            assert!(is_canonical(time), "{time:?} in {row:?}");
+        assert_eq!(row.state, TicketState::Succeeded, "{row:?}");
+        for column in ["created_at", "updated_at", "next_poll_at"] {
+            let time = stored_text(&env.db_path, row.id, column).await;
+            assert!(time.as_deref().is_some_and(is_canonical), "{time:?} in {row:?}");
         }
     }
     let refused = run_sql(
@@ -274,8 +276,8 @@ async fn hand_written_poll_times_are_stored_canonically_and_never_stop_or_spin_t
     )
     .await;
     let row = env.wait_final("t-blank").await;
-    assert_eq!(row.state, "succeeded", "{row:?}");
-    assert!(is_canonical(&row.next_poll_at), "{row:?}");
+    assert_eq!(row.state, TicketState::Succeeded, "{row:?}");
+    assert!(stored_text(&env.db_path, row.id, "next_poll_at").await.as_deref().is_some_and(is_canonical), "{row:?}");
     daemon.stop().await.expect("clean shutdown");
 }
 
@@ -326,7 +328,7 @@ async fn dates_that_do_not_exist_are_refused_and_real_ones_in_any_form_are_norma
         .await
         .unwrap_or_else(|error| panic!("{written:?} is accepted: {error}"));
         let row = store.find_tickets(&format!("ok{n}"), None, None).await.unwrap().remove(0);
-        assert_eq!(row.deadline_at.as_deref(), Some(*stored), "{written:?}");
+        assert_eq!(stored_text(&path, row.id, "deadline_at").await.as_deref(), Some(*stored), "{written:?}");
         assert!(row.deadline().is_some(), "a stored deadline is always readable");
     }
     store.close().await;
@@ -382,7 +384,7 @@ async fn a_row_with_an_unreadable_value_fails_alone_and_is_still_listed() {
     driven.settle().await;
 
     for ticket_id in ["t-1", "t-2", "t-3"] {
-        assert_eq!(env.ticket(ticket_id).await.state, "succeeded", "{ticket_id} is not held back");
+        assert_eq!(env.ticket(ticket_id).await.state, TicketState::Succeeded, "{ticket_id} is not held back");
     }
     let bad = env.ticket("t-bad").await;
     assert_eq!((bad.state.as_str(), bad.error_code.as_deref()), ("failed", Some("InvalidTicket")), "{bad:?}");
@@ -449,15 +451,15 @@ async fn retry_clears_the_previous_answer_so_a_later_expiry_does_not_carry_it() 
     let retried = store.ticket(ticket.id).await.unwrap().unwrap();
     assert_eq!(
         (
-            retried.ticket_status.as_deref(),
+            retried.ticket_status.as_ref().map(TicketStatus::as_wire),
             retried.deployment_id.as_deref(),
             retried.deploy_success,
             retried.message.as_deref(),
             retried.validation_result.as_deref(),
-            retried.validation_errors.as_str(),
+            stored_text(&path, retried.id, "validation_errors").await.as_deref(),
             retried.request_id.as_deref(),
         ),
-        (None, None, None, None, None, "[]", None),
+        (None, None, None, None, None, Some("[]"), None),
         "{retried:?}"
     );
 
@@ -471,7 +473,7 @@ async fn retry_clears_the_previous_answer_so_a_later_expiry_does_not_carry_it() 
     };
     finish(&store, ticket.id, &expired, "http://127.0.0.1:9/hook").await.unwrap();
     let row = store.ticket(ticket.id).await.unwrap().unwrap();
-    assert_eq!(row.state, "expired");
+    assert_eq!(row.state, TicketState::Expired);
     let payload: serde_json::Value =
         serde_json::from_str(&flink_ticketd::webhook::payload(&row, "ticket.expired")).unwrap();
     assert_eq!(payload["data"]["deployment_id"], serde_json::Value::Null, "{payload}");
@@ -518,7 +520,7 @@ async fn the_sqlite3_shell_refuses_unreal_dates_and_its_hand_written_times_are_s
     )
     .expect("the operator's update runs");
     let row = store.find_tickets("t", None, None).await.unwrap().remove(0);
-    assert!(is_canonical(&row.next_poll_at), "{row:?}");
+    assert!(stored_text(&path, row.id, "next_poll_at").await.as_deref().is_some_and(is_canonical), "{row:?}");
     let deadline = row.deadline().expect("the deadline is readable");
     assert!((deadline - Utc::now()).num_minutes().abs() < 5, "{row:?}");
     let error =

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::harness::{KEY_SECRET, TestEnv, WebhookSink, eventually, quote};
+use flink_ticketd::domain::TicketState;
 
 const WEBHOOK_SECRET: &str = "whsec_c2VjdXJpdHktcGFzcy13ZWJob29rLXNlY3JldC0wMDAx";
 const SECURITY_TOKEN: &str = "sts-token-that-must-never-be-logged-0123456789";
@@ -92,7 +93,7 @@ async fn per_ticket_webhook_urls_are_ignored_unless_allowed() {
     let ticket = env.wait_final("t-own").await;
     assert_eq!(ticket.webhook_note.as_deref(), Some(flink_ticketd::webhook::TICKET_URL_NOT_ALLOWED));
     let store = env.store().await;
-    let deliveries = store.deliveries_of_ticket(ticket.id).await.expect("deliveries are read");
+    let deliveries = store.deliveries_of_ticket(ticket.id.0).await.expect("deliveries are read");
     store.close().await;
     assert_eq!(deliveries.len(), 1, "only the configured receiver");
     assert!(own.drain().is_empty(), "the ticket's own URL got nothing");
@@ -128,7 +129,7 @@ async fn per_ticket_urls_to_private_addresses_are_refused_unless_private_ones_ar
         let note = ticket.webhook_note.unwrap_or_default();
         assert!(note.contains(why) && note.contains("webhook.allow_private_ticket_urls"), "{ticket_id}: {note}");
         let store = env.store().await;
-        let deliveries = store.deliveries_of_ticket(ticket.id).await.expect("deliveries are read");
+        let deliveries = store.deliveries_of_ticket(ticket.id.0).await.expect("deliveries are read");
         store.close().await;
         assert_eq!(deliveries.len(), 1, "{ticket_id}: only the configured receiver");
     }
@@ -239,7 +240,7 @@ async fn a_redirect_from_the_api_is_not_followed_so_the_authorization_header_sta
         .await;
     env.insert("t-redirected", "ns", "ws").await;
     let ticket = env.wait_final("t-redirected").await;
-    assert_eq!(ticket.state, "expired", "an unreadable answer is retried until the deadline");
+    assert_eq!(ticket.state, TicketState::Expired, "an unreadable answer is retried until the deadline");
     assert_eq!(ticket.error_code.as_deref(), Some("HttpStatus302"));
     let api_seen = api_seen.lock().expect("not poisoned").clone();
     assert!(!api_seen.is_empty() && api_seen.iter().all(|signed| *signed), "the API got signed requests");

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flink_ticketd::domain::{DeployResult, TicketState};
+use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
 use flink_ticketd::store::{Announcement, Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings};
 
 struct Fixture {
@@ -45,7 +45,7 @@ fn new_ticket(id: &str) -> NewTicket {
     }
 }
 
-async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> i64 {
+async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> RowId {
     let ticket = store.insert_ticket(&new_ticket(id)).await.unwrap();
     let lease = Lease("setup#0".to_owned());
     // Claim at creation time and record a reschedule to place the row exactly.
@@ -54,8 +54,7 @@ async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> i64 {
         .await
         .unwrap();
     for row in claimed {
-        let next =
-            if row.id == ticket.id { due } else { flink_ticketd::clock::parse_instant(&row.next_poll_at).unwrap() };
+        let next = if row.id == ticket.id { due } else { row.next_poll_at };
         let reschedule = Reschedule {
             next_poll_at: next,
             running_streak: 0,
@@ -82,19 +81,15 @@ async fn a_claim_takes_due_rows_once_earliest_first() {
     let first = Lease("a#1".to_owned());
     let claimed =
         store.claim_due_tickets(&first, at(50), Duration::from_secs(60), 1, Duration::from_secs(3600)).await.unwrap();
-    assert_eq!(claimed.iter().map(|t| t.ticket_id.as_str()).collect::<Vec<_>>(), vec!["early"]);
+    assert_eq!(claimed.iter().map(|t| t.key.ticket_id.as_str()).collect::<Vec<_>>(), vec!["early"]);
     assert_eq!(claimed[0].lease_owner.as_deref(), Some("a#1"));
-    assert_eq!(
-        claimed[0].next_poll_at,
-        claimed[0].lease_until.clone().unwrap(),
-        "a claimed row is due when its lease lapses"
-    );
+    assert_eq!(claimed[0].next_poll_at, claimed[0].lease_until.unwrap(), "a claimed row is due when its lease lapses");
 
     let second = Lease("b#1".to_owned());
     let rest =
         store.claim_due_tickets(&second, at(50), Duration::from_secs(60), 10, Duration::from_secs(3600)).await.unwrap();
     assert_eq!(
-        rest.iter().map(|t| t.ticket_id.as_str()).collect::<Vec<_>>(),
+        rest.iter().map(|t| t.key.ticket_id.as_str()).collect::<Vec<_>>(),
         vec!["late"],
         "leased and future rows are not taken"
     );
@@ -161,16 +156,16 @@ async fn the_final_state_and_its_deliveries_commit_together() {
         state: TicketState::Failed,
         polled: true,
         request_id: Some("R1".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some("FAILED".to_owned()), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Failed), ..DeployResult::default() }),
         error: None,
     };
     let written = store
         .record_final(&lease, id, at(2), &finish, |row| {
-            assert_eq!(row.state, "failed", "the closure sees the final row");
+            assert_eq!(row.state, TicketState::Failed, "the closure sees the final row");
             let deliveries = ["http://a.example/hook", "http://b.example/hook"]
                 .into_iter()
                 .map(|url| NewDelivery {
-                    ticket: row.id,
+                    ticket: row.id.0,
                     url: url.to_owned(),
                     webhook_id: format!("tkt_{}_0.failed", row.id),
                     event_type: "ticket.failed".to_owned(),
@@ -183,7 +178,7 @@ async fn the_final_state_and_its_deliveries_commit_together() {
         .unwrap();
     assert_eq!(written, Some(2));
     assert_eq!(store.ticket(id).await.unwrap().unwrap().webhook_note.as_deref(), Some("note"));
-    let deliveries = store.deliveries_of_ticket(id).await.unwrap();
+    let deliveries = store.deliveries_of_ticket(id.0).await.unwrap();
     assert_eq!(deliveries.len(), 2);
     assert!(
         deliveries
@@ -206,7 +201,7 @@ async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_stat
             let deliveries = ["http://ok.example/hook", too_long.as_str()]
                 .into_iter()
                 .map(|url| NewDelivery {
-                    ticket: row.id,
+                    ticket: row.id.0,
                     url: url.to_owned(),
                     webhook_id: format!("tkt_{}_0.failed", row.id),
                     event_type: "ticket.failed".to_owned(),
@@ -219,11 +214,11 @@ async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_stat
         .expect("the final state commits");
     assert_eq!(written, Some(1), "only the delivery the outbox took is counted");
     let row = store.ticket(id).await.unwrap().unwrap();
-    assert_eq!(row.state, "failed");
+    assert_eq!(row.state, TicketState::Failed);
     let note = row.webhook_note.unwrap_or_default();
     assert!(note.starts_with("first note; webhook to http://a.example/*** dropped"), "{note}");
     assert!(note.contains("dropped: the delivery could not be written"), "{note}");
-    let deliveries = store.deliveries_of_ticket(id).await.unwrap();
+    let deliveries = store.deliveries_of_ticket(id.0).await.unwrap();
     assert_eq!(deliveries.iter().map(|delivery| delivery.url.as_str()).collect::<Vec<_>>(), ["http://ok.example/hook"]);
 }
 
@@ -279,7 +274,11 @@ async fn a_hand_written_deadline_is_stored_in_the_canonical_form() {
         [("a", "2026-12-01T10:00:00.000Z"), ("b", "2026-12-01T10:00:00.000Z"), ("c", "2026-12-01T10:00:00.500Z")]
     {
         let rows = fixture.store.find_tickets(id, None, None).await.unwrap();
-        assert_eq!(rows[0].deadline_at.as_deref(), Some(expected), "{id}");
+        assert_eq!(
+            crate::harness::stored_text(&fixture.path, rows[0].id, "deadline_at").await.as_deref(),
+            Some(expected),
+            "{id}"
+        );
     }
 }
 
@@ -291,7 +290,7 @@ async fn retry_cancel_and_release_change_only_what_they_should() {
     assert!(!store.retry_ticket(id, at(1), at(100)).await.unwrap(), "a pending ticket is not retried");
     assert!(store.cancel_ticket(id, at(1)).await.unwrap());
     assert!(!store.cancel_ticket(id, at(2)).await.unwrap(), "only pending tickets are cancelled");
-    assert_eq!(store.ticket(id).await.unwrap().unwrap().state, "cancelled");
+    assert_eq!(store.ticket(id).await.unwrap().unwrap().state, TicketState::Cancelled);
     assert!(store.retry_ticket(id, at(3), at(100)).await.unwrap());
     let retried = store.ticket(id).await.unwrap().unwrap();
     assert_eq!((retried.state.as_str(), retried.retries), ("pending", 1));
@@ -330,7 +329,7 @@ async fn claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased() {
 
     assert!(store.claim_ticket(&lease, mine, at(5), lease_for, deadline).await.unwrap().is_none(), "not due yet");
     let claimed = store.claim_ticket(&lease, mine, at(10), lease_for, deadline).await.unwrap().expect("due");
-    assert_eq!((claimed.ticket_id.as_str(), claimed.lease_owner.as_deref()), ("mine", Some("deploy#1")));
+    assert_eq!((claimed.key.ticket_id.as_str(), claimed.lease_owner.as_deref()), ("mine", Some("deploy#1")));
     let held = Lease("daemon#7".to_owned());
     assert!(store.claim_ticket(&held, mine, at(11), lease_for, deadline).await.unwrap().is_none(), "leased");
     assert_eq!(store.ticket(other).await.unwrap().unwrap().lease_owner, None, "other rows are left alone");
@@ -356,7 +355,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
     let announce_one = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
         deliveries: vec![NewDelivery {
-            ticket: row.id,
+            ticket: row.id.0,
             url: "http://a.example/hook".to_owned(),
             webhook_id: format!("tkt_{}_0.succeeded", row.id),
             event_type: "ticket.succeeded".to_owned(),
@@ -384,7 +383,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
         error_streak: 0,
         polled: true,
         request_id: Some("R".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some("EXECUTING".to_owned()), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }),
         error: None,
     };
     // Submitted together, the three land in one batch.
@@ -399,16 +398,24 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
     drop(recorder);
     task.await.unwrap();
 
-    assert_eq!(store.ticket(good).await.unwrap().unwrap().state, "succeeded");
-    assert_eq!(store.deliveries_of_ticket(good).await.unwrap().len(), 1);
+    assert_eq!(store.ticket(good).await.unwrap().unwrap().state, TicketState::Succeeded);
+    assert_eq!(store.deliveries_of_ticket(good.0).await.unwrap().len(), 1);
     let progressed = store.ticket(progress).await.unwrap().unwrap();
     assert_eq!(
-        (progressed.state.as_str(), progressed.running_streak, progressed.ticket_status.as_deref()),
+        (
+            progressed.state.as_str(),
+            progressed.running_streak,
+            progressed.ticket_status.as_ref().map(TicketStatus::as_wire)
+        ),
         ("pending", 3, Some("EXECUTING"))
     );
-    assert_eq!(progressed.next_poll_at, flink_ticketd::clock::format_instant(at(30)));
-    assert_eq!(store.ticket(bad).await.unwrap().unwrap().state, "pending", "the refused write changed nothing");
-    assert!(store.deliveries_of_ticket(bad).await.unwrap().is_empty(), "nor wrote its deliveries");
+    assert_eq!(progressed.next_poll_at, at(30));
+    assert_eq!(
+        store.ticket(bad).await.unwrap().unwrap().state,
+        TicketState::Pending,
+        "the refused write changed nothing"
+    );
+    assert!(store.deliveries_of_ticket(bad.0).await.unwrap().is_empty(), "nor wrote its deliveries");
 
     // A stale lease writes nothing, in a batch as alone.
     let stale = recorder_for(store).record_progress(&Lease("other#9".to_owned()), progress, at(3), &reschedule).await;
@@ -435,7 +442,7 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
     let announce = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
         deliveries: vec![NewDelivery {
-            ticket: row.id,
+            ticket: row.id.0,
             url: "http://a.example/hook".to_owned(),
             webhook_id: format!("tkt_{}_0.{}", row.id, row.state),
             event_type: "ticket.succeeded".to_owned(),
@@ -466,10 +473,10 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     assert_eq!(new_final, Ok(Some(1)));
     assert_eq!(old_final, Ok(None), "the lapsed lease's final state was not written");
     assert_eq!(new_progress, Ok(true));
-    assert_eq!(store.ticket(first).await.unwrap().unwrap().state, "succeeded");
+    assert_eq!(store.ticket(first).await.unwrap().unwrap().state, TicketState::Succeeded);
     let second_row = store.ticket(second).await.unwrap().unwrap();
     assert_eq!((second_row.state.as_str(), second_row.running_streak), ("pending", 1));
-    assert!(store.deliveries_of_ticket(second).await.unwrap().is_empty(), "no announcement for a pending row");
+    assert!(store.deliveries_of_ticket(second.0).await.unwrap().is_empty(), "no announcement for a pending row");
 }
 
 #[tokio::test]
@@ -487,7 +494,7 @@ async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_lea
     let held_before = store.ticket(held).await.unwrap().unwrap();
 
     assert_eq!(store.pull_back_due_times(at(2), at(50)).await.unwrap(), 1);
-    assert_eq!(store.ticket(far).await.unwrap().unwrap().next_poll_at, flink_ticketd::clock::format_instant(at(2)));
+    assert_eq!(store.ticket(far).await.unwrap().unwrap().next_poll_at, at(2));
     let held_after = store.ticket(held).await.unwrap().unwrap();
     assert_eq!(
         (held_after.next_poll_at, held_after.lease_owner, held_after.lease_until),
@@ -496,6 +503,6 @@ async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_lea
     );
     let other = Lease("other#1".to_owned());
     let again = store.claim_due_tickets(&other, at(3), Duration::from_secs(60), 10, Duration::from_secs(3600)).await;
-    let again: Vec<i64> = again.unwrap().iter().map(|row| row.id).collect();
+    let again: Vec<RowId> = again.unwrap().iter().map(|row| row.id).collect();
     assert_eq!(again, [far], "no second claim of the held row");
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use flink_ticketd::config::{self, Config};
+use flink_ticketd::domain::TicketState;
 use flink_ticketd::store::Delivery;
 use flink_ticketd::webhook::{TICKET_URL_NOT_ALLOWED, signing};
 use hmac::{Hmac, Mac};
@@ -392,7 +393,7 @@ async fn a_ticket_url_too_long_once_percent_encoded_is_noted_and_the_ticket_stil
 
     let rows = settle_deliveries(&env, &driven, 1).await;
     let ticket = env.ticket("ok-long-url").await;
-    assert_eq!(ticket.state, "succeeded");
+    assert_eq!(ticket.state, TicketState::Succeeded);
     let note = ticket.webhook_note.expect("the ticket says why its own URL was not used");
     assert!(note.contains("percent-encoded") && note.contains("2048"), "{note}");
     assert_eq!(configured.next().await.json()["data"]["ticket_id"], "ok-long-url");

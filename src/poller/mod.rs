@@ -1,0 +1,374 @@
+//! The poll loop: wait until the earliest ticket is due (per the database), claim due tickets
+//! with a lease, poll each under the global concurrency and rate limits, and carry out what
+//! [`decide`] makes of the answer. The parts:
+//!
+//! - `decide.rs`: the one pure decision (finish, reschedule, pause, hold, expiry) and its [`Policy`];
+//! - `gate.rs`: the pause gates, a state machine that holds tickets back while the API rejects us
+//!   (globally, or one workspace) or is in an outage, and lets one probe through at a time;
+//! - `follow.rs`: [`Poller::follow`], one ticket to its end for `deploy --wait`;
+//! - `clock_step.rs`: due times left behind by a wall-clock step back are made due again;
+//! - this file: [`PollSettings`], the loop, and the IO shell that executes decisions.
+//!
+//! A poll holds its ticket's lease for as long as it runs: the lease is extended while the poll
+//! waits for the rate limit, for credentials or for the client's own retries.
+
+mod clock_step;
+mod decide;
+mod follow;
+mod gate;
+
+pub use decide::{Decision, MIN_PAUSE_INTERVAL, Policy, decide};
+pub use follow::Followed;
+pub use gate::{
+    Gate, Gates, Hold, OUTAGE_THRESHOLD, Observed, PauseCause, PauseEnds, PauseFlag, PauseScope, Probes, Verdict,
+};
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, info_span, warn};
+
+use crate::claim_loop;
+use crate::clock::Clock;
+use crate::domain::{RowId, TicketStatus};
+use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::service::Heartbeat;
+use crate::store::{Announce, Finish, Lease, RecordError, Recorder, Store, Ticket};
+
+/// Longest the loop sleeps before looking for new rows (inserted by other programs).
+pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest the loop waits to gather free slots before claiming, while polls are in flight.
+pub const CLAIM_WINDOW: Duration = Duration::from_millis(1);
+
+/// `[poll]`: the per-ticket schedule, built and validated by the configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PollSettings {
+    /// First wait between polls.
+    pub initial_interval: Duration,
+    /// Longest wait between polls.
+    pub max_interval: Duration,
+    /// Growth factor of the wait.
+    pub multiplier: f64,
+    /// Default time from enqueue to `expired`.
+    pub deadline: Duration,
+    /// How long a claim holds a ticket.
+    pub lease: Duration,
+}
+
+/// Everything the poll loop needs.
+pub struct Poller {
+    /// The database (claims and look-ups).
+    pub store: Store,
+    /// Group commit for poll results.
+    pub recorder: Recorder,
+    /// The API client.
+    pub flink: FlinkClient,
+    /// Source of `now`.
+    pub clock: Arc<dyn Clock>,
+    /// `[poll]`.
+    pub poll: PollSettings,
+    /// The global request rate limit.
+    pub limiter: Arc<RateLimiter>,
+    /// The global concurrency limit.
+    pub max_in_flight: usize,
+    /// Prefix of this process's lease names (`host:pid:random`).
+    pub owner: String,
+    /// Woken when a final state wrote webhook deliveries.
+    pub deliveries_written: Arc<Notify>,
+    /// Counts loop iterations, waits and finished polls; a stuck loop stops counting.
+    pub heartbeat: Heartbeat,
+    /// Where polls, latencies and final states are counted.
+    pub metrics: Arc<Metrics>,
+    /// Set while polling is globally paused.
+    pub paused: Arc<PauseFlag>,
+    policy: Policy,
+    /// Plans the webhook deliveries written with each final state.
+    announce: Announce,
+    gates: Mutex<Gates>,
+    /// When the loop last looked for times left behind by a wall-clock step.
+    clock_step_checked: Mutex<Option<tokio::time::Instant>>,
+    wake: Notify,
+}
+
+impl Poller {
+    /// Assembles a poller; see the field docs.
+    #[expect(clippy::too_many_arguments, reason = "a constructor naming each collaborator once")]
+    pub fn new(
+        store: Store,
+        recorder: Recorder,
+        flink: FlinkClient,
+        clock: Arc<dyn Clock>,
+        poll: PollSettings,
+        announce: Announce,
+        limiter: Arc<RateLimiter>,
+        max_in_flight: usize,
+        owner: String,
+    ) -> Poller {
+        Poller {
+            store,
+            recorder,
+            announce,
+            flink,
+            clock,
+            policy: Policy::from_settings(&poll),
+            poll,
+            limiter,
+            max_in_flight: max_in_flight.max(1),
+            owner,
+            deliveries_written: Arc::new(Notify::new()),
+            heartbeat: Heartbeat::default(),
+            metrics: Arc::new(Metrics::new()),
+            paused: Arc::new(PauseFlag::default()),
+            gates: Mutex::new(Gates::default()),
+            wake: Notify::new(),
+            clock_step_checked: Mutex::new(None),
+        }
+    }
+
+    /// Counts progress at least every `every` while waiting (see `crate::service`).
+    #[must_use]
+    pub fn with_heartbeat(mut self, every: Duration) -> Poller {
+        self.heartbeat = Heartbeat::new(every);
+        self
+    }
+
+    /// Counts into `metrics` instead of a registry of its own.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Poller {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Polls until `shutdown` is cancelled (the claim loop of `crate::claim_loop`). In-flight
+    /// polls run in `tracker`; the caller waits for them (with a grace period) after this returns.
+    pub async fn run_until_cancelled(self: Arc<Self>, shutdown: CancellationToken, tracker: TaskTracker) {
+        claim_loop::run_until_cancelled(self, shutdown, tracker).await;
+    }
+
+    /// Polls one claimed ticket (unless a paused gate holds it back) and carries out the decision.
+    /// `slot` is the ticket's share of `flink.max_in_flight`; it is given back as soon as the API
+    /// has answered, so that recording the result never keeps another ticket from being polled.
+    async fn handle(&self, ticket: Ticket, lease: &Lease, slot: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let now = self.clock.now();
+        let admission = self.gates().admit(&ticket.key.workspace, now, self.policy.pause.initial);
+        let probes = match admission {
+            Ok(probes) => probes,
+            Err(hold) => {
+                let decision = decide(&ticket, None, &Verdict::Held(hold), now, &self.policy, rand::random::<f64>());
+                return self.execute(&ticket, lease, now, decision).await;
+            }
+        };
+
+        if ticket.polls == 0 {
+            info!(
+                deadline_at = ticket.deadline_at.map(crate::clock::format_instant).unwrap_or_default(),
+                "ticket picked up"
+            );
+        }
+        let poll = async {
+            let waited = self.limiter.acquire().await;
+            self.metrics.observe_rate_limit_wait(waited);
+            if waited > Duration::from_millis(1) {
+                debug!(delay_ms = waited.as_millis(), "waited for the rate limit");
+            }
+            let started = tokio::time::Instant::now();
+            let outcome = self
+                .flink
+                .get_deploy_result(TicketRef {
+                    namespace: &ticket.key.namespace,
+                    workspace: &ticket.key.workspace,
+                    ticket_id: &ticket.key.ticket_id,
+                    region: ticket.region.as_deref(),
+                })
+                .await;
+            (outcome, started.elapsed())
+        };
+        let (outcome, took) = self.keep_leased(ticket.id, lease, poll).await;
+        drop(slot);
+        self.metrics.observe_poll(&outcome, took);
+        let now = self.clock.now();
+        let observed = {
+            let mut gates = self.gates();
+            let observed =
+                gates.observe(&ticket.key.workspace, outcome.as_ref().map(|_| ()), now, probes, &self.policy.pause);
+            self.paused.set(gates.global_cause());
+            observed
+        };
+        if let Some(until) = observed.postpone_workspace_until {
+            if let Err(error) = self.store.postpone_workspace(&ticket.key.workspace, until).await {
+                warn!(error = %error, "postponing the paused workspace's tickets failed");
+            }
+        }
+        if let Err(FlinkError::RateLimited { .. }) = &outcome {
+            self.limiter.slow_down();
+        }
+        log_outcome(&ticket, &outcome);
+
+        let jitter = rand::random::<f64>();
+        let decision = decide(&ticket, Some(outcome.as_ref()), &observed.verdict, now, &self.policy, jitter);
+        self.execute(&ticket, lease, now, decision).await;
+    }
+
+    /// Records a decision: the final state with its announcement, or the next poll.
+    async fn execute(&self, ticket: &Ticket, lease: &Lease, now: DateTime<Utc>, decision: Decision) {
+        let written = match decision {
+            Decision::Finish(finish) => self.finish(ticket, lease, now, &finish).await,
+            Decision::Reschedule(reschedule) | Decision::Pause { reschedule, .. } | Decision::Hold(reschedule) => {
+                self.recorder.record_progress(lease, ticket.id, now, &reschedule).await
+            }
+        };
+        self.heartbeat.beat();
+        match written {
+            Ok(true) => {}
+            Ok(false) => warn!("ticket changed under us (lease lapsed, or cancelled); result not recorded"),
+            Err(error) => {
+                error!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
+            }
+        }
+    }
+
+    /// The pause gates, locked.
+    fn gates(&self) -> std::sync::MutexGuard<'_, Gates> {
+        self.gates.lock().expect("the gates mutex is never poisoned: no code panics holding it")
+    }
+
+    /// Runs `work` (one poll) while extending the lease on row `id` every third of a lease, so
+    /// that however long the poll takes (rate-limit wait, credential refresh, the client's own
+    /// retries) no other claim takes the ticket meanwhile.
+    async fn keep_leased<T>(&self, id: RowId, lease: &Lease, work: impl std::future::Future<Output = T>) -> T {
+        let every = (self.poll.lease / 3).max(Duration::from_millis(1));
+        let renewals = async {
+            loop {
+                tokio::time::sleep(every).await;
+                match self.store.extend_ticket_lease(lease, id, self.clock.now(), self.poll.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => debug!("the lease was taken back while polling; the result will not be recorded"),
+                    Err(error) => warn!(error = %error, "extending the lease of a ticket being polled failed"),
+                }
+            }
+        };
+        tokio::pin!(work);
+        tokio::pin!(renewals);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut work => return output,
+                () = &mut renewals => {}
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        ticket: &Ticket,
+        lease: &Lease,
+        now: DateTime<Utc>,
+        finish: &Finish,
+    ) -> Result<bool, RecordError> {
+        let written = self.recorder.record_final(lease, ticket.id, now, finish, Arc::clone(&self.announce)).await?;
+        let Some(deliveries) = written else { return Ok(false) };
+        self.metrics.observe_finished(finish.state);
+        info!(
+            state = %finish.state,
+            deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),
+            polls = ticket.polls + i64::from(finish.polled),
+            webhooks = deliveries,
+            "ticket finished"
+        );
+        if deliveries > 0 {
+            self.deliveries_written.notify_one();
+        }
+        Ok(true)
+    }
+}
+
+fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
+    match outcome {
+        Ok(polled) => {
+            let status = polled.result.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default();
+            debug!(ticket_status = status, request_id = polled.request_id.as_deref().unwrap_or(""), "polled");
+            let unknown = !matches!(
+                polled.result.ticket_status,
+                Some(TicketStatus::Init | TicketStatus::Executing | TicketStatus::Finished | TicketStatus::Failed)
+            );
+            if unknown && ticket.ticket_status != polled.result.ticket_status {
+                warn!(ticket_status = status, "unknown ticket status; polling on until the deadline");
+            }
+        }
+        Err(error) => warn!(
+            error_code = %error.code(),
+            request_id = error.request_id().unwrap_or(""),
+            error = %error,
+            "poll failed"
+        ),
+    }
+}
+
+/// A standard duration as a chrono one, saturating.
+fn to_chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The poll loop's queue: due tickets, each polled by [`Poller::handle`] in its `ticket` span.
+impl claim_loop::Queue for Poller {
+    type Item = Ticket;
+    type Error = sqlx::Error;
+
+    const ROWS: &'static str = "tickets";
+    const ROW: &'static str = "ticket";
+
+    fn shape(&self) -> claim_loop::Shape {
+        // Claiming for one free slot at a time would cost a read and a write per poll; gathering
+        // a quarter of the slots first (for at most CLAIM_WINDOW) makes claims a small share.
+        claim_loop::Shape {
+            max_in_flight: self.max_in_flight,
+            batch: (self.max_in_flight / 4).max(1),
+            window: CLAIM_WINDOW,
+            wake_interval: WAKE_INTERVAL,
+        }
+    }
+
+    fn lease_prefix(&self) -> String {
+        format!("{}#", self.owner)
+    }
+
+    fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    async fn before_looking(&self, now: DateTime<Utc>) {
+        self.pull_back_after_clock_step(now).await;
+    }
+
+    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.store.next_due_at().await
+    }
+
+    async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
+        self.store.claim_due_tickets(lease, now, self.poll.lease, limit, self.poll.deadline).await
+    }
+
+    fn span(&self, ticket: &Ticket) -> tracing::Span {
+        info_span!("ticket", ticket_id = %ticket.key.ticket_id, workspace = %ticket.key.workspace, row = ticket.id.0)
+    }
+
+    async fn process(self: Arc<Self>, ticket: Ticket, lease: Lease, slot: tokio::sync::OwnedSemaphorePermit) {
+        Poller::handle(&self, ticket, &lease, Some(slot)).await;
+    }
+}

@@ -1,0 +1,158 @@
+//! How poll results are written: many rows in one statement, fenced by lease and state, the one
+//! place that says which column a result sets. The recorder's batches and the one-row writes of
+//! `tickets.rs` both go through [`record_many_on`].
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use super::tickets::{Finish, Reschedule};
+use super::{Lease, at, row};
+use crate::domain::RowId;
+
+/// One poll result to write with [`record_many_on`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResultWrite<'a> {
+    pub(super) lease: &'a Lease,
+    pub(super) id: RowId,
+    pub(super) now: DateTime<Utc>,
+    pub(super) result: PollResult<'a>,
+}
+
+/// What a [`ResultWrite`] records.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum PollResult<'a> {
+    /// The ticket goes on: due time, streaks, and what the call said.
+    Progress(&'a Reschedule),
+    /// The ticket is done: state and `finished_at` (the caller writes the announcement).
+    Final(&'a Finish),
+}
+
+/// Most rows one multi-row write names (18 bound values each, well below SQLite's limit).
+pub(super) const ROWS_PER_STATEMENT: usize = 256;
+
+/// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
+/// result is written; the one-row writes call it too), fenced by lease and state. Returns, for
+/// each write in order, whether it was written: a result counts as written only when its own
+/// (row, lease) matched, never because another write to the same row did. A final state's
+/// announcement is the caller's to write (see `tickets::write_announcement_on`). The caller owns the transaction.
+pub(super) async fn record_many_on(
+    connection: &mut SqliteConnection,
+    writes: &[ResultWrite<'_>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut written = vec![false; writes.len()];
+    for chunk in statement_chunks(writes) {
+        let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
+        let chunk_ids: Vec<(i64, usize)> = chunk.iter().map(|&index| (writes[index].id.0, index)).collect();
+        let chunk = chunk_writes.as_slice();
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "WITH v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
+                     has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
+                     validation_errors, error_code, error_message, now) AS (",
+        );
+        query.push_values(chunk, |mut row, write| {
+            let (final_state, schedule, polled, request_id, answer, error) = match write.result {
+                PollResult::Progress(update) => (
+                    None,
+                    Some((update.next_poll_at, update.running_streak, update.error_streak)),
+                    update.polled,
+                    &update.request_id,
+                    update.answer.as_ref(),
+                    &update.error,
+                ),
+                PollResult::Final(finish) => (
+                    Some(finish.state.as_str()),
+                    None,
+                    finish.polled,
+                    &finish.request_id,
+                    finish.answer.as_ref(),
+                    &finish.error,
+                ),
+            };
+            let errors = answer.map(|answer| row::issues_json(&answer.validation_errors));
+            let (code, message) = error.clone().unzip();
+            row.push_bind(write.id.0)
+                .push_bind(write.lease.0.clone())
+                .push_bind(final_state)
+                .push_bind(schedule.map(|(next_poll_at, _, _)| at(next_poll_at)))
+                .push_bind(schedule.map(|(_, running_streak, _)| running_streak))
+                .push_bind(schedule.map(|(_, _, error_streak)| error_streak))
+                .push_bind(i64::from(polled))
+                .push_bind(request_id.clone())
+                .push_bind(i64::from(answer.is_some()))
+                .push_bind(
+                    answer.and_then(|answer| answer.ticket_status.as_ref().map(|status| status.as_wire().to_owned())),
+                )
+                .push_bind(answer.and_then(|answer| answer.deployment_id.clone()))
+                .push_bind(answer.and_then(|answer| answer.success))
+                .push_bind(answer.and_then(|answer| answer.message.clone()))
+                .push_bind(answer.and_then(|answer| answer.validation_result.clone()))
+                .push_bind(errors)
+                .push_bind(code)
+                .push_bind(message)
+                .push_bind(at(write.now));
+        });
+        // Column by column what the one-row writes do: an answer replaces the answer columns
+        // and clears the error, an error replaces the error columns, neither keeps them; a final
+        // state sets `state` and `finished_at`, a reschedule the due time and the streaks.
+        query.push(
+            ")
+            UPDATE tickets SET
+                lease_owner = NULL, lease_until = NULL,
+                state = COALESCE(v.final_state, tickets.state),
+                finished_at = CASE WHEN v.final_state IS NOT NULL THEN v.now ELSE tickets.finished_at END,
+                next_poll_at = COALESCE(v.next_poll_at, tickets.next_poll_at),
+                running_streak = COALESCE(v.running_streak, tickets.running_streak),
+                error_streak = COALESCE(v.error_streak, tickets.error_streak),
+                updated_at = v.now,
+                polls = tickets.polls + v.polled,
+                request_id = COALESCE(v.request_id, tickets.request_id),
+                ticket_status = CASE WHEN v.has_answer THEN v.ticket_status ELSE tickets.ticket_status END,
+                deployment_id = CASE WHEN v.has_answer THEN COALESCE(v.deployment_id, tickets.deployment_id)
+                                     ELSE tickets.deployment_id END,
+                deploy_success = CASE WHEN v.has_answer THEN v.deploy_success ELSE tickets.deploy_success END,
+                message = CASE WHEN v.has_answer THEN v.message ELSE tickets.message END,
+                validation_result = CASE WHEN v.has_answer THEN v.validation_result ELSE tickets.validation_result END,
+                validation_errors = CASE WHEN v.has_answer THEN v.validation_errors ELSE tickets.validation_errors END,
+                error_code = CASE WHEN v.error_code IS NOT NULL THEN v.error_code
+                                  WHEN v.has_answer THEN NULL ELSE tickets.error_code END,
+                error_message = CASE WHEN v.error_code IS NOT NULL THEN v.error_message
+                                     WHEN v.has_answer THEN NULL ELSE tickets.error_message END
+            FROM v
+            WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
+            RETURNING tickets.id",
+        );
+        // RETURNING names rows, not writes; within one statement each row has one write (see
+        // `statement_chunks`), so a returned row identifies its write.
+        let ids: std::collections::HashSet<i64> =
+            query.build_query_scalar().fetch_all(&mut *connection).await?.into_iter().collect();
+        for (id, index) in chunk_ids {
+            written[index] = ids.contains(&id);
+        }
+    }
+    Ok(written)
+}
+
+/// Splits writes (by index, in order) into groups for one statement each: at most
+/// [`ROWS_PER_STATEMENT`], and never two writes to the same row (a lapsed lease's result and the
+/// new owner's may meet in one batch), so that the statement's result says which write landed.
+fn statement_chunks(writes: &[ResultWrite<'_>]) -> Vec<Vec<usize>> {
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut rows: Vec<std::collections::HashSet<i64>> = Vec::new();
+    for (index, write) in writes.iter().enumerate() {
+        // The first group from the end that does not hold this row yet, and has room, keeps
+        // writes to one row in their order.
+        let last_with_row = rows.iter().rposition(|ids| ids.contains(&write.id.0));
+        let start = last_with_row.map_or(0, |position| position + 1);
+        match (start..chunks.len()).find(|&group| chunks[group].len() < ROWS_PER_STATEMENT) {
+            Some(group) => {
+                chunks[group].push(index);
+                rows[group].insert(write.id.0);
+            }
+            None => {
+                chunks.push(vec![index]);
+                rows.push(std::collections::HashSet::from([write.id.0]));
+            }
+        }
+    }
+    chunks
+}
