@@ -447,7 +447,7 @@ async fn deploy(
     }
     // Open the database first: a deploy whose ticket cannot be recorded should not start.
     let store = Store::open(&config.database).await?;
-    let credentials = CredentialProvider::for_config(&config.flink, Arc::clone(&clock))
+    let credentials = CredentialProvider::for_settings(&config.flink, Arc::clone(&clock))
         .await
         .context("getting Alibaba Cloud credentials")?;
     let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;

@@ -93,7 +93,10 @@ steps = [{ status = "EXECUTING" }]
 
 /// Runs the demo. `shutdown` (Ctrl-C) stops it early, which is an error.
 pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::telemetry::init("warn,flink_ticketd::poller=error,flink_ticketd::webhook=error", config::LogFormat::Text);
+    crate::telemetry::init(
+        "warn,flink_ticketd::poller=error,flink_ticketd::webhook=error",
+        crate::telemetry::LogFormat::Text,
+    );
     let started = Instant::now();
     let directory = tempfile::Builder::new()
         .prefix("flink-ticketd-demo-")
@@ -112,7 +115,7 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     .await?;
 
     let secret = new_secret();
-    let key = config::decode_webhook_secret(&secret).map_err(anyhow::Error::msg)?.expose().to_vec();
+    let key = crate::webhook::decode_webhook_secret(&secret).map_err(anyhow::Error::msg)?.expose().to_vec();
     let (events, mut received) = mpsc::unbounded_channel();
     let receiver = start_receiver(key, events, services.clone()).await?;
 

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domain;
+pub mod duration;
 pub mod flink;
 pub mod http;
 pub mod metrics;
@@ -60,7 +61,7 @@ pub async fn run_supervised(
     supervisor: Supervisor,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.database).await?;
-    let credentials = flink::CredentialProvider::for_config(&config.flink, Arc::clone(&clock))
+    let credentials = flink::CredentialProvider::for_settings(&config.flink, Arc::clone(&clock))
         .await
         .context("getting Alibaba Cloud credentials")?;
     let source = credentials.name();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flink_ticketd::clock::{Clock, SystemClock};
-use flink_ticketd::config::{self, Config};
+use flink_ticketd::config::Config;
 use flink_ticketd::flink::{CredentialSource, Credentials, FlinkClient};
 use flink_ticketd::poller::{Followed, Poller};
 use flink_ticketd::ratelimit::RateLimiter;
@@ -20,10 +20,11 @@ const WEBHOOK_SECRET: &str = "whsec_aW50ZWdyYXRpb24tdGVzdC1zZWNyZXQtbnVtYmVyLTE=
 
 /// Sends every finished ticket to `sink`, signed.
 fn webhook_to(sink: &WebhookSink) -> impl FnOnce(&mut Config) + use<> {
-    let url = config::parse_webhook_url(&sink.url).expect("the sink's URL");
+    let url = flink_ticketd::webhook::parse_webhook_url(&sink.url).expect("the sink's URL");
     move |config: &mut Config| {
         config.webhook.urls = vec![url];
-        config.webhook.secrets = vec![config::decode_webhook_secret(WEBHOOK_SECRET).expect("a valid secret")];
+        config.webhook.secrets =
+            vec![flink_ticketd::webhook::decode_webhook_secret(WEBHOOK_SECRET).expect("a valid secret")];
         config.webhook.schedule = vec![Duration::from_millis(20)];
     }
 }
