@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Config};
 use crate::domain::{TicketState, ValidationIssue};
+use crate::report::print_rows;
+use crate::simulator::DEMO_CREDENTIALS;
 use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
 
 /// Watches Alibaba Cloud Flink deploy tickets queued in SQLite and reports their outcome.
@@ -177,9 +179,6 @@ pub enum WebhooksCommand {
 
 /// Where `simulate` listens unless told otherwise.
 pub const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:9188";
-
-/// The access key pair `simulate` accepts when the configuration names none.
-pub const SIMULATOR_DEMO_CREDENTIALS: (&str, &str) = ("flink-ticketd-demo", "flink-ticketd-demo-secret");
 
 /// Narrows a ticket ID that exists in several workspaces or namespaces.
 #[derive(Debug, Clone, clap::Args)]
@@ -398,7 +397,7 @@ async fn simulate(
         Some(credentials) => {
             vec![(credentials.access_key_id.clone(), credentials.access_key_secret.expose_secret().to_owned())]
         }
-        None => vec![(SIMULATOR_DEMO_CREDENTIALS.0.to_owned(), SIMULATOR_DEMO_CREDENTIALS.1.to_owned())],
+        None => vec![(DEMO_CREDENTIALS.0.to_owned(), DEMO_CREDENTIALS.1.to_owned())],
     };
     let key_id = credentials[0].0.clone();
     let simulator =
@@ -412,7 +411,7 @@ async fn simulate(
         println!(
             "accepting requests signed with access key {} / secret {} (demo credentials; set \
              flink.access_key_id and flink.access_key_secret to use your own)",
-            SIMULATOR_DEMO_CREDENTIALS.0, SIMULATOR_DEMO_CREDENTIALS.1
+            DEMO_CREDENTIALS.0, DEMO_CREDENTIALS.1
         );
     }
     println!("point the daemon at it with FLINK_TICKETD_FLINK__ENDPOINT={}", simulator.base_url());
@@ -712,29 +711,6 @@ fn delivery_when(delivery: &Delivery) -> String {
         Some(DeliveryState::Delivered) => delivery.delivered_at.clone().unwrap_or_default(),
         Some(DeliveryState::Pending) => format!("next {}", delivery.next_attempt_at),
         _ => String::new(),
-    }
-}
-
-/// Prints a left-aligned table with a header.
-pub fn print_rows(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        cells
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(&mut header.iter().copied()));
-    for row in rows {
-        println!("{}", line(&mut row.iter().map(String::as_str)));
     }
 }
 

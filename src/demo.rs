@@ -24,11 +24,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{SIMULATOR_DEMO_CREDENTIALS, print_rows};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, Environment, RawConfig};
 use crate::domain::ValidationIssue;
-use crate::simulator::{Scenario, Simulator, SimulatorSettings};
+use crate::report::print_rows;
+use crate::simulator::{DEMO_CREDENTIALS, Scenario, Simulator, SimulatorSettings};
 use crate::store::{Delivery, NewTicket, Store, Ticket};
 use crate::webhook::signing;
 
@@ -106,7 +106,7 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     let _stop_services = services.clone().drop_guard();
 
     let scenario = Scenario::from_toml_str(SCENARIO).context("parsing the demo scenario")?;
-    let credentials = vec![(SIMULATOR_DEMO_CREDENTIALS.0.to_owned(), SIMULATOR_DEMO_CREDENTIALS.1.to_owned())];
+    let credentials = vec![(DEMO_CREDENTIALS.0.to_owned(), DEMO_CREDENTIALS.1.to_owned())];
     let simulator = Simulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         SimulatorSettings { credentials, scenario, clock_offset_secs: 0 },
@@ -203,8 +203,8 @@ grace = "2s"
 listen = ""
 "#,
         database = database.display().to_string(),
-        key_id = SIMULATOR_DEMO_CREDENTIALS.0,
-        key_secret = SIMULATOR_DEMO_CREDENTIALS.1,
+        key_id = DEMO_CREDENTIALS.0,
+        key_secret = DEMO_CREDENTIALS.1,
     );
     let raw: RawConfig = Figment::new()
         .merge(Toml::string(config::DEFAULTS))

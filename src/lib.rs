@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod poller;
 pub mod ratelimit;
 pub mod redact;
+pub mod report;
 pub mod retention;
 pub mod service;
 pub mod simulator;
