@@ -438,18 +438,13 @@ async fn deploy(
     args: DeployArgs,
     shutdown: CancellationToken,
 ) -> Result<(), CliError> {
-    use crate::flink::{CredentialProvider, DeployRequest, FlinkClient};
-    use crate::poller::{Followed, Poller};
+    use crate::flink::DeployRequest;
+    use crate::poller::Followed;
 
     if let Some(region) = &args.region {
         crate::flink::endpoint::check_region(region).map_err(|error| CliError::Usage(format!("--region: {error}")))?;
     }
-    // Open the database first: a deploy whose ticket cannot be recorded should not start.
-    let store = Store::open(&config.database).await?;
-    let credentials = CredentialProvider::for_settings(&config.flink, Arc::clone(&clock))
-        .await
-        .context("getting Alibaba Cloud credentials")?;
-    let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;
+    let crate::daemon::Connection { store, flink } = crate::daemon::connect(&config, &clock).await?;
     let request = DeployRequest {
         namespace: &args.namespace,
         workspace: &args.workspace,
@@ -493,23 +488,8 @@ async fn deploy(
         return Ok(());
     }
 
-    let limiter = Arc::new(crate::ratelimit::RateLimiter::new(
-        config.flink.max_requests_per_second,
-        u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
-    ));
     let owner = crate::store::lease_owner_prefix("deploy");
-    let (recorder, recorder_task) = store.recorder();
-    let poller = Poller::new(
-        store.clone(),
-        recorder,
-        flink,
-        Arc::clone(&clock),
-        config.poll,
-        Arc::new(config.webhook.clone()),
-        limiter,
-        1,
-        owner,
-    );
+    let (poller, recorder_task) = crate::daemon::poller(&config, store.clone(), flink, clock, owner, 1);
     let followed = poller.follow(ticket.id, &shutdown).await.context("following the ticket");
     // Every result is written before the database closes.
     drop(poller);

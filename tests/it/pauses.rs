@@ -9,7 +9,6 @@ use flink_ticketd::clock::{Clock, SystemClock};
 use flink_ticketd::config::Config;
 use flink_ticketd::flink::{CredentialSource, Credentials, FlinkClient};
 use flink_ticketd::poller::{Followed, Poller};
-use flink_ticketd::ratelimit::RateLimiter;
 use flink_ticketd::simulator::Step;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -229,7 +228,7 @@ async fn a_workspace_pause_moves_no_ticket_past_its_deadline() {
     daemon.stop().await.expect("clean shutdown");
 }
 
-/// A poller like the one `enqueue --wait` uses, signing with `credentials`.
+/// The poller `deploy --wait` uses, signing with `credentials`.
 async fn poller(env: &TestEnv, credentials: Credentials) -> (Poller, tokio::task::JoinHandle<()>) {
     let config = env.config(|config| {
         config.poll.initial_interval = Duration::from_millis(200);
@@ -239,18 +238,8 @@ async fn poller(env: &TestEnv, credentials: Credentials) -> (Poller, tokio::task
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let source = CredentialSource { name: "test", credentials: Arc::new(credentials) };
     let flink = FlinkClient::new(&config.flink.client, source, Arc::clone(&clock)).expect("the client builds");
-    let (recorder, recorder_task) = store.recorder();
-    let poller = Poller::new(
-        store,
-        recorder,
-        flink,
-        clock,
-        config.poll,
-        Arc::new(config.webhook.clone()),
-        Arc::new(RateLimiter::new(100.0, 1)),
-        1,
-        "test:1:00".to_owned(),
-    );
+    let (poller, recorder_task) =
+        flink_ticketd::daemon::poller(&config, store, flink, clock, "test:1:00".to_owned(), 1);
     let recorder_task = tokio::spawn(async move {
         let _ = recorder_task.await;
     });
