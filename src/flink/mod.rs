@@ -353,10 +353,10 @@ impl FlinkClient {
         workspace: &str,
         body: Option<Vec<u8>>,
     ) -> Result<wire::Reply, FlinkError> {
-        let base = self.endpoints.base_url(region).map_err(|message| {
+        let base = self.endpoints.base_url(region).map_err(|error| {
             FlinkError::Ticket(ApiError {
                 code: Some("InvalidTicket".to_owned()),
-                message: Some(message),
+                message: Some(error.to_string()),
                 ..ApiError::default()
             })
         })?;

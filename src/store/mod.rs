@@ -145,7 +145,7 @@ impl Store {
     /// Whether the path still names the file that was opened. `Err` says what happened when it
     /// was removed, or replaced by another file (a restore, a `mv` over it): the connections
     /// still write into the old file, which nobody will ever read, so the daemon must stop.
-    pub fn check_file(&self) -> Result<(), String> {
+    pub fn check_file(&self) -> Result<(), FileLost> {
         let Some(opened) = self.identity else { return Ok(()) };
         match std::fs::metadata(&self.path) {
             Ok(metadata) => {
@@ -153,12 +153,10 @@ impl Store {
                 if (metadata.dev(), metadata.ino()) == opened {
                     Ok(())
                 } else {
-                    Err(format!("the database file {} was replaced by another file", self.path.display()))
+                    Err(FileLost::Replaced(self.path.clone()))
                 }
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Err(format!("the database file {} was removed", self.path.display()))
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(FileLost::Removed(self.path.clone())),
             // Unreadable metadata (permissions, IO) is not proof of replacement; the queries say
             // what is wrong if anything is.
             Err(_) => Ok(()),
@@ -166,7 +164,7 @@ impl Store {
     }
 
     /// Resolves once [`Store::check_file`] fails, checking every `interval`, with what happened.
-    pub async fn file_lost(&self, interval: Duration) -> String {
+    pub async fn file_lost(&self, interval: Duration) -> FileLost {
         loop {
             tokio::time::sleep(interval).await;
             if let Err(lost) = self.check_file() {
@@ -195,6 +193,17 @@ impl Store {
             .fetch_all(&self.reader)
             .await
     }
+}
+
+/// What happened to the database file while it was open (see [`Store::check_file`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileLost {
+    /// The path names a different file now.
+    #[error("the database file {} was replaced by another file", .0.display())]
+    Replaced(PathBuf),
+    /// Nothing is at the path any more.
+    #[error("the database file {} was removed", .0.display())]
+    Removed(PathBuf),
 }
 
 /// Runs a write again, a few times with jittered backoff, when it failed only because another
