@@ -6,16 +6,19 @@
 //! daemon's wiring, `demo`) read this module; everything below them gets its own settings.
 //! Secrets live in [`SecretString`] so they cannot reach logs or `check-config` output.
 
+mod layers;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use url::Url;
 
+use self::layers::{
+    OneOrMany, RawDatabase, RawFlink, RawHttp, RawLog, RawPoll, RawRetention, RawWebhook, describe_figment_error,
+};
+pub use self::layers::{RawConfig, layered};
 use crate::duration::{format_duration, parse_duration};
 use crate::flink::credentials::ChainEnvironment;
 use crate::flink::{ClientSettings, Credentials, Endpoints, FlinkSettings};
@@ -28,7 +31,7 @@ use crate::webhook::{SecretBytes, WebhookSettings, decode_webhook_secret, parse_
 pub use crate::webhook::WebhookSettings as WebhookConfig;
 
 /// The built-in defaults, documented key by key.
-pub const DEFAULTS: &str = include_str!("../config/flink-ticketd.toml");
+pub const DEFAULTS: &str = include_str!("../../config/flink-ticketd.toml");
 
 /// Read when no `--config` is given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flink-ticketd/config.toml";
@@ -87,104 +90,6 @@ pub struct PollConfig {
     pub deadline: Duration,
     /// How long a claim holds a ticket.
     pub lease: Duration,
-}
-
-/// The configuration as layered, before validation: strings where the typed config has
-/// durations, URLs and secrets.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    database: RawDatabase,
-    flink: RawFlink,
-    poll: RawPoll,
-    webhook: RawWebhook,
-    shutdown: RawShutdown,
-    retention: RawRetention,
-    http: RawHttp,
-    log: RawLog,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    path: PathBuf,
-    busy_timeout: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFlink {
-    region: String,
-    vpc: bool,
-    endpoint: String,
-    ca_file: String,
-    access_key_id: String,
-    access_key_secret: SecretString,
-    access_key_secret_file: String,
-    security_token: SecretString,
-    security_token_file: String,
-    max_requests_per_second: f64,
-    max_in_flight: i64,
-    connect_timeout: String,
-    request_timeout: String,
-    max_response_bytes: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPoll {
-    initial_interval: String,
-    max_interval: String,
-    multiplier: f64,
-    deadline: String,
-    lease: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWebhook {
-    urls: Vec<String>,
-    secret: OneOrMany,
-    secret_file: String,
-    allow_ticket_urls: bool,
-    allow_private_ticket_urls: bool,
-    schedule: Vec<String>,
-    timeout: String,
-    lease: String,
-    max_in_flight: i64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(SecretString),
-    Many(Vec<SecretString>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawShutdown {
-    grace: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetention {
-    keep: String,
-    schedule: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    listen: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    level: String,
-    format: String,
 }
 
 /// Why the configuration could not be used: every problem found, one per line.
@@ -268,31 +173,6 @@ pub fn check(file: Option<&Path>) -> Result<Config, ConfigError> {
             Err(error)
         }
     }
-}
-
-/// The figment with every layer, and the file it read.
-pub fn layered(file: Option<&Path>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
-    let file = match file {
-        Some(path) => {
-            if !path.is_file() {
-                return Err(ConfigError {
-                    problems: vec![format!("config file {} does not exist or is not a file", path.display())],
-                });
-            }
-            Some(path.to_path_buf())
-        }
-        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|path| path.is_file()),
-    };
-    let mut figment = Figment::new().merge(Toml::string(DEFAULTS));
-    if let Some(path) = &file {
-        // Read it ourselves so that an unreadable file is an error, not silently skipped.
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-            problems: vec![format!("cannot read config file {}: {error}", path.display())],
-        })?;
-        figment = figment.merge(Toml::string(&text));
-    }
-    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
-    Ok((figment, file))
 }
 
 impl RawConfig {
@@ -732,14 +612,11 @@ fn non_empty(text: &str) -> Option<&str> {
     Some(text.trim()).filter(|text| !text.is_empty())
 }
 
-fn describe_figment_error(error: &figment::Error) -> String {
-    let key = if error.path.is_empty() { String::new() } else { format!("{}: ", error.path.join(".")) };
-    let origin = error.metadata.as_ref().map(|metadata| format!(" (from {})", metadata.name)).unwrap_or_default();
-    format!("{key}{}{origin}", error.kind)
-}
-
 #[cfg(test)]
 mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+
     use super::*;
     use crate::duration::MAX_DURATION;
     use crate::redact::{redact_text, redact_url};
