@@ -4,6 +4,9 @@
 //! itself ([`crate::run`]) on a temporary database with a fast configuration built here. On a
 //! terminal it shows live progress; piped, it prints plain lines. It ends with a summary of the
 //! tickets and their deliveries and removes the database.
+//!
+//! [`simulate`] is `flink-ticketd simulate`: the same simulated API served alone, for trying the
+//! daemon and a webhook consumer end to end.
 
 #![expect(clippy::print_stdout, reason = "the demo's output is what it is for")]
 
@@ -163,6 +166,43 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     drop(directory);
+    Ok(())
+}
+
+/// `flink-ticketd simulate`: serves the simulated API alone on `listen`, playing `scenario`, until
+/// `shutdown`. It accepts the configured access key, or [`DEMO_CREDENTIALS`] when none is set, and
+/// prints how to point a daemon at it.
+pub async fn simulate(
+    config: &Config,
+    listen: SocketAddr,
+    scenario: Scenario,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret as _;
+
+    let credentials = match &config.flink.credentials {
+        Some(credentials) => {
+            vec![(credentials.access_key_id.clone(), credentials.access_key_secret.expose_secret().to_owned())]
+        }
+        None => vec![(DEMO_CREDENTIALS.0.to_owned(), DEMO_CREDENTIALS.1.to_owned())],
+    };
+    let key_id = credentials[0].0.clone();
+    let simulator =
+        Simulator::start(listen, SimulatorSettings { credentials, scenario, clock_offset_secs: 0 }, shutdown.clone())
+            .await
+            .with_context(|| format!("starting the simulator on {listen}"))?;
+    println!("simulated Flink API listening on {}", simulator.base_url());
+    if config.flink.credentials.is_some() {
+        println!("accepting requests signed with the configured access key {key_id}");
+    } else {
+        println!(
+            "accepting requests signed with access key {} / secret {} (demo credentials; set \
+             flink.access_key_id and flink.access_key_secret to use your own)",
+            DEMO_CREDENTIALS.0, DEMO_CREDENTIALS.1
+        );
+    }
+    println!("point the daemon at it with FLINK_TICKETD_FLINK__ENDPOINT={}", simulator.base_url());
+    shutdown.cancelled().await;
     Ok(())
 }
 

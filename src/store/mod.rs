@@ -195,6 +195,33 @@ impl Store {
     }
 }
 
+/// Whether the database refused the row itself (a constraint), as opposed to failing.
+pub fn is_refusal(error: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    error.as_database_error().is_some_and(|db| {
+        matches!(
+            db.kind(),
+            ErrorKind::CheckViolation
+                | ErrorKind::UniqueViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::ForeignKeyViolation
+        )
+    })
+}
+
+/// A constraint failure in words a user can act on (what [`is_refusal`] accepts; other errors
+/// as they are).
+pub fn describe_refusal(error: &sqlx::Error) -> String {
+    let message = error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string());
+    if message.contains("UNIQUE constraint failed") {
+        "already queued (the same workspace, namespace and ticket ID)".to_owned()
+    } else if let Some(rule) = message.strip_prefix("CHECK constraint failed: ") {
+        format!("violates {rule}")
+    } else {
+        message
+    }
+}
+
 /// What happened to the database file while it was open (see [`Store::check_file`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FileLost {
