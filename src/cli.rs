@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock, format_instant};
 use crate::config::{self, Config};
 use crate::domain::{TicketState, TicketStatus};
+use crate::report::{delivery_when, print_delivery_table};
 use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
 
 /// Watches Alibaba Cloud Flink deploy tickets queued in SQLite and reports their outcome.
@@ -179,9 +180,6 @@ pub enum WebhooksCommand {
 /// Where `simulate` listens unless told otherwise.
 pub const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:9188";
 
-/// The access key pair `simulate` accepts when the configuration names none.
-pub const SIMULATOR_DEMO_CREDENTIALS: (&str, &str) = ("flink-ticketd-demo", "flink-ticketd-demo-secret");
-
 /// Narrows a ticket ID that exists in several workspaces or namespaces.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Which {
@@ -240,7 +238,15 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
         Command::Demo => unreachable!("handled before the configuration is loaded"),
         Command::Webhooks { command } => webhooks(&config, command, clock.as_ref()).await?,
         Command::CheckConfig => check_config(&config)?,
-        Command::Simulate { listen, scenario } => simulate(&config, listen, scenario.as_deref(), shutdown).await?,
+        Command::Simulate { listen, scenario } => {
+            let scenario = match scenario {
+                Some(path) => {
+                    crate::simulator::Scenario::load(&path).map_err(|error| CliError::Usage(format!("{error:#}")))?
+                }
+                None => crate::simulator::Scenario::default(),
+            };
+            crate::demo::simulate(&config, listen, scenario, shutdown).await?;
+        }
         Command::Migrate => {
             let store = Store::open(&config.database).await?;
             for (version, description) in store.applied_migrations().await.context("listing migrations")? {
@@ -270,8 +276,11 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
                     Ok(ticket) => println!("queued {} (row {})", ticket.key.ticket_id, ticket.id),
                     Err(error) => {
                         failures += 1;
-                        database_failed |= !is_refusal(&error);
-                        eprintln!("flink-ticketd: ticket {ticket_id:?} refused: {}", describe_insert_error(&error));
+                        database_failed |= !crate::store::is_refusal(&error);
+                        eprintln!(
+                            "flink-ticketd: ticket {ticket_id:?} refused: {}",
+                            crate::store::describe_refusal(&error)
+                        );
                     }
                 }
             }
@@ -382,45 +391,6 @@ async fn webhooks(config: &Config, command: WebhooksCommand, clock: &dyn Clock) 
     Ok(())
 }
 
-async fn simulate(
-    config: &Config,
-    listen: std::net::SocketAddr,
-    scenario: Option<&std::path::Path>,
-    shutdown: CancellationToken,
-) -> Result<(), CliError> {
-    use secrecy::ExposeSecret as _;
-
-    use crate::simulator::{Scenario, Simulator, SimulatorSettings};
-    let scenario = match scenario {
-        Some(path) => Scenario::load(path).map_err(|error| CliError::Usage(format!("{error:#}")))?,
-        None => Scenario::default(),
-    };
-    let credentials = match &config.flink.credentials {
-        Some(credentials) => {
-            vec![(credentials.access_key_id.clone(), credentials.access_key_secret.expose_secret().to_owned())]
-        }
-        None => vec![(SIMULATOR_DEMO_CREDENTIALS.0.to_owned(), SIMULATOR_DEMO_CREDENTIALS.1.to_owned())],
-    };
-    let key_id = credentials[0].0.clone();
-    let simulator =
-        Simulator::start(listen, SimulatorSettings { credentials, scenario, clock_offset_secs: 0 }, shutdown.clone())
-            .await
-            .with_context(|| format!("starting the simulator on {listen}"))?;
-    println!("simulated Flink API listening on {}", simulator.base_url());
-    if config.flink.credentials.is_some() {
-        println!("accepting requests signed with the configured access key {key_id}");
-    } else {
-        println!(
-            "accepting requests signed with access key {} / secret {} (demo credentials; set \
-             flink.access_key_id and flink.access_key_secret to use your own)",
-            SIMULATOR_DEMO_CREDENTIALS.0, SIMULATOR_DEMO_CREDENTIALS.1
-        );
-    }
-    println!("point the daemon at it with FLINK_TICKETD_FLINK__ENDPOINT={}", simulator.base_url());
-    shutdown.cancelled().await;
-    Ok(())
-}
-
 /// The arguments of `deploy`.
 struct DeployArgs {
     namespace: String,
@@ -440,18 +410,13 @@ async fn deploy(
     args: DeployArgs,
     shutdown: CancellationToken,
 ) -> Result<(), CliError> {
-    use crate::flink::{CredentialProvider, DeployRequest, FlinkClient};
-    use crate::poller::{Followed, Poller};
+    use crate::flink::DeployRequest;
+    use crate::poller::Followed;
 
     if let Some(region) = &args.region {
         crate::flink::endpoint::check_region(region).map_err(|error| CliError::Usage(format!("--region: {error}")))?;
     }
-    // Open the database first: a deploy whose ticket cannot be recorded should not start.
-    let store = Store::open(&config.database).await?;
-    let credentials = CredentialProvider::for_config(&config.flink, Arc::clone(&clock))
-        .await
-        .context("getting Alibaba Cloud credentials")?;
-    let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;
+    let crate::daemon::Connection { store, flink } = crate::daemon::connect(&config, &clock).await?;
     let request = DeployRequest {
         namespace: &args.namespace,
         workspace: &args.workspace,
@@ -478,7 +443,7 @@ async fn deploy(
              queue it with `flink-ticketd enqueue --namespace {} --workspace {} {ticket_id}`",
             args.draft_id,
             request_id.as_deref().unwrap_or("?"),
-            describe_insert_error(&error),
+            crate::store::describe_refusal(&error),
             args.namespace,
             args.workspace,
         )
@@ -495,26 +460,8 @@ async fn deploy(
         return Ok(());
     }
 
-    let limiter = Arc::new(crate::ratelimit::RateLimiter::new(
-        config.flink.max_requests_per_second,
-        u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
-    ));
     let owner = crate::store::lease_owner_prefix("deploy");
-    let (recorder, recorder_task) = store.recorder();
-    let poller = Poller::new(
-        store.clone(),
-        recorder,
-        flink,
-        Arc::clone(&clock),
-        config.poll,
-        {
-            let settings = config.webhook.clone();
-            Arc::new(move |row: &Ticket| crate::webhook::plan(row, &settings))
-        },
-        limiter,
-        1,
-        owner,
-    );
+    let (poller, recorder_task) = crate::daemon::poller(&config, store.clone(), flink, clock, owner, 1);
     let followed = poller.follow(ticket.id, &shutdown).await.context("following the ticket");
     // Every result is written before the database closes.
     drop(poller);
@@ -626,32 +573,6 @@ fn shown_url(url: &str) -> String {
     crate::redact::redact_text(url)
 }
 
-/// Whether the database refused the row itself (a constraint), as opposed to failing.
-fn is_refusal(error: &sqlx::Error) -> bool {
-    use sqlx::error::ErrorKind;
-    error.as_database_error().is_some_and(|db| {
-        matches!(
-            db.kind(),
-            ErrorKind::CheckViolation
-                | ErrorKind::UniqueViolation
-                | ErrorKind::NotNullViolation
-                | ErrorKind::ForeignKeyViolation
-        )
-    })
-}
-
-/// A constraint failure in words a user can act on.
-fn describe_insert_error(error: &sqlx::Error) -> String {
-    let message = error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string());
-    if message.contains("UNIQUE constraint failed") {
-        "already queued (the same workspace, namespace and ticket ID)".to_owned()
-    } else if let Some(rule) = message.strip_prefix("CHECK constraint failed: ") {
-        format!("violates {rule}")
-    } else {
-        message
-    }
-}
-
 fn ticket_json(ticket: &Ticket) -> Value {
     let mut value = serde_json::to_value(ticket).expect("a ticket row serialises to JSON");
     if let Some(url) = &ticket.webhook_url {
@@ -674,71 +595,6 @@ fn delivery_json(delivery: &Delivery) -> Value {
         object.remove("lease_until");
     }
     value
-}
-
-fn print_delivery_table(deliveries: &[Delivery]) {
-    let rows: Vec<Vec<String>> = deliveries
-        .iter()
-        .map(|delivery| {
-            vec![
-                delivery.id.to_string(),
-                delivery.ticket.to_string(),
-                delivery.event_type.clone(),
-                delivery.state.clone(),
-                delivery.attempts.to_string(),
-                delivery.last_http_status.map(|status| status.to_string()).unwrap_or_default(),
-                delivery_when(delivery),
-                shown_url(&delivery.url),
-                delivery.webhook_id.clone(),
-                delivery.last_error.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    let header = [
-        "ID",
-        "TICKET_ROW",
-        "EVENT",
-        "STATE",
-        "ATTEMPTS",
-        "HTTP",
-        "DELIVERED / NEXT",
-        "URL",
-        "WEBHOOK_ID",
-        "LAST_ERROR",
-    ];
-    print_rows(&header, &rows);
-}
-
-/// When a delivery was delivered, or when it is next attempted.
-fn delivery_when(delivery: &Delivery) -> String {
-    match delivery.state() {
-        Some(DeliveryState::Delivered) => delivery.delivered_at.clone().unwrap_or_default(),
-        Some(DeliveryState::Pending) => format!("next {}", delivery.next_attempt_at),
-        _ => String::new(),
-    }
-}
-
-/// Prints a left-aligned table with a header.
-pub fn print_rows(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        cells
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(&mut header.iter().copied()));
-    for row in rows {
-        println!("{}", line(&mut row.iter().map(String::as_str)));
-    }
 }
 
 fn print_table(tickets: &[Ticket]) {

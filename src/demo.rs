@@ -4,6 +4,9 @@
 //! itself ([`crate::run`]) on a temporary database with a fast configuration built here. On a
 //! terminal it shows live progress; piped, it prints plain lines. It ends with a summary of the
 //! tickets and their deliveries and removes the database.
+//!
+//! [`simulate`] is `flink-ticketd simulate`: the same simulated API served alone, for trying the
+//! daemon and a webhook consumer end to end.
 
 #![expect(clippy::print_stdout, reason = "the demo's output is what it is for")]
 
@@ -24,11 +27,11 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{SIMULATOR_DEMO_CREDENTIALS, print_rows};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, Environment, RawConfig};
 use crate::domain::TicketState;
-use crate::simulator::{Scenario, Simulator, SimulatorSettings};
+use crate::report::print_rows;
+use crate::simulator::{DEMO_CREDENTIALS, Scenario, Simulator, SimulatorSettings};
 use crate::store::{Delivery, DeliveryState, NewTicket, Store, Ticket};
 use crate::webhook::signing;
 
@@ -93,7 +96,10 @@ steps = [{ status = "EXECUTING" }]
 
 /// Runs the demo. `shutdown` (Ctrl-C) stops it early, which is an error.
 pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::telemetry::init("warn,flink_ticketd::poller=error,flink_ticketd::webhook=error", config::LogFormat::Text);
+    crate::telemetry::init(
+        "warn,flink_ticketd::poller=error,flink_ticketd::webhook=error",
+        crate::telemetry::LogFormat::Text,
+    );
     let started = Instant::now();
     let directory = tempfile::Builder::new()
         .prefix("flink-ticketd-demo-")
@@ -103,7 +109,7 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     let _stop_services = services.clone().drop_guard();
 
     let scenario = Scenario::from_toml_str(SCENARIO).context("parsing the demo scenario")?;
-    let credentials = vec![(SIMULATOR_DEMO_CREDENTIALS.0.to_owned(), SIMULATOR_DEMO_CREDENTIALS.1.to_owned())];
+    let credentials = vec![(DEMO_CREDENTIALS.0.to_owned(), DEMO_CREDENTIALS.1.to_owned())];
     let simulator = Simulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         SimulatorSettings { credentials, scenario, clock_offset_secs: 0 },
@@ -112,7 +118,7 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     .await?;
 
     let secret = new_secret();
-    let key = config::decode_webhook_secret(&secret).map_err(anyhow::Error::msg)?.expose().to_vec();
+    let key = crate::webhook::decode_webhook_secret(&secret).map_err(anyhow::Error::msg)?.expose().to_vec();
     let (events, mut received) = mpsc::unbounded_channel();
     let receiver = start_receiver(key, events, services.clone()).await?;
 
@@ -163,6 +169,43 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `flink-ticketd simulate`: serves the simulated API alone on `listen`, playing `scenario`, until
+/// `shutdown`. It accepts the configured access key, or [`DEMO_CREDENTIALS`] when none is set, and
+/// prints how to point a daemon at it.
+pub async fn simulate(
+    config: &Config,
+    listen: SocketAddr,
+    scenario: Scenario,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret as _;
+
+    let credentials = match &config.flink.credentials {
+        Some(credentials) => {
+            vec![(credentials.access_key_id.clone(), credentials.access_key_secret.expose_secret().to_owned())]
+        }
+        None => vec![(DEMO_CREDENTIALS.0.to_owned(), DEMO_CREDENTIALS.1.to_owned())],
+    };
+    let key_id = credentials[0].0.clone();
+    let simulator =
+        Simulator::start(listen, SimulatorSettings { credentials, scenario, clock_offset_secs: 0 }, shutdown.clone())
+            .await
+            .with_context(|| format!("starting the simulator on {listen}"))?;
+    println!("simulated Flink API listening on {}", simulator.base_url());
+    if config.flink.credentials.is_some() {
+        println!("accepting requests signed with the configured access key {key_id}");
+    } else {
+        println!(
+            "accepting requests signed with access key {} / secret {} (demo credentials; set \
+             flink.access_key_id and flink.access_key_secret to use your own)",
+            DEMO_CREDENTIALS.0, DEMO_CREDENTIALS.1
+        );
+    }
+    println!("point the daemon at it with FLINK_TICKETD_FLINK__ENDPOINT={}", simulator.base_url());
+    shutdown.cancelled().await;
+    Ok(())
+}
+
 /// The demo's configuration: the built-in defaults with a fast schedule on top, read through
 /// the same validation as a configuration file (and ignoring `FLINK_TICKETD_*` variables).
 fn demo_config(database: &std::path::Path, endpoint: &str, receiver: &str, secret: &str) -> anyhow::Result<Config> {
@@ -200,8 +243,8 @@ grace = "2s"
 listen = ""
 "#,
         database = database.display().to_string(),
-        key_id = SIMULATOR_DEMO_CREDENTIALS.0,
-        key_secret = SIMULATOR_DEMO_CREDENTIALS.1,
+        key_id = DEMO_CREDENTIALS.0,
+        key_secret = DEMO_CREDENTIALS.1,
     );
     let raw: RawConfig = Figment::new()
         .merge(Toml::string(config::DEFAULTS))

@@ -10,14 +10,17 @@ pub mod claim_loop;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod domain;
+pub mod duration;
 pub mod flink;
 pub mod http;
 pub mod metrics;
 pub mod poller;
 pub mod ratelimit;
 pub mod redact;
+pub mod report;
 pub mod retention;
 pub mod service;
 pub mod simulator;
@@ -28,21 +31,11 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::flink::FlinkClient;
-use crate::metrics::Metrics;
-use crate::poller::Poller;
-use crate::ratelimit::RateLimiter;
-use crate::retention::Retention;
-use crate::service::{Liveness, Notice, Supervisor};
-use crate::store::Store;
-use crate::webhook::Deliverer;
+use crate::service::Supervisor;
 
 /// Runs the daemon until `shutdown` is cancelled, then lets in-flight work finish within
 /// `shutdown.grace`, hands leases of unfinished work back, and closes the database. Talks to
@@ -53,180 +46,13 @@ pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationTo
 
 /// [`run`] with the service manager link given: `READY` once the database is migrated and the
 /// HTTP listener is bound, `WATCHDOG` keep-alives while the loops make progress (when
-/// `supervisor` has a watchdog), `STOPPING` when `shutdown` is cancelled.
+/// `supervisor` has a watchdog), `STOPPING` when `shutdown` is cancelled. The parts are built by
+/// [`daemon::build`].
 pub async fn run_supervised(
     config: Config,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
     supervisor: Supervisor,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&config.database).await?;
-    let credentials = flink::CredentialProvider::for_config(&config.flink, Arc::clone(&clock))
-        .await
-        .context("getting Alibaba Cloud credentials")?;
-    let source = credentials.name();
-    let flink = FlinkClient::new(&config.flink.client, credentials, Arc::clone(&clock))?;
-    let limiter = Arc::new(RateLimiter::new(
-        config.flink.max_requests_per_second,
-        u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
-    ));
-    let owner = lease_owner_prefix();
-    let (recorder, recorder_task) = store.recorder();
-    let webhook = Arc::new(config.webhook.clone());
-    let metrics = Arc::new(Metrics::new());
-    let heartbeat = supervisor.heartbeat();
-    let poller = Arc::new(
-        Poller::new(
-            store.clone(),
-            recorder,
-            flink,
-            Arc::clone(&clock),
-            config.poll,
-            {
-                let settings = Arc::clone(&webhook);
-                Arc::new(move |row: &store::Ticket| webhook::plan(row, &settings))
-            },
-            limiter,
-            config.flink.max_in_flight,
-            owner.clone(),
-        )
-        .with_heartbeat(heartbeat)
-        .with_metrics(Arc::clone(&metrics)),
-    );
-    let deliverer = Arc::new(
-        Deliverer::new(
-            store.clone(),
-            Arc::clone(&clock),
-            Arc::clone(&webhook),
-            &owner,
-            Arc::clone(&poller.deliveries_written),
-        )?
-        .with_heartbeat(heartbeat)
-        .with_metrics(Arc::clone(&metrics)),
-    );
-    // Bound before READY, so that a scrape right after start finds the port open; a port that
-    // cannot be had stops the start.
-    let listener = match config.http_listen {
-        Some(address) => Some(http::bind(address).await?),
-        None => None,
-    };
-    let http_address = listener.as_ref().and_then(|listener| listener.local_addr().ok());
-    info!(
-        database = %store.path().display(),
-        credentials = %source,
-        max_in_flight = config.flink.max_in_flight,
-        max_requests_per_second = config.flink.max_requests_per_second,
-        lease_owner = %owner,
-        webhook_receivers = webhook.urls.len(),
-        webhook_max_in_flight = webhook.max_in_flight,
-        http = %http_address.map(|address| address.to_string()).unwrap_or_else(|| "off".to_owned()),
-        watchdog_ms = supervisor.watchdog.map(|watchdog| watchdog.as_millis()),
-        retention_schedule = %config.retention.schedule.source(),
-        "daemon started"
-    );
-
-    let liveness = Arc::new(Liveness::new(supervisor.stall_window()));
-    liveness.watch("poll", Arc::clone(&poller.heartbeat.progress));
-    let tracker = TaskTracker::new();
-    let poll_loop = tokio::spawn(Arc::clone(&poller).run_until_cancelled(shutdown.child_token(), tracker.clone()));
-    // Without a signing secret nothing can be sent; rows written under an earlier configuration
-    // wait for one.
-    let delivery_loop = if webhook.secrets.is_empty() {
-        match store.next_delivery_due_at().await {
-            Ok(Some(_)) => warn!("webhook deliveries are pending but no webhook.secret is configured; none are sent"),
-            Ok(None) => {}
-            Err(error) => warn!(error = %error, "reading pending webhook deliveries failed"),
-        }
-        None
-    } else {
-        liveness.watch("delivery", Arc::clone(&deliverer.heartbeat.progress));
-        Some(tokio::spawn(Arc::clone(&deliverer).run_until_cancelled(shutdown.child_token(), tracker.clone())))
-    };
-    let retention = Retention {
-        store: store.clone(),
-        clock: Arc::clone(&clock),
-        keep: config.retention.keep,
-        schedule: config.retention.schedule.clone(),
-        metrics: Arc::clone(&metrics),
-    };
-    let retention_task = tokio::spawn(retention.run_until_cancelled(shutdown.child_token()));
-    let http_task = listener.map(|listener| {
-        let state = http::HttpState {
-            store: store.clone(),
-            metrics: Arc::clone(&metrics),
-            liveness: Arc::clone(&liveness),
-            paused: Arc::clone(&poller.paused),
-            clock: Arc::clone(&clock),
-            credentials: source.clone(),
-        };
-        tokio::spawn(http::serve(listener, state, shutdown.child_token()))
-    });
-    supervisor.notify(Notice::Ready);
-    let keep_alive = tokio::spawn(service::keep_alive(liveness, supervisor.clone(), shutdown.child_token()));
-
-    // The database file is checked while the daemon runs: once it is removed or replaced, every
-    // write would go to a file nobody reads, so the daemon stops with an error (and systemd
-    // starts it again on the file that is there now).
-    let database_lost = tokio::select! {
-        () = shutdown.cancelled() => None,
-        lost = store.file_lost(store::FILE_CHECK_INTERVAL) => {
-            shutdown.cancel();
-            Some(lost)
-        }
-    };
-    supervisor.notify(Notice::Stopping);
-    // One deadline for everything that may wait, so that the whole stop takes about
-    // shutdown.grace however many steps still have work.
-    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    info!("shutting down: no new work is claimed");
-    keep_alive.await.context("the watchdog task panicked")?;
-    if let Some(http_task) = http_task {
-        http_task.await.context("the HTTP listener panicked")?;
-    }
-    poll_loop.await.context("the poll loop panicked")?;
-    if let Some(delivery_loop) = delivery_loop {
-        delivery_loop.await.context("the webhook delivery loop panicked")?;
-    }
-    retention_task.await.context("the retention job panicked")?;
-    tracker.close();
-    if tokio::time::timeout_at(deadline, tracker.wait()).await.is_err() {
-        warn!(grace = ?config.shutdown_grace, "in-flight work did not finish within the grace period");
-    }
-    // The recorder task ends once the poller and every finished poll have dropped their handles.
-    drop(poller);
-    // Results already handed to the recorder get a moment to commit even when the grace period
-    // is spent.
-    let recorder_deadline = deadline.max(tokio::time::Instant::now() + RECORDER_FLUSH);
-    if tokio::time::timeout_at(recorder_deadline, recorder_task).await.is_err() {
-        warn!("poll results still being written at the end of the grace period");
-    }
-    match store.release_tickets(&format!("{owner}#"), clock.now()).await {
-        Ok(0) => {}
-        Ok(released) => info!(released, "unfinished tickets handed back for the next start"),
-        Err(error) => warn!(error = %error, "handing back unfinished tickets failed; their leases will lapse"),
-    }
-    match store.release_deliveries(deliverer.lease_prefix(), clock.now()).await {
-        Ok(0) => {}
-        Ok(released) => info!(released, "unfinished webhook deliveries handed back for the next start"),
-        Err(error) => {
-            warn!(error = %error, "handing back unfinished webhook deliveries failed; their leases will lapse")
-        }
-    }
-    store.close().await;
-    if let Some(lost) = database_lost {
-        anyhow::bail!("{lost} while the daemon was running; stopped so that it is opened again");
-    }
-    info!("shutdown complete");
-    Ok(())
-}
-
-/// Least time the recorder gets at shutdown to commit results it already holds.
-const RECORDER_FLUSH: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// `host:pid:random`: names this process in `lease_owner` (see [`store::lease_owner_prefix`]).
-fn lease_owner_prefix() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    store::lease_owner_prefix(&host)
+    daemon::run_supervised(config, clock, shutdown, supervisor).await
 }

@@ -25,6 +25,47 @@ pub const BATCH: u32 = 500;
 /// Longest the loop sleeps before looking at the wall clock again.
 pub const RECHECK: Duration = Duration::from_secs(30);
 
+/// `[retention]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Age after which finished tickets are deleted.
+    pub keep: Duration,
+    /// When the clean-up job runs (parsed from a cron expression, seconds first, in UTC).
+    pub schedule: cron::Schedule,
+}
+
+impl RetentionSettings {
+    /// The `[retention]` section as `check-config` prints it.
+    pub fn describe(&self) -> String {
+        format!(
+            "[retention]\nkeep = {:?}\nschedule = {:?}\n",
+            crate::duration::format_duration(self.keep),
+            self.schedule.source()
+        )
+    }
+}
+
+/// Why a `retention.schedule` expression cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// Not six or seven fields.
+    #[error("{expression:?} has {fields} fields; write six, seconds first (for example \"0 17 3 * * *\")")]
+    Fields {
+        /// The expression as written.
+        expression: String,
+        /// How many fields it has.
+        fields: usize,
+    },
+    /// The `cron` parser refused it.
+    #[error("{expression:?} is not a cron expression: {reason}")]
+    Invalid {
+        /// The expression as written.
+        expression: String,
+        /// What the parser said.
+        reason: String,
+    },
+}
+
 /// Everything the job needs.
 pub struct Retention {
     /// The database.
@@ -118,14 +159,14 @@ pub fn next_run(schedule: &cron::Schedule, now: DateTime<Utc>) -> Option<DateTim
 }
 
 /// Parses a `retention.schedule` expression: six fields (seconds first) or seven (with years).
-pub fn parse_schedule(expression: &str) -> Result<cron::Schedule, String> {
+pub fn parse_schedule(expression: &str) -> Result<cron::Schedule, ScheduleError> {
     let fields = expression.split_whitespace().count();
     if !(6..=7).contains(&fields) {
-        return Err(format!(
-            "{expression:?} has {fields} fields; write six, seconds first (for example \"0 17 3 * * *\")"
-        ));
+        return Err(ScheduleError::Fields { expression: expression.to_owned(), fields });
     }
-    expression.parse::<cron::Schedule>().map_err(|error| format!("{expression:?} is not a cron expression: {error}"))
+    expression
+        .parse::<cron::Schedule>()
+        .map_err(|error| ScheduleError::Invalid { expression: expression.to_owned(), reason: error.to_string() })
 }
 
 #[cfg(test)]
@@ -148,8 +189,8 @@ mod tests {
     fn expressions_must_have_seconds_and_valid_fields() {
         assert!(parse_schedule("* * * * * *").is_ok());
         assert!(parse_schedule("0 0 4 * * Sun 2030").is_ok());
-        assert!(parse_schedule("17 3 * * *").unwrap_err().contains("5 fields"));
-        assert!(parse_schedule("0 61 3 * * *").unwrap_err().contains("not a cron expression"));
+        assert!(parse_schedule("17 3 * * *").unwrap_err().to_string().contains("5 fields"));
+        assert!(parse_schedule("0 61 3 * * *").unwrap_err().to_string().contains("not a cron expression"));
         assert!(parse_schedule("daily").is_err());
     }
 }

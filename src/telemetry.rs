@@ -5,7 +5,34 @@
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
-use crate::config::LogFormat;
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Default filter directive.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogSettings {
+    /// The `[log]` section as `check-config` prints it.
+    pub fn describe(&self) -> String {
+        let format = match self.format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        format!("[log]\nlevel = {:?}\nformat = {format:?}\n", self.level)
+    }
+}
 
 /// Installs the global subscriber. Returns quietly if one is already installed (tests).
 pub fn init(level: &str, format: LogFormat) {

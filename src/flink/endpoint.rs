@@ -25,6 +25,17 @@ pub const REGIONS: &[&str] = &[
     "cn-shanghai-finance-1",
 ];
 
+/// Why no base URL could be had for a region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// The region is not in [`REGIONS`]; the message lists them.
+    #[error("unknown region {0:?}; known regions: {list}", list = REGIONS.join(", "))]
+    UnknownRegion(String),
+    /// The host name built from the region is not a URL.
+    #[error(transparent)]
+    Url(#[from] url::ParseError),
+}
+
 /// Resolves a ticket's region to a base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -40,7 +51,7 @@ impl Endpoints {
     /// The base URL for a ticket with the given region override; an error naming the region
     /// when it is not in the table. A ticket's own region must be known even when the endpoint
     /// override sends every request elsewhere, so that a typo is caught the same way everywhere.
-    pub fn base_url(&self, ticket_region: Option<&str>) -> Result<Url, String> {
+    pub fn base_url(&self, ticket_region: Option<&str>) -> Result<Url, EndpointError> {
         if let Some(region) = ticket_region {
             check_region(region)?;
         }
@@ -50,7 +61,7 @@ impl Endpoints {
         let region = ticket_region.unwrap_or(&self.region);
         check_region(region)?;
         let host = if self.vpc { "ververica-vpc" } else { "ververica" };
-        Url::parse(&format!("https://{host}.{region}.aliyuncs.com")).map_err(|error| error.to_string())
+        Ok(Url::parse(&format!("https://{host}.{region}.aliyuncs.com"))?)
     }
 }
 
@@ -60,12 +71,8 @@ pub fn is_known_region(region: &str) -> bool {
 }
 
 /// `Ok` for a known region, else an error naming it and listing the known ones.
-pub fn check_region(region: &str) -> Result<(), String> {
-    if is_known_region(region) {
-        Ok(())
-    } else {
-        Err(format!("unknown region {region:?}; known regions: {}", REGIONS.join(", ")))
-    }
+pub fn check_region(region: &str) -> Result<(), EndpointError> {
+    if is_known_region(region) { Ok(()) } else { Err(EndpointError::UnknownRegion(region.to_owned())) }
 }
 
 #[cfg(test)]
@@ -87,7 +94,7 @@ mod tests {
 
     #[test]
     fn unknown_region_is_refused_by_name() {
-        let error = endpoints(false).base_url(Some("mars-1")).unwrap_err();
+        let error = endpoints(false).base_url(Some("mars-1")).unwrap_err().to_string();
         assert!(error.starts_with("unknown region \"mars-1\"; known regions: cn-qingdao"), "{error}");
     }
 
@@ -103,6 +110,6 @@ mod tests {
     fn unknown_ticket_region_is_refused_even_with_an_override() {
         let mut endpoints = endpoints(false);
         endpoints.override_url = Some(Url::parse("http://127.0.0.1:9000").unwrap());
-        assert!(endpoints.base_url(Some("mars-1")).unwrap_err().contains("\"mars-1\""));
+        assert_eq!(endpoints.base_url(Some("mars-1")).unwrap_err(), EndpointError::UnknownRegion("mars-1".to_owned()));
     }
 }

@@ -16,6 +16,7 @@
 
 pub mod credentials;
 pub mod endpoint;
+pub mod settings;
 pub mod signing;
 pub mod wire;
 
@@ -34,6 +35,7 @@ use crate::domain::DeployResult;
 
 pub use credentials::{CredentialError, CredentialProvider};
 pub use endpoint::Endpoints;
+pub use settings::FlinkSettings;
 
 /// The API version every call names in `x-acs-version`.
 pub const API_VERSION: &str = "2022-07-18";
@@ -351,10 +353,10 @@ impl FlinkClient {
         workspace: &str,
         body: Option<Vec<u8>>,
     ) -> Result<wire::Reply, FlinkError> {
-        let base = self.endpoints.base_url(region).map_err(|message| {
+        let base = self.endpoints.base_url(region).map_err(|error| {
             FlinkError::Ticket(ApiError {
                 code: Some("InvalidTicket".to_owned()),
-                message: Some(message),
+                message: Some(error.to_string()),
                 ..ApiError::default()
             })
         })?;

@@ -46,6 +46,9 @@ pub use self::scenario::{
     ErrorShape, ErrorStep, Scenario, ScenarioError, Selector, StatusStep, Step, StepIssue, TicketRule,
 };
 
+/// The access key pair `simulate` and the demo accept when the configuration names none.
+pub const DEMO_CREDENTIALS: (&str, &str) = ("flink-ticketd-demo", "flink-ticketd-demo-secret");
+
 /// What a [`Simulator`] accepts and plays.
 #[derive(Clone)]
 pub struct SimulatorSettings {

@@ -489,10 +489,40 @@ impl RawStep {
 
 const KINDS: &str = "status, error, not_found, html, body, truncated, drop or garbage_bytes";
 
-impl TryFrom<RawStep> for Step {
-    type Error = String;
+/// Why a step of a scenario is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    /// No kind key is set.
+    #[error("a step needs one of {KINDS}")]
+    NoKind,
+    /// Several kind keys are set (named, joined with "and").
+    #[error("a step has exactly one of {KINDS}, this one has {0}")]
+    ManyKinds(String),
+    /// A key that does not belong to the step's kind.
+    #[error("`{key}` does not apply to a `{kind}` step (allowed: {allowed})")]
+    Stray {
+        /// The stray key.
+        key: &'static str,
+        /// The step's kind.
+        kind: &'static str,
+        /// The keys that do apply, comma-separated.
+        allowed: String,
+    },
+    /// A kind flag written as `false`.
+    #[error("`{0} = false` is not a step; leave the step out")]
+    FalseFlag(&'static str),
+    /// An HTTP status outside 100..=599.
+    #[error("http_status {0} is not 100..=599")]
+    HttpStatus(u16),
+    /// An `error` step without a code.
+    #[error("`error` needs a code, for example \"Throttling.User\"")]
+    NoErrorCode,
+}
 
-    fn try_from(raw: RawStep) -> Result<Step, String> {
+impl TryFrom<RawStep> for Step {
+    type Error = StepError;
+
+    fn try_from(raw: RawStep) -> Result<Step, StepError> {
         let kinds: Vec<&str> = [
             ("status", raw.status.is_some()),
             ("error", raw.error.is_some()),
@@ -509,8 +539,8 @@ impl TryFrom<RawStep> for Step {
         .collect();
         let kind = match kinds.as_slice() {
             [kind] => *kind,
-            [] => return Err(format!("a step needs one of {KINDS}")),
-            many => return Err(format!("a step has exactly one of {KINDS}, this one has {}", many.join(" and "))),
+            [] => return Err(StepError::NoKind),
+            many => return Err(StepError::ManyKinds(many.join(" and "))),
         };
         let allowed: &[&str] = match kind {
             "status" => {
@@ -524,23 +554,15 @@ impl TryFrom<RawStep> for Step {
             _ => &[kind],
         };
         if let Some(stray) = raw.keys_set().into_iter().find(|key| !allowed.contains(key)) {
-            return Err(format!("`{stray}` does not apply to a `{kind}` step (allowed: {})", allowed.join(", ")));
+            return Err(StepError::Stray { key: stray, kind, allowed: allowed.join(", ") });
         }
         let delay_ms = raw.delay_ms.unwrap_or(0);
         let flag = |value: Option<bool>| {
-            if value == Some(false) {
-                Err(format!("`{kind} = false` is not a step; leave the step out"))
-            } else {
-                Ok(())
-            }
+            if value == Some(false) { Err(StepError::FalseFlag(kind)) } else { Ok(()) }
         };
         let http_status = |default: u16| {
             let status = raw.http_status.unwrap_or(default);
-            if (100..=599).contains(&status) {
-                Ok(status)
-            } else {
-                Err(format!("http_status {status} is not 100..=599"))
-            }
+            if (100..=599).contains(&status) { Ok(status) } else { Err(StepError::HttpStatus(status)) }
         };
         let step = match kind {
             "status" => Step::Status(StatusStep {
@@ -556,7 +578,7 @@ impl TryFrom<RawStep> for Step {
             "error" => {
                 let code = raw.error.clone().unwrap_or_default();
                 if code.trim().is_empty() {
-                    return Err("`error` needs a code, for example \"Throttling.User\"".to_owned());
+                    return Err(StepError::NoErrorCode);
                 }
                 Step::Error(ErrorStep {
                     http_status: http_status(default_status_for(&code))?,

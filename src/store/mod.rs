@@ -147,7 +147,7 @@ impl Store {
     /// Whether the path still names the file that was opened. `Err` says what happened when it
     /// was removed, or replaced by another file (a restore, a `mv` over it): the connections
     /// still write into the old file, which nobody will ever read, so the daemon must stop.
-    pub fn check_file(&self) -> Result<(), String> {
+    pub fn check_file(&self) -> Result<(), FileLost> {
         let Some(opened) = self.identity else { return Ok(()) };
         match std::fs::metadata(&self.path) {
             Ok(metadata) => {
@@ -155,12 +155,10 @@ impl Store {
                 if (metadata.dev(), metadata.ino()) == opened {
                     Ok(())
                 } else {
-                    Err(format!("the database file {} was replaced by another file", self.path.display()))
+                    Err(FileLost::Replaced(self.path.clone()))
                 }
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Err(format!("the database file {} was removed", self.path.display()))
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(FileLost::Removed(self.path.clone())),
             // Unreadable metadata (permissions, IO) is not proof of replacement; the queries say
             // what is wrong if anything is.
             Err(_) => Ok(()),
@@ -168,7 +166,7 @@ impl Store {
     }
 
     /// Resolves once [`Store::check_file`] fails, checking every `interval`, with what happened.
-    pub async fn file_lost(&self, interval: Duration) -> String {
+    pub async fn file_lost(&self, interval: Duration) -> FileLost {
         loop {
             tokio::time::sleep(interval).await;
             if let Err(lost) = self.check_file() {
@@ -197,6 +195,44 @@ impl Store {
             .fetch_all(&self.reader)
             .await
     }
+}
+
+/// Whether the database refused the row itself (a constraint), as opposed to failing.
+pub fn is_refusal(error: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    error.as_database_error().is_some_and(|db| {
+        matches!(
+            db.kind(),
+            ErrorKind::CheckViolation
+                | ErrorKind::UniqueViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::ForeignKeyViolation
+        )
+    })
+}
+
+/// A constraint failure in words a user can act on (what [`is_refusal`] accepts; other errors
+/// as they are).
+pub fn describe_refusal(error: &sqlx::Error) -> String {
+    let message = error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string());
+    if message.contains("UNIQUE constraint failed") {
+        "already queued (the same workspace, namespace and ticket ID)".to_owned()
+    } else if let Some(rule) = message.strip_prefix("CHECK constraint failed: ") {
+        format!("violates {rule}")
+    } else {
+        message
+    }
+}
+
+/// What happened to the database file while it was open (see [`Store::check_file`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileLost {
+    /// The path names a different file now.
+    #[error("the database file {} was replaced by another file", .0.display())]
+    Replaced(PathBuf),
+    /// Nothing is at the path any more.
+    #[error("the database file {} was removed", .0.display())]
+    Removed(PathBuf),
 }
 
 /// Runs a write again, a few times with jittered backoff, when it failed only because another

@@ -7,6 +7,8 @@
 //! savepoint per write, so that the failing write fails alone. Every caller is answered once its
 //! batch commits.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,7 +39,7 @@ enum Job {
         id: RowId,
         now: DateTime<Utc>,
         update: Reschedule,
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<bool, Arc<sqlx::Error>>>,
     },
     Final {
         lease: Lease,
@@ -45,14 +47,24 @@ enum Job {
         now: DateTime<Utc>,
         finish: Finish,
         announce: Announce,
-        reply: oneshot::Sender<Result<Option<usize>, String>>,
+        reply: oneshot::Sender<Result<Option<usize>, Arc<sqlx::Error>>>,
     },
 }
 
 /// A write the recorder could not make; the ticket is polled again when its lease lapses.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("recording failed: {0}")]
-pub struct RecordError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The database refused the batch the write was in. Every waiter of that batch shares the
+    /// one error.
+    #[error("recording failed: {0}")]
+    Database(#[source] Arc<sqlx::Error>),
+    /// The recorder task is gone (shutdown), so the write was not taken.
+    #[error("recording failed: the recorder has stopped")]
+    Stopped,
+    /// The recorder task ended after taking the write but before answering.
+    #[error("recording failed: the recorder stopped before answering")]
+    StoppedBeforeAnswering,
+}
 
 impl Store {
     /// Starts the group-commit task for this store and returns its handle, plus the task to await
@@ -92,11 +104,15 @@ impl Recorder {
         self.submit(job, answer).await
     }
 
-    async fn submit<T>(&self, job: Job, answer: oneshot::Receiver<Result<T, String>>) -> Result<T, RecordError> {
-        self.jobs.send(job).await.map_err(|_| RecordError("the recorder has stopped".to_owned()))?;
+    async fn submit<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<Result<T, Arc<sqlx::Error>>>,
+    ) -> Result<T, RecordError> {
+        self.jobs.send(job).await.map_err(|_| RecordError::Stopped)?;
         match answer.await {
-            Ok(result) => result.map_err(RecordError),
-            Err(_) => Err(RecordError("the recorder stopped before answering".to_owned())),
+            Ok(result) => result.map_err(RecordError::Database),
+            Err(_) => Err(RecordError::StoppedBeforeAnswering),
         }
     }
 }
@@ -134,6 +150,7 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
     })
     .await;
     if let Err(error) = result {
+        let error = Arc::new(error);
         let jobs = jobs.into_inner();
         tracing::error!(
             error = %error,
@@ -142,8 +159,8 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
         );
         for job in jobs {
             match job {
-                Job::Progress { reply, .. } => drop(reply.send(Err(error.to_string()))),
-                Job::Final { reply, .. } => drop(reply.send(Err(error.to_string()))),
+                Job::Progress { reply, .. } => drop(reply.send(Err(Arc::clone(&error)))),
+                Job::Final { reply, .. } => drop(reply.send(Err(Arc::clone(&error)))),
             }
         }
     }
@@ -197,8 +214,8 @@ async fn try_batch_on(
     isolation: Isolation,
 ) -> Result<(), BatchError> {
     enum Outcome {
-        Progress(Result<bool, String>),
-        Final(Result<Option<usize>, String>),
+        Progress(Result<bool, sqlx::Error>),
+        Final(Result<Option<usize>, sqlx::Error>),
     }
     let mut transaction = sqlx::Connection::begin_with(connection, "BEGIN IMMEDIATE").await?;
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
@@ -260,22 +277,20 @@ async fn try_batch_on(
             sqlx::query("SAVEPOINT job").execute(&mut *transaction).await?;
         }
         let outcome = match job {
-            Job::Progress { lease, id, now, update, .. } => Outcome::Progress(
-                record_progress_on(&mut transaction, lease, *id, *now, update).await.map_err(|error| error.to_string()),
-            ),
-            Job::Final { lease, id, now, finish, announce, .. } => Outcome::Final(
-                record_final_on(&mut transaction, lease, *id, *now, finish, |row| announce(row))
-                    .await
-                    .map_err(|error| error.to_string()),
-            ),
+            Job::Progress { lease, id, now, update, .. } => {
+                Outcome::Progress(record_progress_on(&mut transaction, lease, *id, *now, update).await)
+            }
+            Job::Final { lease, id, now, finish, announce, .. } => {
+                Outcome::Final(record_final_on(&mut transaction, lease, *id, *now, finish, |row| announce(row)).await)
+            }
         };
         let failed = matches!(&outcome, Outcome::Progress(Err(_)) | Outcome::Final(Err(_)));
         match isolation {
             Isolation::Shared if failed => {
-                let (Outcome::Progress(Err(message)) | Outcome::Final(Err(message))) = outcome else {
+                let (Outcome::Progress(Err(error)) | Outcome::Final(Err(error))) = outcome else {
                     unreachable!("failed is true only for errors")
                 };
-                return Err(BatchError::Job(sqlx::Error::Protocol(message)));
+                return Err(BatchError::Job(error));
             }
             Isolation::Shared => {}
             Isolation::PerJob => {
@@ -292,8 +307,8 @@ async fn try_batch_on(
     for (job, outcome) in jobs.drain(..).zip(outcomes) {
         // A caller that gave up waiting (shutdown) no longer needs its answer.
         match (job, outcome) {
-            (Job::Progress { reply, .. }, Outcome::Progress(result)) => drop(reply.send(result)),
-            (Job::Final { reply, .. }, Outcome::Final(result)) => drop(reply.send(result)),
+            (Job::Progress { reply, .. }, Outcome::Progress(result)) => drop(reply.send(result.map_err(Arc::new))),
+            (Job::Final { reply, .. }, Outcome::Final(result)) => drop(reply.send(result.map_err(Arc::new))),
             _ => unreachable!("outcomes are pushed in job order, one per job"),
         }
     }

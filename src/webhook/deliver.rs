@@ -24,11 +24,11 @@ use super::signing;
 use crate::backoff::honour_webhook_retry_after;
 use crate::claim_loop;
 use crate::clock::Clock;
-use crate::config::{WebhookConfig, parse_webhook_url};
 use crate::metrics::Metrics;
 use crate::redact::redact_url;
 use crate::service::Heartbeat;
 use crate::store::{AttemptRecord, Delivery, Lease, Store, retry_when_busy};
+use crate::webhook::{WebhookSettings, parse_webhook_url};
 
 /// Longest the loop sleeps before looking for new or newly due deliveries.
 pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
@@ -106,7 +106,7 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
 pub struct Deliverer {
     store: Store,
     clock: Arc<dyn Clock>,
-    config: Arc<WebhookConfig>,
+    config: Arc<WebhookSettings>,
     http: reqwest::Client,
     owner: String,
     deliveries_written: Arc<Notify>,
@@ -124,7 +124,7 @@ impl Deliverer {
     pub fn new(
         store: Store,
         clock: Arc<dyn Clock>,
-        config: Arc<WebhookConfig>,
+        config: Arc<WebhookSettings>,
         owner: &str,
         deliveries_written: Arc<Notify>,
     ) -> anyhow::Result<Deliverer> {

@@ -4,14 +4,18 @@
 //! signature.
 
 pub mod deliver;
+pub mod settings;
 pub mod signing;
 
 pub use deliver::Deliverer;
+pub use settings::{
+    MAX_WEBHOOK_URL_CHARS, SecretBytes, SecretError, WebhookSettings, WebhookUrlError, decode_webhook_secret,
+    parse_webhook_url,
+};
 
 use serde_json::json;
 
 use crate::clock::format_instant;
-use crate::config::WebhookConfig;
 use crate::store::{Announcement, NewDelivery, Ticket};
 
 /// Why a ticket's own `webhook_url` was not used.
@@ -20,7 +24,7 @@ pub const TICKET_URL_NOT_ALLOWED: &str = "webhook_url ignored: webhook.allow_tic
 /// The deliveries announcing `ticket`'s final state, one per receiver (configured URLs, plus the
 /// ticket's own URL when allowed), and a note for the ticket when its URL was ignored. Every
 /// planned URL is in its normalised form and fits the outbox's length limit.
-pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
+pub fn plan(ticket: &Ticket, config: &WebhookSettings) -> Announcement {
     let Some(event_type) = ticket.state.event_type() else {
         return Announcement::default();
     };
@@ -53,13 +57,24 @@ pub fn plan(ticket: &Ticket, config: &WebhookConfig) -> Announcement {
     Announcement { deliveries, webhook_note: note }
 }
 
-/// Checks a ticket's own receiver URL: what [`crate::config::parse_webhook_url`] checks, and,
-/// unless `allow_private`, that its host is not a private address (see [`private_address`]).
-pub fn ticket_url(text: &str, allow_private: bool) -> Result<url::Url, String> {
-    let url = crate::config::parse_webhook_url(text)?;
+/// Why a ticket's own receiver URL is not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketUrlError {
+    /// It is not a receiver URL at all.
+    #[error(transparent)]
+    Invalid(#[from] WebhookUrlError),
+    /// Its host is private and private receivers are not allowed; says which kind of address.
+    #[error("its host is {0}; set webhook.allow_private_ticket_urls = true to allow it")]
+    Private(&'static str),
+}
+
+/// Checks a ticket's own receiver URL: what [`parse_webhook_url`] checks, and, unless
+/// `allow_private`, that its host is not a private address (see [`private_address`]).
+pub fn ticket_url(text: &str, allow_private: bool) -> Result<url::Url, TicketUrlError> {
+    let url = parse_webhook_url(text)?;
     if !allow_private {
         if let Some(why) = private_host(&url) {
-            return Err(format!("{why}; set webhook.allow_private_ticket_urls = true to allow it"));
+            return Err(TicketUrlError::Private(why));
         }
     }
     Ok(url)
@@ -114,16 +129,15 @@ pub fn private_address(address: std::net::IpAddr) -> Option<&'static str> {
 }
 
 /// Why a URL's host is private, if it is: a private IP literal, or `localhost`.
-fn private_host(url: &url::Url) -> Option<String> {
-    let why = match url.host()? {
+fn private_host(url: &url::Url) -> Option<&'static str> {
+    match url.host()? {
         url::Host::Ipv4(v4) => private_address(v4.into()),
         url::Host::Ipv6(v6) => private_address(v6.into()),
         url::Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             (name == "localhost" || name.ends_with(".localhost")).then_some("a loopback address")
         }
-    }?;
-    Some(format!("its host is {why}"))
+    }
 }
 
 /// The `webhook-id` of a ticket's current outcome: the same for every receiver and attempt, new

@@ -19,7 +19,6 @@ use flink_ticketd::clock::{Clock, ManualClock, SystemClock};
 use flink_ticketd::config::{self, Config};
 use flink_ticketd::domain::{RowId, TicketState};
 use flink_ticketd::poller::Poller;
-use flink_ticketd::ratelimit::RateLimiter;
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
 use flink_ticketd::store::{Store, StoreSettings, Ticket};
 use flink_ticketd::webhook::Deliverer;
@@ -303,33 +302,19 @@ impl TestEnv {
         let config = self.config(adjust);
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
         let shared: Arc<dyn Clock> = Arc::clone(&clock) as Arc<dyn Clock>;
-        let store = self.store().await;
-        let credentials = flink_ticketd::flink::CredentialProvider::for_config(&config.flink, Arc::clone(&shared))
-            .await
-            .expect("the test credentials are accepted");
-        let flink = flink_ticketd::flink::FlinkClient::new(&config.flink.client, credentials, Arc::clone(&shared))
-            .expect("the API client builds");
-        let limiter = Arc::new(RateLimiter::new(
-            config.flink.max_requests_per_second,
-            u32::try_from(config.flink.max_in_flight).unwrap_or(u32::MAX),
-        ));
+        let flink_ticketd::daemon::Connection { store, flink } =
+            flink_ticketd::daemon::connect(&config, &shared).await.expect("the daemon's parts connect");
         let owner = flink_ticketd::store::lease_owner_prefix("driven");
-        let (recorder, recorder_task) = store.recorder();
-        let webhook = Arc::new(config.webhook.clone());
-        let poller = Arc::new(Poller::new(
+        let (poller, recorder_task) = flink_ticketd::daemon::poller(
+            &config,
             store.clone(),
-            recorder,
             flink,
             Arc::clone(&shared),
-            config.poll,
-            {
-                let settings = Arc::clone(&webhook);
-                Arc::new(move |row: &flink_ticketd::store::Ticket| flink_ticketd::webhook::plan(row, &settings))
-            },
-            limiter,
-            config.flink.max_in_flight,
             owner.clone(),
-        ));
+            config.flink.max_in_flight,
+        );
+        let poller = Arc::new(poller);
+        let webhook = Arc::new(config.webhook.clone());
         let deliverer = (!webhook.secrets.is_empty()).then(|| {
             Arc::new(
                 Deliverer::new(store.clone(), shared, webhook, &owner, Arc::clone(&poller.deliveries_written))

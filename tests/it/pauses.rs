@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flink_ticketd::clock::{Clock, SystemClock};
-use flink_ticketd::config::{self, Config};
+use flink_ticketd::config::Config;
 use flink_ticketd::domain::{RowId, TicketState};
 use flink_ticketd::flink::{CredentialSource, Credentials, FlinkClient};
 use flink_ticketd::poller::{Followed, Poller};
-use flink_ticketd::ratelimit::RateLimiter;
 use flink_ticketd::simulator::Step;
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -21,10 +20,11 @@ const WEBHOOK_SECRET: &str = "whsec_aW50ZWdyYXRpb24tdGVzdC1zZWNyZXQtbnVtYmVyLTE=
 
 /// Sends every finished ticket to `sink`, signed.
 fn webhook_to(sink: &WebhookSink) -> impl FnOnce(&mut Config) + use<> {
-    let url = config::parse_webhook_url(&sink.url).expect("the sink's URL");
+    let url = flink_ticketd::webhook::parse_webhook_url(&sink.url).expect("the sink's URL");
     move |config: &mut Config| {
         config.webhook.urls = vec![url];
-        config.webhook.secrets = vec![config::decode_webhook_secret(WEBHOOK_SECRET).expect("a valid secret")];
+        config.webhook.secrets =
+            vec![flink_ticketd::webhook::decode_webhook_secret(WEBHOOK_SECRET).expect("a valid secret")];
         config.webhook.schedule = vec![Duration::from_millis(20)];
     }
 }
@@ -229,7 +229,7 @@ async fn a_workspace_pause_moves_no_ticket_past_its_deadline() {
     daemon.stop().await.expect("clean shutdown");
 }
 
-/// A poller like the one `enqueue --wait` uses, signing with `credentials`.
+/// The poller `deploy --wait` uses, signing with `credentials`.
 async fn poller(env: &TestEnv, credentials: Credentials) -> (Poller, tokio::task::JoinHandle<()>) {
     let config = env.config(|config| {
         config.poll.initial_interval = Duration::from_millis(200);
@@ -239,21 +239,8 @@ async fn poller(env: &TestEnv, credentials: Credentials) -> (Poller, tokio::task
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let source = CredentialSource { name: "test", credentials: Arc::new(credentials) };
     let flink = FlinkClient::new(&config.flink.client, source, Arc::clone(&clock)).expect("the client builds");
-    let (recorder, recorder_task) = store.recorder();
-    let poller = Poller::new(
-        store,
-        recorder,
-        flink,
-        clock,
-        config.poll,
-        {
-            let settings = config.webhook.clone();
-            Arc::new(move |row: &flink_ticketd::store::Ticket| flink_ticketd::webhook::plan(row, &settings))
-        },
-        Arc::new(RateLimiter::new(100.0, 1)),
-        1,
-        "test:1:00".to_owned(),
-    );
+    let (poller, recorder_task) =
+        flink_ticketd::daemon::poller(&config, store, flink, clock, "test:1:00".to_owned(), 1);
     let recorder_task = tokio::spawn(async move {
         let _ = recorder_task.await;
     });

@@ -392,9 +392,12 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
         recorder.record_progress(&lease, progress, at(2), &reschedule),
         recorder.record_final(&lease, bad, at(2), &finish, announce_broken),
     );
-    assert_eq!(good_result, Ok(Some(1)));
-    assert_eq!(progress_result, Ok(true));
-    assert!(bad_result.is_err(), "the refused write is reported to its caller");
+    assert!(matches!(good_result, Ok(Some(1))), "{good_result:?}");
+    assert!(matches!(progress_result, Ok(true)), "{progress_result:?}");
+    assert!(
+        matches!(bad_result, Err(flink_ticketd::store::RecordError::Database(_))),
+        "the refused write is reported to its caller with the database error: {bad_result:?}"
+    );
     drop(recorder);
     task.await.unwrap();
 
@@ -419,7 +422,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
 
     // A stale lease writes nothing, in a batch as alone.
     let stale = recorder_for(store).record_progress(&Lease("other#9".to_owned()), progress, at(3), &reschedule).await;
-    assert_eq!(stale, Ok(false));
+    assert!(matches!(stale, Ok(false)), "{stale:?}");
 }
 
 fn recorder_for(store: &Store) -> flink_ticketd::store::Recorder {
@@ -469,10 +472,10 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     );
     drop(recorder);
     task.await.unwrap();
-    assert_eq!(old_progress, Ok(false), "the lapsed lease's progress was not written");
-    assert_eq!(new_final, Ok(Some(1)));
-    assert_eq!(old_final, Ok(None), "the lapsed lease's final state was not written");
-    assert_eq!(new_progress, Ok(true));
+    assert!(matches!(old_progress, Ok(false)), "the lapsed lease's progress was not written: {old_progress:?}");
+    assert!(matches!(new_final, Ok(Some(1))), "{new_final:?}");
+    assert!(matches!(old_final, Ok(None)), "the lapsed lease's final state was not written: {old_final:?}");
+    assert!(matches!(new_progress, Ok(true)), "{new_progress:?}");
     assert_eq!(store.ticket(first).await.unwrap().unwrap().state, TicketState::Succeeded);
     let second_row = store.ticket(second).await.unwrap().unwrap();
     assert_eq!((second_row.state.as_str(), second_row.running_streak), ("pending", 1));

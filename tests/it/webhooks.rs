@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use flink_ticketd::config::{self, Config};
+use flink_ticketd::config::Config;
 use flink_ticketd::domain::TicketState;
 use flink_ticketd::store::Delivery;
 use flink_ticketd::webhook::{TICKET_URL_NOT_ALLOWED, signing};
@@ -38,12 +38,15 @@ steps = [{ not_found = true }]
 
 /// The test daemon's `[webhook]`: these receivers, both secrets, this schedule (milliseconds).
 fn webhooks(urls: &[&str], schedule_ms: &[u64]) -> impl FnOnce(&mut Config) + use<> {
-    let urls: Vec<url::Url> = urls.iter().map(|url| config::parse_webhook_url(url).expect("a receiver URL")).collect();
+    let urls: Vec<url::Url> =
+        urls.iter().map(|url| flink_ticketd::webhook::parse_webhook_url(url).expect("a receiver URL")).collect();
     let schedule: Vec<Duration> = schedule_ms.iter().map(|ms| Duration::from_millis(*ms)).collect();
     move |config: &mut Config| {
         config.webhook.urls = urls;
-        config.webhook.secrets =
-            SECRETS.iter().map(|secret| config::decode_webhook_secret(secret).expect("a valid secret")).collect();
+        config.webhook.secrets = SECRETS
+            .iter()
+            .map(|secret| flink_ticketd::webhook::decode_webhook_secret(secret).expect("a valid secret"))
+            .collect();
         config.webhook.schedule = schedule;
         config.webhook.timeout = Duration::from_secs(20);
         config.webhook.lease = Duration::from_secs(30);
@@ -558,7 +561,7 @@ fn the_signer_reproduces_every_standard_webhooks_vector() {
         let timestamp = vector["webhook_timestamp"].as_i64().unwrap();
         let body = vector["body"].as_str().unwrap().as_bytes();
         let expected = vector["expected_signature"].as_str().unwrap();
-        let key = config::decode_webhook_secret(secret).expect("the vector's secret is valid");
+        let key = flink_ticketd::webhook::decode_webhook_secret(secret).expect("the vector's secret is valid");
         assert_eq!(signing::sign(&[key.expose()], webhook_id, timestamp, body), expected, "{}", vector["note"]);
         assert!(signing::verify(key.expose(), webhook_id, timestamp, body, expected));
         assert_eq!(independent_signature(secret, webhook_id, &timestamp.to_string(), body), expected);

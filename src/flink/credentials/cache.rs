@@ -186,7 +186,7 @@ impl Cache {
         None
     }
 
-    async fn fetch(&self, source: &RemoteSource, now: DateTime<Utc>) -> Result<Fetched, String> {
+    async fn fetch(&self, source: &RemoteSource, now: DateTime<Utc>) -> Result<Fetched, remote::FetchError> {
         match source {
             RemoteSource::Oidc(settings) => remote::assume_role_with_oidc(&self.clients.remote, settings, now).await,
             RemoteSource::EcsRamRole(settings) => remote::ecs_ram_role(&self.clients.metadata, settings).await,

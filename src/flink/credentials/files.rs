@@ -55,10 +55,71 @@ pub(super) const SUPPORTED_CLI_MODES: &str = "AK, StsToken, EcsRamRole, OIDC, Cr
 /// The types of the INI credentials file this daemon can use.
 pub(super) const SUPPORTED_INI_TYPES: &str = "access_key, ecs_ram_role";
 
+/// Why a credential file could not be used. Messages name keys, profiles and lines, never a value.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProfileError {
+    /// `config.json` is not JSON of the expected shape.
+    #[error("not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A `config.json` profile lacks a key its mode needs.
+    #[error("profile {profile:?} (mode {mode}) has no {key}")]
+    MissingKey {
+        /// The profile name.
+        profile: String,
+        /// Its mode as written.
+        mode: String,
+        /// The key it lacks.
+        key: &'static str,
+    },
+    /// A `config.json` profile uses a mode this daemon cannot use.
+    #[error(
+        "profile {profile:?} uses mode {mode:?}, which flink-ticketd does not support \
+         (supported: {SUPPORTED_CLI_MODES}); choose another profile with ALIBABA_CLOUD_PROFILE, \
+         or configure flink.access_key_id"
+    )]
+    UnsupportedMode {
+        /// The profile name.
+        profile: String,
+        /// Its mode as written.
+        mode: String,
+    },
+    /// An INI section lacks a key its type needs.
+    #[error("section [{section}] (type {kind}) has no {key}")]
+    MissingIniKey {
+        /// The section name.
+        section: String,
+        /// Its type as written.
+        kind: String,
+        /// The key it lacks.
+        key: &'static str,
+    },
+    /// An INI section has no `type`.
+    #[error("section [{0}] has no type")]
+    NoType(String),
+    /// An INI section has a type this daemon cannot use.
+    #[error(
+        "section [{section}] has type {kind:?}, which flink-ticketd does not support \
+         (supported: {SUPPORTED_INI_TYPES}); choose another section with ALIBABA_CLOUD_PROFILE, \
+         or configure flink.access_key_id"
+    )]
+    UnsupportedType {
+        /// The section name.
+        section: String,
+        /// Its type as written.
+        kind: String,
+    },
+    /// An INI line is neither a header nor a key (1-based line number).
+    #[error("line {0} is neither [section] nor key = value")]
+    Line(usize),
+    /// An INI key comes before the first header (1-based line number).
+    #[error("line {0} comes before any [section]")]
+    BeforeSection(usize),
+}
+
 /// Finds profile `wanted` (else the file's `current`, else `default`) in the text of the aliyun
 /// CLI's `config.json`. `Ok(None)` when there is no such profile.
-pub(super) fn cli_profile(text: &str, wanted: Option<&str>) -> Result<Option<Found>, String> {
-    let file: CliConfig = serde_json::from_str(text).map_err(|error| format!("not valid JSON: {error}"))?;
+pub(super) fn cli_profile(text: &str, wanted: Option<&str>) -> Result<Option<Found>, ProfileError> {
+    let file: CliConfig = serde_json::from_str(text)?;
     let name = wanted
         .map(str::to_owned)
         .or_else(|| file.current.filter(|current| !current.trim().is_empty()))
@@ -67,13 +128,13 @@ pub(super) fn cli_profile(text: &str, wanted: Option<&str>) -> Result<Option<Fou
         return Ok(None);
     };
     let mode = raw.mode.clone().unwrap_or_default();
-    let field = |value: &Option<String>, key: &str| -> Result<String, String> {
+    let field = |value: &Option<String>, key: &'static str| -> Result<String, ProfileError> {
         value
             .as_deref()
             .map(str::trim)
             .filter(|value| !value.is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| format!("profile {name:?} (mode {mode}) has no {key}"))
+            .ok_or_else(|| ProfileError::MissingKey { profile: name.clone(), mode: mode.clone(), key })
     };
     let optional =
         |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
@@ -96,30 +157,25 @@ pub(super) fn cli_profile(text: &str, wanted: Option<&str>) -> Result<Option<Fou
             session_name: optional(&raw.ram_session_name),
         },
         "CredentialsURI" => Profile::Uri(field(&raw.credentials_uri, "credentials_uri")?),
-        other => {
-            return Err(format!(
-                "profile {name:?} uses mode {other:?}, which flink-ticketd does not support \
-                 (supported: {SUPPORTED_CLI_MODES}); choose another profile with ALIBABA_CLOUD_PROFILE, \
-                 or configure flink.access_key_id"
-            ));
-        }
+        other => return Err(ProfileError::UnsupportedMode { profile: name, mode: other.to_owned() }),
     };
     Ok(Some(Found { name, kind: if mode.is_empty() { "AK".to_owned() } else { mode }, profile }))
 }
 
 /// Finds section `section` in the text of the INI credentials file. `Ok(None)` when there is no
 /// such section.
-pub(super) fn ini_profile(text: &str, section: &str) -> Result<Option<Found>, String> {
+pub(super) fn ini_profile(text: &str, section: &str) -> Result<Option<Found>, ProfileError> {
     let sections = parse_ini(text)?;
     let Some(keys) = sections.get(section) else {
         return Ok(None);
     };
     let kind = keys.get("type").cloned().unwrap_or_default();
-    let field = |key: &str| -> Result<String, String> {
-        keys.get(key)
-            .filter(|value| !value.is_empty())
-            .cloned()
-            .ok_or_else(|| format!("section [{section}] (type {kind}) has no {key}"))
+    let field = |key: &'static str| -> Result<String, ProfileError> {
+        keys.get(key).filter(|value| !value.is_empty()).cloned().ok_or_else(|| ProfileError::MissingIniKey {
+            section: section.to_owned(),
+            kind: kind.clone(),
+            key,
+        })
     };
     let profile = match kind.as_str() {
         "access_key" => Profile::Static(Credentials {
@@ -128,13 +184,9 @@ pub(super) fn ini_profile(text: &str, section: &str) -> Result<Option<Found>, St
             security_token: None,
         }),
         "ecs_ram_role" => Profile::EcsRamRole { role: keys.get("role_name").filter(|role| !role.is_empty()).cloned() },
-        "" => return Err(format!("section [{section}] has no type")),
+        "" => return Err(ProfileError::NoType(section.to_owned())),
         other => {
-            return Err(format!(
-                "section [{section}] has type {other:?}, which flink-ticketd does not support \
-                 (supported: {SUPPORTED_INI_TYPES}); choose another section with ALIBABA_CLOUD_PROFILE, \
-                 or configure flink.access_key_id"
-            ));
+            return Err(ProfileError::UnsupportedType { section: section.to_owned(), kind: other.to_owned() });
         }
     };
     Ok(Some(Found { name: section.to_owned(), kind, profile }))
@@ -174,7 +226,7 @@ struct CliProfile {
 }
 
 /// `[section]` headers and `key = value` lines; `;` and `#` start comment lines.
-fn parse_ini(text: &str) -> Result<HashMap<String, HashMap<String, String>>, String> {
+fn parse_ini(text: &str) -> Result<HashMap<String, HashMap<String, String>>, ProfileError> {
     let mut sections: HashMap<String, HashMap<String, String>> = HashMap::new();
     let mut current: Option<String> = None;
     for (index, line) in text.lines().enumerate() {
@@ -189,10 +241,10 @@ fn parse_ini(text: &str) -> Result<HashMap<String, HashMap<String, String>>, Str
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("line {} is neither [section] nor key = value", index + 1));
+            return Err(ProfileError::Line(index + 1));
         };
         let Some(section) = &current else {
-            return Err(format!("line {} comes before any [section]", index + 1));
+            return Err(ProfileError::BeforeSection(index + 1));
         };
         let value = value.trim().trim_matches('"').to_owned();
         sections.entry(section.clone()).or_default().insert(key.trim().to_owned(), value);
@@ -238,7 +290,7 @@ mod tests {
 
     #[test]
     fn unsupported_cli_mode_is_named_in_the_error() {
-        let error = cli_profile(CONFIG_JSON, Some("assume")).unwrap_err();
+        let error = cli_profile(CONFIG_JSON, Some("assume")).unwrap_err().to_string();
         assert!(error.contains("\"RamRoleArn\"") && error.contains("\"assume\""), "{error}");
         assert!(!error.contains("acs:ram::1:role/x") && !error.contains("\"b\""), "{error}");
     }
@@ -251,7 +303,7 @@ mod tests {
         let Profile::Static(credentials) = found.profile else { panic!("access_key gives static credentials") };
         assert_eq!(credentials.access_key_id, "AK1");
         assert_eq!(credentials.access_key_secret.expose_secret(), "s1");
-        let error = ini_profile(text, "other").unwrap_err();
+        let error = ini_profile(text, "other").unwrap_err().to_string();
         assert!(error.contains("\"rsa_key_pair\""), "{error}");
         assert!(ini_profile(text, "missing").unwrap().is_none());
         assert!(ini_profile("key = value\n", "default").is_err());

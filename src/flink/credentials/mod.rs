@@ -403,10 +403,10 @@ impl CredentialProvider {
         Ok(CredentialProvider { inner: Arc::new(inner) })
     }
 
-    /// [`CredentialProvider::start`] with the `[flink]` configuration's explicit keys, captured
+    /// [`CredentialProvider::start`] with the `[flink]` settings' explicit keys, captured
     /// environment and CA bundle.
-    pub async fn for_config(
-        flink: &crate::config::FlinkConfig,
+    pub async fn for_settings(
+        flink: &super::FlinkSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<CredentialProvider, CredentialError> {
         CredentialProvider::start(

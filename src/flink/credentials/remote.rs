@@ -96,18 +96,74 @@ impl Clients {
     }
 }
 
+/// Why a fetch of temporary credentials failed. Messages name the source and never hold a
+/// secret or a URL query.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum FetchError {
+    /// The OIDC token file could not be read.
+    #[error("cannot read the OIDC token file {}: {source}", .path.display())]
+    TokenFile { path: PathBuf, source: std::io::Error },
+    /// The OIDC token file holds only whitespace.
+    #[error("the OIDC token file {} is empty", .0.display())]
+    EmptyTokenFile(PathBuf),
+    /// A request got no whole answer; `request` says which and how far it got.
+    #[error("{request}: {reason}")]
+    Transport { request: String, reason: String },
+    /// STS answered without credentials.
+    #[error(
+        "STS refused AssumeRoleWithOIDC: HTTP {status}{}{}{}",
+        .code.as_ref().map(|code| format!(" {code}")).unwrap_or_default(),
+        .message.as_ref().map(|message| format!(": {message}")).unwrap_or_default(),
+        .request_id.as_ref().map(|id| format!(" (request {id})")).unwrap_or_default()
+    )]
+    StsRefused { status: u16, code: Option<String>, message: Option<String>, request_id: Option<String> },
+    /// The metadata service gave no session token.
+    #[error("the ECS metadata service refused a session token: HTTP {0}")]
+    TokenRefused(u16),
+    /// A session token is required (IMDSv1 is disabled) and none was given.
+    #[error("{0}; requests without a session token are disabled (ALIBABA_CLOUD_IMDSV1_DISABLED=true)")]
+    TokenRequired(Box<FetchError>),
+    /// An HTTP status other than success; `path` is the metadata path asked for, if any.
+    #[error("{from} answered HTTP {status}{}", .path.as_ref().map(|path| format!(" for /{path}")).unwrap_or_default())]
+    Status { from: String, status: u16, path: Option<String> },
+    /// The answer (`what` describes it) is not the JSON expected.
+    #[error("{0} is not the expected JSON")]
+    NotJson(String),
+    /// The answer's `Code` is not `Success`.
+    #[error("{from} answered Code {code:?}")]
+    NotSuccess { from: String, code: String },
+    /// The answer lacks the credential fields.
+    #[error("{0} answered without AccessKeyId, AccessKeySecret, SecurityToken and Expiration")]
+    Incomplete(String),
+    /// `Expiration` is not a time.
+    #[error("{0} gave an Expiration that is not an RFC 3339 time")]
+    Expiration(String),
+    /// The key pair is empty.
+    #[error("{0} gave an empty AccessKeyId or AccessKeySecret")]
+    EmptyKey(String),
+    /// The metadata service lists no role.
+    #[error("the ECS metadata service lists no RAM role for this instance")]
+    NoRole,
+    /// The role name would leave the metadata path.
+    #[error("{0:?} is not a RAM role name")]
+    BadRole(String),
+    /// A metadata path did not join the base URL.
+    #[error(transparent)]
+    Url(#[from] url::ParseError),
+}
+
 /// AssumeRoleWithOIDC: an unsigned GET to STS with the token file's current contents.
 pub(super) async fn assume_role_with_oidc(
     http: &reqwest::Client,
     settings: &OidcSettings,
     now: DateTime<Utc>,
-) -> Result<Fetched, String> {
+) -> Result<Fetched, FetchError> {
     let token = tokio::fs::read_to_string(&settings.token_file)
         .await
-        .map_err(|error| format!("cannot read the OIDC token file {}: {error}", settings.token_file.display()))?;
+        .map_err(|source| FetchError::TokenFile { path: settings.token_file.clone(), source })?;
     let token = token.trim();
     if token.is_empty() {
-        return Err(format!("the OIDC token file {} is empty", settings.token_file.display()));
+        return Err(FetchError::EmptyTokenFile(settings.token_file.clone()));
     }
     let mut url = settings.sts.clone();
     url.query_pairs_mut()
@@ -125,35 +181,29 @@ pub(super) async fn assume_role_with_oidc(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|error| format!("STS request failed: {}", crate::transport::describe(&error)))?;
+        .map_err(|error| transport("STS request failed", &error))?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|error| format!("STS answer cut short: {}", crate::transport::describe(&error)))?;
+    let body = response.bytes().await.map_err(|error| transport("STS answer cut short", &error))?;
     let answer: StsAnswer = serde_json::from_slice(&body)
-        .map_err(|_| format!("STS answered HTTP {} with a body that is not the expected JSON", status.as_u16()))?;
+        .map_err(|_| FetchError::NotJson(format!("STS answered HTTP {} with a body that", status.as_u16())))?;
     match answer.credentials {
         Some(credentials) if status.is_success() => temporary(&credentials, "STS"),
-        _ => Err(format!(
-            "STS refused AssumeRoleWithOIDC: HTTP {}{}{}{}",
-            status.as_u16(),
-            answer.code.map(|code| format!(" {code}")).unwrap_or_default(),
-            answer.message.map(|message| format!(": {message}")).unwrap_or_default(),
-            answer.request_id.map(|id| format!(" (request {id})")).unwrap_or_default(),
-        )),
+        _ => Err(FetchError::StsRefused {
+            status: status.as_u16(),
+            code: answer.code,
+            message: answer.message,
+            request_id: answer.request_id,
+        }),
     }
 }
 
 /// The ECS RAM role's credentials from the metadata service, with an IMDSv2 session token when
 /// the service gives one.
-pub(super) async fn ecs_ram_role(http: &reqwest::Client, settings: &EcsSettings) -> Result<Fetched, String> {
+pub(super) async fn ecs_ram_role(http: &reqwest::Client, settings: &EcsSettings) -> Result<Fetched, FetchError> {
     let token = match metadata_token(http, &settings.base).await {
         Ok(token) => Some(token),
         Err(error) if settings.imdsv1_disabled => {
-            return Err(format!(
-                "{error}; requests without a session token are disabled (ALIBABA_CLOUD_IMDSV1_DISABLED=true)"
-            ));
+            return Err(FetchError::TokenRequired(Box::new(error)));
         }
         Err(error) => {
             tracing::debug!(error = %error, "no metadata session token; asking without one");
@@ -166,16 +216,11 @@ pub(super) async fn ecs_ram_role(http: &reqwest::Client, settings: &EcsSettings)
             let listed =
                 metadata_get(http, &settings.base, "latest/meta-data/ram/security-credentials/", token.as_ref())
                     .await?;
-            listed
-                .lines()
-                .map(str::trim)
-                .find(|line| !line.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| "the ECS metadata service lists no RAM role for this instance".to_owned())?
+            listed.lines().map(str::trim).find(|line| !line.is_empty()).map(str::to_owned).ok_or(FetchError::NoRole)?
         }
     };
     if role.contains('/') || role == "." || role == ".." {
-        return Err(format!("{role:?} is not a RAM role name"));
+        return Err(FetchError::BadRole(role));
     }
     let body = metadata_get(
         http,
@@ -185,29 +230,31 @@ pub(super) async fn ecs_ram_role(http: &reqwest::Client, settings: &EcsSettings)
     )
     .await?;
     let answer: CredentialsAnswer = serde_json::from_str(&body)
-        .map_err(|_| format!("the ECS metadata service's answer for role {role:?} is not the expected JSON"))?;
+        .map_err(|_| FetchError::NotJson(format!("the ECS metadata service's answer for role {role:?}")))?;
     answer.into_fetched(&format!("the ECS metadata service (role {role:?})"))
 }
 
 /// GET a credentials URI (`ALIBABA_CLOUD_CREDENTIALS_URI`); the answer has the metadata
 /// service's shape.
-pub(super) async fn credentials_uri(http: &reqwest::Client, uri: &Url) -> Result<Fetched, String> {
+pub(super) async fn credentials_uri(http: &reqwest::Client, uri: &Url) -> Result<Fetched, FetchError> {
     let shown = shown_url(uri);
     let response = http
         .get(uri.clone())
         .send()
         .await
-        .map_err(|error| format!("the credentials URI {shown} failed: {}", crate::transport::describe(&error)))?;
+        .map_err(|error| transport(&format!("the credentials URI {shown} failed"), &error))?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|error| format!("the credentials URI {shown} cut short: {}", crate::transport::describe(&error)))?;
+    let body =
+        response.bytes().await.map_err(|error| transport(&format!("the credentials URI {shown} cut short"), &error))?;
     if !status.is_success() {
-        return Err(format!("the credentials URI {shown} answered HTTP {}", status.as_u16()));
+        return Err(FetchError::Status {
+            from: format!("the credentials URI {shown}"),
+            status: status.as_u16(),
+            path: None,
+        });
     }
     let answer: CredentialsAnswer = serde_json::from_slice(&body)
-        .map_err(|_| format!("the credentials URI {shown} answered with a body that is not the expected JSON"))?;
+        .map_err(|_| FetchError::NotJson(format!("the credentials URI {shown} answered with a body that")))?;
     answer.into_fetched(&format!("the credentials URI {shown}"))
 }
 
@@ -256,26 +303,26 @@ struct CredentialsAnswer {
 }
 
 impl CredentialsAnswer {
-    fn into_fetched(self, from: &str) -> Result<Fetched, String> {
+    fn into_fetched(self, from: &str) -> Result<Fetched, FetchError> {
         if let Some(code) = self.code.as_deref().filter(|code| *code != "Success") {
-            return Err(format!("{from} answered Code {code:?}"));
+            return Err(FetchError::NotSuccess { from: from.to_owned(), code: code.to_owned() });
         }
         match self.credentials {
             Some(credentials) => temporary(&credentials, from),
-            None => Err(format!("{from} answered without AccessKeyId, AccessKeySecret, SecurityToken and Expiration")),
+            None => Err(FetchError::Incomplete(from.to_owned())),
         }
     }
 }
 
-fn temporary(credentials: &TemporaryCredentials, from: &str) -> Result<Fetched, String> {
+fn temporary(credentials: &TemporaryCredentials, from: &str) -> Result<Fetched, FetchError> {
     let expires_at = crate::clock::parse_instant(credentials.expiration.trim())
-        .ok_or_else(|| format!("{from} gave an Expiration that is not an RFC 3339 time"))?;
+        .ok_or_else(|| FetchError::Expiration(from.to_owned()))?;
     // Values read from a file or a web answer often end in a newline; a header cannot carry one
     // and a signature made with one is refused, so every part is trimmed.
     let secret = credentials.access_key_secret.trim();
     let token = credentials.security_token.trim();
     if credentials.access_key_id.trim().is_empty() || secret.is_empty() {
-        return Err(format!("{from} gave an empty AccessKeyId or AccessKeySecret"));
+        return Err(FetchError::EmptyKey(from.to_owned()));
     }
     Ok(Fetched {
         credentials: Credentials {
@@ -288,20 +335,19 @@ fn temporary(credentials: &TemporaryCredentials, from: &str) -> Result<Fetched, 
 }
 
 /// PUT `/latest/api/token`: the IMDSv2 session token.
-async fn metadata_token(http: &reqwest::Client, base: &Url) -> Result<SecretString, String> {
-    let url = base.join("latest/api/token").map_err(|error| error.to_string())?;
-    let response =
-        http.put(url).header("X-aliyun-ecs-metadata-token-ttl-seconds", METADATA_TOKEN_TTL_SECS).send().await.map_err(
-            |error| {
-                format!("the ECS metadata service did not give a session token: {}", crate::transport::describe(&error))
-            },
-        )?;
+async fn metadata_token(http: &reqwest::Client, base: &Url) -> Result<SecretString, FetchError> {
+    let url = base.join("latest/api/token")?;
+    let response = http
+        .put(url)
+        .header("X-aliyun-ecs-metadata-token-ttl-seconds", METADATA_TOKEN_TTL_SECS)
+        .send()
+        .await
+        .map_err(|error| transport("the ECS metadata service did not give a session token", &error))?;
     if !response.status().is_success() {
-        return Err(format!("the ECS metadata service refused a session token: HTTP {}", response.status().as_u16()));
+        return Err(FetchError::TokenRefused(response.status().as_u16()));
     }
-    let token = response.text().await.map_err(|error| {
-        format!("the ECS metadata session token was cut short: {}", crate::transport::describe(&error))
-    })?;
+    let token =
+        response.text().await.map_err(|error| transport("the ECS metadata session token was cut short", &error))?;
     Ok(SecretString::from(token.trim().to_owned()))
 }
 
@@ -310,25 +356,31 @@ async fn metadata_get(
     base: &Url,
     path: &str,
     token: Option<&SecretString>,
-) -> Result<String, String> {
+) -> Result<String, FetchError> {
     use secrecy::ExposeSecret as _;
-    let url = base.join(path).map_err(|error| error.to_string())?;
+    let url = base.join(path)?;
     let mut request = http.get(url);
     if let Some(token) = token {
         request = request.header("X-aliyun-ecs-metadata-token", token.expose_secret());
     }
-    let response = request.send().await.map_err(|error| {
-        format!(
-            "the ECS metadata service did not answer (is this an ECS instance?): {}",
-            crate::transport::describe(&error)
-        )
-    })?;
+    let response = request
+        .send()
+        .await
+        .map_err(|error| transport("the ECS metadata service did not answer (is this an ECS instance?)", &error))?;
     let status = response.status();
-    let text = response.text().await.map_err(|error| {
-        format!("the ECS metadata service's answer was cut short: {}", crate::transport::describe(&error))
-    })?;
+    let text =
+        response.text().await.map_err(|error| transport("the ECS metadata service's answer was cut short", &error))?;
     if !status.is_success() {
-        return Err(format!("the ECS metadata service answered HTTP {} for /{path}", status.as_u16()));
+        return Err(FetchError::Status {
+            from: "the ECS metadata service".to_owned(),
+            status: status.as_u16(),
+            path: Some(path.to_owned()),
+        });
     }
     Ok(text)
+}
+
+/// A request that got no whole answer, described without its URL.
+fn transport(request: &str, error: &reqwest::Error) -> FetchError {
+    FetchError::Transport { request: request.to_owned(), reason: crate::transport::describe(error) }
 }
