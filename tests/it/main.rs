@@ -13,4 +13,5 @@ mod schema;
 mod security;
 mod signing;
 mod store;
+mod tidy;
 mod webhooks;
