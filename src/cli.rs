@@ -1,5 +1,4 @@
 //! The command line: argument parsing (clap) and the user commands that are not the daemon
-//! The command line: argument parsing (clap) and the user commands that are not the daemon
 //! (`enqueue`, `deploy`, `list`, `show`, `retry`, `cancel`, `webhooks`, `check-config`, `migrate`;
 //! `demo` lives in `crate::demo`). Command output goes to stdout; errors go to stderr as one line,
 //! and the exit code says what kind of failure it was. `deploy --wait` prints validation issues to
@@ -19,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock, format_instant};
 use crate::config::{self, Config};
 use crate::domain::{TicketState, TicketStatus};
-use crate::report::{delivery_when, print_delivery_table};
+use crate::report::{delivery_when, print_delivery_table, print_rows};
 use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
 
 /// Watches Alibaba Cloud Flink deploy tickets queued in SQLite and reports their outcome.
@@ -598,10 +597,10 @@ fn delivery_json(delivery: &Delivery) -> Value {
 }
 
 fn print_table(tickets: &[Ticket]) {
-    let rows: Vec<[String; 7]> = tickets
+    let rows: Vec<Vec<String>> = tickets
         .iter()
         .map(|ticket| {
-            [
+            vec![
                 ticket.key.ticket_id.clone(),
                 ticket.key.workspace.clone(),
                 ticket.state.to_string(),
@@ -615,26 +614,7 @@ fn print_table(tickets: &[Ticket]) {
         })
         .collect();
     let header = ["TICKET_ID", "WORKSPACE", "STATE", "STATUS", "POLLS", "FINISHED / NEXT POLL", "ERROR"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(&header.map(str::to_owned)));
-    for row in &rows {
-        println!("{}", line(row));
-    }
+    print_rows(&header, &rows);
 }
 
 fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
