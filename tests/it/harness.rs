@@ -19,6 +19,7 @@ use flink_ticketd::clock::{Clock, ManualClock, SystemClock};
 use flink_ticketd::config::{self, Config};
 use flink_ticketd::domain::{RowId, TicketState};
 use flink_ticketd::poller::Poller;
+use flink_ticketd::service::MAX_HEARTBEAT;
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
 use flink_ticketd::store::{Store, StoreSettings, Ticket};
 use flink_ticketd::webhook::Deliverer;
@@ -302,25 +303,9 @@ impl TestEnv {
         let config = self.config(adjust);
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
         let shared: Arc<dyn Clock> = Arc::clone(&clock) as Arc<dyn Clock>;
-        let flink_ticketd::daemon::Connection { store, flink } =
-            flink_ticketd::daemon::connect(&config, &shared).await.expect("the daemon's parts connect");
-        let owner = flink_ticketd::store::lease_owner_prefix("driven");
-        let (poller, recorder_task) = flink_ticketd::daemon::poller(
-            &config,
-            store.clone(),
-            flink,
-            Arc::clone(&shared),
-            owner.clone(),
-            config.flink.max_in_flight,
-        );
-        let poller = Arc::new(poller);
-        let webhook = Arc::new(config.webhook.clone());
-        let deliverer = (!webhook.secrets.is_empty()).then(|| {
-            Arc::new(
-                Deliverer::new(store.clone(), shared, webhook, &owner, Arc::clone(&poller.deliveries_written))
-                    .expect("the webhook client builds"),
-            )
-        });
+        let flink_ticketd::daemon::Parts { store, poller, deliverer, recorder_task, .. } =
+            flink_ticketd::daemon::build(&config, shared, MAX_HEARTBEAT).await.expect("the daemon's parts build");
+        let deliverer = (!config.webhook.secrets.is_empty()).then_some(deliverer);
         Driven { clock, store, poller, deliverer, recorder_task }
     }
 }
