@@ -21,7 +21,7 @@ use flink_ticketd::domain::{RowId, TicketState};
 use flink_ticketd::poller::Poller;
 use flink_ticketd::service::MAX_HEARTBEAT;
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
-use flink_ticketd::store::{Store, StoreSettings, Ticket};
+use flink_ticketd::store::{NewTicket, Store, StoreSettings, Ticket};
 use flink_ticketd::webhook::Deliverer;
 use sqlx::Connection as _;
 use tempfile::TempDir;
@@ -511,7 +511,6 @@ pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flink-ticketd"))
 }
 
-/// A SQL string literal.
 /// The text `column` of ticket row `id` holds, as the sqlite3 shell shows it (`None` for NULL).
 pub async fn stored_text(path: &Path, id: RowId, column: &str) -> Option<String> {
     let url = format!("sqlite://{}", path.display());
@@ -525,8 +524,19 @@ pub async fn stored_text(path: &Path, id: RowId, column: &str) -> Option<String>
     text
 }
 
+/// A SQL string literal.
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A ticket `id` in namespace `ns`, workspace `ws`, with nothing else set.
+pub fn new_ticket(id: &str) -> NewTicket {
+    NewTicket {
+        ticket_id: id.to_owned(),
+        namespace: "ns".to_owned(),
+        workspace: "ws".to_owned(),
+        ..NewTicket::default()
+    }
 }
 
 fn rand_suffix() -> u32 {

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
 use flink_ticketd::store::{Announcement, Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings};
 
+use crate::harness::new_ticket;
+
 struct Fixture {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
@@ -34,15 +36,6 @@ fn at(seconds: i64) -> DateTime<Utc> {
         };
     }
     BASE.with(|base| *base + chrono::Duration::seconds(seconds))
-}
-
-fn new_ticket(id: &str) -> NewTicket {
-    NewTicket {
-        ticket_id: id.to_owned(),
-        namespace: "ns".to_owned(),
-        workspace: "ws".to_owned(),
-        ..NewTicket::default()
-    }
 }
 
 async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> RowId {
