@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock, format_instant};
 use crate::config::{self, Config};
 use crate::domain::{TicketState, TicketStatus};
+use crate::redact::redact_text;
 use crate::report::{delivery_when, print_delivery_table, print_rows};
 use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
 
@@ -370,7 +371,7 @@ async fn webhooks(config: &Config, command: WebhooksCommand, clock: &dyn Clock) 
                 Resend::Queued(delivery) => println!(
                     "delivery {} ({}, webhook-id {}) is due now; the running daemon sends it",
                     delivery.id,
-                    shown_url(&delivery.url),
+                    redact_text(&delivery.url),
                     delivery.webhook_id
                 ),
                 Resend::NotFound => {
@@ -567,15 +568,10 @@ fn parse_delivery_state(text: &str) -> Result<DeliveryState, String> {
     text.parse()
 }
 
-/// A receiver URL without what may be a secret (see [`crate::redact::redact_url`]).
-fn shown_url(url: &str) -> String {
-    crate::redact::redact_text(url)
-}
-
 fn ticket_json(ticket: &Ticket) -> Value {
     let mut value = serde_json::to_value(ticket).expect("a ticket row serialises to JSON");
     if let Some(url) = &ticket.webhook_url {
-        value["webhook_url"] = Value::String(shown_url(url));
+        value["webhook_url"] = Value::String(redact_text(url));
     }
     if let Some(object) = value.as_object_mut() {
         for internal in ["lease_owner", "lease_until", "running_streak", "error_streak"] {
@@ -587,7 +583,7 @@ fn ticket_json(ticket: &Ticket) -> Value {
 
 fn delivery_json(delivery: &Delivery) -> Value {
     let mut value = serde_json::to_value(delivery).expect("a delivery row serialises to JSON");
-    value["url"] = Value::String(shown_url(&delivery.url));
+    value["url"] = Value::String(redact_text(&delivery.url));
     if let Some(object) = value.as_object_mut() {
         object.remove("payload");
         object.remove("lease_owner");
@@ -645,7 +641,7 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
     }
     field("deadline_at", instant(ticket.deadline_at).as_deref());
     field("finished_at", instant(ticket.finished_at).as_deref());
-    field("webhook_url", ticket.webhook_url.as_deref().map(shown_url).as_deref());
+    field("webhook_url", ticket.webhook_url.as_deref().map(redact_text).as_deref());
     field("webhook_note", ticket.webhook_note.as_deref());
     if !ticket.validation_errors.is_empty() {
         println!("validation errors:");
@@ -661,7 +657,7 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
                 delivery.id,
                 delivery.event_type,
                 delivery.state,
-                shown_url(&delivery.url),
+                redact_text(&delivery.url),
                 delivery.webhook_id,
                 delivery.attempts,
                 delivery.last_http_status.map(|status| format!(" http={status}")).unwrap_or_default(),
