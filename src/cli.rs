@@ -1,5 +1,4 @@
 //! The command line: argument parsing (clap) and the user commands that are not the daemon
-//! The command line: argument parsing (clap) and the user commands that are not the daemon
 //! (`enqueue`, `deploy`, `list`, `show`, `retry`, `cancel`, `webhooks`, `check-config`, `migrate`;
 //! `demo` lives in `crate::demo`). Command output goes to stdout; errors go to stderr as one line,
 //! and the exit code says what kind of failure it was. `deploy --wait` prints validation issues to
@@ -19,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock, format_instant};
 use crate::config::{self, Config};
 use crate::domain::{TicketState, TicketStatus};
-use crate::report::{delivery_when, print_delivery_table};
+use crate::redact::redact_text;
+use crate::report::{delivery_when, print_delivery_table, print_rows};
 use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
 
 /// Watches Alibaba Cloud Flink deploy tickets queued in SQLite and reports their outcome.
@@ -371,7 +371,7 @@ async fn webhooks(config: &Config, command: WebhooksCommand, clock: &dyn Clock) 
                 Resend::Queued(delivery) => println!(
                     "delivery {} ({}, webhook-id {}) is due now; the running daemon sends it",
                     delivery.id,
-                    shown_url(&delivery.url),
+                    redact_text(&delivery.url),
                     delivery.webhook_id
                 ),
                 Resend::NotFound => {
@@ -568,15 +568,10 @@ fn parse_delivery_state(text: &str) -> Result<DeliveryState, String> {
     text.parse()
 }
 
-/// A receiver URL without what may be a secret (see [`crate::redact::redact_url`]).
-fn shown_url(url: &str) -> String {
-    crate::redact::redact_text(url)
-}
-
 fn ticket_json(ticket: &Ticket) -> Value {
     let mut value = serde_json::to_value(ticket).expect("a ticket row serialises to JSON");
     if let Some(url) = &ticket.webhook_url {
-        value["webhook_url"] = Value::String(shown_url(url));
+        value["webhook_url"] = Value::String(redact_text(url));
     }
     if let Some(object) = value.as_object_mut() {
         for internal in ["lease_owner", "lease_until", "running_streak", "error_streak"] {
@@ -588,7 +583,7 @@ fn ticket_json(ticket: &Ticket) -> Value {
 
 fn delivery_json(delivery: &Delivery) -> Value {
     let mut value = serde_json::to_value(delivery).expect("a delivery row serialises to JSON");
-    value["url"] = Value::String(shown_url(&delivery.url));
+    value["url"] = Value::String(redact_text(&delivery.url));
     if let Some(object) = value.as_object_mut() {
         object.remove("payload");
         object.remove("lease_owner");
@@ -598,10 +593,10 @@ fn delivery_json(delivery: &Delivery) -> Value {
 }
 
 fn print_table(tickets: &[Ticket]) {
-    let rows: Vec<[String; 7]> = tickets
+    let rows: Vec<Vec<String>> = tickets
         .iter()
         .map(|ticket| {
-            [
+            vec![
                 ticket.key.ticket_id.clone(),
                 ticket.key.workspace.clone(),
                 ticket.state.to_string(),
@@ -615,26 +610,7 @@ fn print_table(tickets: &[Ticket]) {
         })
         .collect();
     let header = ["TICKET_ID", "WORKSPACE", "STATE", "STATUS", "POLLS", "FINISHED / NEXT POLL", "ERROR"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(&header.map(str::to_owned)));
-    for row in &rows {
-        println!("{}", line(row));
-    }
+    print_rows(&header, &rows);
 }
 
 fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
@@ -665,7 +641,7 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
     }
     field("deadline_at", instant(ticket.deadline_at).as_deref());
     field("finished_at", instant(ticket.finished_at).as_deref());
-    field("webhook_url", ticket.webhook_url.as_deref().map(shown_url).as_deref());
+    field("webhook_url", ticket.webhook_url.as_deref().map(redact_text).as_deref());
     field("webhook_note", ticket.webhook_note.as_deref());
     if !ticket.validation_errors.is_empty() {
         println!("validation errors:");
@@ -681,7 +657,7 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
                 delivery.id,
                 delivery.event_type,
                 delivery.state,
-                shown_url(&delivery.url),
+                redact_text(&delivery.url),
                 delivery.webhook_id,
                 delivery.attempts,
                 delivery.last_http_status.map(|status| format!(" http={status}")).unwrap_or_default(),

@@ -37,22 +37,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::service::Supervisor;
 
+pub use crate::daemon::run_supervised;
+
 /// Runs the daemon until `shutdown` is cancelled, then lets in-flight work finish within
 /// `shutdown.grace`, hands leases of unfinished work back, and closes the database. Talks to
 /// systemd when the environment says it runs under it (`NOTIFY_SOCKET`, `WATCHDOG_USEC`).
 pub async fn run(config: Config, clock: Arc<dyn Clock>, shutdown: CancellationToken) -> anyhow::Result<()> {
     run_supervised(config, clock, shutdown, Supervisor::from_env()).await
-}
-
-/// [`run`] with the service manager link given: `READY` once the database is migrated and the
-/// HTTP listener is bound, `WATCHDOG` keep-alives while the loops make progress (when
-/// `supervisor` has a watchdog), `STOPPING` when `shutdown` is cancelled. The parts are built by
-/// [`daemon::build`].
-pub async fn run_supervised(
-    config: Config,
-    clock: Arc<dyn Clock>,
-    shutdown: CancellationToken,
-    supervisor: Supervisor,
-) -> anyhow::Result<()> {
-    daemon::run_supervised(config, clock, shutdown, supervisor).await
 }

@@ -218,11 +218,6 @@ pub struct Gates {
 pub struct PauseFlag(std::sync::atomic::AtomicU8);
 
 impl PauseFlag {
-    /// Whether every ticket is paused (the API rejects our requests, or is unavailable).
-    pub fn is_paused(&self) -> bool {
-        self.cause().is_some()
-    }
-
     /// Why every ticket is paused; `None` while polling runs.
     pub fn cause(&self) -> Option<PauseCause> {
         PauseCause::from_code(self.0.load(Ordering::Relaxed))

@@ -7,7 +7,8 @@
 //!   (globally, or one workspace) or is in an outage, and lets one probe through at a time;
 //! - `follow.rs`: [`Poller::follow`], one ticket to its end for `deploy --wait`;
 //! - `clock_step.rs`: due times left behind by a wall-clock step back are made due again;
-//! - this file: [`PollSettings`], the loop, and the IO shell that executes decisions.
+//! - this file: [`PollSettings`], the poller as a queue of `crate::claim_loop`, and the IO shell
+//!   that executes decisions.
 //!
 //! A poll holds its ticket's lease for as long as it runs: the lease is extended while the poll
 //! waits for the rate limit, for credentials or for the client's own retries.

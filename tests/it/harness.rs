@@ -19,8 +19,9 @@ use flink_ticketd::clock::{Clock, ManualClock, SystemClock};
 use flink_ticketd::config::{self, Config};
 use flink_ticketd::domain::{RowId, TicketState};
 use flink_ticketd::poller::Poller;
+use flink_ticketd::service::MAX_HEARTBEAT;
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
-use flink_ticketd::store::{Store, StoreSettings, Ticket};
+use flink_ticketd::store::{NewTicket, Store, StoreSettings, Ticket};
 use flink_ticketd::webhook::Deliverer;
 use sqlx::Connection as _;
 use tempfile::TempDir;
@@ -302,25 +303,9 @@ impl TestEnv {
         let config = self.config(adjust);
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
         let shared: Arc<dyn Clock> = Arc::clone(&clock) as Arc<dyn Clock>;
-        let flink_ticketd::daemon::Connection { store, flink } =
-            flink_ticketd::daemon::connect(&config, &shared).await.expect("the daemon's parts connect");
-        let owner = flink_ticketd::store::lease_owner_prefix("driven");
-        let (poller, recorder_task) = flink_ticketd::daemon::poller(
-            &config,
-            store.clone(),
-            flink,
-            Arc::clone(&shared),
-            owner.clone(),
-            config.flink.max_in_flight,
-        );
-        let poller = Arc::new(poller);
-        let webhook = Arc::new(config.webhook.clone());
-        let deliverer = (!webhook.secrets.is_empty()).then(|| {
-            Arc::new(
-                Deliverer::new(store.clone(), shared, webhook, &owner, Arc::clone(&poller.deliveries_written))
-                    .expect("the webhook client builds"),
-            )
-        });
+        let flink_ticketd::daemon::Parts { store, poller, deliverer, recorder_task, .. } =
+            flink_ticketd::daemon::build(&config, shared, MAX_HEARTBEAT).await.expect("the daemon's parts build");
+        let deliverer = (!config.webhook.secrets.is_empty()).then_some(deliverer);
         Driven { clock, store, poller, deliverer, recorder_task }
     }
 }
@@ -526,7 +511,6 @@ pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flink-ticketd"))
 }
 
-/// A SQL string literal.
 /// The text `column` of ticket row `id` holds, as the sqlite3 shell shows it (`None` for NULL).
 pub async fn stored_text(path: &Path, id: RowId, column: &str) -> Option<String> {
     let url = format!("sqlite://{}", path.display());
@@ -540,8 +524,19 @@ pub async fn stored_text(path: &Path, id: RowId, column: &str) -> Option<String>
     text
 }
 
+/// A SQL string literal.
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A ticket `id` in namespace `ns`, workspace `ws`, with nothing else set.
+pub fn new_ticket(id: &str) -> NewTicket {
+    NewTicket {
+        ticket_id: id.to_owned(),
+        namespace: "ns".to_owned(),
+        workspace: "ws".to_owned(),
+        ..NewTicket::default()
+    }
 }
 
 fn rand_suffix() -> u32 {

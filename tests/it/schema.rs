@@ -10,7 +10,7 @@ use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
 use flink_ticketd::store::{Announcement, Finish, Lease, NewDelivery, NewTicket, Store, StoreSettings, Ticket};
 use sqlx::Connection as _;
 
-use crate::harness::{TestEnv, quote, stored_text};
+use crate::harness::{TestEnv, new_ticket, quote, stored_text};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -40,15 +40,6 @@ async fn run_sql(path: &std::path::Path, sql: &str) -> Result<(), String> {
 /// to put a value into a row that the checks refuse.
 async fn run_sql_without_checks(path: &std::path::Path, sql: &str) {
     run_sql(path, &format!("PRAGMA ignore_check_constraints = ON; {sql}")).await.expect("the SQL runs");
-}
-
-fn new_ticket(id: &str) -> NewTicket {
-    NewTicket {
-        ticket_id: id.to_owned(),
-        namespace: "ns".to_owned(),
-        workspace: "ws".to_owned(),
-        ..NewTicket::default()
-    }
 }
 
 fn is_canonical(text: &str) -> bool {

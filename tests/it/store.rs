@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
-use flink_ticketd::store::{Announcement, Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings};
+use flink_ticketd::store::{
+    Announcement, Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings, Ticket,
+};
+
+use crate::harness::new_ticket;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -36,13 +40,17 @@ fn at(seconds: i64) -> DateTime<Utc> {
     BASE.with(|base| *base + chrono::Duration::seconds(seconds))
 }
 
-fn new_ticket(id: &str) -> NewTicket {
-    NewTicket {
-        ticket_id: id.to_owned(),
-        namespace: "ns".to_owned(),
-        workspace: "ws".to_owned(),
-        ..NewTicket::default()
-    }
+/// A `ticket.failed` delivery of `row` to each of `urls`.
+fn failed_deliveries(row: &Ticket, urls: &[&str]) -> Vec<NewDelivery> {
+    urls.iter()
+        .map(|url| NewDelivery {
+            ticket: row.id.0,
+            url: (*url).to_owned(),
+            webhook_id: format!("tkt_{}_0.failed", row.id),
+            event_type: "ticket.failed".to_owned(),
+            payload: "{}".to_owned(),
+        })
+        .collect()
 }
 
 async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> RowId {
@@ -162,16 +170,7 @@ async fn the_final_state_and_its_deliveries_commit_together() {
     let written = store
         .record_final(&lease, id, at(2), &finish, |row| {
             assert_eq!(row.state, TicketState::Failed, "the closure sees the final row");
-            let deliveries = ["http://a.example/hook", "http://b.example/hook"]
-                .into_iter()
-                .map(|url| NewDelivery {
-                    ticket: row.id.0,
-                    url: url.to_owned(),
-                    webhook_id: format!("tkt_{}_0.failed", row.id),
-                    event_type: "ticket.failed".to_owned(),
-                    payload: "{}".to_owned(),
-                })
-                .collect();
+            let deliveries = failed_deliveries(row, &["http://a.example/hook", "http://b.example/hook"]);
             Announcement { deliveries, webhook_note: Some("note".to_owned()) }
         })
         .await
@@ -198,16 +197,7 @@ async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_stat
     let too_long = format!("http://a.example/{}", "x".repeat(3000));
     let written = store
         .record_final(&lease, id, at(2), &finish, |row| {
-            let deliveries = ["http://ok.example/hook", too_long.as_str()]
-                .into_iter()
-                .map(|url| NewDelivery {
-                    ticket: row.id.0,
-                    url: url.to_owned(),
-                    webhook_id: format!("tkt_{}_0.failed", row.id),
-                    event_type: "ticket.failed".to_owned(),
-                    payload: "{}".to_owned(),
-                })
-                .collect();
+            let deliveries = failed_deliveries(row, &["http://ok.example/hook", too_long.as_str()]);
             Announcement { deliveries, webhook_note: Some("first note".to_owned()) }
         })
         .await
