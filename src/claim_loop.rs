@@ -42,8 +42,8 @@ pub struct Shape {
     pub batch: usize,
     /// Longest the loop waits to gather [`Shape::batch`] free slots.
     pub window: Duration,
-    /// Longest the loop sleeps before looking for new or newly due rows (rows other programs
-    /// write wake nobody).
+    /// Longest the loop sleeps before looking for new or newly due rows: the safety net for
+    /// rows other programs write, should [`Queue::outside_change`] miss them or not be offered.
     pub wake_interval: Duration,
 }
 
@@ -70,6 +70,12 @@ pub trait Queue: Send + Sync + 'static {
     /// Notified by others in this process when they write new rows, if anyone does.
     fn written(&self) -> Option<&Notify> {
         None
+    }
+    /// Resolves when others (another program) may have written rows, if the queue can tell.
+    /// Polled only while the loop waits for a due row, and dropped when the wait ends otherwise;
+    /// the default never resolves.
+    fn outside_change(&self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
     }
     /// The current time, for claims and due times.
     fn now(&self) -> DateTime<Utc>;
@@ -235,8 +241,8 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
 }
 
 /// Waits until a row is due: looks up the earliest due time, then sleeps until then (at most the
-/// wake interval and the heartbeat), an item finishes, or new rows are written. Returns `false`
-/// when cancelled first.
+/// wake interval and the heartbeat), an item finishes, new rows are written in this process, or
+/// the queue reports an outside change. Returns `false` when cancelled first.
 async fn wait_until_due<Q: Queue>(queue: &Q, shutdown: &CancellationToken) -> bool {
     let shape = queue.shape();
     let heartbeat = queue.heartbeat();
@@ -265,6 +271,7 @@ async fn wait_until_due<Q: Queue>(queue: &Q, shutdown: &CancellationToken) -> bo
             () = shutdown.cancelled() => return false,
             () = written => {}
             () = queue.wake().notified() => {}
+            () = queue.outside_change() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

@@ -1,12 +1,14 @@
 //! The only place with SQL. [`Store`] opens the SQLite file (WAL, `busy_timeout`, foreign keys),
 //! applies the embedded migrations, and offers one function per query: `tickets.rs` for the
-//! ticket queue, `deliveries.rs` for the webhook outbox, `maintenance.rs` for retention.
+//! ticket queue, `deliveries.rs` for the webhook outbox, `maintenance.rs` for retention,
+//! `changes.rs` for noticing commits by other connections ([`ChangeProbe`]).
 //!
 //! Writes go through a single connection, so the daemon never competes with itself for SQLite's
 //! one write lock; multi-statement writes use `BEGIN IMMEDIATE` so they wait for the lock up
 //! front instead of failing half-way. Reads use a small separate pool. No transaction is ever
 //! held across a network call: callers claim, commit, call, then record in a new transaction.
 
+mod changes;
 pub mod deliveries;
 pub mod maintenance;
 pub mod recorder;
@@ -22,6 +24,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use changes::ChangeProbe;
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
 pub use maintenance::Purged;
 pub use recorder::{Announce, RecordError, Recorder};

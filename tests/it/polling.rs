@@ -2,13 +2,20 @@
 //! recorded in the named columns.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
+use flink_ticketd::clock::{Clock, SystemClock};
+use flink_ticketd::daemon;
 use flink_ticketd::domain::{TicketState, TicketStatus};
 use flink_ticketd::simulator::Step;
+use flink_ticketd::store::lease_owner_prefix;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::harness::{KEY_ID, TestEnv, eventually, stored_text};
+use crate::harness::{KEY_ID, TestEnv, eventually, outside_connection, stored_text};
 
 #[tokio::test]
 async fn ticket_inserted_with_plain_sql_succeeds_with_its_deployment_id() {
@@ -434,4 +441,49 @@ async fn access_denied_pauses_only_that_workspace_until_the_deadline() {
         env.sim.requests().iter().filter(|request| request.workspace.as_deref() == Some("closed-ws")).count();
     assert!(denied_requests < 30, "the closed workspace was probed, not hammered ({denied_requests} requests)");
     daemon.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_row_another_program_inserts_is_polled_within_the_change_probe_not_the_safety_timer() {
+    // Neither the safety timer nor the heartbeat ends the loop's wait during this test: only the
+    // change probe (or a poll finishing) can wake it.
+    const LONG: Duration = Duration::from_secs(60);
+    let env = TestEnv::new("").await;
+    let config = env.config(|_| {});
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let daemon::Connection { store, flink } =
+        daemon::connect(&config, &clock).await.expect("the store and client open");
+    let (poller, recorder_task) =
+        daemon::poller(&config, store.clone(), flink, clock, lease_owner_prefix("wake-test"), 4);
+    let poller = Arc::new(poller.with_heartbeat(LONG).with_wake_interval(LONG));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let run = tokio::spawn(Arc::clone(&poller).run_until_cancelled(shutdown.clone(), tracker.clone()));
+
+    // A first ticket worked off to its end leaves the loop waiting with nothing due.
+    env.insert("wake-1", "ns", "ws").await;
+    env.wait_final("wake-1").await;
+
+    let inserted = Utc::now();
+    let outside = outside_connection(&format!("sqlite://{}", env.db_path.display())).await;
+    sqlx::query("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('wake-2', 'ns', 'ws')")
+        .execute(&outside)
+        .await
+        .expect("the outside insert commits");
+    let first_poll = eventually("the outside row's first poll", || async {
+        env.sim.requests().into_iter().find(|request| request.ticket_id.as_deref() == Some("wake-2"))
+    })
+    .await;
+    let latency = (first_poll.started_at - inserted).to_std().unwrap_or(Duration::ZERO);
+    eprintln!("outside insert to first poll: {latency:?}");
+    assert!(latency < Duration::from_millis(500), "the outside row waited {latency:?} for its first poll");
+
+    shutdown.cancel();
+    run.await.expect("the loop joins");
+    tracker.close();
+    tracker.wait().await;
+    outside.close().await;
+    drop(poller);
+    recorder_task.await.expect("the recorder joins");
+    store.close().await;
 }

@@ -499,3 +499,29 @@ async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_lea
     let again: Vec<RowId> = again.unwrap().iter().map(|row| row.id).collect();
     assert_eq!(again, [far], "no second claim of the held row");
 }
+
+#[tokio::test]
+async fn the_change_probe_reports_commits_by_other_connections_and_nothing_else() {
+    let fixture = fixture().await;
+    let mut probe = fixture.store.change_probe().await.unwrap();
+    assert!(!probe.changed().await.unwrap(), "nothing committed since the probe opened");
+
+    let outside = crate::harness::outside_connection(&format!("sqlite://{}", fixture.path.display())).await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets").fetch_one(&outside).await.unwrap();
+    assert_eq!(count, 0);
+    assert!(!probe.changed().await.unwrap(), "a read by another connection is no change");
+
+    sqlx::query("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('probed', 'ns', 'ws')")
+        .execute(&outside)
+        .await
+        .unwrap();
+    assert!(probe.changed().await.unwrap(), "another connection committed");
+    assert!(!probe.changed().await.unwrap(), "a change is reported once");
+
+    fixture.store.insert_ticket(&new_ticket("own-writer")).await.unwrap();
+    assert!(probe.changed().await.unwrap(), "the store's own writer is another connection too");
+
+    probe.close().await.unwrap();
+    outside.close().await;
+    fixture.store.close().await;
+}
