@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::Connection as _;
 
+use crate::harness::TestEnv;
+
 /// The variable holding the server's superuser URL.
 pub(crate) const URL_VARIABLE: &str = "FLINK_TICKETD_TEST_POSTGRES_URL";
 
@@ -158,4 +160,17 @@ async fn each_test_database_is_fresh_empty_isolated_and_dropped_afterwards() {
         .expect("pg_database is read");
     assert_eq!(left, 0, "the database is dropped with its value");
     assert!(connection.ping().await.is_err(), "the connection left open was ended by the drop");
+}
+
+#[tokio::test]
+async fn the_test_suites_variables_are_not_read_as_configuration_but_other_unknown_ones_are_refused() {
+    let env = TestEnv::new("").await;
+    let reserved = [(URL_VARIABLE, "postgres://someone:hunter2@127.0.0.1:1/none"), ("FLINK_TICKETD_TEST_X__Y", "1")];
+    let checked = env.cli_with(&env.config_file(), &["check-config"], &reserved);
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    assert!(!checked.stdout.contains("hunter2") && !checked.stderr.contains("hunter2"));
+
+    let unknown = env.cli_with(&env.config_file(), &["check-config"], &[("FLINK_TICKETD_TESTS", "1")]);
+    assert_eq!(unknown.code, Some(2), "{}", unknown.stdout);
+    assert!(unknown.stderr.contains("tests"), "{}", unknown.stderr);
 }
