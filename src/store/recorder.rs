@@ -210,11 +210,7 @@ async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> 
 }
 
 /// [`try_batch`] on one connection.
-async fn try_batch_on(
-    mut session: Session<'_>,
-    jobs: &mut Vec<Job>,
-    isolation: Isolation,
-) -> Result<(), BatchError> {
+async fn try_batch_on(mut session: Session<'_>, jobs: &mut Vec<Job>, isolation: Isolation) -> Result<(), BatchError> {
     enum Outcome {
         Progress(Result<bool, sqlx::Error>),
         Final(Result<Option<usize>, sqlx::Error>),
@@ -260,9 +256,8 @@ async fn try_batch_on(
                 Job::Final { id, now, announce, .. } => match final_rows.get(id) {
                     None => Outcome::Final(Ok(None)),
                     Some(row) => {
-                        let count = session.write_announcement(*id, *now, &announce(row))
-                            .await
-                            .map_err(BatchError::Job)?;
+                        let count =
+                            session.write_announcement(*id, *now, &announce(row)).await.map_err(BatchError::Job)?;
                         Outcome::Final(Ok(Some(count)))
                     }
                 },

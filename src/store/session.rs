@@ -71,7 +71,9 @@ impl Session<'_> {
         update: &Reschedule,
     ) -> Result<bool, sqlx::Error> {
         match self {
-            Session::Sqlite(connection) => sqlite::tickets::record_progress_on(connection, lease, id, now, update).await,
+            Session::Sqlite(connection) => {
+                sqlite::tickets::record_progress_on(connection, lease, id, now, update).await
+            }
         }
     }
 

@@ -158,7 +158,11 @@ impl SqliteStore {
 
     /// Releases every delivery lease whose owner starts with `owner_prefix`, making those
     /// deliveries due now (graceful shutdown hands unfinished attempts to the next start at once).
-    pub(in crate::store) async fn release_deliveries(&self, owner_prefix: &str, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    pub(in crate::store) async fn release_deliveries(
+        &self,
+        owner_prefix: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL, next_attempt_at = ?2
              WHERE state = 'pending' AND substr(lease_owner, 1, length(?1)) = ?1",

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use crate::store::{Finish, Lease, Reschedule, at, row};
 use crate::domain::RowId;
+use crate::store::{Finish, Lease, Reschedule, at, row};
 
 /// One poll result to write with [`record_many_on`].
 #[derive(Debug, Clone, Copy)]

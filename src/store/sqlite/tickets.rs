@@ -61,7 +61,11 @@ impl SqliteStore {
     /// wall clock stepped back. Leased rows are never touched: their `next_poll_at` is the lease's
     /// end, and making it due would let a second claim take a ticket whose poll is still running.
     /// Returns how many rows changed.
-    pub(in crate::store) async fn pull_back_due_times(&self, now: DateTime<Utc>, horizon: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    pub(in crate::store) async fn pull_back_due_times(
+        &self,
+        now: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "UPDATE tickets SET next_poll_at = ?1
              WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
@@ -215,7 +219,11 @@ impl SqliteStore {
     /// Moves every pending, unclaimed ticket of `workspace` due before `until` to `until`.
     /// A ticket whose deadline comes first is moved to its deadline instead, so that it expires
     /// on time.
-    pub(in crate::store) async fn postpone_workspace(&self, workspace: &str, until: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    pub(in crate::store) async fn postpone_workspace(
+        &self,
+        workspace: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         let until = at(until);
         Ok(sqlx::query(
             "UPDATE tickets SET next_poll_at = min(?1, coalesce(deadline_at, ?1))
@@ -231,7 +239,11 @@ impl SqliteStore {
 
     /// Releases every lease whose owner starts with `owner_prefix`, making those tickets due now
     /// (graceful shutdown hands unfinished work to the next start at once).
-    pub(in crate::store) async fn release_tickets(&self, owner_prefix: &str, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    pub(in crate::store) async fn release_tickets(
+        &self,
+        owner_prefix: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, sqlx::Error> {
         Ok(sqlx::query(
             "UPDATE tickets SET lease_owner = NULL, lease_until = NULL, next_poll_at = ?2
              WHERE state = 'pending' AND substr(lease_owner, 1, length(?1)) = ?1",
@@ -245,7 +257,11 @@ impl SqliteStore {
 
     /// Tickets, newest first, optionally in one state.
     /// A value that cannot be read shows as its text, or as the column's default.
-    pub(in crate::store) async fn list_tickets(&self, state: Option<TicketState>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
+    pub(in crate::store) async fn list_tickets(
+        &self,
+        state: Option<TicketState>,
+        limit: u32,
+    ) -> Result<Vec<Ticket>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT * FROM tickets WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2",
         )
@@ -411,7 +427,10 @@ pub(in crate::store) async fn record_progress_on(
 }
 
 /// The rows with these IDs, as the caller's transaction sees them.
-pub(in crate::store) async fn tickets_on(connection: &mut SqliteConnection, ids: &[RowId]) -> Result<Vec<Ticket>, sqlx::Error> {
+pub(in crate::store) async fn tickets_on(
+    connection: &mut SqliteConnection,
+    ids: &[RowId],
+) -> Result<Vec<Ticket>, sqlx::Error> {
     let mut rows = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tickets WHERE id IN (");
