@@ -12,6 +12,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub(crate) mod cluster;
+pub(crate) mod fleet;
+mod multi;
+mod network;
 pub(crate) mod proxy;
 
 use std::net::SocketAddr;
