@@ -249,7 +249,9 @@ impl Poller {
         self.heartbeat.beat();
         match written {
             Ok(true) => {}
-            Ok(false) => warn!("ticket changed under us (lease lapsed, or cancelled); result not recorded"),
+            Ok(false) => {
+                warn!("lease lost: the ticket changed under us (lease lapsed, or cancelled); result not recorded")
+            }
             Err(error) => {
                 error!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
             }

@@ -207,7 +207,9 @@ impl Deliverer {
         self.heartbeat.beat();
         match retry_when_busy(|| self.store.record_attempt(lease, delivery.id, now, &record)).await {
             Ok(true) => {}
-            Ok(false) => warn!("delivery changed under us (lease lapsed, or resent); outcome not recorded"),
+            Ok(false) => {
+                warn!("lease lost: the delivery changed under us (lease lapsed, or resent); outcome not recorded")
+            }
             Err(error) => error!(
                 error = %error,
                 "recording the webhook attempt failed; the delivery is attempted again when its lease lapses"

@@ -86,6 +86,9 @@ impl Fleet {
             .env_remove("WATCHDOG_PID")
             .env_remove("JOURNAL_STREAM")
             .env("FLINK_TICKETD_HTTP__LISTEN", "127.0.0.1:0")
+            // Short enough for leases of a few seconds (a lease must outlast one request).
+            .env("FLINK_TICKETD_FLINK__CONNECT_TIMEOUT", "300ms")
+            .env("FLINK_TICKETD_FLINK__REQUEST_TIMEOUT", "1s")
             .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -182,9 +185,22 @@ pub(crate) fn key(index: usize) -> String {
 /// Waits for the daemon's HTTP address (logged once it is up, after the migrations), then for
 /// `/readyz` to say ready.
 pub(crate) async fn wait_ready(daemon: &BinaryDaemon) -> SocketAddr {
-    let address = daemon.http_address().await;
-    eventually("the daemon to be ready", || async { (readyz(address).await == Some(200)).then_some(()) }).await;
-    address
+    let started = std::time::Instant::now();
+    loop {
+        let address = daemon
+            .log_text()
+            .lines()
+            .filter(|line| line.contains("daemon started"))
+            .find_map(|line| line.split_whitespace().find_map(|field| field.strip_prefix("http=")))
+            .and_then(|address| address.parse::<SocketAddr>().ok());
+        if let Some(address) = address {
+            if readyz(address).await == Some(200) {
+                return address;
+            }
+        }
+        assert!(started.elapsed() < HANG, "the daemon did not become ready; its log:\n{}", daemon.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The status of `/readyz`; `None` when it does not answer within 2 s (a hung daemon).
@@ -232,7 +248,7 @@ pub(crate) async fn sessions(database: &TestDatabase) -> HashMap<String, i64> {
 fn config_text(env: &TestEnv, url: &str, index: usize) -> String {
     let text = env.config_text();
     let path_line = text.lines().find(|line| line.starts_with("path = ")).expect("the test config sets path");
-    let database = format!("url = {url:?}\nmax_connections = 4\nstatement_timeout = \"2s\"");
+    let database = format!("url = {url:?}\nmax_connections = 10\nstatement_timeout = \"2s\"");
     let key_line = format!("access_key_id = {:?}", crate::harness::KEY_ID);
     text.replacen(path_line, &database, 1).replacen(&key_line, &format!("access_key_id = {:?}", key(index)), 1)
 }

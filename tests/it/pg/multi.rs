@@ -59,7 +59,9 @@ steps = [{ status = "EXECUTING", delay_ms = 5 }, { status = "EXECUTING", delay_m
 "#;
     let fleet = Fleet::new(database.url(), scenario, 3).await;
     let mut sink = WebhookSink::accepting().await;
-    let vars = [("FLINK_TICKETD_POLL__LEASE", "3s")];
+    // A lease long enough that no record is late on a loaded machine: any ticket polled more
+    // often than its script has steps was then held by two daemons at once.
+    let vars = [("FLINK_TICKETD_POLL__LEASE", "10s"), ("FLINK_TICKETD_DATABASE__STATEMENT_TIMEOUT", "5s")];
     let first = fleet.spawn(0, database.url(), &webhook(&sink), &vars);
     wait_ready(&first).await;
     let others = [
@@ -80,7 +82,19 @@ steps = [{ status = "EXECUTING", delay_ms = 5 }, { status = "EXECUTING", delay_m
         assert_eq!((row.state.as_str(), row.deploy_success), ("succeeded", Some(true)), "{row:?}");
         let requests = &polls[&row.ticket_id];
         // A ticket handed to two daemons at once is polled more often than its script has steps.
-        assert_eq!(requests.len(), 3, "{} was polled {} times: {requests:#?}", row.ticket_id, requests.len());
+        let shown: Vec<String> = requests
+            .iter()
+            .map(|request| {
+                format!(
+                    "{:?} {} {}..{}",
+                    request.access_key_id,
+                    request.answer,
+                    flink_ticketd::clock::format_instant(request.started_at),
+                    flink_ticketd::clock::format_instant(request.finished_at)
+                )
+            })
+            .collect();
+        assert_eq!(requests.len(), 3, "{} was polled {} times: {shown:#?}", row.ticket_id, requests.len());
         assert_eq!(row.polls, 3, "{}: every poll recorded once", row.ticket_id);
         for pair in requests.windows(2) {
             assert!(
@@ -185,7 +199,7 @@ steps = [{ status = "FINISHED", success = false, message = "answer to the paused
 "#;
     let fleet = Fleet::new(database.url(), scenario, 2).await;
     let mut sink = WebhookSink::accepting().await;
-    let vars = [("FLINK_TICKETD_POLL__LEASE", "2s"), ("FLINK_TICKETD_FLINK__REQUEST_TIMEOUT", "5s")];
+    let vars = [("FLINK_TICKETD_POLL__LEASE", "3s"), ("FLINK_TICKETD_FLINK__REQUEST_TIMEOUT", "2s")];
     let mut paused = fleet.spawn(0, database.url(), &webhook(&sink), &vars);
     wait_ready(&paused).await;
     fleet.execute("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('fenced', 'ns', 'ws')").await;
