@@ -15,6 +15,9 @@ use sqlx::Connection as _;
 use crate::harness::{BinaryDaemon, HANG, KEY_SECRET, TestEnv, binary, eventually, eventually_within};
 use crate::pg::TestDatabase;
 
+/// `database.max_connections` of every test daemon.
+pub(crate) const MAX_CONNECTIONS: i64 = 10;
+
 /// The simulator, the temp dir and the database the daemons share.
 pub(crate) struct Fleet {
     pub env: TestEnv,
@@ -203,12 +206,13 @@ pub(crate) async fn wait_ready(daemon: &BinaryDaemon) -> SocketAddr {
     }
 }
 
-/// The status of `/readyz`; `None` when it does not answer within 2 s (a hung daemon).
+/// The status of `/readyz`; `None` when it does not answer within 5 s (a hung daemon; its
+/// database check gives up after 2 s).
 pub(crate) async fn readyz(address: SocketAddr) -> Option<u16> {
     get(address, "/readyz").await
 }
 
-/// The status of `/healthz`; `None` when it does not answer within 2 s.
+/// The status of `/healthz`; `None` when it does not answer within 5 s.
 pub(crate) async fn healthz(address: SocketAddr) -> Option<u16> {
     get(address, "/healthz").await
 }
@@ -248,13 +252,13 @@ pub(crate) async fn sessions(database: &TestDatabase) -> HashMap<String, i64> {
 fn config_text(env: &TestEnv, url: &str, index: usize) -> String {
     let text = env.config_text();
     let path_line = text.lines().find(|line| line.starts_with("path = ")).expect("the test config sets path");
-    let database = format!("url = {url:?}\nmax_connections = 10\nstatement_timeout = \"2s\"");
+    let database = format!("url = {url:?}\nmax_connections = {MAX_CONNECTIONS}\nstatement_timeout = \"2s\"");
     let key_line = format!("access_key_id = {:?}", crate::harness::KEY_ID);
     text.replacen(path_line, &database, 1).replacen(&key_line, &format!("access_key_id = {:?}", key(index)), 1)
 }
 
 async fn get(address: SocketAddr, path: &str) -> Option<u16> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a client");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("a client");
     let response = tokio::time::timeout(HANG, client.get(format!("http://{address}{path}")).send()).await.ok()?;
     Some(response.ok()?.status().as_u16())
 }

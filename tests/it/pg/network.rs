@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use sqlx::Connection as _;
 
 use super::cluster::{self, Cluster};
-use super::fleet::{Fleet, alive, from_micros, healthz, key, log_lines, readyz, sessions, wait_ready};
+use super::fleet::{Fleet, MAX_CONNECTIONS, alive, from_micros, healthz, key, log_lines, readyz, sessions, wait_ready};
 use super::proxy::Proxy;
 use super::{database, server_address};
-use crate::harness::{WebhookSink, eventually};
+use crate::harness::{HANG, WebhookSink, eventually};
 
 const SECRET: &str = "whsec_bmV0d29yay1mYXVsdC13ZWJob29rLXNlY3JldC0xMjM0NTY=";
 
@@ -79,14 +79,22 @@ steps = [{ status = "EXECUTING", delay_ms = 10 }, { status = "EXECUTING", delay_
     assert!(fleet.rows().await.iter().all(|row| row.state == "succeeded"));
 
     // Nothing was left behind: no session holds a transaction open, and the daemon's pool is
-    // within its size (database.max_connections = 4) on the server and at the proxy.
-    let left = eventually("the sessions of the partition to be gone", || async {
+    // within its size (database.max_connections) on the server and at the proxy.
+    let started = Instant::now();
+    let left = loop {
         let sessions = sessions(&database).await;
         let open_transactions = sessions.keys().filter(|state| state.starts_with("idle in transaction")).count();
         let total: i64 = sessions.values().sum();
-        (open_transactions == 0 && total <= 4 && proxy.open() <= 4).then_some(sessions)
-    })
-    .await;
+        let through_proxy = i64::try_from(proxy.open()).expect("small");
+        if open_transactions == 0 && total <= MAX_CONNECTIONS && through_proxy <= MAX_CONNECTIONS {
+            break sessions;
+        }
+        assert!(
+            started.elapsed() < HANG,
+            "sessions left after the partition: {sessions:?}, {through_proxy} connections through the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     eprintln!("after the partition: sessions {left:?}, proxy connections {}", proxy.open());
 }
 
