@@ -127,8 +127,10 @@ CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (url, lease_until) 
 
 -- Wakes every listening daemon at once when a ticket becomes due without a lease: a user's
 -- INSERT (from any client), `retry`, a lease handed back at shutdown. The daemon's own writes
--- (claims, rescheduling into the future) do not match the condition and stay silent.
--- Notifications are sent at commit, once per transaction and channel.
+-- (claims, rescheduling into the future) do not match the condition and stay silent. "Due" allows
+-- a second's margin: stored times are rounded to milliseconds, and the daemons' clocks may run a
+-- little ahead of the server's. Notifications are sent at commit, once per transaction and
+-- channel.
 CREATE FUNCTION flink_ticketd_notify_due() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('flink_ticketd_tickets', '');
@@ -138,10 +140,10 @@ $$;
 
 CREATE TRIGGER tickets_notify_on_insert
 AFTER INSERT ON tickets
-FOR EACH ROW WHEN (NEW.state = 'pending' AND NEW.lease_owner IS NULL AND NEW.next_poll_at <= now())
+FOR EACH ROW WHEN (NEW.state = 'pending' AND NEW.lease_owner IS NULL AND NEW.next_poll_at <= now() + interval '1 second')
 EXECUTE FUNCTION flink_ticketd_notify_due();
 
 CREATE TRIGGER tickets_notify_on_update
 AFTER UPDATE OF state, next_poll_at, lease_owner ON tickets
-FOR EACH ROW WHEN (NEW.state = 'pending' AND NEW.lease_owner IS NULL AND NEW.next_poll_at <= now())
+FOR EACH ROW WHEN (NEW.state = 'pending' AND NEW.lease_owner IS NULL AND NEW.next_poll_at <= now() + interval '1 second')
 EXECUTE FUNCTION flink_ticketd_notify_due();

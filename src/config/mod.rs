@@ -16,9 +16,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use self::layers::{
-    OneOrMany, RawFlink, RawHttp, RawLog, RawPoll, RawRetention, RawWebhook, describe_figment_error,
-};
+use self::layers::{OneOrMany, RawFlink, RawHttp, RawLog, RawPoll, RawRetention, RawWebhook, describe_figment_error};
 pub use self::layers::{RawConfig, layered};
 use crate::duration::{format_duration, parse_duration};
 use crate::flink::credentials::ChainEnvironment;

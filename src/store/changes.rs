@@ -29,12 +29,10 @@ impl ChangeProbe {
     pub async fn changed(&mut self) -> Result<bool, sqlx::Error> {
         match &mut self.inner {
             Inner::Sqlite(probe) => probe.changed().await,
-            Inner::Postgres(listener) => {
-                match tokio::time::timeout(Duration::ZERO, listener.next_change()).await {
-                    Ok(result) => result.map(|()| true),
-                    Err(_) => Ok(false),
-                }
-            }
+            Inner::Postgres(listener) => match tokio::time::timeout(Duration::ZERO, listener.next_change()).await {
+                Ok(result) => result.map(|()| true),
+                Err(_) => Ok(false),
+            },
             Inner::Never => Ok(false),
         }
     }

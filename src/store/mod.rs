@@ -11,9 +11,9 @@
 mod changes;
 pub mod deliveries;
 pub mod maintenance;
+pub mod postgres;
 pub mod recorder;
 mod row;
-pub mod postgres;
 mod session;
 mod sqlite;
 pub mod tickets;
@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 pub use changes::ChangeProbe;
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
 pub use maintenance::Purged;
-pub use recorder::{Announce, RecordError, Recorder};
 pub use postgres::{MIGRATOR as POSTGRES_MIGRATOR, PostgresSettings};
+pub use recorder::{Announce, RecordError, Recorder};
 pub use sqlite::MIGRATOR;
 pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 
@@ -306,11 +306,13 @@ pub fn is_retryable(error: &sqlx::Error) -> bool {
 
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).
 pub fn is_busy(error: &sqlx::Error) -> bool {
-    let sqlite = error.as_database_error().is_some_and(|error| error.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some());
-    sqlite && error.as_database_error().and_then(|error| error.code()).is_some_and(|code| {
-        // Primary result codes 5 (BUSY) and 6 (LOCKED), with or without an extended code.
-        code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
-    })
+    let sqlite =
+        error.as_database_error().is_some_and(|error| error.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some());
+    sqlite
+        && error.as_database_error().and_then(|error| error.code()).is_some_and(|code| {
+            // Primary result codes 5 (BUSY) and 6 (LOCKED), with or without an extended code.
+            code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+        })
 }
 
 /// `instant` as stored in every `*_at` column.

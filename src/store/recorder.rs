@@ -217,6 +217,11 @@ async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> 
                 try_batch_on(Session::Postgres(checkout.connection()), jobs, isolation),
             )
             .await;
+            if !matches!(result, Ok(Ok(()))) {
+                // The transaction was begun by hand and may still be open (aborted): never reuse
+                // the connection.
+                checkout.discard();
+            }
             let (result, job_failed) = match result {
                 Ok(Err(BatchError::Job(error))) => (Ok(Err(error)), true),
                 Ok(Err(BatchError::Transaction(error))) => (Ok(Err(error)), false),

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{postgres, sqlite};
 use super::{Announcement, Finish, Lease, Reschedule, Ticket};
+use super::{postgres, sqlite};
 use crate::domain::RowId;
 
 /// A write connection of one backend, owned by the caller for the length of a transaction.

@@ -47,12 +47,9 @@ pub(super) async fn insert(
     .bind(at(now))
     .execute(&mut *connection)
     .await;
-    let refusal = match inserted {
-        Ok(_) => {
-            sqlx::query("RELEASE SAVEPOINT delivery").execute(&mut *connection).await?;
-            return Ok(Inserted::Written);
-        }
-        Err(error) => error,
+    let Err(refusal) = inserted else {
+        sqlx::query("RELEASE SAVEPOINT delivery").execute(&mut *connection).await?;
+        return Ok(Inserted::Written);
     };
     let reason = match refusal.as_database_error().map(|database| (database.kind(), database.code())) {
         Some((sqlx::error::ErrorKind::UniqueViolation, _)) => format!(
@@ -238,8 +235,7 @@ impl PgStore {
              SELECT {} FROM d",
             *DELIVERY_COLUMNS
         );
-        let queued: Option<Delivery> =
-            guarded!(self, connection => sqlx::query_as(&sql).bind(id).bind(at(now)).fetch_optional(&mut *connection).await)?;
+        let queued: Option<Delivery> = guarded!(self, connection => sqlx::query_as(&sql).bind(id).bind(at(now)).fetch_optional(&mut *connection).await)?;
         Ok(match queued {
             Some(delivery) => Resend::Queued(Box::new(delivery)),
             None if self.delivery(id).await?.is_some() => Resend::InFlight,
@@ -248,7 +244,8 @@ impl PgStore {
     }
 
     pub(in crate::store) async fn deliveries_of_ticket(&self, ticket: i64) -> Result<Vec<Delivery>, sqlx::Error> {
-        let sql = format!("SELECT {} FROM webhook_deliveries AS d WHERE d.ticket = $1 ORDER BY d.id", *DELIVERY_COLUMNS);
+        let sql =
+            format!("SELECT {} FROM webhook_deliveries AS d WHERE d.ticket = $1 ORDER BY d.id", *DELIVERY_COLUMNS);
         guarded!(self, connection => sqlx::query_as(&sql).bind(ticket).fetch_all(&mut *connection).await)
     }
 }

@@ -84,10 +84,7 @@ impl PgStore {
     /// serialised by sqlx's advisory lock, so each migration is applied once.
     pub(super) async fn open(settings: &PostgresSettings) -> anyhow::Result<PgStore> {
         let store = PgStore::open_without_migrating(settings).await?;
-        MIGRATOR
-            .run(&store.pool)
-            .await
-            .with_context(|| format!("applying migrations to {}", store.shown_url))?;
+        MIGRATOR.run(&store.pool).await.with_context(|| format!("applying migrations to {}", store.shown_url))?;
         Ok(store)
     }
 
@@ -115,7 +112,8 @@ impl PgStore {
                 let session = session.clone();
                 Box::pin(async move {
                     connection.execute(session.as_str()).await?;
-                    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *connection).await?;
+                    let standby: bool =
+                        sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *connection).await?;
                     if standby {
                         return Err(sqlx::Error::Configuration(
                             "the server is a standby in recovery (read-only); connect to the primary".into(),
@@ -136,7 +134,9 @@ impl PgStore {
         let mut connection = tokio::time::timeout(call_timeout, store.pool.acquire())
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {}", crate::duration::format_duration(call_timeout)))
-            .and_then(|connected| connected.map_err(|error| anyhow::anyhow!("{}", errors::redacted(&error, &settings.url))))
+            .and_then(|connected| {
+                connected.map_err(|error| anyhow::anyhow!("{}", errors::redacted(&error, &settings.url)))
+            })
             .with_context(|| format!("connecting to postgresql database {shown_url}"))?;
         let _ = tokio::time::timeout(call_timeout, connection.ping()).await;
         Ok(store)
@@ -150,7 +150,8 @@ impl PgStore {
     /// Whether the database answers a trivial query.
     pub(super) async fn ping(&self) -> bool {
         let answered = async {
-            let one: i32 = guarded!(self, connection => sqlx::query_scalar("SELECT 1").fetch_one(&mut *connection).await)?;
+            let one: i32 =
+                guarded!(self, connection => sqlx::query_scalar("SELECT 1").fetch_one(&mut *connection).await)?;
             Ok::<_, sqlx::Error>(one)
         };
         answered.await.is_ok()
@@ -223,6 +224,14 @@ pub(super) struct Checkout {
 }
 
 impl Checkout {
+    /// Closes the connection when dropped, whatever [`Checkout::settle`] sees (it may be left
+    /// inside a failed transaction).
+    pub(super) fn discard(&mut self) {
+        if let Some(connection) = self.connection.as_mut() {
+            connection.close_on_drop();
+        }
+    }
+
     /// The connection.
     pub(super) fn connection(&mut self) -> &mut sqlx::PgConnection {
         self.connection.as_mut().expect("the connection is taken only on drop")

@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
 use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
 
 use super::results::record_many_on;
 use super::{PgStore, deliveries, guarded, in_transaction, instant_text};
