@@ -96,9 +96,10 @@ impl PgStore {
             .with_context(|| format!("reading database.url {shown_url}"))?
             .application_name("flink-ticketd");
         let statement_timeout = settings.statement_timeout.max(Duration::from_millis(1));
-        // Longer than the server's own limit, so that a slow statement fails there (and the
-        // connection stays usable) and only a silent network trips this one.
-        let call_timeout = statement_timeout + Duration::from_secs(5);
+        // Longer than the server's own limit (by as much again, at most 5 s), so that a slow
+        // statement fails there (and the connection stays usable) and only a silent network
+        // trips this one.
+        let call_timeout = statement_timeout + statement_timeout.min(Duration::from_secs(5));
         let session = format!(
             "SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}; SET timezone = 'UTC'",
             ms = statement_timeout.as_millis()
