@@ -281,7 +281,12 @@ where
         .retry(busy_retry_policy())
         .when(is_retryable)
         .notify(|error, delay| {
-            tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy or unreachable; retrying the write");
+            // A lost connection is logged once per episode by the backend, not once per write.
+            if postgres::errors::is_connection_error(error) {
+                tracing::debug!(error = %error, delay_ms = delay.as_millis(), "database unreachable; retrying the write");
+            } else {
+                tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write");
+            }
         })
         .await
 }

@@ -68,6 +68,19 @@ impl PostgresSettings {
 /// Consecutive connection-level failures after which the store reports itself unhealthy.
 pub(super) const UNHEALTHY_AFTER: u32 = 3;
 
+/// How long calls must have gone well since the last connection-level failure before an
+/// episode counts as over. Until then failures are part of it and are not logged again: in a
+/// failover, reads may succeed on the demoted server while every write fails, and an outage
+/// flaps as connections are retried.
+const EPISODE_QUIET: Duration = Duration::from_secs(10);
+
+/// A run of connection-level failures, logged once when it starts and once when it ends.
+#[derive(Debug, Default)]
+pub(super) struct Episode {
+    open: bool,
+    last_failure: Option<std::time::Instant>,
+}
+
 /// Handle to one PostgreSQL database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct PgStore {
@@ -77,6 +90,8 @@ pub(crate) struct PgStore {
     pub(super) listen: bool,
     /// Connection-level failures in a row (reset by any call that reaches the server).
     pub(super) failures: Arc<AtomicU32>,
+    /// The current run of failures, for logging it once.
+    episode: Arc<std::sync::Mutex<Episode>>,
 }
 
 impl PgStore {
@@ -130,6 +145,7 @@ impl PgStore {
             call_timeout,
             listen: settings.listen,
             failures: Arc::new(AtomicU32::new(0)),
+            episode: Arc::default(),
         };
         // Connect once now, so that a wrong URL, password or a standby fails at start.
         let mut connection = tokio::time::timeout(call_timeout, store.pool.acquire())
@@ -198,8 +214,13 @@ impl PgStore {
     /// Counts connection-level failures in a row, logging the first of an episode once.
     fn note(&self, error: &sqlx::Error) {
         if errors::is_connection_error(error) {
-            let before = self.failures.fetch_add(1, Ordering::Relaxed);
-            if before == 0 {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            let mut episode = self.episode.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            episode.last_failure = Some(std::time::Instant::now());
+            if episode.open {
+                tracing::debug!(error = %errors::Shown(error), "database connection failed again; reconnecting");
+            } else {
+                episode.open = true;
                 tracing::warn!(database = %self.shown_url, error = %errors::Shown(error), "database connection lost; reconnecting");
             }
         } else {
@@ -207,8 +228,13 @@ impl PgStore {
         }
     }
 
+    /// A call reached the server: the failure count starts over, and an episode that has been
+    /// quiet for [`EPISODE_QUIET`] is over.
     fn recovered(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) > 0 {
+        self.failures.store(0, Ordering::Relaxed);
+        let mut episode = self.episode.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if episode.open && episode.last_failure.is_none_or(|at| at.elapsed() >= EPISODE_QUIET) {
+            episode.open = false;
             tracing::info!(database = %self.shown_url, "database connection restored");
         }
     }

@@ -206,9 +206,12 @@ steps = [{ status = "EXECUTING", delay_ms = 20 }, { status = "EXECUTING", delay_
             .skip(logged_before[index])
             .filter(|line| line.contains("WARN") || line.contains("ERROR"))
             .collect();
-        eprintln!("daemon {index}: {} warnings and errors during the failover", episode.len());
+        eprintln!("daemon {index}: {} warnings and errors during the failover:\n{}", episode.len(), episode.join("\n"));
+        let lost = episode.iter().filter(|line| line.contains("database connection lost")).count();
+        // Once for the demoted server and, on a slow machine, once more for the stopped one.
+        assert!(lost <= 2, "daemon {index} reported the lost connection {lost} times:\n{}", episode.join("\n"));
         assert!(
-            episode.len() <= 20,
+            episode.len() <= 15,
             "daemon {index} logged the failover {} times:\n{}",
             episode.len(),
             episode.join("\n")
