@@ -309,6 +309,13 @@ pub fn is_retryable(error: &sqlx::Error) -> bool {
     is_busy(error) || postgres::errors::is_conflict(error) || postgres::errors::is_connection_error(error)
 }
 
+/// Whether `error` says the connection to the database failed (on PostgreSQL: class 08, 25006
+/// from a demoted server, I/O, timeouts). The backend logs each run of these once, so a caller
+/// that meets one need not log it again at a level a human reads.
+pub fn is_connection_lost(error: &sqlx::Error) -> bool {
+    postgres::errors::is_connection_error(error)
+}
+
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).
 pub fn is_busy(error: &sqlx::Error) -> bool {
     let sqlite =

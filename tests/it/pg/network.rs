@@ -197,7 +197,8 @@ steps = [{ status = "EXECUTING", delay_ms = 20 }, { status = "EXECUTING", delay_
         .collect();
     assert!(!after.is_empty(), "polling went on after the failover");
 
-    // The episode is logged a few times per daemon, not once per query.
+    // The episode is logged a few times per daemon (lost, then what failed first in each loop),
+    // not once per query.
     for (index, daemon) in daemons.iter_mut().enumerate() {
         assert!(alive(daemon), "daemon {index} exited");
         let text = daemon.log_text();
@@ -205,13 +206,15 @@ steps = [{ status = "EXECUTING", delay_ms = 20 }, { status = "EXECUTING", delay_
             .lines()
             .skip(logged_before[index])
             .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+            // A fenced write is about one ticket whose lease lapsed meanwhile, not the database.
+            .filter(|line| !line.contains("lease lost"))
             .collect();
         eprintln!("daemon {index}: {} warnings and errors during the failover:\n{}", episode.len(), episode.join("\n"));
         let lost = episode.iter().filter(|line| line.contains("database connection lost")).count();
         // Once for the demoted server and, on a slow machine, once more for the stopped one.
         assert!(lost <= 2, "daemon {index} reported the lost connection {lost} times:\n{}", episode.join("\n"));
         assert!(
-            episode.len() <= 15,
+            episode.len() <= 8,
             "daemon {index} logged the failover {} times:\n{}",
             episode.len(),
             episode.join("\n")
