@@ -207,7 +207,7 @@ impl Metrics {
 /// The `outcome` label of a result request: the ticket status class answered, or the error class.
 pub fn poll_outcome(outcome: &Result<Polled, FlinkError>) -> &'static str {
     match outcome {
-        Ok(polled) => polled.result.ticket_status.as_ref().and_then(TicketStatus::name).unwrap_or("other_status"),
+        Ok(polled) => polled.answer.result.ticket_status().and_then(TicketStatus::name).unwrap_or("other_status"),
         Err(FlinkError::Network(_)) => "network_error",
         Err(FlinkError::Decode(_)) => "invalid_response",
         Err(FlinkError::Transient(_)) => "transient_error",

@@ -36,7 +36,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::claim_loop;
 use crate::clock::Clock;
-use crate::domain::{RowId, TicketStatus};
+use crate::domain::RowId;
 use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -299,7 +299,8 @@ impl Poller {
         self.metrics.observe_finished(finish.state);
         info!(
             state = %finish.state,
-            deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),
+            deployment_id =
+                finish.answer.as_ref().and_then(|answer| answer.result.columns().deployment_id).unwrap_or(""),
             polls = ticket.polls + i64::from(finish.polled),
             webhooks = deliveries,
             "ticket finished"
@@ -314,14 +315,14 @@ impl Poller {
 fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
     match outcome {
         Ok(polled) => {
-            let status = polled.result.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default();
+            let result = &polled.answer.result;
+            let status = result.ticket_status().map(ToString::to_string).unwrap_or_default();
             debug!(ticket_status = status, request_id = polled.request_id.as_deref().unwrap_or(""), "polled");
-            let unknown = !matches!(
-                polled.result.ticket_status,
-                Some(TicketStatus::Init | TicketStatus::Executing | TicketStatus::Finished | TicketStatus::Failed)
-            );
-            if unknown && ticket.ticket_status != polled.result.ticket_status {
+            if !result.status_is_documented() && ticket.ticket_status.as_ref() != result.ticket_status() {
                 warn!(ticket_status = status, "unknown ticket status; polling on until the deadline");
+            }
+            if let Some(case) = result.undocumented() {
+                warn!(ticket_status = status, case, "the API answered a case it does not document");
             }
         }
         Err(error) => warn!(

@@ -84,8 +84,15 @@ fn steps(value: Value) -> Vec<Step> {
     serde_json::from_value(value).expect("valid steps")
 }
 
+fn deploy_of(polled: &Polled) -> &crate::domain::DeployResult {
+    match &polled.answer.result {
+        crate::domain::KindResult::Deploy(result) => result,
+        other => panic!("a deploy result, got {other:?}"),
+    }
+}
+
 fn status_of(polled: &Polled) -> &str {
-    polled.result.ticket_status.as_ref().map_or("", |status| status.as_wire())
+    polled.answer.result.ticket_status().map_or("", |status| status.as_wire())
 }
 
 /// Headers as `FlinkClient::call` builds them, signed with our key, minus `omit`, plus `extra`
@@ -158,8 +165,8 @@ async fn unscripted_tickets_go_init_executing_finished_and_stay_finished() {
         assert!(polled.request_id.is_some());
         statuses.push(status_of(&polled).to_owned());
         if statuses.len() >= 3 {
-            assert_eq!(polled.result.success, Some(true));
-            assert_eq!(polled.result.deployment_id, Some(answer::derived_deployment_id("t-any")));
+            assert_eq!(deploy_of(&polled).success, Some(true));
+            assert_eq!(deploy_of(&polled).deployment_id, Some(answer::derived_deployment_id("t-any")));
         }
     }
     assert_eq!(statuses, ["INIT", "EXECUTING", "FINISHED", "FINISHED"]);
@@ -184,7 +191,8 @@ async fn a_validation_failure_reaches_the_client_as_issues() {
     )
     .expect("a valid scenario");
     let running = start(scenario).await;
-    let result = poll(&default_client(&running.simulator), "t-bad").await.expect("a successful poll").result;
+    let polled = poll(&default_client(&running.simulator), "t-bad").await.expect("a successful poll");
+    let result = deploy_of(&polled);
     assert_eq!(result.success, Some(false));
     assert_eq!(result.deployment_id, None);
     assert_eq!(result.message.as_deref(), Some("invalid SQL"));
@@ -468,7 +476,7 @@ async fn the_control_api_drives_a_simulator_from_outside() {
     assert_eq!(status, 204);
     let flink = default_client(simulator);
     let polled = poll(&flink, "ctl/1").await.expect("polled");
-    assert_eq!((status_of(&polled), polled.result.message.as_deref()), ("FAILED", Some("JobManager failed")));
+    assert_eq!((status_of(&polled), deploy_of(&polled).message.as_deref()), ("FAILED", Some("JobManager failed")));
     let (_, _, body) = send(simulator, "GET", "/_sim/tickets/ctl%2F1", &[], Vec::new()).await;
     assert_eq!(body, json!({"ticket_id": "ctl/1", "polls": 1}));
 

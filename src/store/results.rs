@@ -68,7 +68,8 @@ pub(super) async fn record_many_on(
                     &finish.error,
                 ),
             };
-            let errors = answer.map(|answer| row::issues_json(&answer.validation_errors));
+            let columns = answer.map(|answer| answer.result.columns());
+            let errors = columns.map(|columns| row::issues_json(columns.validation_errors));
             let (code, message) = error.clone().unzip();
             row.push_bind(write.id.0)
                 .push_bind(write.lease.0.clone())
@@ -79,13 +80,11 @@ pub(super) async fn record_many_on(
                 .push_bind(i64::from(polled))
                 .push_bind(request_id.clone())
                 .push_bind(i64::from(answer.is_some()))
-                .push_bind(
-                    answer.and_then(|answer| answer.ticket_status.as_ref().map(|status| status.as_wire().to_owned())),
-                )
-                .push_bind(answer.and_then(|answer| answer.deployment_id.clone()))
-                .push_bind(answer.and_then(|answer| answer.success))
-                .push_bind(answer.and_then(|answer| answer.message.clone()))
-                .push_bind(answer.and_then(|answer| answer.validation_result.clone()))
+                .push_bind(columns.and_then(|columns| columns.ticket_status.map(|status| status.as_wire().to_owned())))
+                .push_bind(columns.and_then(|columns| columns.deployment_id.map(str::to_owned)))
+                .push_bind(columns.and_then(|columns| columns.deploy_success))
+                .push_bind(columns.and_then(|columns| columns.message.map(str::to_owned)))
+                .push_bind(columns.and_then(|columns| columns.validation_result.map(str::to_owned)))
                 .push_bind(errors)
                 .push_bind(code)
                 .push_bind(message)

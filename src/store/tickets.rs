@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use super::deliveries::{self, NewDelivery};
 use super::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, record_many_on};
 use super::{Lease, Store, at, row};
-use crate::domain::{DeployResult, RowId, TicketKey, TicketState, TicketStatus, ValidationIssue};
+use crate::domain::{Answer, RowId, TicketKey, TicketState, TicketStatus, ValidationIssue};
 
 /// A row of `tickets`, read once at the store's boundary: the state as a [`TicketState`], instants
 /// as `DateTime<Utc>`, the validation issues as a list. Only the store produces it (see
@@ -132,7 +132,7 @@ pub struct Reschedule {
     /// Request ID of the answer.
     pub request_id: Option<String>,
     /// What the API said, when it answered successfully; clears the error columns.
-    pub answer: Option<DeployResult>,
+    pub answer: Option<Answer>,
     /// (code, message) of a failed call.
     pub error: Option<(String, String)>,
 }
@@ -147,7 +147,7 @@ pub struct Finish {
     /// Request ID of the answer.
     pub request_id: Option<String>,
     /// The final answer, if the API gave one.
-    pub answer: Option<DeployResult>,
+    pub answer: Option<Answer>,
     /// (code, message) of the error that ended it, if any; otherwise the last error stays.
     pub error: Option<(String, String)>,
 }

@@ -73,14 +73,17 @@ fn succeeded() -> Finish {
         state: TicketState::Succeeded,
         polled: true,
         request_id: Some("req-1".to_owned()),
-        answer: Some(DeployResult {
-            ticket_status: Some(TicketStatus::Finished),
-            deployment_id: Some("dep-old".to_owned()),
-            success: Some(true),
-            message: Some("deployed".to_owned()),
-            validation_result: Some("PASS".to_owned()),
-            validation_errors: Vec::new(),
-        }),
+        answer: Some(
+            DeployResult {
+                ticket_status: Some(TicketStatus::Finished),
+                deployment_id: Some("dep-old".to_owned()),
+                success: Some(true),
+                message: Some("deployed".to_owned()),
+                validation_result: Some("PASS".to_owned()),
+                validation_errors: Vec::new(),
+            }
+            .into(),
+        ),
         error: None,
     }
 }

@@ -164,7 +164,7 @@ async fn the_final_state_and_its_deliveries_commit_together() {
         state: TicketState::Failed,
         polled: true,
         request_id: Some("R1".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Failed), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Failed), ..DeployResult::default() }.into()),
         error: None,
     };
     let written = store
@@ -373,7 +373,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
         error_streak: 0,
         polled: true,
         request_id: Some("R".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }.into()),
         error: None,
     };
     // Submitted together, the three land in one batch.
