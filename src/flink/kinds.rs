@@ -58,6 +58,26 @@ pub fn hot_update_path(namespace: &str, job_id: &str) -> Result<String, FlinkErr
     Ok(format!("/api/v2/namespaces/{}/jobs/{}%3AhotUpdate", path_parameter(namespace)?, path_parameter(job_id)?))
 }
 
+/// The body of ValidateDeploymentDraftAsync: the bare `DraftValidateParams` object, the target
+/// as a plain string.
+pub fn validate_body(draft_id: &str, target: Option<&str>) -> Vec<u8> {
+    let mut body = serde_json::json!({ "deploymentDraftId": draft_id });
+    if let Some(target) = target {
+        body["deploymentTargetName"] = Value::from(target);
+    }
+    serde_json::to_vec(&body).expect("a JSON object of strings serialises")
+}
+
+/// The body of GenerateResourcePlanWithFlinkConfAsync: the Flink configuration itself as a JSON
+/// object of strings (a key given twice keeps its last value), or no body when there is none.
+pub fn resource_plan_body(flink_conf: &[(String, String)]) -> Option<Vec<u8>> {
+    (!flink_conf.is_empty()).then(|| {
+        let conf: serde_json::Map<String, Value> =
+            flink_conf.iter().map(|(key, value)| (key.clone(), Value::from(value.as_str()))).collect();
+        serde_json::to_vec(&conf).expect("a JSON object of strings serialises")
+    })
+}
+
 /// Reads a poll's `data` (absent when the API sent none) as `kind`'s result, keeping `raw`.
 pub fn parse_answer(kind: TicketKind, data: Option<&Value>, raw: Option<RawJson>) -> Answer {
     let empty = Value::Null;
@@ -179,22 +199,14 @@ pub struct Submitted {
 impl FlinkClient {
     /// ValidateDeploymentDraftAsync: starts a deep check of a draft.
     pub async fn validate_draft(&self, request: &ValidateRequest<'_>) -> Result<Submitted, FlinkError> {
-        let mut body = serde_json::json!({ "deploymentDraftId": request.draft_id });
-        if let Some(target) = request.target {
-            body["deploymentTargetName"] = Value::from(target);
-        }
-        let body = serde_json::to_vec(&body).expect("a JSON object of strings serialises");
+        let body = validate_body(request.draft_id, request.target);
         let path = validate_path(request.namespace)?;
         self.submit(TicketKind::Validate, request.region, &path, request.workspace, Some(body)).await
     }
 
     /// GenerateResourcePlanWithFlinkConfAsync: starts a resource plan for a deployment.
     pub async fn generate_resource_plan(&self, request: &ResourcePlanRequest<'_>) -> Result<Submitted, FlinkError> {
-        let body = (!request.flink_conf.is_empty()).then(|| {
-            let conf: serde_json::Map<String, Value> =
-                request.flink_conf.iter().map(|(key, value)| (key.clone(), Value::from(value.as_str()))).collect();
-            serde_json::to_vec(&conf).expect("a JSON object of strings serialises")
-        });
+        let body = resource_plan_body(request.flink_conf);
         let path = resource_plan_path(request.namespace, request.deployment_id)?;
         self.submit(TicketKind::ResourcePlan, request.region, &path, request.workspace, body).await
     }
