@@ -370,7 +370,7 @@ fn describe_change(ticket: &Ticket) -> Option<String> {
 
 /// The demo's tickets, in the order they were queued.
 async fn demo_tickets(store: &Store) -> anyhow::Result<Vec<Ticket>> {
-    let mut tickets = store.list_tickets(None, 100).await.context("reading the demo tickets")?;
+    let mut tickets = store.list_tickets(None, None, 100).await.context("reading the demo tickets")?;
     tickets.sort_by_key(|ticket| ticket.id);
     Ok(tickets)
 }

@@ -264,6 +264,7 @@ mod tests {
         Ticket {
             id: RowId(7),
             key: TicketKey { ticket_id: "t-1".to_owned(), namespace: "ns".to_owned(), workspace: "ws".to_owned() },
+            kind: crate::domain::TicketKind::Deploy,
             region: None,
             webhook_url: None,
             deadline_at: Some(deadline),
@@ -274,6 +275,9 @@ mod tests {
             message: None,
             validation_result: None,
             validation_errors: Vec::new(),
+            config_errors: Vec::new(),
+            resource_plan: None,
+            result_json: None,
             error_code: None,
             error_message: None,
             polls: running_streak + error_streak,

@@ -203,12 +203,15 @@ impl Poller {
             let started = tokio::time::Instant::now();
             let outcome = self
                 .flink
-                .get_deploy_result(TicketRef {
-                    namespace: &ticket.key.namespace,
-                    workspace: &ticket.key.workspace,
-                    ticket_id: &ticket.key.ticket_id,
-                    region: ticket.region.as_deref(),
-                })
+                .get_result(
+                    ticket.kind,
+                    TicketRef {
+                        namespace: &ticket.key.namespace,
+                        workspace: &ticket.key.workspace,
+                        ticket_id: &ticket.key.ticket_id,
+                        region: ticket.region.as_deref(),
+                    },
+                )
                 .await;
             (outcome, started.elapsed())
         };
@@ -418,7 +421,13 @@ impl claim_loop::Queue for Poller {
     }
 
     fn span(&self, ticket: &Ticket) -> tracing::Span {
-        info_span!("ticket", ticket_id = %ticket.key.ticket_id, workspace = %ticket.key.workspace, row = ticket.id.0)
+        info_span!(
+            "ticket",
+            ticket_id = %ticket.key.ticket_id,
+            kind = %ticket.kind,
+            workspace = %ticket.key.workspace,
+            row = ticket.id.0
+        )
     }
 
     async fn process(self: Arc<Self>, ticket: Ticket, lease: Lease, slot: tokio::sync::OwnedSemaphorePermit) {

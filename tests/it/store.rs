@@ -263,7 +263,7 @@ async fn a_hand_written_deadline_is_stored_in_the_canonical_form() {
     for (id, expected) in
         [("a", "2026-12-01T10:00:00.000Z"), ("b", "2026-12-01T10:00:00.000Z"), ("c", "2026-12-01T10:00:00.500Z")]
     {
-        let rows = fixture.store.find_tickets(id, None, None).await.unwrap();
+        let rows = fixture.store.find_tickets(id, None, None, None).await.unwrap();
         assert_eq!(
             crate::harness::stored_text(&fixture.path, rows[0].id, "deadline_at").await.as_deref(),
             Some(expected),
