@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod kind_signing;
+mod kinds;
 mod ops;
 mod pauses;
 mod polling;
