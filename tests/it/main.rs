@@ -6,6 +6,7 @@ mod crash_loop;
 mod faults;
 mod harness;
 mod hostile;
+mod kind_cli;
 mod kind_signing;
 mod kinds;
 mod ops;
