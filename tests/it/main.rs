@@ -11,6 +11,7 @@ mod kind_signing;
 mod kinds;
 mod ops;
 mod pauses;
+mod pg;
 mod polling;
 mod schema;
 mod security;
