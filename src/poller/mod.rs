@@ -217,7 +217,7 @@ impl Poller {
         };
         let (outcome, took) = self.keep_leased(ticket.id, lease, poll).await;
         drop(slot);
-        self.metrics.observe_poll(&outcome, took);
+        self.metrics.observe_poll(ticket.kind, &outcome, took);
         let now = self.clock.now();
         let observed = {
             let mut gates = self.gates();
@@ -299,7 +299,7 @@ impl Poller {
     ) -> Result<bool, RecordError> {
         let written = self.recorder.record_final(lease, ticket.id, now, finish, Arc::clone(&self.announce)).await?;
         let Some(deliveries) = written else { return Ok(false) };
-        self.metrics.observe_finished(finish.state);
+        self.metrics.observe_finished(ticket.kind, finish.state);
         info!(
             state = %finish.state,
             deployment_id =

@@ -382,10 +382,10 @@ async fn metrics_are_prometheus_text_and_move_as_tickets_finish() {
     assert_eq!(sample(&after, "flink_ticketd_tickets{state=succeeded}"), 2.0);
     assert_eq!(sample(&after, "flink_ticketd_tickets{state=failed}"), 1.0);
     assert_eq!(sample(&after, "flink_ticketd_tickets{state=pending}"), 0.0);
-    assert_eq!(sample(&after, "flink_ticketd_tickets_finished_total{state=succeeded}"), 2.0);
-    assert_eq!(sample(&after, "flink_ticketd_polls_total{outcome=executing}"), 2.0);
-    assert_eq!(sample(&after, "flink_ticketd_polls_total{outcome=finished}"), 2.0);
-    assert_eq!(sample(&after, "flink_ticketd_polls_total{outcome=failed}"), 1.0);
+    assert_eq!(sample(&after, "flink_ticketd_tickets_finished_total{kind=deploy,state=succeeded}"), 2.0);
+    assert_eq!(sample(&after, "flink_ticketd_polls_total{kind=deploy,outcome=executing}"), 2.0);
+    assert_eq!(sample(&after, "flink_ticketd_polls_total{kind=deploy,outcome=finished}"), 2.0);
+    assert_eq!(sample(&after, "flink_ticketd_polls_total{kind=deploy,outcome=failed}"), 1.0);
     assert_eq!(sample(&after, "flink_ticketd_api_request_duration_seconds_count{}"), 5.0);
     assert!(sample(&after, "flink_ticketd_api_request_duration_seconds_sum{}") >= 4.0, "the slow poll took 4 s");
     assert_eq!(sample(&after, "flink_ticketd_rate_limit_wait_seconds_count{}"), 5.0);
