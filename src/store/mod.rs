@@ -11,6 +11,7 @@
 mod changes;
 pub mod deliveries;
 pub mod maintenance;
+pub mod pages;
 pub mod recorder;
 mod results;
 mod row;
@@ -27,6 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 pub use changes::ChangeProbe;
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
 pub use maintenance::Purged;
+pub use pages::{DeliveryFilter, MAX_PAGE, Overview, TicketFilter};
 pub use recorder::{Announce, RecordError, Recorder};
 pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 

@@ -1,0 +1,142 @@
+//! The operator pages' queries: tickets and deliveries filtered and paged newest first by keyset
+//! (`id < older`, never an `OFFSET` and never a `COUNT(*)` per page), and the overview's few
+//! aggregates. Every page is capped at [`MAX_PAGE`] rows, and every query here runs on the read
+//! pool, so that the pages never hold the writer the loops need.
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::deliveries::{Delivery, DeliveryState};
+use super::{Store, at, row};
+use crate::domain::TicketState;
+use crate::store::Ticket;
+
+/// The most rows one page may ask for.
+pub const MAX_PAGE: u32 = 500;
+
+/// What the tickets page filters on. Empty fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketFilter {
+    /// Any of these states (none: every state).
+    pub states: Vec<TicketState>,
+    /// Exact workspace.
+    pub workspace: Option<String>,
+    /// Exact namespace.
+    pub namespace: Option<String>,
+    /// Exact ticket ID.
+    pub ticket_id: Option<String>,
+    /// Exact last error code.
+    pub error_code: Option<String>,
+    /// Only tickets with at least one dead webhook delivery.
+    pub dead_webhook: bool,
+    /// Only rows older than this row ID (the `older` link of the previous page).
+    pub older: Option<i64>,
+}
+
+/// What the deliveries page filters on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    /// Only this state.
+    pub state: Option<DeliveryState>,
+    /// Only this event type (`ticket.succeeded`, ...).
+    pub event_type: Option<String>,
+    /// Only deliveries with at least this many attempts.
+    pub min_attempts: Option<i64>,
+    /// Only rows older than this delivery ID.
+    pub older: Option<i64>,
+}
+
+/// The overview's view of the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overview {
+    /// (state, count) of `tickets`.
+    pub tickets_by_state: Vec<(String, i64)>,
+    /// The earliest due time of an unleased pending ticket.
+    pub next_due_at: Option<DateTime<Utc>>,
+    /// (lease owner, tickets it holds now).
+    pub leases: Vec<(String, i64)>,
+    /// Pending webhook deliveries.
+    pub webhook_backlog: i64,
+    /// When the oldest of them was written.
+    pub webhook_oldest: Option<DateTime<Utc>>,
+    /// Dead webhook deliveries.
+    pub webhook_dead: i64,
+}
+
+impl Store {
+    /// One page of tickets matching `filter`, newest (highest row ID) first, at most `limit`
+    /// (capped at [`MAX_PAGE`]) rows.
+    pub async fn page_tickets(&self, filter: &TicketFilter, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tickets WHERE 1 = 1");
+        if !filter.states.is_empty() {
+            query.push(" AND state IN (");
+            let mut states = query.separated(", ");
+            for state in &filter.states {
+                states.push_bind(state.as_str());
+            }
+            query.push(")");
+        }
+        for (column, value) in [
+            ("workspace", &filter.workspace),
+            ("namespace", &filter.namespace),
+            ("ticket_id", &filter.ticket_id),
+            ("error_code", &filter.error_code),
+        ] {
+            if let Some(value) = value {
+                query.push(format_args!(" AND {column} = ")).push_bind(value.clone());
+            }
+        }
+        if filter.dead_webhook {
+            query.push(
+                " AND EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.ticket = tickets.id AND d.state = 'dead')",
+            );
+        }
+        if let Some(older) = filter.older {
+            query.push(" AND id < ").push_bind(older);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.clamp(1, MAX_PAGE)));
+        let rows = query.build().fetch_all(&self.reader).await?;
+        Ok(rows.iter().map(row::read_ticket_leniently).collect())
+    }
+
+    /// One page of deliveries matching `filter`, newest first, at most `limit` (capped) rows.
+    pub async fn page_deliveries(&self, filter: &DeliveryFilter, limit: u32) -> Result<Vec<Delivery>, sqlx::Error> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM webhook_deliveries WHERE 1 = 1");
+        if let Some(state) = filter.state {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(event_type) = &filter.event_type {
+            query.push(" AND event_type = ").push_bind(event_type.clone());
+        }
+        if let Some(min_attempts) = filter.min_attempts {
+            query.push(" AND attempts >= ").push_bind(min_attempts);
+        }
+        if let Some(older) = filter.older {
+            query.push(" AND id < ").push_bind(older);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.clamp(1, MAX_PAGE)));
+        query.build_query_as().fetch_all(&self.reader).await
+    }
+
+    /// The overview's aggregates: tickets by state, the earliest due time, the live leases by
+    /// owner at `now`, and the webhook backlog.
+    pub async fn overview(&self, now: DateTime<Utc>) -> Result<Overview, sqlx::Error> {
+        let tickets_by_state = self.count_tickets_by_state().await?;
+        let next_due_at = self.next_due_at().await?;
+        let leases = sqlx::query_as(
+            "SELECT lease_owner, count(*) FROM tickets INDEXED BY tickets_due
+             WHERE state = 'pending' AND lease_owner IS NOT NULL AND lease_until > ?1
+             GROUP BY lease_owner ORDER BY lease_owner",
+        )
+        .bind(at(now))
+        .fetch_all(&self.reader)
+        .await?;
+        let (webhook_backlog, webhook_oldest) = self.webhook_backlog().await?;
+        let webhook_dead = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries INDEXED BY webhook_deliveries_by_state WHERE state = 'dead'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Overview { tickets_by_state, next_due_at, leases, webhook_backlog, webhook_oldest, webhook_dead })
+    }
+}
