@@ -357,7 +357,7 @@ fn bad_request(message: &str) -> Response {
     (
         StatusCode::BAD_REQUEST,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        pages::problem(message).into_string(),
+        pages::problem(message, "").into_string(),
     )
         .into_response()
 }
