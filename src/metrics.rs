@@ -219,6 +219,18 @@ impl Metrics {
             "1 while throttling answers have slowed the global rate limit",
             rate_limit_slowed.clone(),
         );
+        // Every label value known up front starts at zero, so that a dashboard shows 0 rather than
+        // nothing and `increase()` in an alert sees the first event.
+        let statuses = [TicketStatus::Init, TicketStatus::Executing, TicketStatus::Finished, TicketStatus::Failed];
+        for outcome in statuses.iter().filter_map(TicketStatus::name).chain(POLL_ERROR_OUTCOMES) {
+            polls.get_or_create(&OutcomeLabel { outcome });
+        }
+        for state in TICKET_STATES.into_iter().filter(|state| *state != TicketState::Pending) {
+            finished.get_or_create(&StateLabel { state: state.as_str().to_owned() });
+        }
+        for outcome in ["delivered", "retry", "gone", "dead"] {
+            webhooks.get_or_create(&OutcomeLabel { outcome });
+        }
         Metrics {
             registry,
             tickets,
@@ -317,6 +329,19 @@ fn unix_seconds(at: DateTime<Utc>) -> f64 {
     let millis = at.timestamp_millis() as f64;
     millis / 1000.0
 }
+
+/// The `outcome` labels of result requests that got no status (see [`poll_outcome`]).
+const POLL_ERROR_OUTCOMES: [&str; 9] = [
+    "other_status",
+    "network_error",
+    "invalid_response",
+    "transient_error",
+    "throttled",
+    "credentials_rejected",
+    "request_rejected",
+    "access_denied",
+    "ticket_rejected",
+];
 
 /// The `outcome` label of a result request: the ticket status class answered, or the error class.
 pub fn poll_outcome(outcome: &Result<Polled, FlinkError>) -> &'static str {

@@ -133,8 +133,13 @@ pub(super) fn routes(state: HttpState) -> Router<HttpState> {
 
 /// Lets a request through when the client may see the pages, and sets the headers on whatever
 /// is answered.
-async fn guard(State(state): State<HttpState>, request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(address)| address.ip());
+async fn guard(
+    State(state): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let peer = Some(peer.ip());
     let mut response = match &state.ui.auth {
         Some(auth) => {
             let given = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);

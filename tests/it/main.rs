@@ -14,4 +14,5 @@ mod security;
 mod signing;
 mod store;
 mod tidy;
+mod ui;
 mod webhooks;
