@@ -223,13 +223,13 @@ impl Metrics {
         // nothing and `increase()` in an alert sees the first event.
         let statuses = [TicketStatus::Init, TicketStatus::Executing, TicketStatus::Finished, TicketStatus::Failed];
         for outcome in statuses.iter().filter_map(TicketStatus::name).chain(POLL_ERROR_OUTCOMES) {
-            polls.get_or_create(&OutcomeLabel { outcome });
+            let _ = polls.get_or_create(&OutcomeLabel { outcome });
         }
         for state in TICKET_STATES.into_iter().filter(|state| *state != TicketState::Pending) {
-            finished.get_or_create(&StateLabel { state: state.as_str().to_owned() });
+            let _ = finished.get_or_create(&StateLabel { state: state.as_str().to_owned() });
         }
         for outcome in ["delivered", "retry", "gone", "dead"] {
-            webhooks.get_or_create(&OutcomeLabel { outcome });
+            let _ = webhooks.get_or_create(&OutcomeLabel { outcome });
         }
         Metrics {
             registry,

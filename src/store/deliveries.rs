@@ -151,13 +151,7 @@ impl Store {
     /// The webhook backlog: how many deliveries are pending and when the oldest was written.
     /// One pass over the `(state, created_at)` index.
     pub async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
-        let (count, oldest): (i64, Option<String>) = sqlx::query_as(
-            "SELECT count(*), min(created_at) FROM webhook_deliveries INDEXED BY webhook_deliveries_by_state
-             WHERE state = 'pending'",
-        )
-        .fetch_one(&self.reader)
-        .await?;
-        Ok((count, oldest.as_deref().and_then(crate::clock::parse_instant)))
+        dispatch!(self, backend => backend.webhook_backlog().await)
     }
 
     /// Claims up to `limit` due pending deliveries in one atomic statement, earliest first, with

@@ -1,13 +1,12 @@
-//! The operator pages' queries: tickets and deliveries filtered and paged newest first by keyset
+//! The operator pages' queries (the SQL is in each backend's `pages.rs`): tickets and deliveries filtered and paged newest first by keyset
 //! (`id < older`, never an `OFFSET` and never a `COUNT(*)` per page), and the overview's few
 //! aggregates. Every page is capped at [`MAX_PAGE`] rows, and every query here runs on the read
 //! pool, so that the pages never hold the writer the loops need.
 
 use chrono::{DateTime, Utc};
-use sqlx::{QueryBuilder, Sqlite};
 
 use super::deliveries::{Delivery, DeliveryState};
-use super::{Store, at, row};
+use super::{Store, dispatch};
 use crate::domain::TicketState;
 use crate::store::Ticket;
 
@@ -67,55 +66,12 @@ impl Store {
     /// One page of tickets matching `filter`, newest (highest row ID) first, at most `limit`
     /// (capped at [`MAX_PAGE`]) rows.
     pub async fn page_tickets(&self, filter: &TicketFilter, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
-        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tickets WHERE 1 = 1");
-        if !filter.states.is_empty() {
-            query.push(" AND state IN (");
-            let mut states = query.separated(", ");
-            for state in &filter.states {
-                states.push_bind(state.as_str());
-            }
-            query.push(")");
-        }
-        for (column, value) in [
-            ("workspace", &filter.workspace),
-            ("namespace", &filter.namespace),
-            ("ticket_id", &filter.ticket_id),
-            ("error_code", &filter.error_code),
-        ] {
-            if let Some(value) = value {
-                query.push(format_args!(" AND {column} = ")).push_bind(value.clone());
-            }
-        }
-        if filter.dead_webhook {
-            query.push(
-                " AND EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.ticket = tickets.id AND d.state = 'dead')",
-            );
-        }
-        if let Some(older) = filter.older {
-            query.push(" AND id < ").push_bind(older);
-        }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.clamp(1, MAX_PAGE)));
-        let rows = query.build().fetch_all(&self.reader).await?;
-        Ok(rows.iter().map(row::read_ticket_leniently).collect())
+        dispatch!(self, backend => backend.page_tickets(filter, limit.clamp(1, MAX_PAGE)).await)
     }
 
     /// One page of deliveries matching `filter`, newest first, at most `limit` (capped) rows.
     pub async fn page_deliveries(&self, filter: &DeliveryFilter, limit: u32) -> Result<Vec<Delivery>, sqlx::Error> {
-        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM webhook_deliveries WHERE 1 = 1");
-        if let Some(state) = filter.state {
-            query.push(" AND state = ").push_bind(state.as_str());
-        }
-        if let Some(event_type) = &filter.event_type {
-            query.push(" AND event_type = ").push_bind(event_type.clone());
-        }
-        if let Some(min_attempts) = filter.min_attempts {
-            query.push(" AND attempts >= ").push_bind(min_attempts);
-        }
-        if let Some(older) = filter.older {
-            query.push(" AND id < ").push_bind(older);
-        }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit.clamp(1, MAX_PAGE)));
-        query.build_query_as().fetch_all(&self.reader).await
+        dispatch!(self, backend => backend.page_deliveries(filter, limit.clamp(1, MAX_PAGE)).await)
     }
 
     /// The overview's aggregates: tickets by state, the earliest due time, the live leases by
@@ -123,20 +79,9 @@ impl Store {
     pub async fn overview(&self, now: DateTime<Utc>) -> Result<Overview, sqlx::Error> {
         let tickets_by_state = self.count_tickets_by_state().await?;
         let next_due_at = self.next_due_at().await?;
-        let leases = sqlx::query_as(
-            "SELECT lease_owner, count(*) FROM tickets INDEXED BY tickets_due
-             WHERE state = 'pending' AND lease_owner IS NOT NULL AND lease_until > ?1
-             GROUP BY lease_owner ORDER BY lease_owner",
-        )
-        .bind(at(now))
-        .fetch_all(&self.reader)
-        .await?;
+        let leases = dispatch!(self, backend => backend.leases_by_owner(now).await)?;
         let (webhook_backlog, webhook_oldest) = self.webhook_backlog().await?;
-        let webhook_dead = sqlx::query_scalar(
-            "SELECT count(*) FROM webhook_deliveries INDEXED BY webhook_deliveries_by_state WHERE state = 'dead'",
-        )
-        .fetch_one(&self.reader)
-        .await?;
+        let webhook_dead = dispatch!(self, backend => backend.dead_deliveries().await)?;
         Ok(Overview { tickets_by_state, next_due_at, leases, webhook_backlog, webhook_oldest, webhook_dead })
     }
 }

@@ -67,6 +67,18 @@ impl SqliteStore {
         Ok(next.as_deref().and_then(crate::clock::parse_instant))
     }
 
+    /// How many deliveries are pending and when the oldest was written: one pass over the
+    /// `(state, created_at)` index.
+    pub(in crate::store) async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+        let (count, oldest): (i64, Option<String>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM webhook_deliveries INDEXED BY webhook_deliveries_by_state
+             WHERE state = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((count, oldest.as_deref().and_then(crate::clock::parse_instant)))
+    }
+
     /// Claims up to `limit` due pending deliveries in one atomic statement, earliest first, with
     /// at most `per_url` in flight to any one receiver (counting rows other claims hold).
     ///

@@ -10,6 +10,7 @@
 pub(super) mod changes;
 pub(super) mod deliveries;
 pub(super) mod maintenance;
+pub(super) mod pages;
 pub(super) mod results;
 pub(super) mod tickets;
 
