@@ -13,7 +13,10 @@ use crate::domain::{TicketState, ValidationIssue};
 use crate::poller::{PauseReport, PauseView};
 use crate::redact::token_like;
 use crate::retention::LastRun;
-use crate::store::{Delivery, DeliveryFilter, DeliveryState, Overview as DatabaseOverview, Ticket, TicketFilter};
+use crate::store::{
+    Delivery, DeliveryFilter, DeliveryState, Overview as DatabaseOverview, Ticket, TicketEvent, TicketFilter,
+    WebhookAttempt,
+};
 
 /// The stylesheet, served as `/ui/style.css`: light and dark schemes after
 /// `prefers-color-scheme`.
@@ -225,8 +228,17 @@ pub(super) fn tickets(page: &Page, filter: &TicketFilter, rows: &[Ticket]) -> Ma
     layout("Tickets", "", None, &body)
 }
 
+/// One ticket with everything the ticket page shows.
+pub(super) struct TicketHistory {
+    pub(super) ticket: Ticket,
+    pub(super) deliveries: Vec<Delivery>,
+    pub(super) events: Vec<TicketEvent>,
+    pub(super) attempts: Vec<WebhookAttempt>,
+}
+
 /// `/ui/tickets/{id}`.
-pub(super) fn ticket(now: DateTime<Utc>, ticket: &Ticket, deliveries: &[Delivery]) -> Markup {
+pub(super) fn ticket(now: DateTime<Utc>, history: &TicketHistory) -> Markup {
+    let TicketHistory { ticket, deliveries, events, attempts } = history;
     let status = ticket.ticket_status.as_ref().map(ToString::to_string);
     let optional_time = |at: Option<DateTime<Utc>>| html! { @if let Some(at) = at { (when(now, at)) } };
     let body = html! {
@@ -268,6 +280,10 @@ pub(super) fn ticket(now: DateTime<Utc>, ticket: &Ticket, deliveries: &[Delivery
             }
         }
         section {
+            h2 { "Timeline" }
+            @if events.is_empty() { p { "Nothing has happened yet." } } @else { (timeline(now, events)) }
+        }
+        section {
             h2 { "Commands" }
             pre.command { (command_lines(ticket, deliveries)) }
         }
@@ -287,6 +303,7 @@ pub(super) fn ticket(now: DateTime<Utc>, ticket: &Ticket, deliveries: &[Delivery
                         dt { "next attempt" } dd { @if delivery.state() == Some(DeliveryState::Pending) { (stored_time(now, &delivery.next_attempt_at)) } }
                         dt { "delivered" } dd { @if let Some(at) = &delivery.delivered_at { (stored_time(now, at)) } }
                     }
+                    (attempt_table(now, attempts.iter().filter(|attempt| attempt.delivery == delivery.id)))
                     details {
                         summary { "Signed body (exactly as sent)" }
                         pre.body { (delivery.payload) }
@@ -381,6 +398,54 @@ fn layout(title: &str, root: &str, head: Option<Markup>, body: &Markup) -> Marku
                     a href={ (root) "deliveries" } { "Deliveries" }
                 }
                 main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+fn timeline(now: DateTime<Utc>, events: &[TicketEvent]) -> Markup {
+    let mut previous: Option<DateTime<Utc>> = None;
+    html! {
+        table.timeline {
+            thead { tr { th { "when" } th { "after" } th { "what" } th { "state" } th { "status" } th.num { "polls" } th { "error" } th { "detail" } } }
+            tbody {
+                @for event in events {
+                    @let after = previous.replace(event.at).map(|before| format_duration((event.at - before).to_std().unwrap_or_default()));
+                    tr {
+                        td { (when(now, event.at)) }
+                        td { (after.unwrap_or_default()) }
+                        td { (event.kind.replace('_', " ")) }
+                        td { (state_badge(event.state)) }
+                        td { (event.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default()) }
+                        td.num { (event.polls) }
+                        td { code { (event.error_code.as_deref().unwrap_or_default()) } }
+                        td { (event.detail.as_deref().unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn attempt_table<'a>(now: DateTime<Utc>, attempts: impl Iterator<Item = &'a WebhookAttempt>) -> Markup {
+    let attempts: Vec<&WebhookAttempt> = attempts.collect();
+    html! {
+        @if attempts.is_empty() {
+            p { "No attempt recorded yet." }
+        } @else {
+            table {
+                thead { tr { th.num { "attempt" } th { "started" } th.num { "took" } th.num { "HTTP status" } th { "error" } } }
+                tbody {
+                    @for attempt in attempts {
+                        tr {
+                            td.num { (attempt.attempt) }
+                            td { (when(now, attempt.at)) }
+                            td.num { (attempt.duration_ms) " ms" }
+                            td.num { (attempt.http_status.map(|status| status.to_string()).unwrap_or_default()) }
+                            td { (attempt.error.as_deref().unwrap_or_default()) }
+                        }
+                    }
+                }
             }
         }
     }
@@ -501,8 +566,8 @@ fn delivery_badge(delivery: &Delivery) -> Markup {
     html! { span class={ "badge delivery-" (class) } { (delivery.state) } }
 }
 
-fn count_of(counts: &[(String, i64)], state: TicketState) -> i64 {
-    counts.iter().find(|(name, _)| name.as_str() == state.as_str()).map_or(0, |(_, count)| *count)
+fn count_of(counts: &[(TicketState, i64)], state: TicketState) -> i64 {
+    counts.iter().find(|(counted, _)| *counted == state).map_or(0, |(_, count)| *count)
 }
 
 /// An instant as UTC with milliseconds, and how long ago (or ahead) it is beside it.

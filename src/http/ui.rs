@@ -275,11 +275,13 @@ async fn ticket(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
     let found = budget(&state, async {
         let Some(ticket) = state.store.ticket(RowId(id)).await? else { return Ok(None) };
         let deliveries = state.store.deliveries_of_ticket(id).await?;
-        Ok(Some((ticket, deliveries)))
+        let events = state.store.ticket_events(RowId(id)).await?;
+        let attempts = state.store.webhook_attempts_of_ticket(RowId(id)).await?;
+        Ok(Some(pages::TicketHistory { ticket, deliveries, events, attempts }))
     })
     .await;
     match found {
-        Ok(Some((ticket, deliveries))) => html(pages::ticket(now, &ticket, &deliveries)),
+        Ok(Some(history)) => html(pages::ticket(now, &history)),
         Ok(None) => not_found(&format!("no ticket with row id {id}")),
         Err(response) => response,
     }

@@ -10,6 +10,7 @@
 
 mod changes;
 pub mod deliveries;
+pub mod history;
 pub mod maintenance;
 pub mod pages;
 pub mod recorder;
@@ -25,6 +26,7 @@ use chrono::{DateTime, Utc};
 
 pub use changes::ChangeProbe;
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
+pub use history::{TicketEvent, WebhookAttempt};
 pub use maintenance::Purged;
 pub use pages::{DeliveryFilter, MAX_PAGE, Overview, TicketFilter};
 pub use recorder::{Announce, RecordError, Recorder};

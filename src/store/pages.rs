@@ -48,8 +48,8 @@ pub struct DeliveryFilter {
 /// The overview's view of the database.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overview {
-    /// (state, count) of `tickets`.
-    pub tickets_by_state: Vec<(String, i64)>,
+    /// (state, count) of `tickets`; a state another program wrote that is not one is left out.
+    pub tickets_by_state: Vec<(TicketState, i64)>,
     /// The earliest due time of an unleased pending ticket.
     pub next_due_at: Option<DateTime<Utc>>,
     /// (lease owner, tickets it holds now).
@@ -77,7 +77,12 @@ impl Store {
     /// The overview's aggregates: tickets by state, the earliest due time, the live leases by
     /// owner at `now`, and the webhook backlog.
     pub async fn overview(&self, now: DateTime<Utc>) -> Result<Overview, sqlx::Error> {
-        let tickets_by_state = self.count_tickets_by_state().await?;
+        let tickets_by_state = self
+            .count_tickets_by_state()
+            .await?
+            .into_iter()
+            .filter_map(|(state, count)| state.parse().ok().map(|state| (state, count)))
+            .collect();
         let next_due_at = self.next_due_at().await?;
         let leases = dispatch!(self, backend => backend.leases_by_owner(now).await)?;
         let (webhook_backlog, webhook_oldest) = self.webhook_backlog().await?;

@@ -5,6 +5,7 @@ mod cloud;
 mod crash_loop;
 mod faults;
 mod harness;
+mod history;
 mod hostile;
 mod ops;
 mod pauses;

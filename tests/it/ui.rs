@@ -158,7 +158,9 @@ async fn seed(env: &TestEnv) {
          FROM tickets WHERE ticket_id = 't-3';
          INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload, state, attempts)
          SELECT id, 'https://hooks.example.com/flink', 'tkt_' || id || '_0.succeeded', 'ticket.succeeded', '{{}}', 'delivered', 1
-         FROM tickets WHERE ticket_id = 't-4';",
+         FROM tickets WHERE ticket_id = 't-4';
+         INSERT INTO webhook_attempts (delivery, attempt, at, duration_ms, http_status, error)
+         SELECT id, 1, created_at, 1234, 500, 'HTTP 500 <from receiver>' FROM webhook_deliveries WHERE state = 'dead';",
         body = quote(body)
     ))
     .await;
@@ -322,6 +324,11 @@ async fn the_ticket_page_shows_its_columns_request_id_first_deliveries_and_comma
         "https://hooks.example.com/flink</dd>",
         "href=\"../style.css\"",
         "href=\"../tickets\"",
+        "<h2>Timeline</h2>",
+        "first poll",
+        "<td>final</td>",
+        "1234 ms",
+        "HTTP 500 &lt;from receiver&gt;",
     ] {
         assert!(page.body.contains(expected), "{expected:?} missing:\n{}", page.body);
     }

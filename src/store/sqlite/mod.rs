@@ -9,6 +9,7 @@
 
 pub(super) mod changes;
 pub(super) mod deliveries;
+pub(super) mod history;
 pub(super) mod maintenance;
 pub(super) mod pages;
 pub(super) mod results;
