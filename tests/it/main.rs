@@ -9,6 +9,7 @@ mod history;
 mod hostile;
 mod ops;
 mod pauses;
+mod pg;
 mod polling;
 mod schema;
 mod security;
