@@ -135,7 +135,7 @@ impl Page {
 
 /// Seven tickets: three in workspace `ws-a` (one failed with `Throttling.User`), three in `ws-b`,
 /// and one whose ID and message are HTML and script; plus deliveries for two of them.
-async fn seed(env: &TestEnv) {
+pub(crate) async fn seed(env: &TestEnv) {
     for (ticket, workspace) in [("t-1", "ws-a"), ("t-2", "ws-b"), ("t-3", "ws-a"), ("t-4", "ws-b"), ("t-5", "ws-a")] {
         env.insert(ticket, "default-namespace", workspace).await;
     }
@@ -166,7 +166,7 @@ async fn seed(env: &TestEnv) {
     .await;
 }
 
-async fn row_id(env: &TestEnv, ticket_id: &str) -> i64 {
+pub(crate) async fn row_id(env: &TestEnv, ticket_id: &str) -> i64 {
     env.ticket(ticket_id).await.id.0
 }
 
