@@ -95,3 +95,8 @@ $$;
 
 CREATE TRIGGER webhook_attempts_cap AFTER INSERT ON webhook_attempts
     FOR EACH ROW EXECUTE FUNCTION webhook_attempts_cap();
+
+-- The operator pages list tickets newest first (by id) filtered by workspace or state: these
+-- indexes give those pages in index order, without sorting or scanning the table.
+CREATE INDEX tickets_by_workspace ON tickets (workspace, id);
+CREATE INDEX tickets_by_state ON tickets (state, id);

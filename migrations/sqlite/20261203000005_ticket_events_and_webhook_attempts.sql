@@ -96,3 +96,8 @@ BEGIN
       AND id > (SELECT min(id) FROM webhook_attempts WHERE delivery = NEW.delivery)
       AND id <= (SELECT id FROM webhook_attempts WHERE delivery = NEW.delivery ORDER BY id DESC LIMIT 1 OFFSET 99);
 END;
+
+-- The operator pages list tickets newest first (by id) filtered by workspace or state: these
+-- indexes give those pages in index order, without sorting or scanning the table.
+CREATE INDEX tickets_by_workspace ON tickets (workspace, id);
+CREATE INDEX tickets_by_state ON tickets (state, id);

@@ -213,7 +213,7 @@ pub(super) fn tickets(page: &Page, filter: &TicketFilter, rows: &[Ticket]) -> Ma
                             td { (state_badge(ticket.state)) }
                             td { (ticket.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default()) }
                             td.num { (ticket.polls) }
-                            td { code { (ticket.error_code.as_deref().unwrap_or_default()) } }
+                            td { (optional_code(ticket.error_code.as_deref())) }
                             td { (when(now, ticket.created_at)) }
                             td { @if let Some(finished) = ticket.finished_at { (when(now, finished)) } }
                         }
@@ -252,11 +252,11 @@ pub(super) fn ticket(now: DateTime<Utc>, history: &TicketHistory) -> Markup {
                 dt { "region" } dd { (ticket.region.as_deref().unwrap_or_default()) }
                 dt { "state" } dd { (state_badge(ticket.state)) }
                 dt { "ticket_status" } dd { (status.unwrap_or_default()) }
-                dt { "deployment_id" } dd { code { (ticket.deployment_id.as_deref().unwrap_or_default()) } }
+                dt { "deployment_id" } dd { (optional_code(ticket.deployment_id.as_deref())) }
                 dt { "deploy_success" } dd { (ticket.deploy_success.map(|success| success.to_string()).unwrap_or_default()) }
                 dt { "message" } dd { (ticket.message.as_deref().unwrap_or_default()) }
                 dt { "validation_result" } dd { (ticket.validation_result.as_deref().unwrap_or_default()) }
-                dt { "error_code" } dd { code { (ticket.error_code.as_deref().unwrap_or_default()) } }
+                dt { "error_code" } dd { (optional_code(ticket.error_code.as_deref())) }
                 dt { "error_message" } dd { (ticket.error_message.as_deref().unwrap_or_default()) }
                 dt { "polls" } dd { (ticket.polls) }
                 dt { "retries" } dd { (ticket.retries) }
@@ -418,7 +418,7 @@ fn timeline(now: DateTime<Utc>, events: &[TicketEvent]) -> Markup {
                         td { (state_badge(event.state)) }
                         td { (event.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default()) }
                         td.num { (event.polls) }
-                        td { code { (event.error_code.as_deref().unwrap_or_default()) } }
+                        td { (optional_code(event.error_code.as_deref())) }
                         td { (event.detail.as_deref().unwrap_or_default()) }
                     }
                 }
@@ -512,6 +512,11 @@ fn shown_url(text: &str) -> String {
         }
         Err(_) => crate::redact::redact_text(text),
     }
+}
+
+/// A value in `code`, or nothing at all when there is none.
+fn optional_code(value: Option<&str>) -> Markup {
+    html! { @if let Some(value) = value.filter(|value| !value.is_empty()) { code { (value) } } }
 }
 
 fn text_input(name: &str, value: Option<&str>) -> Markup {

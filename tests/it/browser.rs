@@ -40,8 +40,7 @@ impl Browser {
     /// Starts chromedriver and a session, or `None` (after saying why) when the browser is not
     /// installed and `CI` is not `true`.
     async fn start() -> Option<Browser> {
-        let (Some(chromium), Some(chromedriver)) =
-            (find(&["chromium", "chromium-browser"]), find(&["chromedriver"]))
+        let (Some(chromium), Some(chromedriver)) = (find(&["chromium", "chromium-browser"]), find(&["chromedriver"]))
         else {
             assert_ne!(
                 std::env::var("CI").as_deref(),
@@ -135,7 +134,12 @@ impl Browser {
 
     async fn element(&self, css: &str) -> String {
         let found = self.post("/element", json!({"using": "css selector", "value": css})).await;
-        found.as_object().and_then(|object| object.values().next()).and_then(Value::as_str).expect("an element").to_owned()
+        found
+            .as_object()
+            .and_then(|object| object.values().next())
+            .and_then(Value::as_str)
+            .expect("an element")
+            .to_owned()
     }
 
     async fn text(&self, css: &str) -> String {
@@ -164,8 +168,7 @@ impl Browser {
     async fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine as _;
         let png = self.get("/screenshot").await;
-        let bytes =
-            base64::engine::general_purpose::STANDARD.decode(png.as_str().expect("base64 PNG")).expect("a PNG");
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().expect("base64 PNG")).expect("a PNG");
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
         std::fs::create_dir_all(&dir).expect("the screenshot dir");
         let path = dir.join(format!("{name}.png"));
@@ -176,9 +179,10 @@ impl Browser {
 
 fn find(names: &[&str]) -> Option<String> {
     let path = std::env::var_os("PATH")?;
-    names.iter().find_map(|name| {
-        std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
-    }).map(|found| found.display().to_string())
+    names
+        .iter()
+        .find_map(|name| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file()))
+        .map(|found| found.display().to_string())
 }
 
 #[tokio::test]
@@ -193,10 +197,14 @@ async fn the_pages_render_in_a_browser_and_a_filter_round_trips_through_the_url(
     assert_eq!(browser.text("h1").await, "Overview");
     browser.screenshot("overview-light").await;
     browser.open(&server.url("/ui/tickets")).await;
-    browser.post(&format!("/element/{}/click", browser.element("input[name=state][value=failed]").await), json!({})).await;
+    browser
+        .post(&format!("/element/{}/click", browser.element("input[name=state][value=failed]").await), json!({}))
+        .await;
     let workspace = browser.element("input[name=workspace]").await;
     browser.post(&format!("/element/{workspace}/value"), json!({"text": "ws-a"})).await;
-    browser.post(&format!("/element/{}/click", browser.element("form.filters button[type=submit]").await), json!({})).await;
+    browser
+        .post(&format!("/element/{}/click", browser.element("form.filters button[type=submit]").await), json!({}))
+        .await;
     let url = eventually("the filtered page to load", || async {
         Some(browser.url().await).filter(|url| url.contains("workspace=ws-a"))
     })
@@ -261,8 +269,9 @@ async fn both_colour_schemes_keep_text_readable() {
             let worst = colours.iter().map(|colour| contrast(*colour, background)).fold(f64::MAX, f64::min);
             assert!(worst >= 4.5, "{scheme} {path}: contrast {worst:.2} below WCAG AA 4.5");
             backgrounds.push(luminance(background));
+            let page = if path == "/ui/" { "overview" } else { "tickets" };
+            browser.screenshot(&format!("{page}-{scheme}-scheme")).await;
         }
-        browser.screenshot(&format!("overview-{scheme}-scheme")).await;
     }
     assert!(backgrounds[0] > 0.8 && backgrounds[2] < 0.1, "light and dark backgrounds differ: {backgrounds:?}");
 }

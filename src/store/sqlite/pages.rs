@@ -34,9 +34,8 @@ impl SqliteStore {
             }
         }
         if filter.dead_webhook {
-            query.push(
-                " AND EXISTS (SELECT 1 FROM webhook_deliveries AS d WHERE d.ticket = tickets.id AND d.state = 'dead')",
-            );
+            // Few deliveries are dead: start from them (their state index), not from the tickets.
+            query.push(" AND id IN (SELECT ticket FROM webhook_deliveries WHERE state = 'dead')");
         }
         if let Some(older) = filter.older {
             query.push(" AND id < ").push_bind(older);
