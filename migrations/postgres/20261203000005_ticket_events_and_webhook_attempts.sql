@@ -10,7 +10,7 @@
 CREATE TABLE ticket_events (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     ticket        BIGINT NOT NULL REFERENCES tickets (id) ON DELETE CASCADE,
-    at            TIMESTAMPTZ NOT NULL,
+    at            timestamptz(3) NOT NULL,
     kind          TEXT NOT NULL
                   CONSTRAINT kind_must_be_known
                   CHECK (kind IN ('first_poll', 'status', 'error_start', 'error_end', 'pause', 'lease_lapse',
@@ -75,7 +75,7 @@ CREATE TABLE webhook_attempts (
     id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     delivery     BIGINT NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
     attempt      BIGINT NOT NULL CHECK (attempt >= 1),
-    at           TIMESTAMPTZ NOT NULL,
+    at           timestamptz(3) NOT NULL,
     duration_ms  BIGINT NOT NULL CHECK (duration_ms >= 0),
     http_status  BIGINT,
     error        TEXT
