@@ -597,4 +597,6 @@ fn the_demo_finishes_every_ticket_of_every_kind_verifies_every_webhook_and_exits
     assert!(stdout.contains("\ntickets\nTICKET") && stdout.contains("\nwebhook deliveries\nID"), "{stdout}");
     assert_eq!(stdout.matches(" delivered ").count(), 7, "every delivery delivered:\n{stdout}");
     assert!(stdout.contains("expired"), "{stdout}");
+    let pages = stdout.lines().find(|line| line.contains("operator pages at http://127.0.0.1:"));
+    assert!(pages.is_some_and(|line| line.contains("/ui/")), "the demo prints the overview's address:\n{stdout}");
 }
