@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::gate::{Hold, PauseScope, Verdict};
+use super::learned::{LearnedPoll, LearnedSchedule};
 use super::{PollSettings, to_chrono};
 use crate::backoff::{Schedule, honour_retry_after};
 use crate::domain::{TicketState, TicketStatus};
@@ -80,6 +81,7 @@ pub fn decide(
     now: DateTime<Utc>,
     policy: &Policy,
     jitter: f64,
+    learned: Option<&LearnedSchedule>,
 ) -> Decision {
     let deadline = ticket.deadline();
     let past_deadline = deadline.is_some_and(|deadline| now >= deadline);
@@ -123,9 +125,10 @@ pub fn decide(
                 (Some(TicketStatus::Finished), None) => finish(TicketState::Failed),
                 _ if past_deadline => finish(TicketState::Expired),
                 _ => {
-                    let delay = policy.running.delay(streak(ticket.running_streak), jitter);
+                    let (next_poll_at, _placement) =
+                        next_running_poll(ticket.created_at, ticket.running_streak, now, policy, learned, jitter);
                     Decision::Reschedule(Reschedule {
-                        next_poll_at: not_after_deadline(now + to_chrono(delay)),
+                        next_poll_at: not_after_deadline(next_poll_at),
                         running_streak: ticket.running_streak.saturating_add(1),
                         error_streak: 0,
                         polled: true,
@@ -196,6 +199,52 @@ pub fn decide(
             }
         }
     }
+}
+
+/// Share of the wait to a learned poll that jitter may take off, so that tickets enqueued
+/// together do not all ask at the same instant. Only ever earlier: a later poll adds lag.
+pub const LEARNED_JITTER: f64 = 0.05;
+
+/// How the next poll of a running ticket was placed (what `show` explains).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Placement {
+    /// By the schedule learned from earlier tickets of the same kind and place.
+    Learned(LearnedPoll),
+    /// By the fixed backoff (no learned schedule, or adaptive polling off); `running` answers so
+    /// far.
+    Backoff {
+        /// "Still running" answers so far.
+        running: u32,
+    },
+    /// By the fixed backoff, because the ticket has run past the learned range.
+    PastLearned {
+        /// "Still running" answers so far.
+        running: u32,
+    },
+}
+
+/// When to poll a ticket created at `created_at` that just answered "still running" at `now`
+/// for the `running_streak`-th time in a row: at the `learned` schedule's next instant (less a
+/// jitter of up to [`LEARNED_JITTER`] of the wait) while the ticket is within the learned range,
+/// otherwise on the fixed backoff. Never later than `policy.running.max` after `now`. Pure: the
+/// same inputs give the same answer, so a restart that rebuilds the same history from the table
+/// places the same polls.
+pub fn next_running_poll(
+    created_at: DateTime<Utc>,
+    running_streak: i64,
+    now: DateTime<Utc>,
+    policy: &Policy,
+    learned: Option<&LearnedSchedule>,
+    jitter: f64,
+) -> (DateTime<Utc>, Placement) {
+    let running = streak(running_streak);
+    let backoff = |placement| (now + to_chrono(policy.running.delay(running, jitter)), placement);
+    let Some(schedule) = learned else { return backoff(Placement::Backoff { running }) };
+    let elapsed = (now - created_at).to_std().unwrap_or(Duration::ZERO);
+    let Some(poll) = schedule.next_after(elapsed) else { return backoff(Placement::PastLearned { running }) };
+    let wait = poll.after_created.saturating_sub(elapsed);
+    let wait = wait.mul_f64(1.0 - LEARNED_JITTER * jitter.clamp(0.0, 1.0)).min(policy.running.max);
+    (now + to_chrono(wait), Placement::Learned(poll))
 }
 
 /// A ticket kept back without a request until `until` (or its deadline), or expired if its
@@ -333,7 +382,7 @@ mod tests {
     #[test]
     fn finished_with_success_is_succeeded_and_keeps_the_answer() {
         let decision =
-            decide(&ticket(3, 0, later()), Some(Ok(&polled("FINISHED", Some(true)))), &passed(), now(), &policy(), 0.5);
+            decide(&ticket(3, 0, later()), Some(Ok(&polled("FINISHED", Some(true)))), &passed(), now(), &policy(), 0.5, None);
         let Decision::Finish(finish) = decision else { panic!("expected a finish, got {decision:?}") };
         assert_eq!(finish.state, TicketState::Succeeded);
         assert_eq!(finish.answer.unwrap().deployment_id.as_deref(), Some("dep-1"));
@@ -351,7 +400,7 @@ mod tests {
             message: Some("Object 'orders' not found".to_owned()),
         });
         for outcome in [rejected, polled("FAILED", None), polled("FINISHED", None)] {
-            let decision = decide(&ticket(0, 0, later()), Some(Ok(&outcome)), &passed(), now(), &policy(), 0.5);
+            let decision = decide(&ticket(0, 0, later()), Some(Ok(&outcome)), &passed(), now(), &policy(), 0.5, None);
             assert!(
                 matches!(&decision, Decision::Finish(Finish { state: TicketState::Failed, .. })),
                 "{outcome:?} gave {decision:?}"
@@ -363,7 +412,7 @@ mod tests {
     fn still_running_or_unknown_status_reschedules_on_the_running_cadence() {
         for status in ["INIT", "EXECUTING", "SOMETHING_NEW", ""] {
             let decision =
-                decide(&ticket(2, 4, later()), Some(Ok(&polled(status, None))), &passed(), now(), &policy(), 1.0);
+                decide(&ticket(2, 4, later()), Some(Ok(&polled(status, None))), &passed(), now(), &policy(), 1.0, None);
             let Decision::Reschedule(reschedule) = decision else { panic!("{status}: {decision:?}") };
             // Ceiling for streak 2 is 2s * 2^2 = 8s; jitter 1.0 takes all of it.
             assert_eq!(reschedule.next_poll_at, now() + chrono::Duration::seconds(8), "{status}");
@@ -382,6 +431,7 @@ mod tests {
             now(),
             &policy(),
             jitter,
+            None,
         ) {
             Decision::Reschedule(reschedule) => reschedule.next_poll_at - now(),
             other => panic!("{other:?}"),
@@ -395,7 +445,7 @@ mod tests {
     fn restart_arithmetic_continues_from_the_persisted_streak() {
         // A daemon that restarts reads running_streak = 5 from the row and continues from there.
         let decision =
-            decide(&ticket(5, 0, later()), Some(Ok(&polled("EXECUTING", None))), &passed(), now(), &policy(), 1.0);
+            decide(&ticket(5, 0, later()), Some(Ok(&polled("EXECUTING", None))), &passed(), now(), &policy(), 1.0, None);
         let Decision::Reschedule(reschedule) = decision else { panic!("{decision:?}") };
         assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::seconds(30), "capped at max_interval");
         assert_eq!(reschedule.running_streak, 6);
@@ -410,7 +460,7 @@ mod tests {
             FlinkError::RateLimited { error: api("Throttling.User"), retry_after: None },
         ];
         for error in errors {
-            let decision = decide(&ticket(4, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0);
+            let decision = decide(&ticket(4, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0, None);
             let Decision::Reschedule(reschedule) = decision else { panic!("{error:?}: {decision:?}") };
             assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::seconds(4), "{error:?}: 2s * 2^1");
             assert_eq!((reschedule.running_streak, reschedule.error_streak), (4, 2));
@@ -423,7 +473,7 @@ mod tests {
         let error =
             FlinkError::RateLimited { error: api("Throttling"), retry_after: Some(Duration::from_millis(1500)) };
         let Decision::Reschedule(reschedule) =
-            decide(&ticket(0, 6, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0)
+            decide(&ticket(0, 6, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0, None)
         else {
             panic!("expected a reschedule")
         };
@@ -434,18 +484,18 @@ mod tests {
     fn a_poll_never_goes_past_the_deadline_and_the_deadline_expires_it() {
         let deadline = now() + chrono::Duration::seconds(3);
         let Decision::Reschedule(reschedule) =
-            decide(&ticket(10, 0, deadline), Some(Ok(&polled("EXECUTING", None))), &passed(), now(), &policy(), 1.0)
+            decide(&ticket(10, 0, deadline), Some(Ok(&polled("EXECUTING", None))), &passed(), now(), &policy(), 1.0, None)
         else {
             panic!("expected a reschedule")
         };
         assert_eq!(reschedule.next_poll_at, deadline);
 
         let at_deadline =
-            decide(&ticket(10, 0, deadline), Some(Ok(&polled("EXECUTING", None))), &passed(), deadline, &policy(), 0.5);
+            decide(&ticket(10, 0, deadline), Some(Ok(&polled("EXECUTING", None))), &passed(), deadline, &policy(), 0.5, None);
         assert!(matches!(at_deadline, Decision::Finish(Finish { state: TicketState::Expired, .. })));
         let error = FlinkError::Network("down".to_owned());
         let failed_at_deadline =
-            decide(&ticket(10, 3, deadline), Some(Err(&error)), &passed(), deadline, &policy(), 0.5);
+            decide(&ticket(10, 3, deadline), Some(Err(&error)), &passed(), deadline, &policy(), 0.5, None);
         let Decision::Finish(finish) = failed_at_deadline else { panic!("expected expiry") };
         assert_eq!(finish.state, TicketState::Expired);
         assert_eq!(finish.error.unwrap().0, "NetworkError");
@@ -457,6 +507,7 @@ mod tests {
             deadline,
             &policy(),
             0.5,
+            None,
         );
         assert!(matches!(finished, Decision::Finish(Finish { state: TicketState::Succeeded, .. })));
     }
@@ -469,7 +520,7 @@ mod tests {
             (FlinkError::Config(api("InvalidTimeStamp.Expired")), PauseScope::Global),
             (FlinkError::AccessDenied(api("NoPermission")), PauseScope::Workspace),
         ] {
-            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5, None);
             let Decision::Pause { scope: paused, reschedule } = decision else { panic!("expected a pause") };
             assert_eq!(paused, scope);
             assert_eq!(
@@ -489,11 +540,11 @@ mod tests {
             (FlinkError::Config(api("SignatureDoesNotMatch")), global_end),
             (FlinkError::AccessDenied(api("NoPermission")), workspace_end),
         ] {
-            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &pauses, now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &pauses, now(), &policy(), 0.5, None);
             let Decision::Pause { reschedule, .. } = decision else { panic!("expected a pause") };
             assert_eq!(reschedule.next_poll_at, end);
             let soon = now() + chrono::Duration::seconds(3);
-            let decision = decide(&ticket(1, 1, soon), Some(Err(&error)), &pauses, now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, soon), Some(Err(&error)), &pauses, now(), &policy(), 0.5, None);
             let Decision::Pause { reschedule, .. } = decision else { panic!("expected a pause") };
             assert_eq!(reschedule.next_poll_at, soon, "the deadline comes first");
         }
@@ -504,6 +555,7 @@ mod tests {
             now(),
             &policy(),
             0.5,
+            None,
         );
         let Decision::Pause { reschedule, .. } = unknown_end else { panic!("expected a pause") };
         assert_eq!(reschedule.next_poll_at, now() + chrono::Duration::seconds(2), "the shortest pause");
@@ -514,7 +566,7 @@ mod tests {
         let reason = ("SignatureDoesNotMatch".to_owned(), "m".to_owned());
         let until = now() + chrono::Duration::seconds(30);
         let held = Verdict::Held(Hold { until, reason: reason.clone() });
-        let decision = decide(&ticket(2, 3, later()), None, &held, now(), &policy(), 0.5);
+        let decision = decide(&ticket(2, 3, later()), None, &held, now(), &policy(), 0.5, None);
         assert_eq!(
             decision,
             Decision::Hold(Reschedule {
@@ -528,11 +580,11 @@ mod tests {
             })
         );
         let soon = now() + chrono::Duration::seconds(5);
-        let Decision::Hold(reschedule) = decide(&ticket(2, 3, soon), None, &held, now(), &policy(), 0.5) else {
+        let Decision::Hold(reschedule) = decide(&ticket(2, 3, soon), None, &held, now(), &policy(), 0.5, None) else {
             panic!("expected a hold")
         };
         assert_eq!(reschedule.next_poll_at, soon, "never past the deadline");
-        let expired = decide(&ticket(2, 3, now()), None, &held, now(), &policy(), 0.5);
+        let expired = decide(&ticket(2, 3, now()), None, &held, now(), &policy(), 0.5, None);
         assert_eq!(
             expired,
             Decision::Finish(Finish {
@@ -549,7 +601,7 @@ mod tests {
     fn ticket_errors_fail_it_and_no_run_of_transient_errors_ever_does() {
         let not_found = FlinkError::Ticket(api("TicketNotFound"));
         let Decision::Finish(finish) =
-            decide(&ticket(0, 0, later()), Some(Err(&not_found)), &passed(), now(), &policy(), 0.5)
+            decide(&ticket(0, 0, later()), Some(Err(&not_found)), &passed(), now(), &policy(), 0.5, None)
         else {
             panic!("expected a finish")
         };
@@ -562,7 +614,7 @@ mod tests {
             FlinkError::Network("connection reset".to_owned()),
         ] {
             for streak in [9, 10, 13, 1_000] {
-                let decision = decide(&ticket(0, streak, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5);
+                let decision = decide(&ticket(0, streak, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5, None);
                 assert!(matches!(decision, Decision::Reschedule(_)), "{error:?} after {streak}: {decision:?}");
             }
         }
@@ -571,7 +623,7 @@ mod tests {
     #[test]
     fn an_error_that_pauses_expires_a_ticket_past_its_deadline() {
         for error in [FlinkError::Config(api("SignatureDoesNotMatch")), FlinkError::AccessDenied(api("NoPermission"))] {
-            let decision = decide(&ticket(1, 1, now()), Some(Err(&error)), &passed(), now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, now()), Some(Err(&error)), &passed(), now(), &policy(), 0.5, None);
             assert!(matches!(decision, Decision::Finish(Finish { state: TicketState::Expired, .. })), "{decision:?}");
         }
     }

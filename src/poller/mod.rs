@@ -17,8 +17,12 @@ mod clock_step;
 mod decide;
 mod follow;
 mod gate;
+mod learned;
+mod replay;
 
-pub use decide::{Decision, MIN_PAUSE_INTERVAL, Policy, decide};
+pub use decide::{Decision, LEARNED_JITTER, MIN_PAUSE_INTERVAL, Placement, Policy, decide, next_running_poll};
+pub use learned::{Bounds, LearnedPoll, LearnedSchedule, MAX_SAMPLES, MIN_SAMPLES, OUTLIER_FACTOR, Sample};
+pub use replay::{Replayed, RunTimes, Workload, replay};
 pub use follow::Followed;
 pub use gate::{
     Gate, Gates, Hold, OUTAGE_THRESHOLD, Observed, PauseCause, PauseEnds, PauseFlag, PauseScope, Probes, Verdict,
@@ -183,7 +187,7 @@ impl Poller {
         let probes = match admission {
             Ok(probes) => probes,
             Err(hold) => {
-                let decision = decide(&ticket, None, &Verdict::Held(hold), now, &self.policy, rand::random::<f64>());
+                let decision = decide(&ticket, None, &Verdict::Held(hold), now, &self.policy, rand::random::<f64>(), None);
                 return self.execute(&ticket, lease, now, decision).await;
             }
         };
@@ -234,7 +238,7 @@ impl Poller {
         log_outcome(&ticket, &outcome);
 
         let jitter = rand::random::<f64>();
-        let decision = decide(&ticket, Some(outcome.as_ref()), &observed.verdict, now, &self.policy, jitter);
+        let decision = decide(&ticket, Some(outcome.as_ref()), &observed.verdict, now, &self.policy, jitter, None);
         self.execute(&ticket, lease, now, decision).await;
     }
 
