@@ -1,47 +1,45 @@
 //! [`ChangeProbe`]: a cheap way to notice that another connection (another program, or the
-//! daemon's own writer) committed to the database, without reading any table. It asks SQLite's
-//! `PRAGMA data_version` on one connection kept for that purpose: the value is per connection and
-//! changes whenever any other connection commits.
+//! daemon's own writer) committed to the database, without reading any table. On SQLite it asks
+//! `PRAGMA data_version` on a connection of its own.
 
-use sqlx::Connection as _;
-use sqlx::sqlite::SqliteConnection;
+use super::{Backend, Store, sqlite};
 
-use super::Store;
-
-/// One connection of its own, asking `PRAGMA data_version`. The value read at opening is the
-/// baseline; each [`ChangeProbe::changed`] compares with the value read last.
+/// Notices commits by other connections. Opened by [`Store::change_probe`]; the state at opening
+/// is the baseline.
 #[derive(Debug)]
 pub struct ChangeProbe {
-    connection: SqliteConnection,
-    last: i64,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Sqlite(sqlite::changes::DataVersion),
 }
 
 impl ChangeProbe {
     /// Whether any other connection committed since the probe was opened or last asked. One
     /// `PRAGMA data_version` on an idle connection: no table is read.
     pub async fn changed(&mut self) -> Result<bool, sqlx::Error> {
-        let version = data_version(&mut self.connection).await?;
-        let changed = version != self.last;
-        self.last = version;
-        Ok(changed)
+        match &mut self.inner {
+            Inner::Sqlite(probe) => probe.changed().await,
+        }
     }
 
     /// Closes the probe's connection.
     pub async fn close(self) -> Result<(), sqlx::Error> {
-        self.connection.close().await
+        match self.inner {
+            Inner::Sqlite(probe) => probe.close().await,
+        }
     }
 }
 
 impl Store {
-    /// Opens a [`ChangeProbe`] on a connection of its own (taken out of the read pool for good),
-    /// with the current version as its baseline.
+    /// Opens a [`ChangeProbe`] on a connection of its own, with the current state as its
+    /// baseline.
     pub async fn change_probe(&self) -> Result<ChangeProbe, sqlx::Error> {
-        let mut connection = self.reader.acquire().await?.detach();
-        let last = data_version(&mut connection).await?;
-        Ok(ChangeProbe { connection, last })
+        let inner = match &self.backend {
+            Backend::Sqlite(backend) => Inner::Sqlite(backend.change_probe().await?),
+        };
+        Ok(ChangeProbe { inner })
     }
-}
-
-async fn data_version(connection: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("PRAGMA data_version").fetch_one(connection).await
 }

@@ -1,39 +1,36 @@
-//! The only place with SQL. [`Store`] opens the SQLite file (WAL, `busy_timeout`, foreign keys),
-//! applies the embedded migrations, and offers one function per query: `tickets.rs` for the
-//! ticket queue, `deliveries.rs` for the webhook outbox, `maintenance.rs` for retention,
-//! `changes.rs` for noticing commits by other connections ([`ChangeProbe`]).
+//! The only place with SQL. [`Store`] is the boundary the rest of the daemon talks to: one method
+//! per query, with the same signatures whatever database is behind it. It dispatches to a
+//! backend, which holds the SQL: `sqlite/` (one file, the built-in default). The types the
+//! methods take and return live here (`tickets.rs`, `deliveries.rs`, `maintenance.rs`), as do
+//! [`Recorder`] (group commit of poll results) and [`ChangeProbe`] (noticing commits by other
+//! connections).
 //!
-//! Writes go through a single connection, so the daemon never competes with itself for SQLite's
-//! one write lock; multi-statement writes use `BEGIN IMMEDIATE` so they wait for the lock up
-//! front instead of failing half-way. Reads use a small separate pool. No transaction is ever
-//! held across a network call: callers claim, commit, call, then record in a new transaction.
+//! No transaction is ever held across a network call: callers claim, commit, call, then record
+//! in a new transaction.
 
 mod changes;
 pub mod deliveries;
 pub mod maintenance;
 pub mod recorder;
-mod results;
 mod row;
+mod session;
+mod sqlite;
 pub mod tickets;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub use changes::ChangeProbe;
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
 pub use maintenance::Purged;
 pub use recorder::{Announce, RecordError, Recorder};
+pub use sqlite::MIGRATOR;
 pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 
+use self::sqlite::SqliteStore;
 use crate::clock::format_instant;
-
-/// The embedded migrations under `migrations/`, applied by [`Store::open`] and `migrate`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// How often the daemon checks that its database path still names the file it opened.
 pub const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,14 +46,18 @@ pub struct StoreSettings {
     pub max_readers: u32,
 }
 
-/// Handle to the SQLite database. Cheap to clone.
+/// Handle to the database. Cheap to clone. Every query is a method; each runs the SQL of the
+/// backend the store was opened on.
 #[derive(Debug, Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
-    path: PathBuf,
-    /// (device, inode) of the file as opened, to notice when it is removed or replaced.
-    identity: Option<(u64, u64)>,
+    backend: Backend,
+}
+
+/// The database behind a [`Store`].
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// One SQLite file (`sqlite/`).
+    Sqlite(SqliteStore),
 }
 
 /// Names one process in `lease_owner` (`name:pid:random`, readable in the sqlite3 shell). The
@@ -72,100 +73,45 @@ pub fn lease_owner_prefix(name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease(pub String);
 
+/// Runs `$body` with `$backend` bound to whichever backend the store has: every public method of
+/// [`Store`] is one line of SQL-free dispatch.
+macro_rules! dispatch {
+    ($store:expr, $backend:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite($backend) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
 impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(settings: &StoreSettings) -> anyhow::Result<Store> {
-        let store = Store::open_without_migrating(settings).await?;
-        MIGRATOR
-            .run(&store.writer)
-            .await
-            .with_context(|| format!("applying migrations to {}", settings.path.display()))?;
-        Ok(store)
+        Ok(Store { backend: Backend::Sqlite(SqliteStore::open(settings).await?) })
     }
 
     /// Opens the database without touching its schema (for commands that only read).
     pub async fn open_without_migrating(settings: &StoreSettings) -> anyhow::Result<Store> {
-        if let Some(parent) = settings.path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating the database directory {}", parent.display()))?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .expect("the bare sqlite: URL is valid")
-            .filename(&settings.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(settings.busy_timeout)
-            .pragma("temp_store", "memory");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
-            // The writer walks the queue's indexes all day: give it a larger page cache (in KiB).
-            .connect_with(options.clone().pragma("cache_size", "-8192"))
-            .await
-            .with_context(|| format!("opening sqlite database at {}", settings.path.display()))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(settings.max_readers.max(1))
-            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
-            .connect_with(options.read_only(true))
-            .await
-            .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))?;
-        let identity = file_identity(&settings.path);
-        Ok(Store { writer, reader, path: settings.path.clone(), identity })
+        Ok(Store { backend: Backend::Sqlite(SqliteStore::open_without_migrating(settings).await?) })
     }
 
     /// Opens an existing database for reading only (`list`, `show`, `webhooks list`): no file or
     /// directory is created, nothing is written, and a missing file is an error naming the path.
     /// Every query that writes fails on this handle.
     pub async fn open_read_only(settings: &StoreSettings) -> anyhow::Result<Store> {
-        if !settings.path.is_file() {
-            anyhow::bail!(
-                "no database at {} (it is created by `flink-ticketd migrate`, `enqueue` or the daemon)",
-                settings.path.display()
-            );
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .expect("the bare sqlite: URL is valid")
-            .filename(&settings.path)
-            .create_if_missing(false)
-            .read_only(true)
-            .busy_timeout(settings.busy_timeout);
-        let reader = SqlitePoolOptions::new()
-            .max_connections(settings.max_readers.max(1))
-            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))?;
-        let identity = file_identity(&settings.path);
-        Ok(Store { writer: reader.clone(), reader, path: settings.path.clone(), identity })
+        Ok(Store { backend: Backend::Sqlite(SqliteStore::open_read_only(settings).await?) })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.path
+        dispatch!(self, backend => backend.path())
     }
 
     /// Whether the path still names the file that was opened. `Err` says what happened when it
     /// was removed, or replaced by another file (a restore, a `mv` over it): the connections
     /// still write into the old file, which nobody will ever read, so the daemon must stop.
     pub fn check_file(&self) -> Result<(), FileLost> {
-        let Some(opened) = self.identity else { return Ok(()) };
-        match std::fs::metadata(&self.path) {
-            Ok(metadata) => {
-                use std::os::unix::fs::MetadataExt as _;
-                if (metadata.dev(), metadata.ino()) == opened {
-                    Ok(())
-                } else {
-                    Err(FileLost::Replaced(self.path.clone()))
-                }
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Err(FileLost::Removed(self.path.clone())),
-            // Unreadable metadata (permissions, IO) is not proof of replacement; the queries say
-            // what is wrong if anything is.
-            Err(_) => Ok(()),
-        }
+        dispatch!(self, backend => backend.check_file())
     }
 
     /// Resolves once [`Store::check_file`] fails, checking every `interval`, with what happened.
@@ -180,23 +126,17 @@ impl Store {
 
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.reader).await.is_ok()
+        dispatch!(self, backend => backend.ping().await)
     }
 
-    /// Closes both pools, checkpointing the WAL.
+    /// Closes the connections (on SQLite, checkpointing the WAL first).
     pub async fn close(&self) {
-        self.reader.close().await;
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
-            tracing::debug!(error = %error, "wal checkpoint at close failed");
-        }
-        self.writer.close().await;
+        dispatch!(self, backend => backend.close().await)
     }
 
     /// Lists applied migrations as (version, description).
     pub async fn applied_migrations(&self) -> Result<Vec<(i64, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(&self.reader)
-            .await
+        dispatch!(self, backend => backend.applied_migrations().await)
     }
 }
 
@@ -266,26 +206,12 @@ fn busy_retry_policy() -> backon::ExponentialBuilder {
         .with_jitter()
 }
 
-/// Closes the writer connection instead of returning it to the pool once a transaction on it
-/// failed; the pool opens a fresh one. After some errors (a full disk, an I/O error) SQLite rolls
-/// the transaction back by itself, sqlx's own rollback then fails, and the connection would stay
-/// marked as inside a transaction for good, refusing every later `BEGIN`.
-fn discard_after_failed_transaction(connection: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>) {
-    connection.close_on_drop();
-}
-
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).
 pub fn is_busy(error: &sqlx::Error) -> bool {
     error.as_database_error().and_then(|error| error.code()).is_some_and(|code| {
         // Primary result codes 5 (BUSY) and 6 (LOCKED), with or without an extended code.
         code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
     })
-}
-
-/// (device, inode) of `path`, if it can be read.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata(path).ok().map(|metadata| (metadata.dev(), metadata.ino()))
 }
 
 /// `instant` as stored in every `*_at` column.

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use super::results::{PollResult, ResultWrite, record_many_on};
-use super::tickets::{
-    Announcement, Finish, Reschedule, Ticket, record_final_on, record_progress_on, tickets_on, write_announcement_on,
-};
-use super::{Lease, Store, is_busy};
+use super::session::{PollResult, ResultWrite, Session};
+use super::tickets::{Announcement, Finish, Reschedule, Ticket};
+use super::{Backend, Lease, Store, is_busy};
 use crate::domain::RowId;
 
 /// Most writes one transaction takes.
@@ -196,28 +194,29 @@ impl From<sqlx::Error> for BatchError {
 }
 
 /// One transaction over the batch. On success every job is answered and `jobs` is emptied; on an
-/// error nothing is answered (the transaction rolls back when dropped) and `jobs` is left as it
+/// error nothing is answered (the connection is discarded, which ends the transaction) and `jobs` is left as it
 /// was, for another try.
 async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> Result<(), BatchError> {
-    let mut connection = store.writer.acquire().await?;
-    let result = try_batch_on(&mut connection, jobs, isolation).await;
-    if result.is_err() {
-        super::discard_after_failed_transaction(&mut connection);
+    match &store.backend {
+        Backend::Sqlite(backend) => {
+            let mut connection = backend.writer.acquire().await?;
+            let result = try_batch_on(Session::Sqlite(&mut connection), jobs, isolation).await;
+            if result.is_err() {
+                super::sqlite::discard_after_failed_transaction(&mut connection);
+            }
+            result
+        }
     }
-    result
 }
 
 /// [`try_batch`] on one connection.
-async fn try_batch_on(
-    connection: &mut sqlx::SqliteConnection,
-    jobs: &mut Vec<Job>,
-    isolation: Isolation,
-) -> Result<(), BatchError> {
+async fn try_batch_on(mut session: Session<'_>, jobs: &mut Vec<Job>, isolation: Isolation) -> Result<(), BatchError> {
     enum Outcome {
         Progress(Result<bool, sqlx::Error>),
         Final(Result<Option<usize>, sqlx::Error>),
     }
-    let mut transaction = sqlx::Connection::begin_with(connection, "BEGIN IMMEDIATE").await?;
+    // The caller discards the connection when this fails, which ends the transaction.
+    session.begin().await?;
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
     if isolation == Isolation::Shared {
         // Every row update of the batch in one statement (SQLite's writer spends its time on
@@ -233,7 +232,7 @@ async fn try_batch_on(
                 }
             })
             .collect();
-        let written = record_many_on(&mut transaction, &writes).await.map_err(BatchError::Job)?;
+        let written = session.record_many(&writes).await.map_err(BatchError::Job)?;
         // Results are matched to their writes by position, that is by (row, lease): two jobs for
         // one row (a lapsed lease's and the new owner's) get each their own answer.
         let finished: Vec<RowId> = jobs
@@ -247,7 +246,7 @@ async fn try_batch_on(
         let final_rows: std::collections::HashMap<RowId, Ticket> = if finished.is_empty() {
             std::collections::HashMap::new()
         } else {
-            let rows = tickets_on(&mut transaction, &finished).await.map_err(BatchError::Job)?;
+            let rows = session.tickets(&finished).await.map_err(BatchError::Job)?;
             rows.into_iter().map(|row| (row.id, row)).collect()
         };
         for (job, written) in jobs.iter().zip(written) {
@@ -257,9 +256,8 @@ async fn try_batch_on(
                 Job::Final { id, now, announce, .. } => match final_rows.get(id) {
                     None => Outcome::Final(Ok(None)),
                     Some(row) => {
-                        let count = write_announcement_on(&mut transaction, *id, *now, &announce(row))
-                            .await
-                            .map_err(BatchError::Job)?;
+                        let count =
+                            session.write_announcement(*id, *now, &announce(row)).await.map_err(BatchError::Job)?;
                         Outcome::Final(Ok(Some(count)))
                     }
                 },
@@ -274,14 +272,14 @@ async fn try_batch_on(
             continue;
         }
         if isolation == Isolation::PerJob {
-            sqlx::query("SAVEPOINT job").execute(&mut *transaction).await?;
+            session.execute("SAVEPOINT job").await?;
         }
         let outcome = match job {
             Job::Progress { lease, id, now, update, .. } => {
-                Outcome::Progress(record_progress_on(&mut transaction, lease, *id, *now, update).await)
+                Outcome::Progress(session.record_progress(lease, *id, *now, update).await)
             }
             Job::Final { lease, id, now, finish, announce, .. } => {
-                Outcome::Final(record_final_on(&mut transaction, lease, *id, *now, finish, |row| announce(row)).await)
+                Outcome::Final(session.record_final(lease, *id, *now, finish, |row| announce(row)).await)
             }
         };
         let failed = matches!(&outcome, Outcome::Progress(Err(_)) | Outcome::Final(Err(_)));
@@ -295,14 +293,14 @@ async fn try_batch_on(
             Isolation::Shared => {}
             Isolation::PerJob => {
                 if failed {
-                    sqlx::query("ROLLBACK TO job").execute(&mut *transaction).await?;
+                    session.execute("ROLLBACK TO job").await?;
                 }
-                sqlx::query("RELEASE job").execute(&mut *transaction).await?;
+                session.execute("RELEASE job").await?;
             }
         }
         *slot = Some(outcome);
     }
-    transaction.commit().await?;
+    session.execute("COMMIT").await?;
     let outcomes = outcomes.into_iter().map(|outcome| outcome.expect("every job has an outcome"));
     for (job, outcome) in jobs.drain(..).zip(outcomes) {
         // A caller that gave up waiting (shutdown) no longer needs its answer.

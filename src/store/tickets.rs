@@ -1,16 +1,14 @@
-//! SQL for the `tickets` table: insert, claim with a lease, record progress or the final state,
-//! and the user commands (list, show, retry, cancel).
+//! The `tickets` queue at the store boundary: [`Ticket`] and what writes to it carry, and the
+//! methods to insert, claim with a lease, record progress or the final state, and the user
+//! commands (list, show, retry, cancel).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
-use super::deliveries::{self, NewDelivery};
-use super::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, record_many_on};
-use super::{Lease, Store, at, row};
+use super::deliveries::NewDelivery;
+use super::{Lease, Store, dispatch, row};
 use crate::domain::{DeployResult, RowId, TicketKey, TicketState, TicketStatus, ValidationIssue};
 
 /// A row of `tickets`, read once at the store's boundary: the state as a [`TicketState`], instants
@@ -155,44 +153,17 @@ pub struct Finish {
 impl Store {
     /// Inserts a ticket as a user's `INSERT` would.
     pub async fn insert_ticket(&self, ticket: &NewTicket) -> Result<Ticket, sqlx::Error> {
-        let row = sqlx::query(
-            "INSERT INTO tickets (ticket_id, namespace, workspace, region, webhook_url, deadline_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-        )
-        .bind(&ticket.ticket_id)
-        .bind(&ticket.namespace)
-        .bind(&ticket.workspace)
-        .bind(&ticket.region)
-        .bind(&ticket.webhook_url)
-        .bind(ticket.deadline_at.map(at))
-        .fetch_one(&self.writer)
-        .await?;
-        Ok(row::read_ticket_leniently(&row))
+        dispatch!(self, backend => backend.insert_ticket(ticket).await)
     }
 
     /// The earliest `next_poll_at` of a pending ticket (a lease counts as not due until it lapses).
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let next: Option<String> = sqlx::query_scalar(
-            "SELECT next_poll_at FROM tickets INDEXED BY tickets_due
-             WHERE state = 'pending' ORDER BY next_poll_at LIMIT 1",
-        )
-        .fetch_optional(&self.reader)
-        .await?;
-        // The checks and triggers keep every stored time canonical; a time that still cannot be
-        // read (written with the checks switched off) sorts first and counts as due now, so the
-        // claim takes the row and rewrites the time instead of the loop waiting for ever.
-        Ok(next.map(|next| crate::clock::parse_instant(&next).unwrap_or(DateTime::UNIX_EPOCH)))
+        dispatch!(self, backend => backend.next_due_at().await)
     }
 
     /// The latest `next_poll_at` of a pending ticket.
     pub async fn latest_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let latest: Option<String> = sqlx::query_scalar(
-            "SELECT next_poll_at FROM tickets INDEXED BY tickets_due
-             WHERE state = 'pending' ORDER BY next_poll_at DESC LIMIT 1",
-        )
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(latest.as_deref().and_then(crate::clock::parse_instant))
+        dispatch!(self, backend => backend.latest_due_at().await)
     }
 
     /// Makes every pending, unleased ticket due at `now` whose `next_poll_at` lies beyond
@@ -201,17 +172,7 @@ impl Store {
     /// end, and making it due would let a second claim take a ticket whose poll is still running.
     /// Returns how many rows changed.
     pub async fn pull_back_due_times(&self, now: DateTime<Utc>, horizon: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
-            "UPDATE tickets SET next_poll_at = ?1
-             WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
-                          WHERE state = 'pending' AND next_poll_at > ?2)
-               AND lease_owner IS NULL",
-        )
-        .bind(at(now))
-        .bind(at(horizon))
-        .execute(&self.writer)
-        .await?
-        .rows_affected())
+        dispatch!(self, backend => backend.pull_back_due_times(now, horizon).await)
     }
 
     /// Claims up to `limit` due pending tickets in one atomic statement, earliest first.
@@ -228,31 +189,7 @@ impl Store {
         limit: u32,
         default_deadline: Duration,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
-        let now_text = at(now);
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
-        let rows = sqlx::query(
-            "UPDATE tickets
-             SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
-                 deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
-             WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
-                          WHERE state = 'pending' AND next_poll_at <= ?3
-                          ORDER BY next_poll_at LIMIT ?5)
-             RETURNING *",
-        )
-        .bind(&lease.0)
-        .bind(&until)
-        .bind(&now_text)
-        .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut tickets = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(ticket) = self.readable_claim(row, lease, now).await? {
-                tickets.push(ticket);
-            }
-        }
-        Ok(tickets)
+        dispatch!(self, backend => backend.claim_due_tickets(lease, now, lease_for, limit, default_deadline).await)
     }
 
     /// Claims one ticket, like [`Store::claim_due_tickets`] but only row `id`: `None` when it is not
@@ -266,26 +203,7 @@ impl Store {
         lease_for: Duration,
         default_deadline: Duration,
     ) -> Result<Option<Ticket>, sqlx::Error> {
-        let now_text = at(now);
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
-        let row = sqlx::query(
-            "UPDATE tickets
-             SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
-                 deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
-             WHERE id = ?5 AND state = 'pending' AND next_poll_at <= ?3
-             RETURNING *",
-        )
-        .bind(&lease.0)
-        .bind(&until)
-        .bind(&now_text)
-        .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .bind(id.0)
-        .fetch_optional(&self.writer)
-        .await?;
-        match row {
-            Some(row) => self.readable_claim(&row, lease, now).await,
-            None => Ok(None),
-        }
+        dispatch!(self, backend => backend.claim_ticket(lease, id, now, lease_for, default_deadline).await)
     }
 
     /// Moves the lease `lease` holds on row `id` to `now + lease_for` (with `next_poll_at`, as a
@@ -298,18 +216,7 @@ impl Store {
         now: DateTime<Utc>,
         lease_for: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
-        let updated = sqlx::query(
-            "UPDATE tickets SET lease_until = ?1, next_poll_at = ?1
-             WHERE id = ?2 AND lease_owner = ?3 AND state = 'pending'",
-        )
-        .bind(&until)
-        .bind(id.0)
-        .bind(&lease.0)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(updated == 1)
+        dispatch!(self, backend => backend.extend_ticket_lease(lease, id, now, lease_for).await)
     }
 
     /// Records a poll that did not end the ticket and releases the lease. Returns `false` (and
@@ -321,8 +228,7 @@ impl Store {
         now: DateTime<Utc>,
         update: &Reschedule,
     ) -> Result<bool, sqlx::Error> {
-        let mut connection = self.writer.acquire().await?;
-        record_progress_on(&mut connection, lease, id, now, update).await
+        dispatch!(self, backend => backend.record_progress(lease, id, now, update).await)
     }
 
     /// Records the final state and, in the same transaction, its [`Announcement`] (the webhook
@@ -337,62 +243,26 @@ impl Store {
         finish: &Finish,
         announce: impl FnOnce(&Ticket) -> Announcement,
     ) -> Result<Option<usize>, sqlx::Error> {
-        let mut connection = self.writer.acquire().await?;
-        let written = async {
-            let mut transaction = sqlx::Connection::begin_with(&mut *connection, "BEGIN IMMEDIATE").await?;
-            let written = record_final_on(&mut transaction, lease, id, now, finish, announce).await?;
-            transaction.commit().await?;
-            Ok(written)
-        }
-        .await;
-        if written.is_err() {
-            super::discard_after_failed_transaction(&mut connection);
-        }
-        written
+        dispatch!(self, backend => backend.record_final(lease, id, now, finish, announce).await)
     }
 
     /// Moves every pending, unclaimed ticket of `workspace` due before `until` to `until`.
     /// A ticket whose deadline comes first is moved to its deadline instead, so that it expires
     /// on time.
     pub async fn postpone_workspace(&self, workspace: &str, until: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-        let until = at(until);
-        Ok(sqlx::query(
-            "UPDATE tickets SET next_poll_at = min(?1, coalesce(deadline_at, ?1))
-             WHERE state = 'pending' AND workspace = ?2 AND lease_owner IS NULL
-               AND next_poll_at < min(?1, coalesce(deadline_at, ?1))",
-        )
-        .bind(&until)
-        .bind(workspace)
-        .execute(&self.writer)
-        .await?
-        .rows_affected())
+        dispatch!(self, backend => backend.postpone_workspace(workspace, until).await)
     }
 
     /// Releases every lease whose owner starts with `owner_prefix`, making those tickets due now
     /// (graceful shutdown hands unfinished work to the next start at once).
     pub async fn release_tickets(&self, owner_prefix: &str, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query(
-            "UPDATE tickets SET lease_owner = NULL, lease_until = NULL, next_poll_at = ?2
-             WHERE state = 'pending' AND substr(lease_owner, 1, length(?1)) = ?1",
-        )
-        .bind(owner_prefix)
-        .bind(at(now))
-        .execute(&self.writer)
-        .await?
-        .rows_affected())
+        dispatch!(self, backend => backend.release_tickets(owner_prefix, now).await)
     }
 
     /// Tickets, newest first, optionally in one state.
     /// A value that cannot be read shows as its text, or as the column's default.
     pub async fn list_tickets(&self, state: Option<TicketState>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT * FROM tickets WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2",
-        )
-        .bind(state.map(TicketState::as_str))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows.iter().map(row::read_ticket_leniently).collect())
+        dispatch!(self, backend => backend.list_tickets(state, limit).await)
     }
 
     /// Every row with this ticket ID (the same ID may exist in several workspaces/namespaces),
@@ -403,22 +273,12 @@ impl Store {
         workspace: Option<&str>,
         namespace: Option<&str>,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT * FROM tickets WHERE ticket_id = ?1 AND (?2 IS NULL OR workspace = ?2)
-             AND (?3 IS NULL OR namespace = ?3) ORDER BY id",
-        )
-        .bind(ticket_id)
-        .bind(workspace)
-        .bind(namespace)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows.iter().map(row::read_ticket_leniently).collect())
+        dispatch!(self, backend => backend.find_tickets(ticket_id, workspace, namespace).await)
     }
 
     /// The row with this internal ID (read as [`Store::list_tickets`] reads rows).
     pub async fn ticket(&self, id: RowId) -> Result<Option<Ticket>, sqlx::Error> {
-        let row = sqlx::query("SELECT * FROM tickets WHERE id = ?").bind(id.0).fetch_optional(&self.reader).await?;
-        Ok(row.as_ref().map(row::read_ticket_leniently))
+        dispatch!(self, backend => backend.ticket(id).await)
     }
 
     /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff. The
@@ -430,188 +290,16 @@ impl Store {
         now: DateTime<Utc>,
         deadline: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
-        let now = at(now);
-        Ok(sqlx::query(
-            "UPDATE tickets SET state = 'pending', retries = retries + 1, next_poll_at = ?2, updated_at = ?2,
-                 deadline_at = ?3, finished_at = NULL, running_streak = 0, error_streak = 0,
-                 error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL,
-                 ticket_status = NULL, deployment_id = NULL, deploy_success = NULL, message = NULL,
-                 validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL
-             WHERE id = ?1 AND state <> 'pending'",
-        )
-        .bind(id.0)
-        .bind(&now)
-        .bind(at(deadline))
-        .execute(&self.writer)
-        .await?
-        .rows_affected()
-            == 1)
+        dispatch!(self, backend => backend.retry_ticket(id, now, deadline).await)
     }
 
     /// Stops polling a pending ticket. Returns `false` when it is not pending.
     pub async fn cancel_ticket(&self, id: RowId, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        let now = at(now);
-        Ok(sqlx::query(
-            "UPDATE tickets SET state = 'cancelled', finished_at = ?2, updated_at = ?2,
-                 lease_owner = NULL, lease_until = NULL
-             WHERE id = ?1 AND state = 'pending'",
-        )
-        .bind(id.0)
-        .bind(&now)
-        .execute(&self.writer)
-        .await?
-        .rows_affected()
-            == 1)
+        dispatch!(self, backend => backend.cancel_ticket(id, now).await)
     }
 
     /// How many tickets are in each state.
     pub async fn count_tickets_by_state(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as("SELECT state, count(*) FROM tickets GROUP BY state").fetch_all(&self.reader).await
+        dispatch!(self, backend => backend.count_tickets_by_state().await)
     }
-
-    /// A row just claimed with `lease`, as a [`Ticket`]; `None` when a value in it cannot be read
-    /// (the schema's checks refuse such values, so only a write with the checks switched off
-    /// leaves one). Such a row is failed on the spot with `InvalidTicket` and a message naming the
-    /// column, its unreadable values replaced, so that it never holds back the rest of its batch
-    /// and never comes back. It is not announced: its values cannot be trusted.
-    async fn readable_claim(
-        &self,
-        row: &SqliteRow,
-        lease: &Lease,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Ticket>, sqlx::Error> {
-        let column = match row::read_ticket(row) {
-            Ok(ticket) => return Ok(Some(ticket)),
-            Err(unreadable) => unreadable.column,
-        };
-        let id: i64 = row.try_get("id")?;
-        let message = format!("column {column} holds a value the daemon cannot read");
-        let failed = sqlx::query(FAIL_UNREADABLE)
-            .bind(id)
-            .bind(&lease.0)
-            .bind(&message)
-            .bind(at(now))
-            .execute(&self.writer)
-            .await;
-        match failed {
-            Ok(_) => tracing::error!(row = id, column, "ticket failed: a value in it cannot be read (InvalidTicket)"),
-            // The row keeps its lease and is claimed again once it lapses; the rest of the batch
-            // goes on.
-            Err(error) => tracing::error!(row = id, column, error = %error, "failing an unreadable ticket failed"),
-        }
-        Ok(None)
-    }
-}
-
-/// Ends a claimed row that cannot be read: `failed` / `InvalidTicket` with message `?3` at `?4`,
-/// every value that cannot be read replaced by the column's default, so that the row can be read
-/// (and listed) from then on.
-const FAIL_UNREADABLE: &str = "UPDATE tickets SET
-        state = 'failed', error_code = 'InvalidTicket', error_message = ?3,
-        finished_at = ?4, updated_at = ?4, next_poll_at = ?4, lease_owner = NULL, lease_until = NULL,
-        created_at = CASE WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(created_at)) IS created_at
-                          THEN created_at ELSE ?4 END,
-        deadline_at = CASE WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline_at)) IS deadline_at
-                           THEN deadline_at END,
-        ticket_status = CASE WHEN typeof(ticket_status) IN ('text', 'null') THEN ticket_status
-                             ELSE CAST(ticket_status AS TEXT) END,
-        deployment_id = CASE WHEN typeof(deployment_id) IN ('text', 'null') THEN deployment_id
-                             ELSE CAST(deployment_id AS TEXT) END,
-        deploy_success = CASE WHEN typeof(deploy_success) = 'integer' AND deploy_success IN (0, 1)
-                              THEN deploy_success END,
-        message = CASE WHEN typeof(message) IN ('text', 'null') THEN message ELSE CAST(message AS TEXT) END,
-        validation_result = CASE WHEN typeof(validation_result) IN ('text', 'null') THEN validation_result
-                                 ELSE CAST(validation_result AS TEXT) END,
-        validation_errors = CASE WHEN typeof(validation_errors) = 'text' AND json_valid(validation_errors)
-                                      AND json_type(validation_errors) = 'array'
-                                 THEN validation_errors ELSE '[]' END,
-        request_id = CASE WHEN typeof(request_id) IN ('text', 'null') THEN request_id
-                          ELSE CAST(request_id AS TEXT) END,
-        webhook_note = CASE WHEN typeof(webhook_note) IN ('text', 'null') THEN webhook_note
-                            ELSE CAST(webhook_note AS TEXT) END,
-        polls = CASE WHEN typeof(polls) = 'integer' AND polls >= 0 THEN polls ELSE 0 END,
-        running_streak = CASE WHEN typeof(running_streak) = 'integer' AND running_streak >= 0
-                              THEN running_streak ELSE 0 END,
-        error_streak = CASE WHEN typeof(error_streak) = 'integer' AND error_streak >= 0
-                            THEN error_streak ELSE 0 END,
-        retries = CASE WHEN typeof(retries) = 'integer' AND retries >= 0 THEN retries ELSE 0 END
-    WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'";
-
-/// [`Store::record_progress`] on a given connection (the caller owns any transaction).
-pub(super) async fn record_progress_on(
-    connection: &mut SqliteConnection,
-    lease: &Lease,
-    id: RowId,
-    now: DateTime<Utc>,
-    update: &Reschedule,
-) -> Result<bool, sqlx::Error> {
-    let write = ResultWrite { lease, id, now, result: PollResult::Progress(update) };
-    Ok(record_many_on(connection, &[write]).await?[0])
-}
-
-/// The rows with these IDs, as the caller's transaction sees them.
-pub(super) async fn tickets_on(connection: &mut SqliteConnection, ids: &[RowId]) -> Result<Vec<Ticket>, sqlx::Error> {
-    let mut rows = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM tickets WHERE id IN (");
-        let mut list = query.separated(", ");
-        for id in chunk {
-            list.push_bind(id.0);
-        }
-        query.push(")");
-        rows.extend(query.build().fetch_all(&mut *connection).await?.iter().map(row::read_ticket_leniently));
-    }
-    Ok(rows)
-}
-
-/// Writes a final state's [`Announcement`] for its just-written row: the webhook deliveries and
-/// the note. Returns how many deliveries were written. A delivery the outbox refuses (one of its
-/// constraints) is left out and the note says so, so that the final state always commits; any
-/// other error is returned.
-pub(super) async fn write_announcement_on(
-    connection: &mut SqliteConnection,
-    id: RowId,
-    now: DateTime<Utc>,
-    announcement: &Announcement,
-) -> Result<usize, sqlx::Error> {
-    let mut notes: Vec<String> = announcement.webhook_note.iter().cloned().collect();
-    let mut written = 0;
-    for delivery in &announcement.deliveries {
-        // A refused statement rolls back alone; the transaction goes on.
-        match deliveries::insert(&mut *connection, delivery, now).await? {
-            deliveries::Inserted::Written => written += 1,
-            deliveries::Inserted::Refused(reason) => {
-                let url = crate::redact::redact_text(&delivery.url);
-                tracing::error!(row = id.0, url = %url, reason = %reason, "webhook delivery dropped: the outbox refused it");
-                notes.push(format!("webhook to {url} dropped: the delivery could not be written ({reason})"));
-            }
-        }
-    }
-    if !notes.is_empty() {
-        sqlx::query("UPDATE tickets SET webhook_note = ? WHERE id = ?")
-            .bind(notes.join("; "))
-            .bind(id.0)
-            .execute(&mut *connection)
-            .await?;
-    }
-    Ok(written)
-}
-
-/// [`Store::record_final`] inside the caller's transaction.
-pub(super) async fn record_final_on(
-    connection: &mut SqliteConnection,
-    lease: &Lease,
-    id: RowId,
-    now: DateTime<Utc>,
-    finish: &Finish,
-    announce: impl FnOnce(&Ticket) -> Announcement,
-) -> Result<Option<usize>, sqlx::Error> {
-    let write = ResultWrite { lease, id, now, result: PollResult::Final(finish) };
-    if !record_many_on(connection, &[write]).await?[0] {
-        return Ok(None);
-    }
-    let Some(ticket) = tickets_on(connection, &[id]).await?.pop() else {
-        return Ok(None);
-    };
-    write_announcement_on(connection, id, now, &announce(&ticket)).await.map(Some)
 }

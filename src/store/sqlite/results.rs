@@ -5,22 +5,21 @@
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::tickets::{Finish, Reschedule};
-use super::{Lease, at, row};
 use crate::domain::RowId;
+use crate::store::{Finish, Lease, Reschedule, at, row};
 
 /// One poll result to write with [`record_many_on`].
 #[derive(Debug, Clone, Copy)]
-pub(super) struct ResultWrite<'a> {
-    pub(super) lease: &'a Lease,
-    pub(super) id: RowId,
-    pub(super) now: DateTime<Utc>,
-    pub(super) result: PollResult<'a>,
+pub(in crate::store) struct ResultWrite<'a> {
+    pub(in crate::store) lease: &'a Lease,
+    pub(in crate::store) id: RowId,
+    pub(in crate::store) now: DateTime<Utc>,
+    pub(in crate::store) result: PollResult<'a>,
 }
 
 /// What a [`ResultWrite`] records.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum PollResult<'a> {
+pub(in crate::store) enum PollResult<'a> {
     /// The ticket goes on: due time, streaks, and what the call said.
     Progress(&'a Reschedule),
     /// The ticket is done: state and `finished_at` (the caller writes the announcement).
@@ -28,14 +27,14 @@ pub(super) enum PollResult<'a> {
 }
 
 /// Most rows one multi-row write names (18 bound values each, well below SQLite's limit).
-pub(super) const ROWS_PER_STATEMENT: usize = 256;
+pub(in crate::store) const ROWS_PER_STATEMENT: usize = 256;
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
 /// result is written; the one-row writes call it too), fenced by lease and state. Returns, for
 /// each write in order, whether it was written: a result counts as written only when its own
 /// (row, lease) matched, never because another write to the same row did. A final state's
 /// announcement is the caller's to write (see `tickets::write_announcement_on`). The caller owns the transaction.
-pub(super) async fn record_many_on(
+pub(in crate::store) async fn record_many_on(
     connection: &mut SqliteConnection,
     writes: &[ResultWrite<'_>],
 ) -> Result<Vec<bool>, sqlx::Error> {

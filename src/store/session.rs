@@ -1,0 +1,95 @@
+//! [`Session`]: one write connection of either backend, with the few operations the recorder's
+//! group commit runs inside its transaction. The recorder's batching logic is written once against
+//! it; each operation runs the backend's own SQL.
+
+use chrono::{DateTime, Utc};
+
+use super::sqlite;
+use super::{Announcement, Finish, Lease, Reschedule, Ticket};
+use crate::domain::RowId;
+
+/// A write connection of one backend, owned by the caller for the length of a transaction.
+pub(super) enum Session<'c> {
+    /// The SQLite writer connection.
+    Sqlite(&'c mut sqlx::SqliteConnection),
+}
+
+/// The poll results of a batch, for [`Session::record_many`].
+pub(super) use super::sqlite::results::{PollResult, ResultWrite};
+
+impl Session<'_> {
+    /// Opens the transaction (`BEGIN IMMEDIATE` on SQLite, so it waits for the write lock up
+    /// front).
+    pub(super) async fn begin(&mut self) -> Result<(), sqlx::Error> {
+        self.execute(match self {
+            Session::Sqlite(_) => "BEGIN IMMEDIATE",
+        })
+        .await
+    }
+
+    /// Runs one statement without parameters (`COMMIT`, savepoints).
+    pub(super) async fn execute(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match self {
+            Session::Sqlite(connection) => sqlx::query(sql).execute(&mut **connection).await.map(drop),
+        }
+    }
+
+    /// See `sqlite::results::record_many_on`.
+    pub(super) async fn record_many(&mut self, writes: &[ResultWrite<'_>]) -> Result<Vec<bool>, sqlx::Error> {
+        match self {
+            Session::Sqlite(connection) => sqlite::results::record_many_on(connection, writes).await,
+        }
+    }
+
+    /// The rows with these IDs, as the transaction sees them.
+    pub(super) async fn tickets(&mut self, ids: &[RowId]) -> Result<Vec<Ticket>, sqlx::Error> {
+        match self {
+            Session::Sqlite(connection) => sqlite::tickets::tickets_on(connection, ids).await,
+        }
+    }
+
+    /// Writes a final state's announcement; see `sqlite::tickets::write_announcement_on`.
+    pub(super) async fn write_announcement(
+        &mut self,
+        id: RowId,
+        now: DateTime<Utc>,
+        announcement: &Announcement,
+    ) -> Result<usize, sqlx::Error> {
+        match self {
+            Session::Sqlite(connection) => {
+                sqlite::tickets::write_announcement_on(connection, id, now, announcement).await
+            }
+        }
+    }
+
+    /// One progress write, fenced by lease and state.
+    pub(super) async fn record_progress(
+        &mut self,
+        lease: &Lease,
+        id: RowId,
+        now: DateTime<Utc>,
+        update: &Reschedule,
+    ) -> Result<bool, sqlx::Error> {
+        match self {
+            Session::Sqlite(connection) => {
+                sqlite::tickets::record_progress_on(connection, lease, id, now, update).await
+            }
+        }
+    }
+
+    /// One final write with its announcement, fenced by lease and state.
+    pub(super) async fn record_final(
+        &mut self,
+        lease: &Lease,
+        id: RowId,
+        now: DateTime<Utc>,
+        finish: &Finish,
+        announce: impl FnOnce(&Ticket) -> Announcement,
+    ) -> Result<Option<usize>, sqlx::Error> {
+        match self {
+            Session::Sqlite(connection) => {
+                sqlite::tickets::record_final_on(connection, lease, id, now, finish, announce).await
+            }
+        }
+    }
+}
