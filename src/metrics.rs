@@ -63,6 +63,7 @@ pub struct Metrics {
     api_latency: Histogram,
     rate_limit_wait: Histogram,
     finished: Family<StateLabel, Counter>,
+    ticket_polls: Histogram,
     webhooks: Family<OutcomeLabel, Counter>,
     retention_runs: Counter,
     retention_deleted: Counter,
@@ -121,6 +122,12 @@ impl Metrics {
         );
         let finished = Family::<StateLabel, Counter>::default();
         registry.register("tickets_finished", "Tickets this process brought to a final state", finished.clone());
+        let ticket_polls = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0]);
+        registry.register(
+            "ticket_polls",
+            "Result requests per ticket this process brought to a final state (sum / count: polls per finished ticket)",
+            ticket_polls.clone(),
+        );
         let webhooks = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "webhook_deliveries",
@@ -145,6 +152,7 @@ impl Metrics {
             api_latency,
             rate_limit_wait,
             finished,
+            ticket_polls,
             webhooks,
             retention_runs,
             retention_deleted,
@@ -162,9 +170,10 @@ impl Metrics {
         self.rate_limit_wait.observe(waited.as_secs_f64());
     }
 
-    /// Counts a ticket brought to `state`.
-    pub fn observe_finished(&self, state: TicketState) {
+    /// Counts a ticket brought to `state` after `polls` result requests in all.
+    pub fn observe_finished(&self, state: TicketState, polls: i64) {
         self.finished.get_or_create(&StateLabel { state: state.as_str().to_owned() }).inc();
+        self.ticket_polls.observe(polls as f64);
     }
 
     /// Counts one webhook attempt by what was recorded for it.
@@ -227,7 +236,7 @@ mod tests {
     fn every_family_is_rendered_with_the_prefix_and_states_default_to_zero() {
         let metrics = Metrics::new();
         metrics.observe_poll(&Err(FlinkError::Network("reset".to_owned())), Duration::from_millis(20));
-        metrics.observe_finished(TicketState::Succeeded);
+        metrics.observe_finished(TicketState::Succeeded, 3);
         let text = metrics.render(&Snapshot {
             tickets_by_state: vec![("pending".to_owned(), 3)],
             queue_lag: Duration::from_millis(1500),
@@ -243,6 +252,8 @@ mod tests {
             "flink_ticketd_polls_total{outcome=\"network_error\"} 1",
             "flink_ticketd_api_request_duration_seconds_count 1",
             "flink_ticketd_tickets_finished_total{state=\"succeeded\"} 1",
+            "flink_ticketd_ticket_polls_sum 3.0",
+            "flink_ticketd_ticket_polls_count 1",
         ] {
             assert!(text.lines().any(|rendered| rendered == line), "{line} missing from:\n{text}");
         }

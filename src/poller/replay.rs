@@ -13,8 +13,9 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use super::decide::{Policy, next_running_poll};
-use super::learned::{Bounds, LearnedSchedule, MAX_SAMPLES, Sample};
+use super::learned::{Bounds, LearnedSchedule, MAX_SAMPLES};
 use super::to_chrono;
+use crate::domain::RunSample;
 
 /// Tickets to replay: when each is enqueued and how long it truly runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,7 +108,7 @@ pub fn replay(workload: &Workload, policy: &Policy, adaptive: Option<&Bounds>, w
     let mut streaks = vec![0_i64; workload.tickets.len()];
     let mut lags = vec![None; workload.tickets.len()];
     // Most recent first, as the daemon reads the history.
-    let mut history: Vec<Sample> = Vec::new();
+    let mut history: Vec<RunSample> = Vec::new();
     let mut learned: Option<(usize, Option<LearnedSchedule>)> = None;
     while let Some(Reverse((now, index))) = due.pop() {
         let (enqueued, run_time) = workload.tickets[index];
@@ -116,7 +117,7 @@ pub fn replay(workload: &Workload, policy: &Policy, adaptive: Option<&Bounds>, w
         polls[index] += 1;
         if elapsed >= run_time {
             lags[index] = Some((elapsed - run_time).as_secs_f64() / run_time.as_secs_f64());
-            history.insert(0, Sample { running_seen: running_seen[index], finish_seen: elapsed });
+            history.insert(0, RunSample { running_seen: running_seen[index], finish_seen: elapsed });
             history.truncate(MAX_SAMPLES);
             continue;
         }
@@ -129,8 +130,7 @@ pub fn replay(workload: &Workload, policy: &Policy, adaptive: Option<&Bounds>, w
             learned.as_ref().and_then(|(_, schedule)| schedule.as_ref())
         });
         streaks[index] += 1;
-        let (next, _) =
-            next_running_poll(created, streaks[index] - 1, now, policy, schedule, random.random::<f64>());
+        let (next, _) = next_running_poll(created, streaks[index] - 1, now, policy, schedule, random.random::<f64>());
         due.push(Reverse((next.max(now + chrono::Duration::milliseconds(1)), index)));
     }
     let measured: Vec<usize> = (warm_up..workload.tickets.len()).collect();
@@ -166,6 +166,8 @@ mod tests {
             multiplier: 1.5,
             deadline: Duration::from_secs(3600),
             lease: Duration::from_secs(60),
+            adaptive: true,
+            target_lag: 0.1,
         })
     }
 
@@ -173,15 +175,11 @@ mod tests {
         Bounds { target_lag: 0.1, min_interval: Duration::from_secs(1), max_interval: Duration::from_secs(30) }
     }
 
+    /// The benchmark's figures over `runs` workloads.
     fn averaged(adaptive: Option<&Bounds>, runs: u64) -> Replayed {
-        averaged_spread(adaptive, runs, 0.25)
-    }
-
-    fn averaged_spread(adaptive: Option<&Bounds>, runs: u64, spread: f64) -> Replayed {
         let mut total = Replayed { tickets: 0, polls_per_ticket: 0.0, lag_mean: 0.0, lag_p90: 0.0 };
         for seed in 0..runs {
-            let workload =
-                Workload::deploys(60, Duration::from_secs(2), &RunTimes { spread, ..RunTimes::DEPLOYS }, seed);
+            let workload = Workload::deploys(60, Duration::from_secs(2), &RunTimes::DEPLOYS, seed);
             let one = replay(&workload, &default_policy(), adaptive, 30, seed + 1000);
             total.tickets += one.tickets;
             total.polls_per_ticket += one.polls_per_ticket / runs as f64;
@@ -192,31 +190,32 @@ mod tests {
     }
 
     #[test]
-    fn tuning() {
-        for spread in [0.25] {
-            eprintln!("spread {spread} fixed {:?}", averaged_spread(None, 20, spread));
-            for lag in [0.1, 0.12, 0.15] {
-                eprintln!("   adaptive {lag} {:?}", averaged_spread(Some(&Bounds { target_lag: lag, ..default_bounds() }), 20, spread));
-            }
-        }
-        eprintln!("fixed    {:?}", averaged(None, 20));
-        eprintln!("adaptive {:?}", averaged(Some(&default_bounds()), 20));
-        for lag in [0.06, 0.08, 0.12, 0.15] {
-            eprintln!("adaptive {lag} {:?}", averaged(Some(&Bounds { target_lag: lag, ..default_bounds() }), 20));
-        }
+    fn the_deploy_workload_spreads_from_4_to_40_seconds_around_12() {
+        let workload = Workload::deploys(600, Duration::from_secs(2), &RunTimes::DEPLOYS, 7);
+        let mut runs: Vec<f64> = workload.tickets.iter().map(|(_, run)| run.as_secs_f64()).collect();
+        runs.sort_by(f64::total_cmp);
+        assert!(runs[0] >= 4.0 && runs[599] <= 40.0, "{} .. {}", runs[0], runs[599]);
+        assert!((10.5..=13.5).contains(&runs[300]), "median {}", runs[300]);
+        assert_eq!(workload.tickets[3].0, Duration::from_secs(6), "one every 2 s");
+        assert_eq!(workload, Workload::deploys(600, Duration::from_secs(2), &RunTimes::DEPLOYS, 7), "seeded");
     }
-}
-#[cfg(test)]
-mod debug {
-    use super::*;
+
     #[test]
-    fn show_plan() {
-        let workload = Workload::deploys(60, Duration::from_secs(2), &RunTimes::DEPLOYS, 3);
-        let samples: Vec<Sample> = workload.tickets.iter().take(40).map(|(_, run)| Sample { running_seen: *run, finish_seen: *run }).collect();
-        for lag in [0.05, 0.1, 0.2] {
-            let bounds = Bounds { target_lag: lag, min_interval: Duration::from_secs(1), max_interval: Duration::from_secs(30) };
-            let schedule = LearnedSchedule::learn(&samples, &bounds).unwrap();
-            eprintln!("{lag} {:?} {:?}", schedule.expectation(), schedule.planned().iter().map(|d| format!("{:.1}", d.as_secs_f64())).collect::<Vec<_>>());
-        }
+    fn the_learned_schedule_polls_less_and_notices_sooner_than_the_backoff() {
+        let fixed = averaged(None, 10);
+        let adaptive = averaged(Some(&default_bounds()), 10);
+        assert_eq!((fixed.tickets, adaptive.tickets), (300, 300));
+        assert!(adaptive.polls_per_ticket < fixed.polls_per_ticket - 1.0, "{adaptive:?} vs {fixed:?}");
+        assert!(adaptive.lag_mean <= 0.15 && adaptive.lag_p90 <= 0.35, "{adaptive:?}");
+        assert!(fixed.lag_mean > 2.0 * adaptive.lag_mean, "{adaptive:?} vs {fixed:?}");
+    }
+
+    #[test]
+    fn without_history_the_replay_is_the_backoff() {
+        // A workload too short to learn from: both replays poll alike.
+        let workload = Workload::deploys(4, Duration::from_secs(60), &RunTimes::DEPLOYS, 3);
+        let fixed = replay(&workload, &default_policy(), None, 0, 11);
+        let adaptive = replay(&workload, &default_policy(), Some(&default_bounds()), 0, 11);
+        assert_eq!(fixed, adaptive);
     }
 }
