@@ -133,7 +133,10 @@ pub fn layered(file: Option<&Path>) -> Result<(Figment, Option<PathBuf>), Config
         })?;
         figment = figment.merge(Toml::string(&text));
     }
-    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+    // `FLINK_TICKETD_CONFIG` names the file; `FLINK_TICKETD_TEST_*` belong to the test suite
+    // (the PostgreSQL server it runs against), which also starts daemons in that environment.
+    let env = Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]).filter(|key| !key.starts_with("test_"));
+    figment = figment.merge(env);
     Ok((figment, file))
 }
 

@@ -8,6 +8,7 @@ mod harness;
 mod hostile;
 mod ops;
 mod pauses;
+mod pg;
 mod polling;
 mod schema;
 mod security;
