@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound as _, Utc};
 
 use super::gate::{Hold, PauseScope, Verdict};
 use super::learned::{LearnedPoll, LearnedSchedule, MIN_SAMPLES};
@@ -232,9 +232,10 @@ pub fn decide(
     }
 }
 
-/// Share of the wait to a learned poll that jitter may take off, so that tickets enqueued
-/// together do not all ask at the same instant. Only ever earlier: a later poll adds lag.
-pub const LEARNED_JITTER: f64 = 0.05;
+/// Share of the wait to a learned poll that jitter may add, so that tickets enqueued together do
+/// not all ask at the same instant. Only ever later: a poll must land at or past its planned
+/// instant, or the schedule would plan the same instant again.
+pub const LEARNED_JITTER: f64 = 0.02;
 
 /// How the next poll of a running ticket was placed (what `show` explains).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -255,11 +256,12 @@ pub enum Placement {
 }
 
 /// When to poll a ticket created at `created_at` that just answered "still running" at `now`
-/// for the `running_streak`-th time in a row: at the `learned` schedule's next instant (less a
-/// jitter of up to [`LEARNED_JITTER`] of the wait) while the ticket is within the learned range,
-/// otherwise on the fixed backoff. Never later than `policy.running.max` after `now`. Pure: the
-/// same inputs give the same answer, so a restart that rebuilds the same history from the table
-/// places the same polls.
+/// for the `running_streak`-th time in a row: at the `learned` schedule's next instant (plus a
+/// jitter of up to [`LEARNED_JITTER`] of the wait, rounded up to the millisecond that instants
+/// are stored in) while the ticket is within the learned range, otherwise on the fixed backoff.
+/// Never later than `policy.running.max` after `now` (a poll cut short that way is followed by
+/// the same planned instant). Pure: the same inputs give the same answer, so a restart that
+/// rebuilds the same history from the table places the same polls.
 pub fn next_running_poll(
     created_at: DateTime<Utc>,
     running_streak: i64,
@@ -274,8 +276,11 @@ pub fn next_running_poll(
     let elapsed = (now - created_at).to_std().unwrap_or(Duration::ZERO);
     let Some(poll) = schedule.next_after(elapsed) else { return backoff(Placement::PastLearned { running }) };
     let wait = poll.after_created.saturating_sub(elapsed);
-    let wait = wait.mul_f64(1.0 - LEARNED_JITTER * jitter.clamp(0.0, 1.0)).min(policy.running.max);
-    (now + to_chrono(wait), Placement::Learned(poll))
+    let wait = wait.mul_f64(1.0 + LEARNED_JITTER * jitter.clamp(0.0, 1.0));
+    let planned = created_at + to_chrono(elapsed + wait);
+    let whole_ms = planned.duration_round_up(chrono::Duration::milliseconds(1)).unwrap_or(planned);
+    let at = whole_ms.min(now + to_chrono(policy.running.max));
+    (at, Placement::Learned(poll))
 }
 
 /// A ticket kept back without a request until `until` (or its deadline), or expired if its
@@ -781,18 +786,27 @@ mod tests {
         else {
             panic!("expected a reschedule")
         };
-        assert_eq!(reschedule.next_poll_at, now() + to_chrono(planned[1]));
+        let whole_ms = chrono::Duration::milliseconds(1);
+        assert_eq!(reschedule.next_poll_at, (now() + to_chrono(planned[1])).duration_round_up(whole_ms).unwrap());
         assert_eq!(reschedule.running_seen_ms, Some(0));
         assert!(reschedule.note.starts_with("learned schedule: poll 2 of "), "{}", reschedule.note);
         assert!(reschedule.note.contains("30 finished tickets"), "{}", reschedule.note);
-        // Jitter only ever brings the poll forward, by at most LEARNED_JITTER of the wait.
+        // Jitter only ever takes the poll later, by at most LEARNED_JITTER of the wait.
         let Decision::Reschedule(jittered) =
             decide(&ticket, Some(Ok(&executing)), &passed(), now(), &policy(), 1.0, Some(&schedule))
         else {
             panic!("expected a reschedule")
         };
         let wait = (jittered.next_poll_at - now()).to_std().unwrap();
-        assert!(wait < planned[1] && wait >= planned[1].mul_f64(1.0 - LEARNED_JITTER) - Duration::from_millis(1));
+        assert!(wait > planned[1] && wait <= planned[1].mul_f64(1.0 + LEARNED_JITTER) + Duration::from_millis(1));
+        // The poll lands past its planned instant, so the next one is the next planned.
+        let at_poll = running_for(to_chrono(wait), 1, later());
+        let Decision::Reschedule(next) =
+            decide(&at_poll, Some(Ok(&executing)), &passed(), now(), &policy(), 0.0, Some(&schedule))
+        else {
+            panic!("expected a reschedule")
+        };
+        assert!(next.note.starts_with("learned schedule: poll 3 of "), "{}", next.note);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! What the simulated Flink API answers: a [`Scenario`] maps ticket ids (exact or by prefix) and
 //! draft ids to scripts of [`Step`]s, read from a TOML file (see `config/simulator-example.toml`).
 //!
-//! Each poll of a ticket plays the next step of its script and the last step repeats forever.
+//! Each poll of a ticket plays the next step of its script and the last step repeats forever. A
+//! status step with `until_ms` is time-based: it is played on every poll until that many
+//! milliseconds after the ticket's first poll, then the script moves on (`{ status =
+//! "EXECUTING", until_ms = 12000 }` followed by a `FINISHED` step is a deploy that takes 12 s).
 //! Parsing and validation live here; turning a step into HTTP bytes lives in `answer.rs`, and no
 //! IO happens here apart from [`Scenario::load`] reading the file.
 
@@ -111,6 +114,9 @@ pub struct StatusStep {
     pub errors: Vec<StepIssue>,
     /// Send positions as JSON strings (`"3"`), as the real API does; numbers otherwise.
     pub numbers_as_strings: bool,
+    /// Played on every poll until this many milliseconds after the ticket's first poll; `None`
+    /// plays it once.
+    pub until_ms: Option<u64>,
     /// Milliseconds to wait before answering.
     pub delay_ms: u64,
 }
@@ -261,6 +267,21 @@ impl Step {
         Step::Status(StatusStep::from_status(status))
     }
 
+    /// `status` on every poll until `until_ms` milliseconds after the ticket's first poll.
+    pub fn status_until(status: &str, until_ms: u64) -> Step {
+        let mut step = StatusStep::from_status(status);
+        step.until_ms = Some(until_ms);
+        Step::Status(step)
+    }
+
+    /// How long a time-based step lasts, counted from the ticket's first poll.
+    pub fn until_ms(&self) -> Option<u64> {
+        match self {
+            Step::Status(StatusStep { until_ms, .. }) => *until_ms,
+            _ => None,
+        }
+    }
+
     /// `FINISHED` with `success: true`; the deployment id is derived from the ticket id.
     pub fn finished_ok() -> Step {
         let mut step = StatusStep::from_status("FINISHED");
@@ -322,6 +343,7 @@ impl StatusStep {
             validation_result: None,
             errors: Vec::new(),
             numbers_as_strings: true,
+            until_ms: None,
             delay_ms: 0,
         }
     }
@@ -438,6 +460,8 @@ struct RawStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     numbers_as_strings: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     http_status: Option<u16>,
@@ -472,6 +496,7 @@ impl RawStep {
             ("validation_result", self.validation_result.is_some()),
             ("errors", self.errors.is_some()),
             ("numbers_as_strings", self.numbers_as_strings.is_some()),
+            ("until_ms", self.until_ms.is_some()),
             ("error", self.error.is_some()),
             ("http_status", self.http_status.is_some()),
             ("retry_after_ms", self.retry_after_ms.is_some()),
@@ -543,9 +568,16 @@ impl TryFrom<RawStep> for Step {
             many => return Err(StepError::ManyKinds(many.join(" and "))),
         };
         let allowed: &[&str] = match kind {
-            "status" => {
-                &["status", "success", "deployment_id", "message", "validation_result", "errors", "numbers_as_strings"]
-            }
+            "status" => &[
+                "status",
+                "success",
+                "deployment_id",
+                "message",
+                "validation_result",
+                "errors",
+                "numbers_as_strings",
+                "until_ms",
+            ],
             "error" => &["error", "http_status", "message", "retry_after_ms", "shape"],
             "not_found" => &["not_found", "message"],
             "html" => &["html", "http_status"],
@@ -573,6 +605,7 @@ impl TryFrom<RawStep> for Step {
                 validation_result: raw.validation_result,
                 errors: raw.errors.unwrap_or_default(),
                 numbers_as_strings: raw.numbers_as_strings.unwrap_or(true),
+                until_ms: raw.until_ms,
                 delay_ms,
             }),
             "error" => {
@@ -627,6 +660,7 @@ impl From<Step> for RawStep {
                 raw.validation_result = status.validation_result;
                 raw.errors = (!status.errors.is_empty()).then_some(status.errors);
                 raw.numbers_as_strings = (!status.numbers_as_strings).then_some(false);
+                raw.until_ms = status.until_ms;
             }
             Step::Error(error) => {
                 raw.http_status = (error.http_status != default_status_for(&error.code)).then_some(error.http_status);

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one shared harness.
 
+mod adaptive;
 mod cli;
 mod cloud;
 mod crash_loop;
