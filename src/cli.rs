@@ -252,7 +252,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             for (version, description) in store.applied_migrations().await.context("listing migrations")? {
                 println!("{version} {description}");
             }
-            println!("database {} is up to date", store.path().display());
+            println!("database {} is up to date", store.location());
             store.close().await;
         }
         Command::Enqueue { namespace, workspace, webhook_url, region, ticket_ids } => {
@@ -377,7 +377,7 @@ async fn webhooks(config: &Config, command: WebhooksCommand, clock: &dyn Clock) 
                 Resend::NotFound => {
                     return Err(CliError::Usage(format!(
                         "no webhook delivery {delivery_id} in {}",
-                        config.database.path.display()
+                        config.database.shown()
                     )));
                 }
                 Resend::InFlight => {
@@ -536,7 +536,7 @@ async fn find_one(store: &Store, ticket_id: &str, which: &Which) -> Result<Ticke
         .await
         .context("looking up the ticket")?;
     match matches.len() {
-        0 => Err(CliError::Usage(format!("no ticket {ticket_id:?} in {}", store.path().display()))),
+        0 => Err(CliError::Usage(format!("no ticket {ticket_id:?} in {}", store.location()))),
         1 => Ok(matches.remove(0)),
         _ => {
             let places: Vec<String> = matches

@@ -140,7 +140,7 @@ pub async fn run_supervised(
     };
     let http_address = listener.as_ref().and_then(|listener| listener.local_addr().ok());
     info!(
-        database = %store.path().display(),
+        database = %store.location(),
         credentials = %source,
         max_in_flight = config.flink.max_in_flight,
         max_requests_per_second = config.flink.max_requests_per_second,

@@ -32,6 +32,11 @@ pub struct RawConfig {
 pub(super) struct RawDatabase {
     pub(super) path: PathBuf,
     pub(super) busy_timeout: String,
+    pub(super) url: SecretString,
+    pub(super) url_file: String,
+    pub(super) max_connections: i64,
+    pub(super) statement_timeout: String,
+    pub(super) listen: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@
 //! daemon's wiring, `demo`) read this module; everything below them gets its own settings.
 //! Secrets live in [`SecretString`] so they cannot reach logs or `check-config` output.
 
+mod database;
 mod layers;
 
 use std::net::SocketAddr;
@@ -15,15 +16,15 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use self::layers::{
-    OneOrMany, RawDatabase, RawFlink, RawHttp, RawLog, RawPoll, RawRetention, RawWebhook, describe_figment_error,
-};
+use self::layers::{OneOrMany, RawFlink, RawHttp, RawLog, RawPoll, RawRetention, RawWebhook, describe_figment_error};
 pub use self::layers::{RawConfig, layered};
 use crate::duration::{format_duration, parse_duration};
 use crate::flink::credentials::ChainEnvironment;
 use crate::flink::{ClientSettings, Credentials, Endpoints, FlinkSettings};
 use crate::poller::PollSettings;
 use crate::retention::RetentionSettings;
+use crate::store::Database;
+#[cfg(test)]
 use crate::store::StoreSettings;
 use crate::telemetry::{LogFormat, LogSettings};
 use crate::webhook::{SecretBytes, WebhookSettings, decode_webhook_secret, parse_webhook_url};
@@ -58,7 +59,7 @@ pub struct Config {
     /// The config file that was read, if any.
     pub source_file: Option<PathBuf>,
     /// `[database]`.
-    pub database: StoreSettings,
+    pub database: Database,
     /// `[flink]`.
     pub flink: FlinkSettings,
     /// `[poll]`.
@@ -164,7 +165,7 @@ impl RawConfig {
     pub fn validate(self, source_file: Option<PathBuf>, env: &Environment<'_>) -> Result<Config, ConfigError> {
         let mut problems = Problems::default();
         let directories = Directories::from_env(env);
-        let database = database(&self.database, &directories, &mut problems);
+        let database = database::database(&self.database, &directories, &mut problems);
         let flink = flink(self.flink, &directories, env, &mut problems);
         let poll = poll(&self.poll, &flink.client, &mut problems);
         let webhook = webhook(self.webhook, &directories, &mut problems);
@@ -185,11 +186,7 @@ impl Config {
         let duration = |value: Duration| format!("{:?}", format_duration(value));
         let poll = &self.poll;
         let sections = [
-            format!(
-                "[database]\npath = {:?}\nbusy_timeout = {}\n",
-                self.database.path.display().to_string(),
-                duration(self.database.busy_timeout)
-            ),
+            database::describe(&self.database),
             self.flink.describe(),
             format!(
                 "[poll]\ninitial_interval = {}\nmax_interval = {}\nmultiplier = {}\ndeadline = {}\nlease = {}\nadaptive = {}\ntarget_lag = {}\n",
@@ -288,30 +285,6 @@ impl Directories {
         let credentials = (env.var)("CREDENTIALS_DIRECTORY").map(PathBuf::from);
         Directories { state, credentials }
     }
-}
-
-/// `[database]`: the file (under the state directory when relative) and the busy timeout.
-fn database(raw: &RawDatabase, directories: &Directories, problems: &mut Problems) -> StoreSettings {
-    let busy_timeout = problems.duration("database.busy_timeout", &raw.busy_timeout);
-    let path = if raw.path.as_os_str().is_empty() {
-        problems.push("database.path: must not be empty");
-        PathBuf::new()
-    } else if raw.path.is_relative() {
-        match &directories.state {
-            Some(dir) => dir.join(&raw.path),
-            None => raw.path.clone(),
-        }
-    } else {
-        raw.path.clone()
-    };
-    if busy_timeout > MAX_BUSY_TIMEOUT {
-        problems.push(format!(
-            "database.busy_timeout: must be at most {}, not {}",
-            format_duration(MAX_BUSY_TIMEOUT),
-            format_duration(busy_timeout)
-        ));
-    }
-    StoreSettings { path, busy_timeout, max_readers: 4 }
 }
 
 /// `[flink]`: endpoint or region, CA bundle, credentials from the keys, limits and timeouts.
@@ -722,7 +695,8 @@ mod tests {
         )
         .expect("the bounds themselves are valid");
         let dir = tempfile::tempdir().unwrap();
-        let settings = StoreSettings { path: dir.path().join("t.db"), ..config.database.clone() };
+        let crate::store::Database::Sqlite(database) = &config.database else { panic!("the default is SQLite") };
+        let settings = StoreSettings { path: dir.path().join("t.db"), ..database.clone() };
         crate::store::Store::open(&settings).await.expect("the store opens").close().await;
         let _ = tokio::sync::Semaphore::new(config.flink.max_in_flight.max(config.webhook.max_in_flight));
         let limiter = crate::ratelimit::RateLimiter::new(
@@ -782,7 +756,8 @@ mod tests {
     #[test]
     fn relative_database_path_goes_under_the_state_directory() {
         let config = validate("", &[("STATE_DIRECTORY", "/var/lib/flink-ticketd")]).unwrap();
-        assert_eq!(config.database.path, Path::new("/var/lib/flink-ticketd/flink-ticketd.db"));
+        let crate::store::Database::Sqlite(database) = &config.database else { panic!("the default is SQLite") };
+        assert_eq!(database.path, Path::new("/var/lib/flink-ticketd/flink-ticketd.db"));
     }
 
     #[test]

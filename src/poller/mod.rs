@@ -400,15 +400,16 @@ impl claim_loop::Queue for Poller {
         &self.wake
     }
 
-    /// Asks `PRAGMA data_version` every [`CHANGE_PROBE_INTERVAL`] until another connection
-    /// committed. A probe opened anew (at the first wait, or after a failure) counts as a change,
-    /// since it has no baseline from before the last look; failures close it and the next wait
-    /// tries again, with [`WAKE_INTERVAL`] as the safety net meanwhile.
+    /// Waits for another connection's commit: on SQLite the probe asks `PRAGMA data_version`
+    /// every [`CHANGE_PROBE_INTERVAL`], on PostgreSQL it waits for a notification. A probe opened
+    /// anew (at the first wait, or after a failure) counts as a change, since it has no baseline
+    /// from before the last look; failures close it and the next wait tries again, with
+    /// [`WAKE_INTERVAL`] as the safety net meanwhile.
     async fn outside_change(&self) {
         let mut probe = self.change_probe.lock().await;
         loop {
-            tokio::time::sleep(CHANGE_PROBE_INTERVAL).await;
             let Some(open) = probe.as_mut() else {
+                tokio::time::sleep(CHANGE_PROBE_INTERVAL).await;
                 match self.store.change_probe().await {
                     Ok(opened) => {
                         *probe = Some(opened);
@@ -420,9 +421,8 @@ impl claim_loop::Queue for Poller {
                     }
                 }
             };
-            match open.changed().await {
-                Ok(true) => return,
-                Ok(false) => {}
+            match open.next_change(CHANGE_PROBE_INTERVAL).await {
+                Ok(()) => return,
                 Err(error) => {
                     debug!(error = %error, "asking the database for outside changes failed");
                     *probe = None;

@@ -141,6 +141,15 @@ pub struct NewDelivery {
     pub payload: String,
 }
 
+/// What the outbox made of one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::store) enum Inserted {
+    /// The row is in the outbox.
+    Written,
+    /// One of the outbox's constraints refused the row; the text says which and why.
+    Refused(String),
+}
+
 impl Store {
     /// The earliest `next_attempt_at` of a pending delivery (a lease counts as not due until it
     /// lapses, because claiming sets `next_attempt_at = lease_until`).

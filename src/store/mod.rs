@@ -11,6 +11,7 @@
 mod changes;
 pub mod deliveries;
 pub mod maintenance;
+pub mod postgres;
 pub mod recorder;
 mod row;
 mod session;
@@ -25,10 +26,12 @@ use chrono::{DateTime, Utc};
 pub use changes::ChangeProbe;
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
 pub use maintenance::Purged;
+pub use postgres::{MIGRATOR as POSTGRES_MIGRATOR, PostgresSettings};
 pub use recorder::{Announce, RecordError, Recorder};
 pub use sqlite::MIGRATOR;
 pub use tickets::{Announcement, Finish, NewTicket, Reschedule, Ticket};
 
+use self::postgres::PgStore;
 use self::sqlite::SqliteStore;
 use crate::clock::format_instant;
 
@@ -58,6 +61,45 @@ pub struct Store {
 pub(crate) enum Backend {
     /// One SQLite file (`sqlite/`).
     Sqlite(SqliteStore),
+    /// A PostgreSQL database shared by any number of daemons (`postgres/`).
+    Postgres(PgStore),
+}
+
+/// Which database to open: a SQLite file (the default) or a PostgreSQL URL.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// `database.path`.
+    Sqlite(StoreSettings),
+    /// `database.url`.
+    Postgres(PostgresSettings),
+}
+
+impl From<&StoreSettings> for Database {
+    fn from(settings: &StoreSettings) -> Database {
+        Database::Sqlite(settings.clone())
+    }
+}
+
+impl From<&PostgresSettings> for Database {
+    fn from(settings: &PostgresSettings) -> Database {
+        Database::Postgres(settings.clone())
+    }
+}
+
+impl From<&Database> for Database {
+    fn from(settings: &Database) -> Database {
+        settings.clone()
+    }
+}
+
+impl Database {
+    /// The database as shown to people: the file's path, or the URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Database::Sqlite(settings) => settings.path.display().to_string(),
+            Database::Postgres(settings) => settings.shown_url(),
+        }
+    }
 }
 
 /// Names one process in `lease_owner` (`name:pid:random`, readable in the sqlite3 shell). The
@@ -79,6 +121,7 @@ macro_rules! dispatch {
     ($store:expr, $backend:ident => $body:expr) => {
         match &$store.backend {
             $crate::store::Backend::Sqlite($backend) => $body,
+            $crate::store::Backend::Postgres($backend) => $body,
         }
     };
 }
@@ -86,32 +129,68 @@ pub(crate) use dispatch;
 
 impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
-    pub async fn open(settings: &StoreSettings) -> anyhow::Result<Store> {
-        Ok(Store { backend: Backend::Sqlite(SqliteStore::open(settings).await?) })
+    pub async fn open(settings: impl Into<Database>) -> anyhow::Result<Store> {
+        let backend = match settings.into() {
+            Database::Sqlite(settings) => Backend::Sqlite(SqliteStore::open(&settings).await?),
+            Database::Postgres(settings) => Backend::Postgres(PgStore::open(&settings).await?),
+        };
+        Ok(Store { backend })
     }
 
     /// Opens the database without touching its schema (for commands that only read).
-    pub async fn open_without_migrating(settings: &StoreSettings) -> anyhow::Result<Store> {
-        Ok(Store { backend: Backend::Sqlite(SqliteStore::open_without_migrating(settings).await?) })
+    pub async fn open_without_migrating(settings: impl Into<Database>) -> anyhow::Result<Store> {
+        let backend = match settings.into() {
+            Database::Sqlite(settings) => Backend::Sqlite(SqliteStore::open_without_migrating(&settings).await?),
+            Database::Postgres(settings) => Backend::Postgres(PgStore::open_without_migrating(&settings).await?),
+        };
+        Ok(Store { backend })
     }
 
-    /// Opens an existing database for reading only (`list`, `show`, `webhooks list`): no file or
-    /// directory is created, nothing is written, and a missing file is an error naming the path.
-    /// Every query that writes fails on this handle.
-    pub async fn open_read_only(settings: &StoreSettings) -> anyhow::Result<Store> {
-        Ok(Store { backend: Backend::Sqlite(SqliteStore::open_read_only(settings).await?) })
+    /// Opens an existing database for reading (`list`, `show`, `webhooks list`). On SQLite no
+    /// file or directory is created, nothing is written, a missing file is an error naming the
+    /// path, and every query that writes fails on this handle; on PostgreSQL the schema is left
+    /// alone.
+    pub async fn open_read_only(settings: impl Into<Database>) -> anyhow::Result<Store> {
+        let backend = match settings.into() {
+            Database::Sqlite(settings) => Backend::Sqlite(SqliteStore::open_read_only(&settings).await?),
+            Database::Postgres(settings) => Backend::Postgres(PgStore::open_without_migrating(&settings).await?),
+        };
+        Ok(Store { backend })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        dispatch!(self, backend => backend.path())
+    /// The database file, on SQLite.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(backend) => Some(backend.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The database as shown in logs: the file's path, or the URL without its password.
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.path().display().to_string(),
+            Backend::Postgres(backend) => backend.shown_url().to_owned(),
+        }
+    }
+
+    /// Whether the store reaches its database: on PostgreSQL, false after a few connection-level
+    /// failures in a row (until a call gets through again); SQLite is always reachable.
+    pub fn healthy(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => true,
+            Backend::Postgres(backend) => backend.healthy(),
+        }
     }
 
     /// Whether the path still names the file that was opened. `Err` says what happened when it
     /// was removed, or replaced by another file (a restore, a `mv` over it): the connections
     /// still write into the old file, which nobody will ever read, so the daemon must stop.
     pub fn check_file(&self) -> Result<(), FileLost> {
-        dispatch!(self, backend => backend.check_file())
+        match &self.backend {
+            Backend::Sqlite(backend) => backend.check_file(),
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
     /// Resolves once [`Store::check_file`] fails, checking every `interval`, with what happened.
@@ -158,6 +237,16 @@ pub fn is_refusal(error: &sqlx::Error) -> bool {
 /// as they are).
 pub fn describe_refusal(error: &sqlx::Error) -> String {
     let message = error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_else(|| error.to_string());
+    let constraint = error.as_database_error().and_then(|db| db.constraint().map(str::to_owned));
+    if let Some(constraint) = constraint {
+        // PostgreSQL names the constraint.
+        return match error.as_database_error().map(|db| db.kind()) {
+            Some(sqlx::error::ErrorKind::UniqueViolation) => {
+                "already queued (the same workspace, namespace and ticket ID)".to_owned()
+            }
+            _ => format!("violates {constraint}"),
+        };
+    }
     if message.contains("UNIQUE constraint failed") {
         "already queued (the same workspace, namespace and ticket ID)".to_owned()
     } else if let Some(rule) = message.strip_prefix("CHECK constraint failed: ") {
@@ -179,8 +268,9 @@ pub enum FileLost {
 }
 
 /// Runs a write again, a few times with jittered backoff, when it failed only because another
-/// program held SQLite's write lock past `busy_timeout` ("database is locked"). Other errors
-/// return at once. An in-process retry of one statement; nothing about it is persisted.
+/// program held SQLite's write lock past `busy_timeout` ("database is locked"), or for any other
+/// reason [`is_retryable`] names (a PostgreSQL conflict or lost connection). Other errors return
+/// at once. An in-process retry of one statement; nothing about it is persisted.
 pub async fn retry_when_busy<T, F, Fut>(write: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
@@ -189,9 +279,9 @@ where
     use backon::Retryable as _;
     write
         .retry(busy_retry_policy())
-        .when(is_busy)
+        .when(is_retryable)
         .notify(|error, delay| {
-            tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write");
+            tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy or unreachable; retrying the write");
         })
         .await
 }
@@ -206,12 +296,23 @@ fn busy_retry_policy() -> backon::ExponentialBuilder {
         .with_jitter()
 }
 
+/// Whether a write that failed with `error` should simply run again: SQLite's lock was not free
+/// in time ([`is_busy`]), PostgreSQL aborted the transaction in a conflict (40001, 40P01), or the
+/// connection failed (the call may or may not have committed; every write here is fenced, so a
+/// second run of one that did changes nothing).
+pub fn is_retryable(error: &sqlx::Error) -> bool {
+    is_busy(error) || postgres::errors::is_conflict(error) || postgres::errors::is_connection_error(error)
+}
+
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).
 pub fn is_busy(error: &sqlx::Error) -> bool {
-    error.as_database_error().and_then(|error| error.code()).is_some_and(|code| {
-        // Primary result codes 5 (BUSY) and 6 (LOCKED), with or without an extended code.
-        code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
-    })
+    let sqlite =
+        error.as_database_error().is_some_and(|error| error.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some());
+    sqlite
+        && error.as_database_error().and_then(|error| error.code()).is_some_and(|code| {
+            // Primary result codes 5 (BUSY) and 6 (LOCKED), with or without an extended code.
+            code.parse::<i32>().is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+        })
 }
 
 /// `instant` as stored in every `*_at` column.

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::session::{PollResult, ResultWrite, Session};
 use super::tickets::{Announcement, Finish, Reschedule, Ticket};
-use super::{Backend, Lease, Store, is_busy};
+use super::{Backend, Lease, Store, is_retryable};
 use crate::domain::RowId;
 
 /// Most writes one transaction takes.
@@ -142,9 +142,9 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
         .map_err(BatchError::into_sqlx)
     })
     .retry(policy)
-    .when(is_busy)
+    .when(is_retryable)
     .notify(|error, delay| {
-        tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write batch");
+        tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy or unreachable; retrying the write batch");
     })
     .await;
     if let Err(error) = result {
@@ -205,6 +205,34 @@ async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> 
                 super::sqlite::discard_after_failed_transaction(&mut connection);
             }
             result
+        }
+        Backend::Postgres(backend) => {
+            // The whole batch under the call timeout on a connection of its own, closed rather
+            // than reused when the call fails at the connection level. A batch whose COMMIT got
+            // no answer may have committed: it is run again, and its fenced writes then match
+            // nothing, so one outcome and one set of deliveries result.
+            let mut checkout = backend.checkout().await?;
+            let result = tokio::time::timeout(
+                backend.call_timeout,
+                try_batch_on(Session::Postgres(checkout.connection()), jobs, isolation),
+            )
+            .await;
+            if !matches!(result, Ok(Ok(()))) {
+                // The transaction was begun by hand and may still be open (aborted): never reuse
+                // the connection.
+                checkout.discard();
+            }
+            let (result, job_failed) = match result {
+                Ok(Err(BatchError::Job(error))) => (Ok(Err(error)), true),
+                Ok(Err(BatchError::Transaction(error))) => (Ok(Err(error)), false),
+                Ok(Ok(())) => (Ok(Ok(())), false),
+                Err(elapsed) => (Err(elapsed), false),
+            };
+            match checkout.settle(result) {
+                Ok(()) => Ok(()),
+                Err(error) if job_failed => Err(BatchError::Job(error)),
+                Err(error) => Err(BatchError::Transaction(error)),
+            }
         }
     }
 }

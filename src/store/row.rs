@@ -24,6 +24,15 @@ pub(super) struct Unreadable {
 /// a deadline (the claim sets it from `created_at` when it was empty), so a missing one blames
 /// `created_at`.
 pub(super) fn read_ticket(row: &SqliteRow) -> Result<Ticket, Unreadable> {
+    read_ticket_from(row)
+}
+
+/// [`read_ticket`] for a row of any backend whose columns decode as `StoredTicket`'s (text
+/// instants, JSON as text).
+pub(super) fn read_ticket_from<R: sqlx::Row>(row: &R) -> Result<Ticket, Unreadable>
+where
+    for<'r> StoredTicket: sqlx::FromRow<'r, R>,
+{
     let stored = StoredTicket::from_row(row).map_err(|error| Unreadable {
         column: match error {
             sqlx::Error::ColumnDecode { index, .. } => index.trim_matches('"').to_owned(),
@@ -49,6 +58,19 @@ pub(super) fn read_ticket(row: &SqliteRow) -> Result<Ticket, Unreadable> {
         lease_until: optional(&stored.lease_until, "lease_until")?,
         ..stored.into_ticket_leniently()
     })
+}
+
+/// Reads a row of a backend whose column types already guarantee readable values (PostgreSQL):
+/// strictly when it can, leniently otherwise (a row never claimed has no deadline yet). Only a
+/// column that does not decode at all is an error.
+pub(super) fn read_ticket_typed<R: sqlx::Row>(row: &R) -> Result<Ticket, sqlx::Error>
+where
+    for<'r> StoredTicket: sqlx::FromRow<'r, R>,
+{
+    match read_ticket_from(row) {
+        Ok(ticket) => Ok(ticket),
+        Err(_) => Ok(StoredTicket::from_row(row)?.into_ticket_leniently()),
+    }
 }
 
 /// Reads a row for showing it: a value that cannot be read as its column's type shows as its
@@ -116,7 +138,7 @@ pub(super) fn optional_instant<S: serde::Serializer>(
 
 /// Every column of `tickets` as stored.
 #[derive(Debug, sqlx::FromRow)]
-struct StoredTicket {
+pub(super) struct StoredTicket {
     id: i64,
     ticket_id: String,
     namespace: String,

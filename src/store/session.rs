@@ -4,14 +4,16 @@
 
 use chrono::{DateTime, Utc};
 
-use super::sqlite;
 use super::{Announcement, Finish, Lease, Reschedule, Ticket};
+use super::{postgres, sqlite};
 use crate::domain::RowId;
 
 /// A write connection of one backend, owned by the caller for the length of a transaction.
 pub(super) enum Session<'c> {
     /// The SQLite writer connection.
     Sqlite(&'c mut sqlx::SqliteConnection),
+    /// A pooled PostgreSQL connection.
+    Postgres(&'c mut sqlx::PgConnection),
 }
 
 /// The poll results of a batch, for [`Session::record_many`].
@@ -23,6 +25,7 @@ impl Session<'_> {
     pub(super) async fn begin(&mut self) -> Result<(), sqlx::Error> {
         self.execute(match self {
             Session::Sqlite(_) => "BEGIN IMMEDIATE",
+            Session::Postgres(_) => "BEGIN",
         })
         .await
     }
@@ -31,6 +34,7 @@ impl Session<'_> {
     pub(super) async fn execute(&mut self, sql: &str) -> Result<(), sqlx::Error> {
         match self {
             Session::Sqlite(connection) => sqlx::query(sql).execute(&mut **connection).await.map(drop),
+            Session::Postgres(connection) => sqlx::query(sql).execute(&mut **connection).await.map(drop),
         }
     }
 
@@ -38,6 +42,7 @@ impl Session<'_> {
     pub(super) async fn record_many(&mut self, writes: &[ResultWrite<'_>]) -> Result<Vec<bool>, sqlx::Error> {
         match self {
             Session::Sqlite(connection) => sqlite::results::record_many_on(connection, writes).await,
+            Session::Postgres(connection) => postgres::results::record_many_on(connection, writes).await,
         }
     }
 
@@ -45,6 +50,7 @@ impl Session<'_> {
     pub(super) async fn tickets(&mut self, ids: &[RowId]) -> Result<Vec<Ticket>, sqlx::Error> {
         match self {
             Session::Sqlite(connection) => sqlite::tickets::tickets_on(connection, ids).await,
+            Session::Postgres(connection) => postgres::tickets::tickets_on(connection, ids).await,
         }
     }
 
@@ -58,6 +64,9 @@ impl Session<'_> {
         match self {
             Session::Sqlite(connection) => {
                 sqlite::tickets::write_announcement_on(connection, id, now, announcement).await
+            }
+            Session::Postgres(connection) => {
+                postgres::tickets::write_announcement_on(connection, id, now, announcement).await
             }
         }
     }
@@ -74,6 +83,9 @@ impl Session<'_> {
             Session::Sqlite(connection) => {
                 sqlite::tickets::record_progress_on(connection, lease, id, now, update).await
             }
+            Session::Postgres(connection) => {
+                postgres::tickets::record_progress_on(connection, lease, id, now, update).await
+            }
         }
     }
 
@@ -89,6 +101,9 @@ impl Session<'_> {
         match self {
             Session::Sqlite(connection) => {
                 sqlite::tickets::record_final_on(connection, lease, id, now, finish, announce).await
+            }
+            Session::Postgres(connection) => {
+                postgres::tickets::record_final_on(connection, lease, id, now, finish, announce).await
             }
         }
     }

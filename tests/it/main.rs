@@ -11,6 +11,7 @@ mod ops;
 mod pauses;
 mod pg;
 mod polling;
+mod postgres;
 mod schema;
 mod security;
 mod signing;

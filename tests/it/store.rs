@@ -1,31 +1,162 @@
-//! The store against a migrated SQLite file: claims, leases and fencing, constraints, and the
-//! user commands' queries.
+//! The store conformance suite: every case written once and run on both backends, a migrated
+//! SQLite file and a fresh PostgreSQL database (claims, leases and fencing, concurrency,
+//! constraints, the outbox, retention, the change probe, and the user commands' queries).
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
 use flink_ticketd::store::{
-    Announcement, Finish, Lease, NewDelivery, NewTicket, Reschedule, Store, StoreSettings, Ticket,
+    Announcement, Finish, Lease, NewDelivery, NewTicket, PostgresSettings, Reschedule, Store, StoreSettings, Ticket,
 };
 
 use crate::harness::new_ticket;
+use crate::pg::TestDatabase;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    store: Store,
+/// One store under test, on one backend, with a way to run SQL on it as another program would.
+pub(crate) struct Fixture {
+    pub(crate) store: Store,
+    pub(crate) backend: Backend,
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let store =
-        Store::open(&StoreSettings { path: path.clone(), busy_timeout: Duration::from_secs(5), max_readers: 2 })
-            .await
-            .unwrap();
-    Fixture { _dir: dir, path, store }
+/// Where a [`Fixture`]'s store lives.
+pub(crate) enum Backend {
+    /// A SQLite file in a temp dir.
+    Sqlite { _dir: tempfile::TempDir, path: std::path::PathBuf },
+    /// A fresh database on the test server.
+    Postgres(TestDatabase),
 }
+
+impl Fixture {
+    /// A migrated SQLite file.
+    pub(crate) async fn sqlite() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store =
+            Store::open(&StoreSettings { path: path.clone(), busy_timeout: Duration::from_secs(5), max_readers: 2 })
+                .await
+                .unwrap();
+        Fixture { store, backend: Backend::Sqlite { _dir: dir, path } }
+    }
+
+    /// A migrated PostgreSQL database, or `None` (skipped) without a test server.
+    pub(crate) async fn postgres() -> Option<Fixture> {
+        let database = crate::pg::database().await?;
+        let store = Store::open(&postgres_settings(database.url())).await.unwrap();
+        Some(Fixture { store, backend: Backend::Postgres(database) })
+    }
+
+    /// Runs `sql` on a plain connection of its own, as another program would.
+    pub(crate) async fn execute(&self, sql: &str) -> Result<(), String> {
+        use sqlx::Connection as _;
+        match &self.backend {
+            Backend::Sqlite { path, .. } => sqlx_execute(path, sql).await,
+            Backend::Postgres(database) => {
+                let mut connection = database.connect().await;
+                let result = sqlx::raw_sql(sql).execute(&mut connection).await.map(drop).map_err(|e| e.to_string());
+                connection.close().await.unwrap();
+                result
+            }
+        }
+    }
+
+    /// A time column of row `id` as the database shows it to a person (canonical text).
+    pub(crate) async fn stored_text(&self, id: RowId, column: &str) -> Option<String> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => crate::harness::stored_text(path, id, column).await,
+            Backend::Postgres(database) => {
+                use sqlx::Connection as _;
+                let mut connection = database.connect().await;
+                let text = sqlx::query_scalar(&format!(
+                    "SELECT to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM tickets WHERE id = $1"
+                ))
+                .bind(id.0)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+                connection.close().await.unwrap();
+                text
+            }
+        }
+    }
+
+    /// SQL for the one-character string with this code.
+    pub(crate) fn char_sql(&self, code: u8) -> String {
+        match &self.backend {
+            Backend::Sqlite { .. } => format!("char({code})"),
+            Backend::Postgres(_) => format!("chr({code})"),
+        }
+    }
+
+    /// Installs a trigger (as another program might) that refuses to end the ticket `ticket_id`.
+    pub(crate) async fn refuse_final_state_of(&self, ticket_id: &str) {
+        let sql = match &self.backend {
+            Backend::Sqlite { .. } => format!(
+                "CREATE TRIGGER refuse_bad BEFORE UPDATE OF state ON tickets
+                 WHEN NEW.ticket_id = '{ticket_id}' AND NEW.state <> 'pending'
+                 BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+            ),
+            Backend::Postgres(_) => format!(
+                "CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'refused by a trigger'; END $$;
+                 CREATE TRIGGER refuse_bad BEFORE UPDATE OF state ON tickets FOR EACH ROW
+                 WHEN (NEW.ticket_id = '{ticket_id}' AND NEW.state <> 'pending') EXECUTE FUNCTION refuse_bad();"
+            ),
+        };
+        self.execute(&sql).await.unwrap();
+    }
+}
+
+/// Settings for a store on the test database at `url`: a small pool, short timeouts.
+pub(crate) fn postgres_settings(url: &str) -> PostgresSettings {
+    PostgresSettings {
+        url: secrecy::SecretString::from(url.to_owned()),
+        max_connections: 10,
+        statement_timeout: Duration::from_secs(10),
+        listen: true,
+    }
+}
+
+/// Each conformance case, run once on SQLite and once on PostgreSQL (skipped without a server):
+/// `store::<case>::on_sqlite` and `store::<case>::on_postgres`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn on_sqlite() {
+                    super::$case(super::Fixture::sqlite().await).await;
+                }
+
+                #[tokio::test]
+                async fn on_postgres() {
+                    if let Some(fixture) = super::Fixture::postgres().await {
+                        super::$case(fixture).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    a_claim_takes_due_rows_once_earliest_first,
+    a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner,
+    the_final_state_and_its_deliveries_commit_together,
+    a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_state_commits,
+    constraints_refuse_rows_sql_can_judge,
+    a_hand_written_deadline_is_stored_in_the_canonical_form,
+    retry_cancel_and_release_change_only_what_they_should,
+    claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased,
+    a_failing_write_in_a_group_commit_fails_alone,
+    the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_live_lease_meet_in_one_batch,
+    the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone,
+    the_change_probe_wakes_on_a_commit_by_another_connection,
+    eight_concurrent_claimers_never_get_the_same_row,
+    deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight,
+    concurrent_retention_rounds_delete_each_row_once,
+    the_user_commands_read_what_the_daemon_wrote,
+);
 
 /// An instant `seconds` after a base ten minutes ahead of the moment this test first asked (each
 /// test runs on its own thread), so that rows placed with it are in the near future of the rows the
@@ -79,9 +210,7 @@ async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> RowId {
     ticket.id
 }
 
-#[tokio::test]
-async fn a_claim_takes_due_rows_once_earliest_first() {
-    let fixture = fixture().await;
+async fn a_claim_takes_due_rows_once_earliest_first(fixture: Fixture) {
     let store = &fixture.store;
     insert_due_at(store, "late", at(30)).await;
     insert_due_at(store, "early", at(10)).await;
@@ -105,9 +234,7 @@ async fn a_claim_takes_due_rows_once_earliest_first() {
     );
 }
 
-#[tokio::test]
-async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner() {
-    let fixture = fixture().await;
+async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
     let old = Lease("old#1".to_owned());
@@ -157,9 +284,7 @@ async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner
     assert_eq!((ticket.state.as_str(), ticket.running_streak, ticket.polls), ("succeeded", 0, 1));
 }
 
-#[tokio::test]
-async fn the_final_state_and_its_deliveries_commit_together() {
-    let fixture = fixture().await;
+async fn the_final_state_and_its_deliveries_commit_together(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
     let lease = Lease("d#1".to_owned());
@@ -190,9 +315,7 @@ async fn the_final_state_and_its_deliveries_commit_together() {
     );
 }
 
-#[tokio::test]
-async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_state_commits() {
-    let fixture = fixture().await;
+async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_state_commits(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
     let lease = Lease("d#1".to_owned());
@@ -216,69 +339,97 @@ async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_stat
     assert_eq!(deliveries.iter().map(|delivery| delivery.url.as_str()).collect::<Vec<_>>(), ["http://ok.example/hook"]);
 }
 
-#[tokio::test]
-async fn constraints_refuse_rows_sql_can_judge() {
-    let fixture = fixture().await;
+async fn constraints_refuse_rows_sql_can_judge(fixture: Fixture) {
     let store = &fixture.store;
     let long = "x".repeat(129);
     let cases: Vec<(&str, String)> = vec![
         ("empty ticket id", "('', 'ns', 'ws', NULL, NULL)".to_owned()),
         ("over-long ticket id", format!("('{long}', 'ns', 'ws', NULL, NULL)")),
-        ("control character", "('a' || char(10) || 'b', 'ns', 'ws', NULL, NULL)".to_owned()),
+        ("control character", format!("('a' || {} || 'b', 'ns', 'ws', NULL, NULL)", fixture.char_sql(10))),
         ("dot segment", "('..', 'ns', 'ws', NULL, NULL)".to_owned()),
         ("empty namespace", "('t', '', 'ws', NULL, NULL)".to_owned()),
         ("unparsable deadline", "('t', 'ns', 'ws', 'next tuesday', NULL)".to_owned()),
         ("non-http webhook", "('t', 'ns', 'ws', NULL, 'file:///etc/passwd')".to_owned()),
     ];
     for (what, values) in cases {
-        let result = sqlx_execute(
-            &fixture.path,
-            &format!("INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at, webhook_url) VALUES {values}"),
-        )
-        .await;
+        let result = fixture
+            .execute(&format!(
+                "INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at, webhook_url) VALUES {values}"
+            ))
+            .await;
         assert!(result.is_err(), "{what} was accepted");
     }
-    let state = sqlx_execute(
-        &fixture.path,
-        "INSERT INTO tickets (ticket_id, namespace, workspace, state) VALUES ('t', 'ns', 'ws', 'done')",
-    )
-    .await;
+    let state = fixture
+        .execute("INSERT INTO tickets (ticket_id, namespace, workspace, state) VALUES ('t', 'ns', 'ws', 'done')")
+        .await;
     assert!(state.unwrap_err().contains("state_must_be_known"));
+    for (what, sql) in [
+        (
+            "unknown region",
+            "INSERT INTO tickets (ticket_id, namespace, workspace, region) VALUES ('t', 'ns', 'ws', 'mars-1')",
+        ),
+        (
+            "validation_errors not an array",
+            "INSERT INTO tickets (ticket_id, namespace, workspace, validation_errors) VALUES ('t', 'ns', 'ws', '{}')",
+        ),
+        (
+            "validation_errors not JSON",
+            "INSERT INTO tickets (ticket_id, namespace, workspace, validation_errors) VALUES ('t', 'ns', 'ws', 'not json')",
+        ),
+        ("negative polls", "INSERT INTO tickets (ticket_id, namespace, workspace, polls) VALUES ('t', 'ns', 'ws', -1)"),
+        (
+            "a date that does not exist",
+            "INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at) VALUES ('t', 'ns', 'ws', '2026-02-30T10:00:00Z')",
+        ),
+        (
+            "an empty time",
+            "INSERT INTO tickets (ticket_id, namespace, workspace, next_poll_at) VALUES ('t', 'ns', 'ws', '')",
+        ),
+    ] {
+        assert!(fixture.execute(sql).await.is_err(), "{what} was accepted");
+    }
+    assert!(store.list_tickets(None, 100).await.unwrap().is_empty(), "a refused statement leaves nothing behind");
+    let json = store.insert_ticket(&new_ticket("json")).await.unwrap();
+    let body = fixture
+        .execute(&format!(
+            "INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload)
+             VALUES ({}, 'http://a.example/hook', 'w', 'ticket.failed', 'not json')",
+            json.id
+        ))
+        .await;
+    assert!(body.is_err(), "a webhook body that is not JSON was accepted");
+    assert!(store.deliveries_of_ticket(json.id.0).await.unwrap().is_empty());
 
     store.insert_ticket(&new_ticket("dup")).await.unwrap();
     let duplicate = store.insert_ticket(&new_ticket("dup")).await.unwrap_err();
-    assert!(duplicate.to_string().contains("UNIQUE"), "{duplicate}");
+    assert!(flink_ticketd::store::is_refusal(&duplicate), "{duplicate}");
+    assert_eq!(
+        flink_ticketd::store::describe_refusal(&duplicate),
+        "already queued (the same workspace, namespace and ticket ID)"
+    );
     let elsewhere = NewTicket { workspace: "other-ws".to_owned(), ..new_ticket("dup") };
     store.insert_ticket(&elsewhere).await.expect("the same ID in another workspace is another ticket");
 }
 
-#[tokio::test]
-async fn a_hand_written_deadline_is_stored_in_the_canonical_form() {
-    let fixture = fixture().await;
-    sqlx_execute(
-        &fixture.path,
-        "INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at) VALUES
-           ('a', 'ns', 'ws', '2026-12-01 10:00'),
-           ('b', 'ns', 'ws', '2026-12-01T18:00:00+08:00'),
-           ('c', 'ns', 'ws', '2026-12-01T10:00:00.5Z')",
-    )
-    .await
-    .unwrap();
+async fn a_hand_written_deadline_is_stored_in_the_canonical_form(fixture: Fixture) {
+    fixture
+        .execute(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, deadline_at) VALUES
+               ('a', 'ns', 'ws', '2026-12-01 10:00'),
+               ('b', 'ns', 'ws', '2026-12-01T18:00:00+08:00'),
+               ('c', 'ns', 'ws', '2026-12-01T10:00:00.5Z')",
+        )
+        .await
+        .unwrap();
     for (id, expected) in
         [("a", "2026-12-01T10:00:00.000Z"), ("b", "2026-12-01T10:00:00.000Z"), ("c", "2026-12-01T10:00:00.500Z")]
     {
         let rows = fixture.store.find_tickets(id, None, None).await.unwrap();
-        assert_eq!(
-            crate::harness::stored_text(&fixture.path, rows[0].id, "deadline_at").await.as_deref(),
-            Some(expected),
-            "{id}"
-        );
+        assert_eq!(fixture.stored_text(rows[0].id, "deadline_at").await.as_deref(), Some(expected), "{id}");
     }
 }
 
-#[tokio::test]
-async fn retry_cancel_and_release_change_only_what_they_should() {
-    let fixture = fixture().await;
+async fn retry_cancel_and_release_change_only_what_they_should(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
     assert!(!store.retry_ticket(id, at(1), at(100)).await.unwrap(), "a pending ticket is not retried");
@@ -312,9 +463,7 @@ async fn sqlx_execute(path: &std::path::Path, sql: &str) -> Result<(), String> {
     result
 }
 
-#[tokio::test]
-async fn claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased() {
-    let fixture = fixture().await;
+async fn claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased(fixture: Fixture) {
     let store = &fixture.store;
     let mine = insert_due_at(store, "mine", at(10)).await;
     let other = insert_due_at(store, "other", at(0)).await;
@@ -329,9 +478,7 @@ async fn claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased() {
     assert_eq!(store.ticket(other).await.unwrap().unwrap().lease_owner, None, "other rows are left alone");
 }
 
-#[tokio::test]
-async fn a_failing_write_in_a_group_commit_fails_alone() {
-    let fixture = fixture().await;
+async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
     let store = &fixture.store;
     let good = insert_due_at(store, "good", at(0)).await;
     let progress = insert_due_at(store, "progress", at(0)).await;
@@ -357,19 +504,9 @@ async fn a_failing_write_in_a_group_commit_fails_alone() {
         }],
         webhook_note: None,
     });
-    // Another program's trigger refuses the final state of "bad" (SQLite cannot tell it from a
-    // constraint of the table's own).
-    let mut outside: sqlx::SqliteConnection =
-        sqlx::Connection::connect(&format!("sqlite://{}", fixture.path.display())).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TRIGGER refuse_bad BEFORE UPDATE OF state ON tickets
-         WHEN NEW.ticket_id = 'bad' AND NEW.state <> 'pending'
-         BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
-    )
-    .execute(&mut outside)
-    .await
-    .unwrap();
-    sqlx::Connection::close(outside).await.unwrap();
+    // Another program's trigger refuses the final state of "bad" (the store cannot tell it from
+    // a constraint of the table's own).
+    fixture.refuse_final_state_of("bad").await;
     let announce_broken = announce_one.clone();
     let reschedule = Reschedule {
         next_poll_at: at(30),
@@ -425,9 +562,9 @@ fn recorder_for(store: &Store) -> flink_ticketd::store::Recorder {
     store.recorder().0
 }
 
-#[tokio::test]
-async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_live_lease_meet_in_one_batch() {
-    let fixture = fixture().await;
+async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_live_lease_meet_in_one_batch(
+    fixture: Fixture,
+) {
     let store = &fixture.store;
     let first = insert_due_at(store, "first", at(0)).await;
     let second = insert_due_at(store, "second", at(0)).await;
@@ -480,9 +617,7 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     assert!(store.deliveries_of_ticket(second.0).await.unwrap().is_empty(), "no announcement for a pending row");
 }
 
-#[tokio::test]
-async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone() {
-    let fixture = fixture().await;
+async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone(fixture: Fixture) {
     let store = &fixture.store;
     let far = insert_due_at(store, "far", at(100_000)).await;
     let held = insert_due_at(store, "held", at(0)).await;
@@ -508,28 +643,207 @@ async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_lea
     assert_eq!(again, [far], "no second claim of the held row");
 }
 
-#[tokio::test]
-async fn the_change_probe_reports_commits_by_other_connections_and_nothing_else() {
-    let fixture = fixture().await;
+async fn the_change_probe_wakes_on_a_commit_by_another_connection(fixture: Fixture) {
+    const WAIT: Duration = Duration::from_millis(50);
     let mut probe = fixture.store.change_probe().await.unwrap();
-    assert!(!probe.changed().await.unwrap(), "nothing committed since the probe opened");
-
-    let outside = crate::harness::outside_connection(&format!("sqlite://{}", fixture.path.display())).await;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets").fetch_one(&outside).await.unwrap();
-    assert_eq!(count, 0);
-    assert!(!probe.changed().await.unwrap(), "a read by another connection is no change");
-
-    sqlx::query("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('probed', 'ns', 'ws')")
-        .execute(&outside)
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), probe.next_change(WAIT)).await.is_err(),
+        "nothing committed since the probe opened"
+    );
+    fixture.execute("SELECT count(*) FROM tickets").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), probe.next_change(WAIT)).await.is_err(),
+        "a read by another connection is no change"
+    );
+    fixture
+        .execute("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('probed', 'ns', 'ws')")
         .await
         .unwrap();
-    assert!(probe.changed().await.unwrap(), "another connection committed");
-    assert!(!probe.changed().await.unwrap(), "a change is reported once");
-
+    tokio::time::timeout(Duration::from_secs(5), probe.next_change(WAIT))
+        .await
+        .expect("another connection's insert is noticed")
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), probe.next_change(WAIT)).await.is_err(),
+        "a change is reported once"
+    );
     fixture.store.insert_ticket(&new_ticket("own-writer")).await.unwrap();
-    assert!(probe.changed().await.unwrap(), "the store's own writer is another connection too");
-
+    tokio::time::timeout(Duration::from_secs(5), probe.next_change(WAIT))
+        .await
+        .expect("the store's own insert is noticed too")
+        .unwrap();
     probe.close().await.unwrap();
-    outside.close().await;
     fixture.store.close().await;
+}
+
+async fn eight_concurrent_claimers_never_get_the_same_row(fixture: Fixture) {
+    const ROWS: usize = 800;
+    let values: Vec<String> = (0..ROWS).map(|index| format!("('c{index}', 'ns', 'ws')")).collect();
+    fixture
+        .execute(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
+        .await
+        .unwrap();
+    let now = Utc::now() + chrono::Duration::seconds(1);
+    let claimers = (0..8).map(|claimer| {
+        let store = fixture.store.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for round in 0.. {
+                let lease = Lease(format!("claimer-{claimer}#{round}"));
+                let claimed = store
+                    .claim_due_tickets(&lease, now, Duration::from_secs(600), 7, Duration::from_secs(3600))
+                    .await
+                    .expect("the claim runs");
+                if claimed.is_empty() {
+                    break;
+                }
+                assert!(claimed.iter().all(|row| row.lease_owner.as_deref() == Some(lease.0.as_str())));
+                mine.extend(claimed.into_iter().map(|row| row.id));
+            }
+            mine
+        })
+    });
+    let mut all: Vec<RowId> = Vec::new();
+    for claimer in claimers.collect::<Vec<_>>() {
+        all.extend(claimer.await.unwrap());
+    }
+    let distinct: std::collections::HashSet<RowId> = all.iter().copied().collect();
+    assert_eq!(all.len(), distinct.len(), "{} rows were handed out twice", all.len() - distinct.len());
+    assert_eq!(distinct.len(), ROWS, "every due row was claimed");
+}
+
+async fn deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight(fixture: Fixture) {
+    let store = &fixture.store;
+    let id = insert_due_at(store, "t", at(0)).await;
+    let lease = Lease("d#1".to_owned());
+    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let finish = Finish { state: TicketState::Failed, polled: true, request_id: None, answer: None, error: None };
+    let urls = ["http://a.example/1", "http://a.example/2", "http://b.example/1"];
+    let written = store
+        .record_final(&lease, id, at(2), &finish, |row| Announcement {
+            deliveries: urls
+                .iter()
+                .enumerate()
+                .map(|(index, url)| NewDelivery {
+                    ticket: row.id.0,
+                    url: (*url).to_owned(),
+                    webhook_id: format!("tkt_{}_0.failed.{index}", row.id),
+                    event_type: "ticket.failed".to_owned(),
+                    payload: r#"{"b": 1, "a": [2]}"#.to_owned(),
+                })
+                .collect(),
+            webhook_note: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(written, Some(3));
+    let now = at(10);
+    let first = Lease("w#1".to_owned());
+    let claimed = store.claim_due_deliveries(&first, now, Duration::from_secs(60), 10, 1).await.unwrap();
+    assert_eq!(claimed.len(), 3, "one per receiver URL: {claimed:?}");
+    assert!(claimed.iter().all(|delivery| delivery.attempts == 1 && delivery.lease_owner.as_deref() == Some("w#1")));
+    assert_eq!(claimed[0].payload, r#"{"b": 1, "a": [2]}"#, "the body is kept exactly as written");
+    let second = Lease("w#2".to_owned());
+    assert!(store.claim_due_deliveries(&second, now, Duration::from_secs(60), 10, 5).await.unwrap().is_empty());
+    let record = flink_ticketd::store::AttemptRecord::Delivered { http_status: 200 };
+    assert!(!store.record_attempt(&second, claimed[0].id, now, &record).await.unwrap(), "fenced by the lease");
+    assert!(store.record_attempt(&first, claimed[0].id, now, &record).await.unwrap());
+    let delivered = store.delivery(claimed[0].id).await.unwrap().unwrap();
+    assert_eq!((delivered.state.as_str(), delivered.last_http_status), ("delivered", Some(200)));
+    assert!(matches!(store.resend_delivery(claimed[1].id, now).await.unwrap(), flink_ticketd::store::Resend::InFlight));
+    assert!(matches!(
+        store.resend_delivery(claimed[0].id, now).await.unwrap(),
+        flink_ticketd::store::Resend::Queued(_)
+    ));
+    assert_eq!(store.release_deliveries("w#", now).await.unwrap(), 2);
+    assert_eq!(store.list_deliveries(Some(flink_ticketd::store::DeliveryState::Pending), 10).await.unwrap().len(), 3);
+}
+
+async fn concurrent_retention_rounds_delete_each_row_once(fixture: Fixture) {
+    const ROWS: u64 = 300;
+    let values: Vec<String> = (0..ROWS).map(|index| format!("('r{index}', 'ns', 'ws')")).collect();
+    fixture
+        .execute(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
+        .await
+        .unwrap();
+    let lease = Lease("r#1".to_owned());
+    let now = Utc::now() + chrono::Duration::seconds(1);
+    let claimed = fixture
+        .store
+        .claim_due_tickets(&lease, now, Duration::from_secs(60), 1000, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    for row in &claimed {
+        fixture.store.record_final(&lease, row.id, now, &finish, |_| Announcement::default()).await.unwrap();
+    }
+    let before = now + chrono::Duration::seconds(1);
+    let hosts = (0..3).map(|_| {
+        let store = fixture.store.clone();
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            // Rounds until this host finds nothing (or is told another host is deleting).
+            loop {
+                let purged = store.purge_finished_batch(before, 20).await.expect("the batch runs");
+                deleted += purged.tickets;
+                if purged.tickets < 20 {
+                    break deleted;
+                }
+            }
+        })
+    });
+    let mut total = 0;
+    for host in hosts.collect::<Vec<_>>() {
+        total += host.await.unwrap();
+    }
+    while total < ROWS {
+        // A host that skipped a round (another held the lock) leaves the rest to the next round.
+        let purged = fixture.store.purge_finished_batch(before, 20).await.unwrap();
+        assert!(purged.tickets > 0, "rows are left that nobody deletes");
+        total += purged.tickets;
+    }
+    assert_eq!(total, ROWS, "each row deleted once");
+    assert!(fixture.store.list_tickets(None, 10).await.unwrap().is_empty());
+}
+
+async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
+    let store = &fixture.store;
+    let id = insert_due_at(store, "shown", at(0)).await;
+    let lease = Lease("u#1".to_owned());
+    store.claim_due_tickets(&lease, at(1), Duration::from_secs(60), 10, Duration::from_secs(3600)).await.unwrap();
+    let answer = DeployResult {
+        ticket_status: Some(TicketStatus::Finished),
+        success: Some(false),
+        deployment_id: Some("dep-1".to_owned()),
+        message: Some("bad sql".to_owned()),
+        validation_result: Some("FAIL".to_owned()),
+        validation_errors: vec![flink_ticketd::domain::ValidationIssue {
+            line: serde_json::json!(3),
+            column: serde_json::json!(7),
+            end_line: serde_json::Value::Null,
+            end_column: serde_json::Value::Null,
+            message: Some("syntax error".to_owned()),
+        }],
+    };
+    let finish = Finish {
+        state: TicketState::Failed,
+        polled: true,
+        request_id: Some("R9".to_owned()),
+        answer: Some(answer.clone()),
+        error: None,
+    };
+    assert_eq!(store.record_final(&lease, id, at(2), &finish, |_| Announcement::default()).await.unwrap(), Some(0));
+    let row = store.find_tickets("shown", Some("ws"), Some("ns")).await.unwrap().pop().unwrap();
+    assert_eq!(row.state, TicketState::Failed);
+    assert_eq!(row.deploy_success, Some(false));
+    assert_eq!(row.deployment_id.as_deref(), Some("dep-1"));
+    assert_eq!(row.validation_errors, answer.validation_errors);
+    assert_eq!((row.polls, row.request_id.as_deref()), (1, Some("R9")));
+    assert_eq!(row.finished_at, Some(at(2)));
+    assert_eq!(row.deadline(), Some(row.created_at + chrono::Duration::seconds(3600)));
+    assert_eq!(store.list_tickets(Some(TicketState::Failed), 10).await.unwrap().len(), 1);
+    assert!(store.list_tickets(Some(TicketState::Pending), 10).await.unwrap().is_empty());
+    assert_eq!(store.count_tickets_by_state().await.unwrap(), vec![("failed".to_owned(), 1)]);
+    assert!(store.find_tickets("shown", Some("other"), None).await.unwrap().is_empty());
+    assert_eq!(store.applied_migrations().await.unwrap().len(), flink_ticketd::store::MIGRATOR.iter().count());
 }

@@ -7,16 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::SqliteConnection;
 
 use super::SqliteStore;
+use crate::store::deliveries::Inserted;
 use crate::store::{AttemptRecord, Delivery, DeliveryState, Lease, NewDelivery, Resend, at};
-
-/// What the outbox made of one delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(in crate::store) enum Inserted {
-    /// The row is in the outbox.
-    Written,
-    /// One of the outbox's constraints refused the row; the text says which and why.
-    Refused(String),
-}
 
 /// Inserts one delivery inside the caller's transaction. A row the outbox refuses is reported as
 /// [`Inserted::Refused`], never dropped silently; in particular a (`webhook_id`, `url`) already in

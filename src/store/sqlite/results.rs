@@ -141,7 +141,7 @@ pub(in crate::store) async fn record_many_on(
 /// Splits writes (by index, in order) into groups for one statement each: at most
 /// [`ROWS_PER_STATEMENT`], and never two writes to the same row (a lapsed lease's result and the
 /// new owner's may meet in one batch), so that the statement's result says which write landed.
-fn statement_chunks(writes: &[ResultWrite<'_>]) -> Vec<Vec<usize>> {
+pub(in crate::store) fn statement_chunks(writes: &[ResultWrite<'_>]) -> Vec<Vec<usize>> {
     let mut chunks: Vec<Vec<usize>> = Vec::new();
     let mut rows: Vec<std::collections::HashSet<i64>> = Vec::new();
     for (index, write) in writes.iter().enumerate() {

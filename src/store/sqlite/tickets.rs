@@ -492,8 +492,8 @@ pub(in crate::store) async fn write_announcement_on(
     for delivery in &announcement.deliveries {
         // A refused statement rolls back alone; the transaction goes on.
         match deliveries::insert(&mut *connection, delivery, now).await? {
-            deliveries::Inserted::Written => written += 1,
-            deliveries::Inserted::Refused(reason) => {
+            crate::store::deliveries::Inserted::Written => written += 1,
+            crate::store::deliveries::Inserted::Refused(reason) => {
                 let url = crate::redact::redact_text(&delivery.url);
                 tracing::error!(row = id.0, url = %url, reason = %reason, "webhook delivery dropped: the outbox refused it");
                 notes.push(format!("webhook to {url} dropped: the delivery could not be written ({reason})"));

@@ -1,0 +1,100 @@
+//! How poll results are written on PostgreSQL: many rows in one `UPDATE … FROM (VALUES …)`,
+//! fenced by lease and state, column by column what `sqlite/results.rs` does.
+
+use std::collections::HashSet;
+
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+
+use crate::store::row;
+use crate::store::sqlite::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
+
+/// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows, fenced by lease and state.
+/// Returns, for each write in order, whether it was written. The caller owns the transaction.
+pub(in crate::store) async fn record_many_on(
+    connection: &mut PgConnection,
+    writes: &[ResultWrite<'_>],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut written = vec![false; writes.len()];
+    for chunk in statement_chunks(writes) {
+        debug_assert!(chunk.len() <= ROWS_PER_STATEMENT);
+        let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
+        let mut query = QueryBuilder::<Postgres>::new(
+            "UPDATE tickets SET
+                lease_owner = NULL, lease_until = NULL,
+                state = COALESCE(v.final_state, tickets.state),
+                finished_at = CASE WHEN v.final_state IS NOT NULL THEN v.now::timestamptz ELSE tickets.finished_at END,
+                next_poll_at = COALESCE(v.next_poll_at::timestamptz, tickets.next_poll_at),
+                running_streak = COALESCE(v.running_streak, tickets.running_streak),
+                error_streak = COALESCE(v.error_streak, tickets.error_streak),
+                updated_at = v.now::timestamptz,
+                polls = tickets.polls + v.polled,
+                request_id = COALESCE(v.request_id, tickets.request_id),
+                ticket_status = CASE WHEN v.has_answer THEN v.ticket_status ELSE tickets.ticket_status END,
+                deployment_id = CASE WHEN v.has_answer THEN COALESCE(v.deployment_id, tickets.deployment_id)
+                                     ELSE tickets.deployment_id END,
+                deploy_success = CASE WHEN v.has_answer THEN v.deploy_success ELSE tickets.deploy_success END,
+                message = CASE WHEN v.has_answer THEN v.message ELSE tickets.message END,
+                validation_result = CASE WHEN v.has_answer THEN v.validation_result ELSE tickets.validation_result END,
+                validation_errors = CASE WHEN v.has_answer THEN v.validation_errors::jsonb ELSE tickets.validation_errors END,
+                error_code = CASE WHEN v.error_code IS NOT NULL THEN v.error_code
+                                  WHEN v.has_answer THEN NULL ELSE tickets.error_code END,
+                error_message = CASE WHEN v.error_code IS NOT NULL THEN v.error_message
+                                     WHEN v.has_answer THEN NULL ELSE tickets.error_message END
+            FROM (",
+        );
+        query.push_values(&chunk_writes, |mut row, write| {
+            let (final_state, schedule, polled, request_id, answer, error) = match write.result {
+                PollResult::Progress(update) => (
+                    None,
+                    Some((update.next_poll_at, update.running_streak, update.error_streak)),
+                    update.polled,
+                    &update.request_id,
+                    update.answer.as_ref(),
+                    &update.error,
+                ),
+                PollResult::Final(finish) => (
+                    Some(finish.state.as_str()),
+                    None,
+                    finish.polled,
+                    &finish.request_id,
+                    finish.answer.as_ref(),
+                    &finish.error,
+                ),
+            };
+            let errors = answer.map(|answer| row::issues_json(&answer.validation_errors));
+            let (code, message) = error.clone().unzip();
+            row.push_bind(write.id.0)
+                .push_bind(write.lease.0.clone())
+                .push_bind(final_state)
+                .push_bind(schedule.map(|(next_poll_at, _, _)| crate::store::at(next_poll_at)))
+                .push_bind(schedule.map(|(_, running_streak, _)| running_streak))
+                .push_bind(schedule.map(|(_, _, error_streak)| error_streak))
+                .push_bind(i64::from(polled))
+                .push_bind(request_id.clone())
+                .push_bind(answer.is_some())
+                .push_bind(
+                    answer.and_then(|answer| answer.ticket_status.as_ref().map(|status| status.as_wire().to_owned())),
+                )
+                .push_bind(answer.and_then(|answer| answer.deployment_id.clone()))
+                .push_bind(answer.and_then(|answer| answer.success))
+                .push_bind(answer.and_then(|answer| answer.message.clone()))
+                .push_bind(answer.and_then(|answer| answer.validation_result.clone()))
+                .push_bind(errors)
+                .push_bind(code)
+                .push_bind(message)
+                .push_bind(crate::store::at(write.now));
+        });
+        query.push(
+            ") AS v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
+                     has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
+                     validation_errors, error_code, error_message, now)
+            WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
+            RETURNING tickets.id",
+        );
+        let ids: HashSet<i64> = query.build_query_scalar().fetch_all(&mut *connection).await?.into_iter().collect();
+        for index in chunk {
+            written[index] = ids.contains(&writes[index].id.0);
+        }
+    }
+    Ok(written)
+}
