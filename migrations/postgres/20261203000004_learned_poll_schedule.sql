@@ -3,5 +3,5 @@
 ALTER TABLE tickets ADD COLUMN running_seen_ms BIGINT
     CONSTRAINT running_seen_ms_must_be_a_count CHECK (running_seen_ms IS NULL OR running_seen_ms >= 0);
 ALTER TABLE tickets ADD COLUMN schedule_note TEXT;
-CREATE INDEX tickets_learned ON tickets (workspace, namespace, finished_at)
+CREATE INDEX tickets_learned ON tickets (workspace, namespace, kind, finished_at)
     WHERE state IN ('succeeded', 'failed');

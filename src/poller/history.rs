@@ -1,4 +1,4 @@
-//! The poll loop's learned schedules, one per (workspace, namespace), each learned from the most
+//! The poll loop's learned schedules, one per (workspace, namespace, kind), each learned from the most
 //! recent finishes in the table (`Store::recent_run_samples`) and kept for a while. Nothing here
 //! is a fact of its own: a schedule is a function of rows, so a restart that reads the same rows
 //! learns the same schedule.
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::learned::{Bounds, LearnedSchedule, MAX_SAMPLES};
+use crate::domain::TicketKind;
 use crate::store::Store;
 
 /// Shortest time between two learnings of one place's schedule.
@@ -24,16 +25,19 @@ pub const RELEARN_EVERY: Duration = Duration::from_secs(1);
 /// Longest a schedule is used without reading the table again.
 pub const RELEARN_AFTER: Duration = Duration::from_secs(30);
 
-/// Most (workspace, namespace) places whose schedules are kept at once.
+/// Most (workspace, namespace, kind) places whose schedules are kept at once.
 pub const MAX_PLACES: usize = 4096;
 
 /// The cache; see the module doc.
 #[derive(Debug)]
 pub(super) struct History {
     bounds: Bounds,
-    /// workspace, then namespace.
-    places: Mutex<HashMap<String, HashMap<String, Place>>>,
+    /// workspace, then (namespace, kind).
+    places: Mutex<Places>,
 }
+
+/// Places by workspace, then by (namespace, kind).
+type Places = HashMap<String, HashMap<(String, TicketKind), Place>>;
 
 #[derive(Debug)]
 struct Place {
@@ -48,19 +52,21 @@ impl History {
         History { bounds, places: Mutex::new(HashMap::new()) }
     }
 
-    /// The schedule for tickets of `workspace` and `namespace`: the one kept, or one learned now
-    /// from the table when it is missing or due to be learned again. `None` when too few tickets
-    /// finished there (or the table could not be read and nothing was kept).
+    /// The schedule for `kind` tickets of `workspace` and `namespace`: the one kept, or one
+    /// learned now from the table when it is missing or due to be learned again. `None` when too
+    /// few tickets finished there (or the table could not be read and nothing was kept).
     pub(super) async fn schedule(
         &self,
         store: &Store,
         workspace: &str,
         namespace: &str,
+        kind: TicketKind,
     ) -> Option<Arc<LearnedSchedule>> {
         let now = Instant::now();
+        let key = (namespace.to_owned(), kind);
         let kept = {
             let mut places = self.places();
-            let place = places.get_mut(workspace).and_then(|namespaces| namespaces.get_mut(namespace));
+            let place = places.get_mut(workspace).and_then(|namespaces| namespaces.get_mut(&key));
             match place {
                 Some(place) => {
                     let age = now.duration_since(place.learned_at);
@@ -79,12 +85,12 @@ impl History {
                     places
                         .entry(workspace.to_owned())
                         .or_default()
-                        .insert(namespace.to_owned(), Place { schedule: None, learned_at: now, stale: false });
+                        .insert(key.clone(), Place { schedule: None, learned_at: now, stale: false });
                     None
                 }
             }
         };
-        let samples = match store.recent_run_samples(workspace, namespace, MAX_SAMPLES).await {
+        let samples = match store.recent_run_samples(workspace, namespace, kind, MAX_SAMPLES).await {
             Ok(samples) => samples,
             Err(error) => {
                 debug!(error = %error, "reading finished tickets to learn from failed; keeping the schedule");
@@ -92,20 +98,21 @@ impl History {
             }
         };
         let schedule = LearnedSchedule::learn(&samples, &self.bounds).map(Arc::new);
-        if let Some(place) = self.places().get_mut(workspace).and_then(|namespaces| namespaces.get_mut(namespace)) {
+        if let Some(place) = self.places().get_mut(workspace).and_then(|namespaces| namespaces.get_mut(&key)) {
             place.schedule.clone_from(&schedule);
         }
         schedule
     }
 
-    /// A ticket of `workspace` and `namespace` finished: its schedule is learned again soon.
-    pub(super) fn finished(&self, workspace: &str, namespace: &str) {
-        if let Some(place) = self.places().get_mut(workspace).and_then(|namespaces| namespaces.get_mut(namespace)) {
+    /// A `kind` ticket of `workspace` and `namespace` finished: its schedule is learned again soon.
+    pub(super) fn finished(&self, workspace: &str, namespace: &str, kind: TicketKind) {
+        let key = (namespace.to_owned(), kind);
+        if let Some(place) = self.places().get_mut(workspace).and_then(|namespaces| namespaces.get_mut(&key)) {
             place.stale = true;
         }
     }
 
-    fn places(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Place>>> {
+    fn places(&self) -> std::sync::MutexGuard<'_, Places> {
         self.places.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

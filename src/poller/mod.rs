@@ -24,7 +24,8 @@ mod replay;
 pub use decide::{Decision, LEARNED_JITTER, MIN_PAUSE_INTERVAL, Placement, Policy, decide, next_running_poll};
 pub use follow::Followed;
 pub use gate::{
-    Gate, Gates, Hold, OUTAGE_THRESHOLD, Observed, PauseCause, PauseEnds, PauseFlag, PauseScope, Probes, Verdict,
+    Gate, Gates, Hold, OUTAGE_THRESHOLD, Observed, PauseCause, PauseEnds, PauseFlag, PauseReport, PauseScope,
+    PauseView, Probes, Verdict,
 };
 pub use history::{MAX_PLACES, RELEARN_AFTER, RELEARN_EVERY};
 pub use learned::{Bounds, LearnedPoll, LearnedSchedule, MAX_SAMPLES, MIN_SAMPLES, OUTLIER_FACTOR};
@@ -42,7 +43,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::claim_loop;
 use crate::clock::Clock;
-use crate::domain::{RowId, TicketStatus};
+use crate::domain::RowId;
 use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -222,18 +223,21 @@ impl Poller {
             let started = tokio::time::Instant::now();
             let outcome = self
                 .flink
-                .get_deploy_result(TicketRef {
-                    namespace: &ticket.key.namespace,
-                    workspace: &ticket.key.workspace,
-                    ticket_id: &ticket.key.ticket_id,
-                    region: ticket.region.as_deref(),
-                })
+                .get_result(
+                    ticket.kind,
+                    TicketRef {
+                        namespace: &ticket.key.namespace,
+                        workspace: &ticket.key.workspace,
+                        ticket_id: &ticket.key.ticket_id,
+                        region: ticket.region.as_deref(),
+                    },
+                )
                 .await;
             (outcome, started.elapsed())
         };
         let (outcome, took) = self.keep_leased(ticket.id, lease, poll).await;
         drop(slot);
-        self.metrics.observe_poll(&outcome, took);
+        self.metrics.observe_poll(ticket.kind, &outcome, took);
         let now = self.clock.now();
         let observed = {
             let mut gates = self.gates();
@@ -255,7 +259,7 @@ impl Poller {
         // Only an answer can leave a ticket running; errors and pauses never use the schedule.
         let learned = match &outcome {
             Ok(_) if self.poll.adaptive => {
-                self.history.schedule(&self.store, &ticket.key.workspace, &ticket.key.namespace).await
+                self.history.schedule(&self.store, &ticket.key.workspace, &ticket.key.namespace, ticket.kind).await
             }
             _ => None,
         };
@@ -281,6 +285,11 @@ impl Poller {
                 error!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
             }
         }
+    }
+
+    /// The global and per-workspace pauses standing now.
+    pub fn pauses(&self) -> PauseReport {
+        self.gates().report()
     }
 
     /// The pause gates, locked.
@@ -324,13 +333,14 @@ impl Poller {
         let written = self.recorder.record_final(lease, ticket.id, now, finish, Arc::clone(&self.announce)).await?;
         let Some(deliveries) = written else { return Ok(false) };
         let polls = ticket.polls + i64::from(finish.polled);
-        self.metrics.observe_finished(finish.state, polls);
+        self.metrics.observe_finished(ticket.kind, finish.state, polls);
         if finish.polled {
-            self.history.finished(&ticket.key.workspace, &ticket.key.namespace);
+            self.history.finished(&ticket.key.workspace, &ticket.key.namespace, ticket.kind);
         }
         info!(
             state = %finish.state,
-            deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),
+            deployment_id =
+                finish.answer.as_ref().and_then(|answer| answer.result.columns().deployment_id).unwrap_or(""),
             polls,
             webhooks = deliveries,
             "ticket finished"
@@ -345,14 +355,14 @@ impl Poller {
 fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
     match outcome {
         Ok(polled) => {
-            let status = polled.result.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default();
+            let result = &polled.answer.result;
+            let status = result.ticket_status().map(ToString::to_string).unwrap_or_default();
             debug!(ticket_status = status, request_id = polled.request_id.as_deref().unwrap_or(""), "polled");
-            let unknown = !matches!(
-                polled.result.ticket_status,
-                Some(TicketStatus::Init | TicketStatus::Executing | TicketStatus::Finished | TicketStatus::Failed)
-            );
-            if unknown && ticket.ticket_status != polled.result.ticket_status {
+            if !result.status_is_documented() && ticket.ticket_status.as_ref() != result.ticket_status() {
                 warn!(ticket_status = status, "unknown ticket status; polling on until the deadline");
+            }
+            if let Some(case) = result.undocumented() {
+                warn!(ticket_status = status, case, "the API answered a case it does not document");
             }
         }
         Err(error) => warn!(
@@ -448,7 +458,13 @@ impl claim_loop::Queue for Poller {
     }
 
     fn span(&self, ticket: &Ticket) -> tracing::Span {
-        info_span!("ticket", ticket_id = %ticket.key.ticket_id, workspace = %ticket.key.workspace, row = ticket.id.0)
+        info_span!(
+            "ticket",
+            ticket_id = %ticket.key.ticket_id,
+            kind = %ticket.kind,
+            workspace = %ticket.key.workspace,
+            row = ticket.id.0
+        )
     }
 
     async fn process(self: Arc<Self>, ticket: Ticket, lease: Lease, slot: tokio::sync::OwnedSemaphorePermit) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flink_ticketd::clock::format_instant;
+use flink_ticketd::domain::TicketKind;
 use flink_ticketd::poller::{Bounds, LEARNED_JITTER, LearnedSchedule, MAX_SAMPLES};
 use flink_ticketd::simulator::{Scenario, Step};
 use flink_ticketd::store::{Store, Ticket};
@@ -44,7 +45,10 @@ fn default_bounds() -> Bounds {
 }
 
 async fn learned(store: &Store, workspace: &str, namespace: &str) -> LearnedSchedule {
-    let samples = store.recent_run_samples(workspace, namespace, MAX_SAMPLES).await.expect("samples are read");
+    let samples = store
+        .recent_run_samples(workspace, namespace, TicketKind::Deploy, MAX_SAMPLES)
+        .await
+        .expect("samples are read");
     LearnedSchedule::learn(&samples, &default_bounds()).expect("enough history")
 }
 
@@ -101,7 +105,7 @@ async fn a_running_ticket_is_polled_where_earlier_tickets_of_its_namespace_finis
     restarted.settle().await;
     let done = env.ticket("new-1").await;
     assert_eq!((done.polls, done.schedule_note), (3, None), "the note goes with the final state");
-    let samples = restarted.store.recent_run_samples("ws", "ns", MAX_SAMPLES).await.unwrap();
+    let samples = restarted.store.recent_run_samples("ws", "ns", TicketKind::Deploy, MAX_SAMPLES).await.unwrap();
     assert_eq!(samples.len(), 31, "the finished ticket joins the history");
     restarted.stop().await;
 }
