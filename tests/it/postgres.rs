@@ -147,3 +147,131 @@ async fn a_psql_insert_naming_only_the_required_columns_is_polled_within_a_secon
     recorder_task.await.expect("the recorder joins");
     store.close().await;
 }
+
+/// `url` with a password in it (the test server trusts local connections and ignores it).
+fn with_password(url: &str, password: &str) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_password(Some(password)).unwrap();
+    url.to_string()
+}
+
+#[tokio::test]
+async fn every_command_and_the_daemon_work_with_database_url_and_never_show_its_password() {
+    const PASSWORD: &str = "pw-s3cret-never-shown";
+    let Some(database) = crate::pg::database().await else { return };
+    let env = TestEnv::new("").await;
+    let mut sink = crate::harness::WebhookSink::accepting().await;
+    let url = with_password(database.url(), PASSWORD);
+    // The environment overrides the file's SQLite path with the built-in one, so that only the
+    // URL names a database.
+    let vars = [("FLINK_TICKETD_DATABASE__URL", url.as_str()), ("FLINK_TICKETD_DATABASE__PATH", "flink-ticketd.db")];
+    let webhook = format!(
+        "[webhook]\nurls = [{:?}]\nsecret = \"whsec_aW50ZWdyYXRpb24tdGVzdC1zZWNyZXQtbnVtYmVyLTE=\"\nschedule = [\"50ms\"]\n",
+        sink.url
+    );
+    let config = env.config_file_with(&webhook);
+    let cli = |args: &[&str]| {
+        let output = env.cli_with(&config, args, &vars);
+        assert!(
+            !output.stdout.contains(PASSWORD) && !output.stderr.contains(PASSWORD),
+            "{args:?} showed the password:\n{}\n{}",
+            output.stdout,
+            output.stderr
+        );
+        output
+    };
+
+    let checked = cli(&["check-config"]);
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    assert!(checked.stdout.contains("[database]\nurl = \"postgres://"), "{}", checked.stdout);
+    assert!(!checked.stdout.contains("path = "), "{}", checked.stdout);
+    let migrated = cli(&["migrate"]);
+    assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
+    assert_eq!(cli(&["migrate"]).code, Some(0), "migrating again changes nothing");
+
+    let queued = cli(&["enqueue", "--namespace", "ns", "--workspace", "ws", "pg-1", "pg-2"]);
+    assert_eq!(queued.code, Some(0), "{}", queued.stderr);
+    let duplicate = cli(&["enqueue", "--namespace", "ns", "--workspace", "ws", "pg-1"]);
+    assert_eq!(duplicate.code, Some(2));
+    assert!(duplicate.stderr.contains("already queued"), "{}", duplicate.stderr);
+    let empty = cli(&["enqueue", "--namespace", "ns", "--workspace", "ws", ""]);
+    assert_eq!(empty.code, Some(2));
+    assert!(empty.stderr.contains("ticket_id_must_be_1_to_128_printable_chars"), "{}", empty.stderr);
+    let cancelled = cli(&["cancel", "pg-2"]);
+    assert_eq!(cancelled.code, Some(0), "{}", cancelled.stderr);
+
+    let daemon = env.spawn_binary_with(&webhook, &vars);
+    let received = sink.next().await;
+    assert_eq!(received.json()["data"]["ticket_id"], "pg-1");
+    let listed = cli(&["list", "--json"]);
+    assert_eq!(listed.code, Some(0), "{}", listed.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let states: BTreeSet<(String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["ticket_id"].as_str().unwrap().to_owned(), row["state"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(states.contains(&("pg-2".to_owned(), "cancelled".to_owned())), "{states:?}");
+    let shown = eventually("pg-1 shown with its delivered webhook", || async {
+        let shown = cli(&["show", "pg-1", "--json"]);
+        let shown: serde_json::Value = serde_json::from_str(&shown.stdout).ok()?;
+        (shown["webhook_deliveries"][0]["state"] == "delivered").then_some(shown)
+    })
+    .await;
+    assert_eq!(shown["state"], "succeeded");
+    assert_eq!(
+        shown["webhook_deliveries"][0]["webhook_id"].as_str(),
+        received.header("webhook-id").into(),
+        "the delivery row names the webhook-id that was sent"
+    );
+    let deliveries = cli(&["webhooks", "list"]);
+    assert_eq!(deliveries.code, Some(0), "{}", deliveries.stderr);
+    assert!(deliveries.stdout.contains("delivered"), "{}", deliveries.stdout);
+    let id = shown["webhook_deliveries"][0]["id"].to_string();
+    let resent = cli(&["webhooks", "resend", &id]);
+    assert_eq!(resent.code, Some(0), "{}", resent.stderr);
+    let again = sink.next().await;
+    assert_eq!(again.header("webhook-id"), received.header("webhook-id"), "a resend keeps the webhook-id");
+    let retried = cli(&["retry", "pg-2"]);
+    assert_eq!(retried.code, Some(0), "{}", retried.stderr);
+    let retried_hook = sink.next().await;
+    assert_eq!(retried_hook.json()["data"]["ticket_id"], "pg-2", "the retried ticket was polled again and announced");
+
+    daemon.signal(15);
+    let log_path = daemon.log.clone();
+    assert_eq!(daemon.wait(), Some(0), "the daemon stops cleanly on SIGTERM");
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(!log.contains(PASSWORD), "the daemon logged the password:\n{log}");
+
+    let mut wrong = url::Url::parse(&url).unwrap();
+    wrong.set_path("/no_such_database");
+    let wrong = wrong.to_string();
+    let failed = env.cli_with(&config, &["list"], &[("FLINK_TICKETD_DATABASE__URL", &wrong), vars[1]]);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    assert!(failed.stderr.contains("no_such_database"), "{}", failed.stderr);
+    assert!(!failed.stderr.contains(PASSWORD), "{}", failed.stderr);
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_fails_the_start_within_the_call_timeout_instead_of_hanging() {
+    // A listener that accepts connections and then says nothing: a half-open network.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let mut settings = postgres_settings(&format!("postgres://ticketd:secret-pw@{address}/tickets"));
+    settings.statement_timeout = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let error = Store::open(&settings).await.expect_err("nothing answers");
+    let waited = started.elapsed();
+    let text = format!("{error:#}");
+    assert!(waited < Duration::from_secs(5), "the start waited {waited:?}");
+    assert!(text.contains("timed out") || text.contains("no answer within"), "{text}");
+    assert!(!text.contains("secret-pw"), "{text}");
+    held.abort();
+}
