@@ -275,3 +275,126 @@ async fn a_server_that_accepts_and_never_answers_fails_the_start_within_the_call
     assert!(!text.contains("secret-pw"), "{text}");
     held.abort();
 }
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` that counts the bytes clients send.
+async fn counting_proxy(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { continue };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 16 * 1024];
+                while let Ok(read) = client_read.read(&mut buffer).await {
+                    if read == 0 || server_write.write_all(&buffer[..read]).await.is_err() {
+                        break;
+                    }
+                    counter.fetch_add(read as u64, Ordering::Relaxed);
+                }
+            });
+            tokio::spawn(async move { tokio::io::copy(&mut server_read, &mut client_write).await });
+        }
+    });
+    (address, sent)
+}
+
+#[tokio::test]
+async fn ten_thousand_pending_tickets_not_yet_due_cost_no_queries_between_the_safety_timers() {
+    use std::sync::atomic::Ordering;
+    const LONG: Duration = Duration::from_secs(60);
+    let Some(database) = crate::pg::database().await else { return };
+    Store::open(&postgres_settings(database.url())).await.unwrap().close().await;
+    database
+        .execute(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, next_poll_at)
+         SELECT 'idle-' || n, 'ns', 'ws', now() + interval '30 seconds' FROM generate_series(1, 10000) AS n",
+        )
+        .await;
+    let mut url = url::Url::parse(database.url()).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432)).parse().unwrap();
+    let (proxy, sent) = counting_proxy(upstream).await;
+    url.set_port(Some(proxy.port())).unwrap();
+    url.set_host(Some("127.0.0.1")).unwrap();
+
+    let env = TestEnv::new("").await;
+    let config = env.config(|config| {
+        config.database = Database::Postgres(postgres_settings(url.as_str()));
+        // Due times up to two minutes ahead are ones the daemon itself could have set (not left
+        // behind by a clock step, which the loop would pull back to now).
+        config.poll.lease = Duration::from_secs(120);
+    });
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let daemon::Connection { store, flink } = daemon::connect(&config, &clock).await.unwrap();
+    let (poller, recorder_task) = daemon::poller(&config, store.clone(), flink, clock, lease_owner_prefix("idle"), 4);
+    let poller = Arc::new(poller.with_heartbeat(LONG).with_wake_interval(LONG));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let run = tokio::spawn(Arc::clone(&poller).run_until_cancelled(shutdown.clone(), tracker.clone()));
+
+    // The loop looks once at start (its listener, the due time, the clock-step check) ...
+    eventually("the loop's first look", || async { (sent.load(Ordering::Relaxed) > 0).then_some(()) }).await;
+    // ... then, with nothing due for 30 s and the safety timer at 60 s, sends nothing at all.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = sent.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = sent.load(Ordering::Relaxed) - settled;
+    eprintln!("bytes sent to the database in 3 idle seconds with 10 000 pending tickets: {idle}");
+    assert_eq!(idle, 0, "the idle loop queried the database");
+    assert!(env.sim.requests().is_empty(), "nothing was due");
+
+    shutdown.cancel();
+    run.await.unwrap();
+    tracker.close();
+    tracker.wait().await;
+    drop(poller);
+    recorder_task.await.unwrap();
+    store.close().await;
+}
+
+/// Median time of `rounds` claims of one due row (a zero lease leaves it due for the next).
+async fn median_claim(store: &Store, rounds: usize) -> Duration {
+    let now = Utc::now() + chrono::Duration::hours(1);
+    let lease = flink_ticketd::store::Lease("latency#1".to_owned());
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        let claimed = store.claim_due_tickets(&lease, now, Duration::ZERO, 1, Duration::from_secs(7200)).await.unwrap();
+        times.push(started.elapsed());
+        assert_eq!(claimed.len(), 1);
+    }
+    times.sort();
+    times[rounds / 2]
+}
+
+#[tokio::test]
+async fn claim_latency_with_a_million_finished_rows_stays_within_one_and_a_half_times_that_with_ten_thousand() {
+    let Some(database) = crate::pg::database().await else { return };
+    let store = Store::open(&postgres_settings(database.url())).await.unwrap();
+    let finished = |from: u32, to: u32| {
+        format!(
+            "INSERT INTO tickets (ticket_id, namespace, workspace, state, finished_at, next_poll_at)
+             SELECT 'done-' || n, 'ns', 'ws', 'succeeded', now(), now() FROM generate_series({from}, {to}) AS n;
+             ANALYZE tickets;"
+        )
+    };
+    database.execute("INSERT INTO tickets (ticket_id, namespace, workspace) SELECT 'due-' || n, 'ns', 'ws' FROM generate_series(1, 50) AS n").await;
+    database.execute(&finished(1, 10_000)).await;
+    median_claim(&store, 50).await;
+    let small = median_claim(&store, 300).await;
+    database.execute(&finished(10_001, 1_000_000)).await;
+    median_claim(&store, 50).await;
+    let large = median_claim(&store, 300).await;
+    eprintln!("median claim latency: {small:?} with 10k finished rows, {large:?} with 1M");
+    assert!(
+        large.as_secs_f64() <= small.as_secs_f64() * 1.5,
+        "claims slowed from {small:?} to {large:?} with a million finished rows"
+    );
+    store.close().await;
+}
