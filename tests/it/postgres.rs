@@ -389,9 +389,11 @@ async fn claim_latency_with_a_million_finished_rows_stays_within_one_and_a_half_
                 "INSERT INTO tickets (ticket_id, namespace, workspace) SELECT 'due-' || n, 'ns', 'ws' FROM generate_series(1, 50) AS n;
                  INSERT INTO tickets (ticket_id, namespace, workspace, state, finished_at, next_poll_at)
                  SELECT 'done-' || n, 'ns', 'ws', 'succeeded', now(), now() FROM generate_series(1, {finished}) AS n;
-                 ANALYZE tickets;"
+"
             ))
             .await;
+        // Nothing left for autovacuum to do during the measurement.
+        database.execute("VACUUM (FREEZE, ANALYZE) tickets").await;
         for _ in 0..50 {
             time_claim(&store).await;
         }
@@ -403,12 +405,14 @@ async fn claim_latency_with_a_million_finished_rows_stays_within_one_and_a_half_
         small.push(time_claim(&stores[0]).await);
         large.push(time_claim(&stores[1]).await);
     }
+    // Each pair of claims ran back to back: their ratio is what the table size costs.
+    let mut ratios: Vec<f64> =
+        small.iter().zip(&large).map(|(small, large)| large.as_secs_f64() / small.as_secs_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
     let (small, large) = (median(small), median(large));
-    eprintln!("median claim latency: {small:?} with 10k finished rows, {large:?} with 1M");
-    assert!(
-        large.as_secs_f64() <= small.as_secs_f64() * 1.5,
-        "claims slowed from {small:?} to {large:?} with a million finished rows"
-    );
+    eprintln!("median claim latency: {small:?} with 10k finished rows, {large:?} with 1M (median ratio {ratio:.2})");
+    assert!(ratio <= 1.5, "claims slowed {ratio:.2} times with a million finished rows ({small:?} to {large:?})");
     for store in stores {
         store.close().await;
     }
