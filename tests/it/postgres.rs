@@ -417,3 +417,40 @@ async fn claim_latency_with_a_million_finished_rows_stays_within_one_and_a_half_
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn after_an_operator_migrates_a_daemon_role_without_ddl_rights_opens_and_works_the_queue() {
+    let Some(database) = crate::pg::database().await else { return };
+    Store::open(&postgres_settings(database.url())).await.unwrap().close().await;
+    let role = format!("daemon_{}", database.name().rsplit('_').next().unwrap_or("x"));
+    database
+        .execute(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                 CREATE ROLE {role} LOGIN; END IF; END $$;
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON tickets, webhook_deliveries TO {role};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
+             GRANT SELECT ON _sqlx_migrations TO {role};"
+        ))
+        .await;
+    let mut url = url::Url::parse(database.url()).unwrap();
+    url.set_username(&role).unwrap();
+    let store = Store::open(&postgres_settings(url.as_str())).await.expect("the daemon's role opens the store");
+    let queued = store.insert_ticket(&crate::harness::new_ticket("no-ddl")).await.unwrap();
+    let lease = flink_ticketd::store::Lease("no-ddl#1".to_owned());
+    let claimed = store
+        .claim_due_tickets(
+            &lease,
+            Utc::now() + chrono::Duration::seconds(1),
+            Duration::from_secs(60),
+            10,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|row| row.id).collect::<Vec<_>>(), [queued.id]);
+    let ddl = store.purge_finished_batch(Utc::now(), 10).await;
+    assert!(ddl.is_ok(), "retention needs no DDL either: {ddl:?}");
+    store.close().await;
+    database.execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}
