@@ -318,12 +318,17 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             let store = Store::open_read_only(&config.database).await?;
             let ticket = find_one(&store, &ticket_id, &which).await?;
             let deliveries = store.deliveries_of_ticket(ticket.id.0).await.context("reading webhook deliveries")?;
+            let events = store.ticket_events(ticket.id).await.context("reading the ticket's events")?;
+            let attempts = store.webhook_attempts_of_ticket(ticket.id).await.context("reading webhook attempts")?;
             if json {
                 let mut value = ticket_json(&ticket);
                 value["webhook_deliveries"] = deliveries.iter().map(delivery_json).collect();
+                value["events"] = serde_json::to_value(&events).context("serialising the events")?;
+                value["webhook_attempts"] = serde_json::to_value(&attempts).context("serialising the attempts")?;
                 println!("{}", serde_json::to_string_pretty(&value).context("serialising the ticket")?);
             } else {
                 print_ticket(&ticket, &deliveries);
+                crate::report::print_history(&events, &attempts);
             }
         }
         Command::Retry { ticket_id, which } => {

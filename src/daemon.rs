@@ -21,7 +21,7 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::poller::Poller;
 use crate::ratelimit::RateLimiter;
-use crate::retention::Retention;
+use crate::retention::{Retention, RunLog};
 use crate::service::{self, Liveness, Notice, Supervisor};
 use crate::store::{self, Store};
 use crate::webhook::{self, Deliverer};
@@ -132,6 +132,8 @@ pub async fn run_supervised(
     let Parts { store, credentials: source, owner, poller, deliverer, metrics, recorder_task } =
         build(&config, Arc::clone(&clock), supervisor.heartbeat()).await?;
     let webhook = &config.webhook;
+    let started_at = clock.now();
+    metrics.set_start_time(started_at);
     // Bound before READY, so that a scrape right after start finds the port open; a port that
     // cannot be had stops the start.
     let listener = match config.http_listen {
@@ -170,12 +172,14 @@ pub async fn run_supervised(
         liveness.watch("delivery", Arc::clone(&deliverer.heartbeat.progress));
         Some(tokio::spawn(Arc::clone(&deliverer).run_until_cancelled(shutdown.child_token(), tracker.clone())))
     };
+    let retention_log = Arc::new(RunLog::default());
     let retention = Retention {
         store: store.clone(),
         clock: Arc::clone(&clock),
         keep: config.retention.keep,
         schedule: config.retention.schedule.clone(),
         metrics: Arc::clone(&metrics),
+        log: Arc::clone(&retention_log),
     };
     let retention_task = tokio::spawn(retention.run_until_cancelled(shutdown.child_token()));
     let http_task = listener.map(|listener| {
@@ -183,9 +187,17 @@ pub async fn run_supervised(
             store: store.clone(),
             metrics: Arc::clone(&metrics),
             liveness: Arc::clone(&liveness),
-            paused: Arc::clone(&poller.paused),
+            poller: Arc::clone(&poller),
             clock: Arc::clone(&clock),
             credentials: source.clone(),
+            started_at,
+            retention: http::RetentionView {
+                schedule: config.retention.schedule.clone(),
+                keep: config.retention.keep,
+                log: Arc::clone(&retention_log),
+            },
+            ui: config.ui.clone(),
+            ui_slots: Arc::new(tokio::sync::Semaphore::new(http::UI_QUERY_SLOTS)),
         };
         tokio::spawn(http::serve(listener, state, shutdown.child_token()))
     });

@@ -123,7 +123,11 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     let receiver = start_receiver(key, events, services.clone()).await?;
 
     let database = directory.path().join("demo.db");
-    let config = demo_config(&database, &simulator.base_url(), &format!("http://{receiver}/webhook"), &secret)?;
+    let mut config = demo_config(&database, &simulator.base_url(), &format!("http://{receiver}/webhook"), &secret)?;
+    // The operator pages on a free loopback port (looked up just before the daemon binds it).
+    config.http_listen = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .and_then(|listener| listener.local_addr())
+        .ok();
     let store = Store::open(&config.database).await?;
     for (ticket_id, _) in DEMO_TICKETS {
         let ticket = NewTicket {
@@ -140,6 +144,9 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     screen
         .say(format!("webhook receiver on http://{receiver}/webhook, verifying signatures with a fresh whsec_ secret"));
     screen.say(format!("temporary database {}", database.display()));
+    if let Some(address) = config.http_listen {
+        screen.say(format!("operator pages at http://{address}/ui/ while the demo runs (metrics at /metrics)"));
+    }
     for (ticket_id, what) in DEMO_TICKETS {
         screen.say(format!("  queued {ticket_id:<20} {what}"));
     }

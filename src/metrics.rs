@@ -8,6 +8,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +33,18 @@ struct StateLabel {
     state: String,
 }
 
+/// Label set of the per-loop families.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoopLabel {
+    r#loop: &'static str,
+}
+
+/// Label set of `build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+}
+
 /// Label set of the families keyed by an outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -49,6 +62,18 @@ pub struct Snapshot {
     pub paused: bool,
     /// Whether that pause is an outage: the API is unreachable, failing or unreadable.
     pub api_unavailable: bool,
+    /// Workspaces whose polling is paused (access denied).
+    pub workspaces_paused: usize,
+    /// Webhook deliveries waiting to be sent (state pending).
+    pub webhook_backlog: i64,
+    /// Age of the oldest of them (since it was written); zero when there is none.
+    pub webhook_backlog_oldest_age: Duration,
+    /// (loop name, time since its progress counter last moved).
+    pub loop_progress_age: Vec<(&'static str, Duration)>,
+    /// The request rate the limiter allows now, in requests per second.
+    pub rate_limit: f64,
+    /// Whether throttling answers have slowed the limiter below the configured rate.
+    pub rate_limit_slowed: bool,
 }
 
 /// The registry and a handle on every metric.
@@ -66,6 +91,14 @@ pub struct Metrics {
     webhooks: Family<OutcomeLabel, Counter>,
     retention_runs: Counter,
     retention_deleted: Counter,
+    retention_last_run: Gauge<f64, AtomicU64>,
+    start_time: Gauge<f64, AtomicU64>,
+    workspaces_paused: Gauge,
+    webhook_backlog: Gauge,
+    webhook_backlog_oldest_age: Gauge<f64, AtomicU64>,
+    loop_progress_age: Family<LoopLabel, Gauge<f64, AtomicU64>>,
+    rate_limit: Gauge<f64, AtomicU64>,
+    rate_limit_slowed: Gauge,
 }
 
 impl Default for Metrics {
@@ -135,6 +168,69 @@ impl Metrics {
             "Finished tickets deleted by the retention job",
             retention_deleted.clone(),
         );
+        let retention_last_run = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "retention_last_run_timestamp",
+            "Unix time of the retention job's last finished run (0 before the first)",
+            Unit::Seconds,
+            retention_last_run.clone(),
+        );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info.get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "Always 1; the version of the running binary as a label", build_info);
+        let start_time = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "start_time",
+            "Unix time at which the daemon started",
+            Unit::Seconds,
+            start_time.clone(),
+        );
+        let workspaces_paused = Gauge::default();
+        registry.register(
+            "workspaces_paused",
+            "Workspaces whose polling is paused because access to them is denied",
+            workspaces_paused.clone(),
+        );
+        let webhook_backlog = Gauge::default();
+        registry.register("webhook_backlog", "Webhook deliveries waiting to be sent", webhook_backlog.clone());
+        let webhook_backlog_oldest_age = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "webhook_backlog_oldest_age",
+            "Age of the oldest webhook delivery waiting to be sent (0 when none waits)",
+            Unit::Seconds,
+            webhook_backlog_oldest_age.clone(),
+        );
+        let loop_progress_age = Family::<LoopLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "loop_progress_age",
+            "Time since each loop (poll, delivery) last counted progress; it counts while waiting too",
+            Unit::Seconds,
+            loop_progress_age.clone(),
+        );
+        let rate_limit = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "rate_limit_requests_per_second",
+            "Requests per second the global rate limit allows now (lower than configured while slowed)",
+            rate_limit.clone(),
+        );
+        let rate_limit_slowed = Gauge::default();
+        registry.register(
+            "rate_limit_slowed",
+            "1 while throttling answers have slowed the global rate limit",
+            rate_limit_slowed.clone(),
+        );
+        // Every label value known up front starts at zero, so that a dashboard shows 0 rather than
+        // nothing and `increase()` in an alert sees the first event.
+        let statuses = [TicketStatus::Init, TicketStatus::Executing, TicketStatus::Finished, TicketStatus::Failed];
+        for outcome in statuses.iter().filter_map(TicketStatus::name).chain(POLL_ERROR_OUTCOMES) {
+            let _ = polls.get_or_create(&OutcomeLabel { outcome });
+        }
+        for state in TICKET_STATES.into_iter().filter(|state| *state != TicketState::Pending) {
+            let _ = finished.get_or_create(&StateLabel { state: state.as_str().to_owned() });
+        }
+        for outcome in ["delivered", "retry", "gone", "dead"] {
+            let _ = webhooks.get_or_create(&OutcomeLabel { outcome });
+        }
         Metrics {
             registry,
             tickets,
@@ -148,6 +244,14 @@ impl Metrics {
             webhooks,
             retention_runs,
             retention_deleted,
+            retention_last_run,
+            start_time,
+            workspaces_paused,
+            webhook_backlog,
+            webhook_backlog_oldest_age,
+            loop_progress_age,
+            rate_limit,
+            rate_limit_slowed,
         }
     }
 
@@ -178,10 +282,16 @@ impl Metrics {
         self.webhooks.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
-    /// Counts a retention run that deleted `tickets` finished tickets.
-    pub fn observe_retention(&self, tickets: u64) {
+    /// Counts a retention run that finished at `at` and deleted `tickets` finished tickets.
+    pub fn observe_retention(&self, tickets: u64, at: DateTime<Utc>) {
         self.retention_runs.inc();
         self.retention_deleted.inc_by(tickets);
+        self.retention_last_run.set(unix_seconds(at));
+    }
+
+    /// Records when the daemon started.
+    pub fn set_start_time(&self, at: DateTime<Utc>) {
+        self.start_time.set(unix_seconds(at));
     }
 
     /// Sets the scrape-time gauges from `snapshot` and renders every metric.
@@ -197,12 +307,41 @@ impl Metrics {
         self.queue_lag.set(snapshot.queue_lag.as_secs_f64());
         self.paused.set(i64::from(snapshot.paused));
         self.api_unavailable.set(i64::from(snapshot.api_unavailable));
+        self.workspaces_paused.set(i64::try_from(snapshot.workspaces_paused).unwrap_or(i64::MAX));
+        self.webhook_backlog.set(snapshot.webhook_backlog);
+        self.webhook_backlog_oldest_age.set(snapshot.webhook_backlog_oldest_age.as_secs_f64());
+        for (name, age) in &snapshot.loop_progress_age {
+            self.loop_progress_age.get_or_create(&LoopLabel { r#loop: name }).set(age.as_secs_f64());
+        }
+        self.rate_limit.set(snapshot.rate_limit);
+        self.rate_limit_slowed.set(i64::from(snapshot.rate_limit_slowed));
         let mut out = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing into a String cannot fail");
         out
     }
 }
+
+/// `at` as Unix seconds with milliseconds.
+fn unix_seconds(at: DateTime<Utc>) -> f64 {
+    // Milliseconds since 1970 fit an f64 exactly for the next 280 000 years.
+    #[expect(clippy::cast_precision_loss, reason = "exact below 2^53 ms")]
+    let millis = at.timestamp_millis() as f64;
+    millis / 1000.0
+}
+
+/// The `outcome` labels of result requests that got no status (see [`poll_outcome`]).
+const POLL_ERROR_OUTCOMES: [&str; 9] = [
+    "other_status",
+    "network_error",
+    "invalid_response",
+    "transient_error",
+    "throttled",
+    "credentials_rejected",
+    "request_rejected",
+    "access_denied",
+    "ticket_rejected",
+];
 
 /// The `outcome` label of a result request: the ticket status class answered, or the error class.
 pub fn poll_outcome(outcome: &Result<Polled, FlinkError>) -> &'static str {
@@ -233,6 +372,12 @@ mod tests {
             queue_lag: Duration::from_millis(1500),
             paused: true,
             api_unavailable: true,
+            workspaces_paused: 2,
+            webhook_backlog: 7,
+            webhook_backlog_oldest_age: Duration::from_secs(90),
+            loop_progress_age: vec![("poll", Duration::from_millis(250))],
+            rate_limit: 2.5,
+            rate_limit_slowed: true,
         });
         for line in [
             "flink_ticketd_tickets{state=\"pending\"} 3",
@@ -243,6 +388,13 @@ mod tests {
             "flink_ticketd_polls_total{outcome=\"network_error\"} 1",
             "flink_ticketd_api_request_duration_seconds_count 1",
             "flink_ticketd_tickets_finished_total{state=\"succeeded\"} 1",
+            "flink_ticketd_workspaces_paused 2",
+            "flink_ticketd_webhook_backlog 7",
+            "flink_ticketd_webhook_backlog_oldest_age_seconds 90.0",
+            "flink_ticketd_loop_progress_age_seconds{loop=\"poll\"} 0.25",
+            "flink_ticketd_rate_limit_requests_per_second 2.5",
+            "flink_ticketd_rate_limit_slowed 1",
+            "flink_ticketd_start_time_seconds 0.0",
         ] {
             assert!(text.lines().any(|rendered| rendered == line), "{line} missing from:\n{text}");
         }

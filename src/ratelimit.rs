@@ -66,6 +66,17 @@ impl RateLimiter {
         self.rate / effective_slowdown(&state, Instant::now())
     }
 
+    /// The configured rate, in requests per second.
+    pub fn configured_rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Whether a throttling answer slowed the limiter and the slowdown still holds.
+    pub fn is_slowed(&self) -> bool {
+        let state = self.state.lock().expect("the limiter mutex is never poisoned: no code panics holding it");
+        effective_slowdown(&state, Instant::now()) > 1.0
+    }
+
     /// GCRA: `next_free` is the theoretical arrival time of the next request; a caller may go
     /// up to `burst - 1` intervals ahead of it.
     fn reserve(&self, now: Instant) -> Instant {

@@ -3,7 +3,8 @@
 
 #![expect(clippy::print_stdout, reason = "printing tables is this module's job")]
 
-use crate::store::{Delivery, DeliveryState};
+use crate::clock::format_instant;
+use crate::store::{Delivery, DeliveryState, TicketEvent, WebhookAttempt};
 
 /// Prints a left-aligned table with a header.
 pub fn print_rows(header: &[&str], rows: &[Vec<String>]) {
@@ -68,5 +69,48 @@ pub fn delivery_when(delivery: &Delivery) -> String {
         Some(DeliveryState::Delivered) => delivery.delivered_at.clone().unwrap_or_default(),
         Some(DeliveryState::Pending) => format!("next {}", delivery.next_attempt_at),
         _ => String::new(),
+    }
+}
+
+/// Prints a ticket's timeline (each change with the time since the one before) and every
+/// webhook attempt, for `show`.
+pub fn print_history(events: &[TicketEvent], attempts: &[WebhookAttempt]) {
+    if !events.is_empty() {
+        println!("timeline:");
+        let mut previous: Option<chrono::DateTime<chrono::Utc>> = None;
+        for event in events {
+            let since =
+                previous.map(|before| format!("+{}ms", (event.at - before).num_milliseconds())).unwrap_or_default();
+            previous = Some(event.at);
+            let status = event.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default();
+            let mut line = format!(
+                "  {} {since:>10} {:<11} {:<9} {status:<9} polls={}",
+                format_instant(event.at),
+                event.kind,
+                event.state.as_str(),
+                event.polls
+            );
+            if let Some(code) = &event.error_code {
+                line.push_str(&format!(" error={code}"));
+            }
+            if let Some(detail) = &event.detail {
+                line.push_str(&format!(" ({detail})"));
+            }
+            println!("{line}");
+        }
+    }
+    if !attempts.is_empty() {
+        println!("webhook attempts:");
+        for attempt in attempts {
+            println!(
+                "  #{} attempt {} {} {}ms{}{}",
+                attempt.delivery,
+                attempt.attempt,
+                format_instant(attempt.at),
+                attempt.duration_ms,
+                attempt.http_status.map(|status| format!(" http={status}")).unwrap_or_default(),
+                attempt.error.as_deref().map(|error| format!(" error: {error}")).unwrap_or_default(),
+            );
+        }
     }
 }

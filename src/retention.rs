@@ -78,6 +78,34 @@ pub struct Retention {
     pub schedule: cron::Schedule,
     /// Where runs are counted.
     pub metrics: Arc<Metrics>,
+    /// The last run, for the operator pages.
+    pub log: Arc<RunLog>,
+}
+
+/// The retention job's last run, readable by the operator pages.
+#[derive(Debug, Default)]
+pub struct RunLog(std::sync::Mutex<Option<LastRun>>);
+
+/// How the last run went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    /// When it ended.
+    pub at: DateTime<Utc>,
+    /// Tickets it deleted, or `None` when it failed.
+    pub deleted: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl RunLog {
+    /// The last run, if there was one since the start.
+    pub fn last(&self) -> Option<LastRun> {
+        self.0.lock().expect("the run log mutex is never poisoned: no code panics holding it").clone()
+    }
+
+    fn record(&self, run: LastRun) {
+        *self.0.lock().expect("the run log mutex is never poisoned: no code panics holding it") = Some(run);
+    }
 }
 
 /// What one run deleted in total.
@@ -114,7 +142,8 @@ impl Retention {
             }
             match self.run_once(&shutdown).await {
                 Ok(report) => {
-                    self.metrics.observe_retention(report.tickets);
+                    self.metrics.observe_retention(report.tickets, self.clock.now());
+                    self.log.record(LastRun { at: self.clock.now(), deleted: Some(report.tickets), error: None });
                     info!(
                         deleted_tickets = report.tickets,
                         deleted_deliveries = report.deliveries,
@@ -123,6 +152,7 @@ impl Retention {
                     );
                 }
                 Err(error) => {
+                    self.log.record(LastRun { at: self.clock.now(), deleted: None, error: Some(error.to_string()) });
                     error!(error = %error, "retention run failed; it is tried again at the next scheduled time")
                 }
             }

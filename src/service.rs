@@ -220,6 +220,23 @@ impl Liveness {
         verdict
     }
 
+    /// (loop name, time since its counter last moved) at `now`, for `/metrics` and the pages.
+    /// Reading counts as a sample for the ages, not for the verdict.
+    pub fn progress_ages(&self, now: Instant) -> Vec<(&'static str, Duration)> {
+        let mut loops = self.loops.lock().expect("the liveness mutex is never poisoned: no code panics holding it");
+        loops
+            .iter_mut()
+            .map(|watched| {
+                let value = watched.counter.load(Ordering::Relaxed);
+                if value != watched.last_value {
+                    watched.last_value = value;
+                    watched.last_change = now;
+                }
+                (watched.name, now.saturating_duration_since(watched.last_change))
+            })
+            .collect()
+    }
+
     /// The verdict of the last [`Liveness::sample`].
     pub fn verdict(&self) -> Verdict {
         self.verdict.lock().expect("the liveness mutex is never poisoned: no code panics holding it").clone()

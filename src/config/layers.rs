@@ -106,6 +106,8 @@ pub(super) struct RawRetention {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHttp {
     pub(super) listen: String,
+    pub(super) ui: bool,
+    pub(super) ui_auth_file: String,
 }
 
 #[derive(Debug, Deserialize)]

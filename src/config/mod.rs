@@ -21,6 +21,7 @@ pub use self::layers::{RawConfig, layered};
 use crate::duration::{format_duration, parse_duration};
 use crate::flink::credentials::ChainEnvironment;
 use crate::flink::{ClientSettings, Credentials, Endpoints, FlinkSettings};
+use crate::http::{BasicAuth, UiSettings};
 use crate::poller::PollSettings;
 use crate::retention::RetentionSettings;
 use crate::store::Database;
@@ -72,6 +73,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// `http.listen`; `None` disables the listener.
     pub http_listen: Option<SocketAddr>,
+    /// `http.ui`, `http.ui_auth_file`: the operator pages.
+    pub ui: UiSettings,
     /// `[log]`.
     pub log: LogSettings,
 }
@@ -172,9 +175,10 @@ impl RawConfig {
         let shutdown_grace = problems.duration("shutdown.grace", &self.shutdown.grace);
         let retention = retention(&self.retention, &mut problems);
         let http_listen = http_listen(&self.http, &mut problems);
+        let ui = ui(&self.http, &directories, &mut problems);
         let log = log(self.log, &mut problems);
         let config =
-            Config { source_file, database, flink, poll, webhook, shutdown_grace, retention, http_listen, log };
+            Config { source_file, database, flink, poll, webhook, shutdown_grace, retention, http_listen, ui, log };
         if problems.0.is_empty() { Ok(config) } else { Err(ConfigError { problems: problems.0 }) }
     }
 }
@@ -199,7 +203,12 @@ impl Config {
             self.webhook.describe(),
             format!("[shutdown]\ngrace = {}\n", duration(self.shutdown_grace)),
             self.retention.describe(),
-            format!("[http]\nlisten = {:?}\n", self.http_listen.map(|address| address.to_string()).unwrap_or_default()),
+            format!(
+                "[http]\nlisten = {:?}\nui = {}\nui_auth_file = {:?}\n",
+                self.http_listen.map(|address| address.to_string()).unwrap_or_default(),
+                self.ui.enabled,
+                self.ui.auth_file.as_ref().map(|path| path.display().to_string()).unwrap_or_default()
+            ),
             self.log.describe(),
         ];
         format!(
@@ -520,6 +529,24 @@ fn http_listen(raw: &RawHttp, problems: &mut Problems) -> Option<SocketAddr> {
     text.parse::<SocketAddr>()
         .map_err(|_| problems.push(format!("http.listen: {text:?} is not an address such as 127.0.0.1:9187")))
         .ok()
+}
+
+/// `http.ui` and `http.ui_auth_file`: a `user:password` file read now, so that a missing or
+/// malformed file stops the start (the password is never echoed).
+fn ui(raw: &RawHttp, directories: &Directories, problems: &mut Problems) -> UiSettings {
+    let Some(file) = non_empty(&raw.ui_auth_file) else {
+        return UiSettings { enabled: raw.ui, auth: None, auth_file: None };
+    };
+    let auth = match read_secret_file(file, directories.credentials.as_deref()) {
+        Ok(text) => BasicAuth::parse(text.expose_secret())
+            .map_err(|reason| problems.push(format!("http.ui_auth_file: {file}: {reason}")))
+            .ok(),
+        Err(error) => {
+            problems.push(format!("http.ui_auth_file: {error}"));
+            None
+        }
+    };
+    UiSettings { enabled: raw.ui, auth, auth_file: Some(PathBuf::from(file)) }
 }
 
 /// `[log]`: a filter `tracing` accepts, and text or JSON.

@@ -198,6 +198,17 @@ impl Gate {
         }
     }
 
+    /// The pause as the operator pages show it, if paused.
+    fn view(&self) -> Option<PauseView> {
+        self.paused.as_ref().map(|pause| PauseView {
+            cause: pause.cause,
+            since: pause.since,
+            until: pause.until,
+            probing: pause.probing,
+            reason: pause.reason.clone(),
+        })
+    }
+
     /// Current pause end, if paused.
     pub fn paused_until(&self) -> Option<DateTime<Utc>> {
         self.paused.as_ref().map(|pause| pause.until)
@@ -211,6 +222,30 @@ pub struct Gates {
     workspaces: HashMap<String, Gate>,
     /// Transient failures in a row across all tickets; any answer that is not one resets it.
     transient_in_a_row: u32,
+}
+
+/// One pause as the operator pages show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseView {
+    /// Why it began (the last rejection's kind).
+    pub cause: PauseCause,
+    /// When it began.
+    pub since: DateTime<Utc>,
+    /// When the next probe may go (or went, while `probing`).
+    pub until: DateTime<Utc>,
+    /// Whether the probe is out now.
+    pub probing: bool,
+    /// (code, message) of the rejection that paused it.
+    pub reason: (String, String),
+}
+
+/// Every pause standing now: the global one and each paused workspace's (sorted by workspace).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PauseReport {
+    /// The global pause, if polling is paused.
+    pub global: Option<PauseView>,
+    /// (workspace, its pause).
+    pub workspaces: Vec<(String, PauseView)>,
 }
 
 /// Whether and why polling is globally paused, readable from outside (readiness, metrics).
@@ -253,6 +288,17 @@ impl Gates {
                 workspace: self.workspaces.get_mut(workspace).is_some_and(Gate::start_probe),
             }),
         }
+    }
+
+    /// The pauses standing now.
+    pub fn report(&self) -> PauseReport {
+        let mut workspaces = self
+            .workspaces
+            .iter()
+            .filter_map(|(workspace, gate)| gate.view().map(|view| (workspace.clone(), view)))
+            .collect::<Vec<_>>();
+        workspaces.sort_by(|a, b| a.0.cmp(&b.0));
+        PauseReport { global: self.global.view(), workspaces }
     }
 
     /// Why polling is globally paused, if it is.

@@ -21,7 +21,8 @@ mod gate;
 pub use decide::{Decision, MIN_PAUSE_INTERVAL, Policy, decide};
 pub use follow::Followed;
 pub use gate::{
-    Gate, Gates, Hold, OUTAGE_THRESHOLD, Observed, PauseCause, PauseEnds, PauseFlag, PauseScope, Probes, Verdict,
+    Gate, Gates, Hold, OUTAGE_THRESHOLD, Observed, PauseCause, PauseEnds, PauseFlag, PauseReport, PauseScope,
+    PauseView, Probes, Verdict,
 };
 
 use std::sync::Arc;
@@ -254,6 +255,11 @@ impl Poller {
                 error!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
             }
         }
+    }
+
+    /// The global and per-workspace pauses standing now.
+    pub fn pauses(&self) -> PauseReport {
+        self.gates().report()
     }
 
     /// The pause gates, locked.

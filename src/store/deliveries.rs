@@ -157,6 +157,12 @@ impl Store {
         dispatch!(self, backend => backend.next_delivery_due_at().await)
     }
 
+    /// The webhook backlog: how many deliveries are pending and when the oldest was written.
+    /// One pass over the `(state, created_at)` index.
+    pub async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+        dispatch!(self, backend => backend.webhook_backlog().await)
+    }
+
     /// Claims up to `limit` due pending deliveries in one atomic statement, earliest first, with
     /// at most `per_url` in flight to any one receiver (counting rows other claims hold).
     ///
@@ -175,16 +181,19 @@ impl Store {
         dispatch!(self, backend => backend.claim_due_deliveries(lease, now, lease_for, limit, per_url).await)
     }
 
-    /// Records the outcome of an attempt and releases the lease. Returns `false` (and writes
-    /// nothing) when the lease is no longer ours or the delivery is no longer pending.
+    /// Records the outcome of an attempt that ended at `now` after `took`, and releases the
+    /// lease; the attempt joins the delivery's `webhook_attempts` in the same transaction.
+    /// Returns `false` (and writes nothing) when the lease is no longer ours or the delivery is
+    /// no longer pending.
     pub async fn record_attempt(
         &self,
         lease: &Lease,
         id: i64,
         now: DateTime<Utc>,
+        took: Duration,
         record: &AttemptRecord,
     ) -> Result<bool, sqlx::Error> {
-        dispatch!(self, backend => backend.record_attempt(lease, id, now, record).await)
+        dispatch!(self, backend => backend.record_attempt(lease, id, now, took, record).await)
     }
 
     /// Releases every delivery lease whose owner starts with `owner_prefix`, making those

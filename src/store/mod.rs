@@ -10,7 +10,9 @@
 
 mod changes;
 pub mod deliveries;
+pub mod history;
 pub mod maintenance;
+pub mod pages;
 pub mod postgres;
 pub mod recorder;
 mod row;
@@ -25,7 +27,9 @@ use chrono::{DateTime, Utc};
 
 pub use changes::ChangeProbe;
 pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
+pub use history::{TicketEvent, WebhookAttempt};
 pub use maintenance::Purged;
+pub use pages::{DeliveryFilter, MAX_PAGE, Overview, TicketFilter};
 pub use postgres::{MIGRATOR as POSTGRES_MIGRATOR, PostgresSettings};
 pub use recorder::{Announce, RecordError, Recorder};
 pub use sqlite::MIGRATOR;

@@ -182,7 +182,9 @@ impl Deliverer {
 
     /// Sends one claimed delivery and records the outcome.
     async fn deliver(&self, delivery: Delivery, lease: &Lease) {
+        let started = tokio::time::Instant::now();
         let outcome = self.send(&delivery).await;
+        let took = started.elapsed();
         let now = self.clock.now();
         let record = decide(delivery.attempts, &self.config.schedule, &outcome, now);
         match &record {
@@ -205,7 +207,7 @@ impl Deliverer {
         }
         self.metrics.observe_delivery(&record);
         self.heartbeat.beat();
-        match retry_when_busy(|| self.store.record_attempt(lease, delivery.id, now, &record)).await {
+        match retry_when_busy(|| self.store.record_attempt(lease, delivery.id, now, took, &record)).await {
             Ok(true) => {}
             Ok(false) => warn!("delivery changed under us (lease lapsed, or resent); outcome not recorded"),
             Err(error) => error!(

@@ -1,10 +1,12 @@
 //! The integration tests: one binary, one shared harness.
 
+mod browser;
 mod cli;
 mod cloud;
 mod crash_loop;
 mod faults;
 mod harness;
+mod history;
 mod hostile;
 mod ops;
 mod pauses;
@@ -16,4 +18,5 @@ mod security;
 mod signing;
 mod store;
 mod tidy;
+mod ui;
 mod webhooks;

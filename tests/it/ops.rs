@@ -464,6 +464,7 @@ async fn retention_deletes_old_finished_tickets_with_their_deliveries_and_nothin
         keep: Duration::from_secs(30 * 86_400),
         schedule: retention::parse_schedule("0 17 3 * * *").expect("a schedule"),
         metrics: Arc::new(Metrics::new()),
+        log: Arc::default(),
     };
     let report = job.run_once(&CancellationToken::new()).await.expect("retention runs");
     assert_eq!(report.tickets, 1202, "{report:?}");

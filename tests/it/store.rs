@@ -738,8 +738,21 @@ async fn deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight(fi
     let second = Lease("w#2".to_owned());
     assert!(store.claim_due_deliveries(&second, now, Duration::from_secs(60), 10, 5).await.unwrap().is_empty());
     let record = flink_ticketd::store::AttemptRecord::Delivered { http_status: 200 };
-    assert!(!store.record_attempt(&second, claimed[0].id, now, &record).await.unwrap(), "fenced by the lease");
-    assert!(store.record_attempt(&first, claimed[0].id, now, &record).await.unwrap());
+    assert!(
+        !store.record_attempt(&second, claimed[0].id, now, Duration::from_millis(5), &record).await.unwrap(),
+        "fenced by the lease"
+    );
+    assert!(store.record_attempt(&first, claimed[0].id, now, Duration::from_millis(5), &record).await.unwrap());
+    let attempts = store.webhook_attempts_of_ticket(id).await.unwrap();
+    let seen: Vec<_> = attempts.iter().map(|a| (a.delivery, a.attempt, a.http_status, a.duration_ms)).collect();
+    assert_eq!(
+        seen,
+        [(claimed[0].id, 1, Some(200), 5)],
+        "one attempt recorded with its outcome, none for the fenced one"
+    );
+    assert_eq!(attempts[0].at, now - chrono::Duration::milliseconds(5), "the attempt's start");
+    let events: Vec<String> = store.ticket_events(id).await.unwrap().into_iter().map(|event| event.kind).collect();
+    assert_eq!(events, ["first_poll", "final"], "the trigger wrote the changes of the final state");
     let delivered = store.delivery(claimed[0].id).await.unwrap().unwrap();
     assert_eq!((delivered.state.as_str(), delivered.last_http_status), ("delivered", Some(200)));
     assert!(matches!(store.resend_delivery(claimed[1].id, now).await.unwrap(), flink_ticketd::store::Resend::InFlight));

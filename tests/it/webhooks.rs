@@ -587,4 +587,6 @@ fn the_demo_finishes_five_tickets_verifies_every_webhook_and_exits_0() {
     assert!(stdout.contains("\ntickets\nTICKET") && stdout.contains("\nwebhook deliveries\nID"), "{stdout}");
     assert_eq!(stdout.matches(" delivered ").count(), 5, "every delivery delivered:\n{stdout}");
     assert!(stdout.contains("expired"), "{stdout}");
+    let pages = stdout.lines().find(|line| line.contains("operator pages at http://127.0.0.1:"));
+    assert!(pages.is_some_and(|line| line.contains("/ui/")), "the demo prints the overview's address:\n{stdout}");
 }

@@ -13,7 +13,7 @@ use crate::store::deliveries::Inserted;
 use crate::store::{AttemptRecord, Delivery, DeliveryState, Lease, NewDelivery, Resend, at};
 
 /// Every column of `webhook_deliveries` as [`Delivery`] reads it, from the table aliased `d`.
-static DELIVERY_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+pub(super) static DELIVERY_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     [
         "d.id, d.ticket, d.url, d.webhook_id, d.event_type, d.payload::text AS payload, d.state, d.attempts",
         concat!(instant_text!("d.next_attempt_at"), " AS next_attempt_at"),
@@ -145,8 +145,11 @@ impl PgStore {
         lease: &Lease,
         id: i64,
         now: DateTime<Utc>,
+        took: Duration,
         record: &AttemptRecord,
     ) -> Result<bool, sqlx::Error> {
+        let started_at = at(now - chrono::Duration::from_std(took).unwrap_or_default());
+        let took_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
         let now = at(now);
         let (state, next_attempt_at, http_status, error, delivered_at) = match record {
             AttemptRecord::Delivered { http_status } => {
@@ -159,13 +162,20 @@ impl PgStore {
                 (DeliveryState::Dead, now.clone(), *http_status, Some(error.as_str()), None)
             }
         };
-        let updated = guarded!(self, connection => {
-            sqlx::query(
-                "UPDATE webhook_deliveries
-                 SET state = $3, next_attempt_at = $4::timestamptz, last_http_status = $5, last_error = $6,
-                     delivered_at = COALESCE($7::timestamptz, delivered_at), updated_at = $8::timestamptz,
-                     lease_owner = NULL, lease_until = NULL
-                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+        // One statement: the outcome and its `webhook_attempts` row commit together.
+        let recorded: Option<i64> = guarded!(self, connection => {
+            sqlx::query_scalar(
+                "WITH d AS (
+                     UPDATE webhook_deliveries
+                     SET state = $3, next_attempt_at = $4::timestamptz, last_http_status = $5, last_error = $6,
+                         delivered_at = COALESCE($7::timestamptz, delivered_at), updated_at = $8::timestamptz,
+                         lease_owner = NULL, lease_until = NULL
+                     WHERE id = $1 AND lease_owner = $2 AND state = 'pending'
+                     RETURNING id, attempts
+                 )
+                 INSERT INTO webhook_attempts (delivery, attempt, at, duration_ms, http_status, error)
+                 SELECT d.id, greatest(d.attempts, 1), $9::timestamptz, $10, $5, left($6, 300) FROM d
+                 RETURNING delivery",
             )
             .bind(id)
             .bind(&lease.0)
@@ -175,10 +185,12 @@ impl PgStore {
             .bind(error)
             .bind(&delivered_at)
             .bind(&now)
-            .execute(&mut *connection)
+            .bind(&started_at)
+            .bind(took_ms)
+            .fetch_optional(&mut *connection)
             .await
         })?;
-        Ok(updated.rows_affected() == 1)
+        Ok(recorded.is_some())
     }
 
     pub(in crate::store) async fn release_deliveries(

@@ -12,8 +12,10 @@
 
 pub(super) mod deliveries;
 pub(super) mod errors;
+pub(super) mod history;
 pub(super) mod listen;
 pub(super) mod maintenance;
+pub(super) mod pages;
 pub(super) mod results;
 pub(super) mod tickets;
 

@@ -59,6 +59,18 @@ impl SqliteStore {
         Ok(next.as_deref().and_then(crate::clock::parse_instant))
     }
 
+    /// How many deliveries are pending and when the oldest was written: one pass over the
+    /// `(state, created_at)` index.
+    pub(in crate::store) async fn webhook_backlog(&self) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+        let (count, oldest): (i64, Option<String>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM webhook_deliveries INDEXED BY webhook_deliveries_by_state
+             WHERE state = 'pending'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((count, oldest.as_deref().and_then(crate::clock::parse_instant)))
+    }
+
     /// Claims up to `limit` due pending deliveries in one atomic statement, earliest first, with
     /// at most `per_url` in flight to any one receiver (counting rows other claims hold).
     ///
@@ -114,8 +126,11 @@ impl SqliteStore {
         lease: &Lease,
         id: i64,
         now: DateTime<Utc>,
+        took: Duration,
         record: &AttemptRecord,
     ) -> Result<bool, sqlx::Error> {
+        let started_at = at(now - chrono::Duration::from_std(took).unwrap_or_default());
+        let took_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
         let now = at(now);
         let (state, next_attempt_at, http_status, error, delivered_at) = match record {
             AttemptRecord::Delivered { http_status } => {
@@ -128,12 +143,14 @@ impl SqliteStore {
                 (DeliveryState::Dead, now.clone(), *http_status, Some(error.as_str()), None)
             }
         };
-        let updated = sqlx::query(
+        let mut transaction = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let attempt: Option<i64> = sqlx::query_scalar(
             "UPDATE webhook_deliveries
              SET state = ?3, next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,
                  delivered_at = COALESCE(?7, delivered_at), updated_at = ?8,
                  lease_owner = NULL, lease_until = NULL
-             WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'",
+             WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'
+             RETURNING attempts",
         )
         .bind(id)
         .bind(&lease.0)
@@ -143,9 +160,26 @@ impl SqliteStore {
         .bind(error)
         .bind(delivered_at)
         .bind(&now)
-        .execute(&self.writer)
+        .fetch_optional(&mut *transaction)
         .await?;
-        Ok(updated.rows_affected() == 1)
+        let Some(attempt) = attempt else {
+            transaction.rollback().await?;
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery, attempt, at, duration_ms, http_status, error)
+             VALUES (?1, max(?2, 1), ?3, ?4, ?5, substr(?6, 1, 300))",
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(started_at)
+        .bind(took_ms)
+        .bind(http_status.map(i64::from))
+        .bind(error)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(true)
     }
 
     /// Releases every delivery lease whose owner starts with `owner_prefix`, making those

@@ -9,7 +9,9 @@
 
 pub(super) mod changes;
 pub(super) mod deliveries;
+pub(super) mod history;
 pub(super) mod maintenance;
+pub(super) mod pages;
 pub(super) mod results;
 pub(super) mod tickets;
 

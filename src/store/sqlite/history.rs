@@ -1,0 +1,82 @@
+//! SQLite's SQL for a ticket's history: `ticket_events` and `webhook_attempts` (both written in
+//! the transactions that change their rows: events by a trigger, attempts by `record_attempt`).
+
+use sqlx::FromRow;
+
+use super::SqliteStore;
+use crate::clock::parse_instant;
+use crate::domain::{RowId, TicketState, TicketStatus};
+use crate::store::{TicketEvent, WebhookAttempt};
+
+#[derive(FromRow)]
+struct StoredEvent {
+    at: String,
+    kind: String,
+    state: String,
+    ticket_status: Option<String>,
+    polls: i64,
+    error_code: Option<String>,
+    detail: Option<String>,
+}
+
+#[derive(FromRow)]
+struct StoredAttempt {
+    delivery: i64,
+    attempt: i64,
+    at: String,
+    duration_ms: i64,
+    http_status: Option<i64>,
+    error: Option<String>,
+}
+
+impl SqliteStore {
+    /// The ticket's events, oldest first. A value another program wrote that cannot be read
+    /// shows as the epoch or `failed`, as listings read rows.
+    pub(in crate::store) async fn ticket_events(&self, id: RowId) -> Result<Vec<TicketEvent>, sqlx::Error> {
+        let rows: Vec<StoredEvent> = sqlx::query_as(
+            "SELECT at, kind, state, ticket_status, polls, error_code, detail FROM ticket_events
+             WHERE ticket = ?1 ORDER BY id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| TicketEvent {
+                at: parse_instant(&row.at).unwrap_or_default(),
+                kind: row.kind,
+                state: row.state.parse().unwrap_or(TicketState::Failed),
+                ticket_status: row.ticket_status.as_deref().map(TicketStatus::from_wire),
+                polls: row.polls,
+                error_code: row.error_code,
+                detail: row.detail,
+            })
+            .collect())
+    }
+
+    /// The attempts of the ticket's deliveries, by delivery then attempt.
+    pub(in crate::store) async fn webhook_attempts_of_ticket(
+        &self,
+        id: RowId,
+    ) -> Result<Vec<WebhookAttempt>, sqlx::Error> {
+        let rows: Vec<StoredAttempt> = sqlx::query_as(
+            "SELECT a.delivery, a.attempt, a.at, a.duration_ms, a.http_status, a.error
+             FROM webhook_attempts AS a JOIN webhook_deliveries AS d ON d.id = a.delivery
+             WHERE d.ticket = ?1 ORDER BY a.delivery, a.id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| WebhookAttempt {
+                delivery: row.delivery,
+                attempt: row.attempt,
+                at: parse_instant(&row.at).unwrap_or_default(),
+                duration_ms: row.duration_ms,
+                http_status: row.http_status,
+                error: row.error,
+            })
+            .collect())
+    }
+}
