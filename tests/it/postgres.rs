@@ -428,9 +428,8 @@ async fn after_an_operator_migrates_a_daemon_role_without_ddl_rights_opens_and_w
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
                  CREATE ROLE {role} LOGIN; END IF; END $$;
              REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-             GRANT SELECT, INSERT, UPDATE, DELETE ON tickets, webhook_deliveries TO {role};
-             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};
-             GRANT SELECT ON _sqlx_migrations TO {role};"
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
         ))
         .await;
     let mut url = url::Url::parse(database.url()).unwrap();
