@@ -289,7 +289,7 @@ async fn the_final_state_and_its_deliveries_commit_together(fixture: Fixture) {
         state: TicketState::Failed,
         polled: true,
         request_id: Some("R1".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Failed), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Failed), ..DeployResult::default() }.into()),
         error: None,
     };
     let written = store
@@ -384,7 +384,7 @@ async fn constraints_refuse_rows_sql_can_judge(fixture: Fixture) {
     ] {
         assert!(fixture.execute(sql).await.is_err(), "{what} was accepted");
     }
-    assert!(store.list_tickets(None, 100).await.unwrap().is_empty(), "a refused statement leaves nothing behind");
+    assert!(store.list_tickets(None, None, 100).await.unwrap().is_empty(), "a refused statement leaves nothing behind");
     let json = store.insert_ticket(&new_ticket("json")).await.unwrap();
     let body = fixture
         .execute(&format!(
@@ -420,7 +420,7 @@ async fn a_hand_written_deadline_is_stored_in_the_canonical_form(fixture: Fixtur
     for (id, expected) in
         [("a", "2026-12-01T10:00:00.000Z"), ("b", "2026-12-01T10:00:00.000Z"), ("c", "2026-12-01T10:00:00.500Z")]
     {
-        let rows = fixture.store.find_tickets(id, None, None).await.unwrap();
+        let rows = fixture.store.find_tickets(id, None, None, None).await.unwrap();
         assert_eq!(fixture.stored_text(rows[0].id, "deadline_at").await.as_deref(), Some(expected), "{id}");
     }
 }
@@ -510,7 +510,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
         error_streak: 0,
         polled: true,
         request_id: Some("R".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }.into()),
         error: None,
     };
     // Submitted together, the three land in one batch.
@@ -808,7 +808,7 @@ async fn concurrent_retention_rounds_delete_each_row_once(fixture: Fixture) {
         total += purged.tickets;
     }
     assert_eq!(total, ROWS, "each row deleted once");
-    assert!(fixture.store.list_tickets(None, 10).await.unwrap().is_empty());
+    assert!(fixture.store.list_tickets(None, None, 10).await.unwrap().is_empty());
 }
 
 async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
@@ -834,11 +834,11 @@ async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
         state: TicketState::Failed,
         polled: true,
         request_id: Some("R9".to_owned()),
-        answer: Some(answer.clone()),
+        answer: Some(answer.clone().into()),
         error: None,
     };
     assert_eq!(store.record_final(&lease, id, at(2), &finish, |_| Announcement::default()).await.unwrap(), Some(0));
-    let row = store.find_tickets("shown", Some("ws"), Some("ns")).await.unwrap().pop().unwrap();
+    let row = store.find_tickets("shown", None, Some("ws"), Some("ns")).await.unwrap().pop().unwrap();
     assert_eq!(row.state, TicketState::Failed);
     assert_eq!(row.deploy_success, Some(false));
     assert_eq!(row.deployment_id.as_deref(), Some("dep-1"));
@@ -846,9 +846,9 @@ async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
     assert_eq!((row.polls, row.request_id.as_deref()), (1, Some("R9")));
     assert_eq!(row.finished_at, Some(at(2)));
     assert_eq!(row.deadline(), Some(row.created_at + chrono::Duration::seconds(3600)));
-    assert_eq!(store.list_tickets(Some(TicketState::Failed), 10).await.unwrap().len(), 1);
-    assert!(store.list_tickets(Some(TicketState::Pending), 10).await.unwrap().is_empty());
+    assert_eq!(store.list_tickets(Some(TicketState::Failed), None, 10).await.unwrap().len(), 1);
+    assert!(store.list_tickets(Some(TicketState::Pending), None, 10).await.unwrap().is_empty());
     assert_eq!(store.count_tickets_by_state().await.unwrap(), vec![("failed".to_owned(), 1)]);
-    assert!(store.find_tickets("shown", Some("other"), None).await.unwrap().is_empty());
+    assert!(store.find_tickets("shown", None, Some("other"), None).await.unwrap().is_empty());
     assert_eq!(store.applied_migrations().await.unwrap().len(), flink_ticketd::store::MIGRATOR.iter().count());
 }
