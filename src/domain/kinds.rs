@@ -296,6 +296,12 @@ impl KindResult {
                 plan: None,
                 ..
             }) => Some("FINISHED without a plan"),
+            // The plan is kept as sent either way; a plan that is not JSON is worth a look.
+            KindResult::ResourcePlan(ResourcePlanResult { plan: Some(plan), .. })
+                if serde_json::from_str::<serde::de::IgnoredAny>(plan).is_err() =>
+            {
+                Some("a plan that is not JSON text")
+            }
             _ => None,
         }
     }
@@ -424,6 +430,9 @@ mod tests {
         assert_eq!(code, MISSING_PLAN);
         assert_eq!(plan("failed", None).outcome(), Outcome::Failed { error: None });
         assert_eq!(plan("executing", None).outcome(), Outcome::Running);
+        assert_eq!(plan("finished", Some("{not json")).outcome(), Outcome::Succeeded, "kept as sent");
+        assert!(plan("finished", Some("{not json")).undocumented().is_some(), "and logged");
+        assert_eq!(plan("finished", Some("{ }")).undocumented(), None);
     }
 
     #[test]

@@ -156,6 +156,7 @@ on_both_backends!(
     deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight,
     concurrent_retention_rounds_delete_each_row_once,
     the_user_commands_read_what_the_daemon_wrote,
+    every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte,
 );
 
 /// An instant `seconds` after a base ten minutes ahead of the moment this test first asked (each
@@ -851,4 +852,86 @@ async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
     assert_eq!(store.count_tickets_by_state().await.unwrap(), vec![("failed".to_owned(), 1)]);
     assert!(store.find_tickets("shown", None, Some("other"), None).await.unwrap().is_empty());
     assert_eq!(store.applied_migrations().await.unwrap().len(), flink_ticketd::store::MIGRATOR.iter().count());
+}
+
+async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte(fixture: Fixture) {
+    use flink_ticketd::domain::{
+        Answer, ConfigIssue, KindResult, RawJson, ResourcePlanResult, TicketKind, ValidateResult,
+    };
+    let store = &fixture.store;
+    fixture
+        .execute(
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('same', 'ns', 'ws');
+             INSERT INTO tickets (ticket_id, namespace, workspace, kind) VALUES ('same', 'ns', 'ws', 'validate')",
+        )
+        .await
+        .expect("one ID under two kinds is two tickets");
+    let unknown = fixture
+        .execute("INSERT INTO tickets (ticket_id, namespace, workspace, kind) VALUES ('x', 'ns', 'ws', 'savepoint')")
+        .await
+        .expect_err("an unknown kind is refused");
+    assert!(unknown.contains("kind_must_be_known"), "{unknown}");
+    let twice = fixture
+        .execute("INSERT INTO tickets (ticket_id, namespace, workspace, kind) VALUES ('same', 'ns', 'ws', 'validate')")
+        .await
+        .expect_err("the same kind and ID twice is refused");
+    assert!(twice.to_lowercase().contains("unique") || twice.contains("duplicate"), "{twice}");
+    let both = store.find_tickets("same", None, None, None).await.unwrap();
+    let kinds: Vec<TicketKind> = both.iter().map(|ticket| ticket.kind).collect();
+    assert_eq!(kinds, [TicketKind::Deploy, TicketKind::Validate], "a plain insert means deploy");
+    assert_eq!(store.find_tickets("same", Some(TicketKind::Validate), None, None).await.unwrap().len(), 1);
+    assert_eq!(store.list_tickets(None, Some(TicketKind::Deploy), 10).await.unwrap().len(), 1);
+
+    let plan = "{ \"ssgProfiles\" :[ {\"name\":\"默认-ä\",\"cpu\":1.0} ],\n\t\"nodes\":[] }";
+    let raw = format!("{{ \"ticketStatus\" : \"FINISHED\",\"plan\":{} }}", serde_json::to_string(plan).unwrap());
+    let planned = store
+        .insert_ticket(&NewTicket {
+            kind: TicketKind::ResourcePlan,
+            deployment_id: Some("dep-1".to_owned()),
+            ..new_ticket("plan")
+        })
+        .await
+        .unwrap();
+    let validated = both.iter().find(|ticket| ticket.kind == TicketKind::Validate).unwrap().id;
+    let lease = Lease("k#1".to_owned());
+    let claimed =
+        store.claim_due_tickets(&lease, at(600), Duration::from_secs(10), 10, Duration::from_secs(3600)).await;
+    assert_eq!(claimed.unwrap().len(), 3);
+    let finish = |result: KindResult, raw: &str| Finish {
+        state: TicketState::Succeeded,
+        polled: true,
+        request_id: None,
+        answer: Some(Answer { result, raw: Some(RawJson::new(raw.to_owned()).unwrap()) }),
+        error: None,
+    };
+    let plan_result = KindResult::ResourcePlan(ResourcePlanResult {
+        ticket_status: Some(TicketStatus::Finished),
+        message: None,
+        plan: Some(plan.to_owned()),
+    });
+    store
+        .record_final(&lease, planned.id, at(601), &finish(plan_result, &raw), |_| Announcement::default())
+        .await
+        .unwrap();
+    let config_errors =
+        vec![ConfigIssue { reason: Some("ENGINE_VERSION".to_owned()), message: Some("old".to_owned()) }];
+    let validate_result = KindResult::Validate(ValidateResult {
+        ticket_status: Some(TicketStatus::Finished),
+        success: Some(false),
+        config_errors: config_errors.clone(),
+        ..ValidateResult::default()
+    });
+    store
+        .record_final(&lease, validated, at(601), &finish(validate_result, "{\"success\":false}"), |_| {
+            Announcement::default()
+        })
+        .await
+        .unwrap();
+
+    let planned = store.ticket(planned.id).await.unwrap().unwrap();
+    assert_eq!(planned.resource_plan.as_deref(), Some(plan), "the plan is kept byte for byte");
+    assert_eq!(planned.result_json.as_ref().map(RawJson::as_str), Some(raw.as_str()), "so is the raw data");
+    assert_eq!(planned.deployment_id.as_deref(), Some("dep-1"), "the deployment known at submit stays");
+    let validated = store.ticket(validated).await.unwrap().unwrap();
+    assert_eq!((validated.config_errors, validated.deploy_success), (config_errors, Some(false)));
 }
