@@ -302,8 +302,9 @@ impl Store {
     }
 
     /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff. The
-    /// previous run's answer (status, deployment, validation, error, webhook note) is cleared, so
-    /// that nothing announced later carries it. Returns `false` when it is still pending.
+    /// previous run's answer (status, deployment, validation, plan, raw result, error, webhook note)
+    /// is cleared, so that nothing announced later carries it; a resource plan keeps the deployment
+    /// it was submitted for. Returns `false` when it is still pending.
     pub async fn retry_ticket(
         &self,
         id: RowId,

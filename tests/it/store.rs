@@ -934,4 +934,9 @@ async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte
     assert_eq!(planned.deployment_id.as_deref(), Some("dep-1"), "the deployment known at submit stays");
     let validated = store.ticket(validated).await.unwrap().unwrap();
     assert_eq!((validated.config_errors, validated.deploy_success), (config_errors, Some(false)));
+
+    assert!(store.retry_ticket(planned.id, at(602), at(4000)).await.unwrap());
+    let retried = store.ticket(planned.id).await.unwrap().unwrap();
+    assert_eq!((retried.resource_plan, retried.result_json), (None, None), "retry clears the last answer");
+    assert_eq!(retried.deployment_id.as_deref(), Some("dep-1"), "but not the deployment the plan is for");
 }

@@ -319,7 +319,8 @@ impl SqliteStore {
             "UPDATE tickets SET state = 'pending', retries = retries + 1, next_poll_at = ?2, updated_at = ?2,
                  deadline_at = ?3, finished_at = NULL, running_streak = 0, error_streak = 0,
                  error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL,
-                 ticket_status = NULL, deployment_id = NULL, deploy_success = NULL, message = NULL,
+                 ticket_status = NULL, deploy_success = NULL, message = NULL,
+                 deployment_id = CASE WHEN kind = 'resource_plan' THEN deployment_id END,
                  validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL,
                  config_errors = NULL, resource_plan = NULL, result_json = NULL
              WHERE id = ?1 AND state <> 'pending'",
