@@ -84,10 +84,32 @@ pub(crate) struct PgStore {
 impl PgStore {
     /// Connects (refusing a standby) and applies pending migrations. Concurrent starts are
     /// serialised by sqlx's advisory lock, so each migration is applied once.
+    /// A database already up to date is not touched, so that daemons may run as a role without
+    /// DDL rights once an operator ran `migrate`.
     pub(super) async fn open(settings: &PostgresSettings) -> anyhow::Result<PgStore> {
         let store = PgStore::open_without_migrating(settings).await?;
-        MIGRATOR.run(&store.pool).await.with_context(|| format!("applying migrations to {}", store.shown_url))?;
+        if !store.up_to_date().await {
+            MIGRATOR.run(&store.pool).await.with_context(|| format!("applying migrations to {}", store.shown_url))?;
+        }
         Ok(store)
+    }
+
+    /// Whether every embedded migration is applied, with the same checksum.
+    async fn up_to_date(&self) -> bool {
+        let applied = async {
+            let applied: Vec<(i64, Vec<u8>)> = guarded!(self, connection => {
+                sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&mut *connection)
+                    .await
+            })?;
+            Ok::<_, sqlx::Error>(applied)
+        };
+        let Ok(applied) = applied.await else { return false };
+        MIGRATOR.iter().all(|migration| {
+            applied
+                .iter()
+                .any(|(version, checksum)| *version == migration.version && checksum[..] == migration.checksum[..])
+        })
     }
 
     /// Connects without touching the schema.
