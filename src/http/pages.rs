@@ -69,7 +69,7 @@ pub(super) fn overview(page: &Overview) -> Markup {
         section {
             h2 { "Pauses" }
             @match &page.pauses.global {
-                Some(pause) => { p.bad { "All polling is paused: " (pause.cause.describe()) "." } (pause_table(now, None, pause)) }
+                Some(pause) => { p.bad { "All " (pause.cause.describe()) "." } (pause_table(now, None, pause)) }
                 None => p.ok { "Polling is not paused globally." },
             }
             @if page.pauses.workspaces.is_empty() {
@@ -474,13 +474,14 @@ fn issues(issues: &[ValidationIssue]) -> Markup {
 
 /// The commands an operator may copy, each argument quoted for a POSIX shell.
 fn command_lines(ticket: &Ticket, deliveries: &[Delivery]) -> String {
-    let mut lines = vec![
-        format!("flink-ticketd show {}", shell_quote(&ticket.key.ticket_id)),
-        format!("flink-ticketd retry {}", shell_quote(&ticket.key.ticket_id)),
-    ];
-    if ticket.is_pending() {
-        lines.push(format!("flink-ticketd cancel {}", shell_quote(&ticket.key.ticket_id)));
-    }
+    let id = shell_quote(&ticket.key.ticket_id);
+    let mut lines = vec![format!("flink-ticketd show {id}")];
+    // `retry` puts a finished ticket back; `cancel` stops a pending one.
+    lines.push(if ticket.is_pending() {
+        format!("flink-ticketd cancel {id}")
+    } else {
+        format!("flink-ticketd retry {id}")
+    });
     lines.extend(deliveries.iter().map(|delivery| format!("flink-ticketd webhooks resend {}", delivery.id)));
     lines.join("\n")
 }

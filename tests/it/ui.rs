@@ -294,7 +294,7 @@ async fn hostile_values_render_as_text_on_every_page() {
     let detail = server.get(&format!("/ui/tickets/{id}")).await;
     assert_eq!(detail.status, 200);
     assert!(detail.body.contains("&lt;img src=x onerror=alert(2)&gt;"), "{}", detail.body);
-    assert!(detail.body.contains("flink-ticketd retry '&lt;script&gt;alert(1)&lt;/script&gt;'"), "{}", detail.body);
+    assert!(detail.body.contains("flink-ticketd cancel '&lt;script&gt;alert(1)&lt;/script&gt;'"), "{}", detail.body);
     for page in [&list, &detail] {
         assert!(!page.body.contains("<script") && !page.body.contains("<img"), "{}", page.body);
     }
