@@ -1,10 +1,12 @@
 //! The command line: argument parsing (clap) and the user commands that are not the daemon
-//! (`enqueue`, `deploy`, `list`, `show`, `retry`, `cancel`, `webhooks`, `check-config`, `migrate`;
-//! `demo` lives in `crate::demo`). Command output goes to stdout; errors go to stderr as one line,
-//! and the exit code says what kind of failure it was. `deploy --wait` prints validation issues to
-//! stderr as `line:column: message`, the way compilers do, so a CI log reads like a build.
+//! (`enqueue`, `list`, `show`, `retry`, `cancel`, `webhooks`, `check-config`, `migrate`; the
+//! submit commands `deploy`, `validate`, `resource-plan` and `hot-update` live in `submit.rs`,
+//! `demo` in `crate::demo`). Command output goes to stdout; errors go to stderr as one line, and
+//! the exit code says what kind of failure it was.
 
 #![expect(clippy::print_stdout, reason = "command output is this module's job")]
+
+pub mod submit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, SystemClock, format_instant};
 use crate::config::{self, Config};
-use crate::domain::{TicketState, TicketStatus};
+use crate::domain::{TicketKind, TicketState, TicketStatus};
 use crate::redact::redact_text;
 use crate::report::{delivery_when, print_delivery_table, print_rows};
 use crate::store::{Delivery, DeliveryState, NewTicket, Resend, Store, Ticket};
@@ -54,7 +56,10 @@ pub enum Command {
         /// Region override for these tickets.
         #[arg(long)]
         region: Option<String>,
-        /// Ticket IDs returned by DeployDeploymentDraftAsync.
+        /// Which operation the IDs belong to: deploy, validate, resource_plan or hot_update.
+        #[arg(long, default_value = "deploy", value_parser = parse_kind)]
+        kind: TicketKind,
+        /// Ticket IDs returned by the submit call (the jobHotUpdateId of a hot update).
         #[arg(required = true, value_name = "TICKET_ID")]
         ticket_ids: Vec<String>,
     },
@@ -89,11 +94,51 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Deep-check a draft (ValidateDeploymentDraftAsync) and queue the ticket it returns. With
+    /// --wait, problems are printed to stderr as `line:column: message`, then `reason: message`.
+    Validate {
+        /// Where the ticket goes and how to follow it.
+        #[command(flatten)]
+        common: submit::Common,
+        /// The deployment draft to check.
+        #[arg(long, value_name = "ID")]
+        draft_id: String,
+        /// Deployment target (queue) to check against.
+        #[arg(long, value_name = "QUEUE")]
+        target: Option<String>,
+    },
+    /// Generate a fine-grained resource plan for a deployment (GenerateResourcePlanWithFlinkConfAsync)
+    /// and queue the ticket it returns. With --wait, the plan is printed on stdout exactly as the
+    /// API sent it.
+    ResourcePlan {
+        /// Where the ticket goes and how to follow it.
+        #[command(flatten)]
+        common: submit::Common,
+        /// The deployment to plan for.
+        #[arg(long, value_name = "ID")]
+        deployment_id: String,
+        /// A Flink configuration entry to plan with (repeatable), sent as a string.
+        #[arg(long = "conf", value_name = "KEY=VALUE", value_parser = submit::parse_conf)]
+        conf: Vec<(String, String)>,
+    },
+    /// Apply a dynamic update to a running job (HotUpdateJob; it takes no parameters) and queue
+    /// its jobHotUpdateId.
+    HotUpdate {
+        /// Where the ticket goes and how to follow it.
+        #[command(flatten)]
+        common: submit::Common,
+        /// The job instance to update.
+        #[arg(long, value_name = "ID")]
+        job_id: String,
+    },
     /// List tickets, newest first.
     List {
         /// Only tickets in this state.
         #[arg(long, value_parser = parse_state)]
         state: Option<TicketState>,
+        /// Only tickets of this kind.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<TicketKind>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -180,9 +225,12 @@ pub enum WebhooksCommand {
 /// Where `simulate` listens unless told otherwise.
 pub const DEFAULT_SIMULATOR_LISTEN: &str = "127.0.0.1:9188";
 
-/// Narrows a ticket ID that exists in several workspaces or namespaces.
+/// Narrows a ticket ID that exists in several workspaces, namespaces or kinds.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Which {
+    /// Kind of the ticket, when the ID alone is ambiguous.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: Option<TicketKind>,
     /// Workspace of the ticket, when the ID alone is ambiguous.
     #[arg(long)]
     pub workspace: Option<String>,
@@ -255,7 +303,7 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             println!("database {} is up to date", store.location());
             store.close().await;
         }
-        Command::Enqueue { namespace, workspace, webhook_url, region, ticket_ids } => {
+        Command::Enqueue { namespace, workspace, webhook_url, region, kind, ticket_ids } => {
             if let Some(region) = &region {
                 crate::flink::endpoint::check_region(region)
                     .map_err(|error| CliError::Usage(format!("--region: {error}")))?;
@@ -271,9 +319,11 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
                     region: region.clone(),
                     webhook_url: webhook_url.clone(),
                     deadline_at: None,
+                    kind,
+                    deployment_id: None,
                 };
                 match store.insert_ticket(&new).await {
-                    Ok(ticket) => println!("queued {} (row {})", ticket.key.ticket_id, ticket.id),
+                    Ok(ticket) => println!("queued {} (row {}, kind {})", ticket.key.ticket_id, ticket.id, ticket.kind),
                     Err(error) => {
                         failures += 1;
                         database_failed |= !crate::store::is_refusal(&error);
@@ -297,16 +347,23 @@ pub async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<(), CliErr
             }
         }
         Command::Deploy { namespace, workspace, draft_id, target, skip_validate, region, webhook_url, wait, json } => {
-            let request =
-                DeployArgs { namespace, workspace, draft_id, target, skip_validate, region, webhook_url, wait, json };
-            deploy(config, clock, request, shutdown).await.map_err(|error| match error {
-                CliError::Runtime(error) => usage_if_setup_is_wrong(error),
-                usage => usage,
-            })?;
+            let common = submit::Common { namespace, workspace, region, webhook_url, wait, json };
+            let operation = submit::Operation::Deploy { draft_id, target, skip_validate };
+            submit::run(config, clock, common, operation, shutdown).await?;
         }
-        Command::List { state, limit, json } => {
+        Command::Validate { common, draft_id, target } => {
+            submit::run(config, clock, common, submit::Operation::Validate { draft_id, target }, shutdown).await?;
+        }
+        Command::ResourcePlan { common, deployment_id, conf } => {
+            let operation = submit::Operation::ResourcePlan { deployment_id, conf };
+            submit::run(config, clock, common, operation, shutdown).await?;
+        }
+        Command::HotUpdate { common, job_id } => {
+            submit::run(config, clock, common, submit::Operation::HotUpdate { job_id }, shutdown).await?;
+        }
+        Command::List { state, kind, limit, json } => {
             let store = Store::open_read_only(&config.database).await?;
-            let tickets = store.list_tickets(state, limit).await.context("listing tickets")?;
+            let tickets = store.list_tickets(state, kind, limit).await.context("listing tickets")?;
             if json {
                 let rows: Vec<Value> = tickets.iter().map(ticket_json).collect();
                 println!("{}", serde_json::to_string_pretty(&rows).context("serialising tickets")?);
@@ -396,129 +453,6 @@ async fn webhooks(config: &Config, command: WebhooksCommand, clock: &dyn Clock) 
     Ok(())
 }
 
-/// The arguments of `deploy`.
-struct DeployArgs {
-    namespace: String,
-    workspace: String,
-    draft_id: String,
-    target: Option<String>,
-    skip_validate: bool,
-    region: Option<String>,
-    webhook_url: Option<String>,
-    wait: bool,
-    json: bool,
-}
-
-async fn deploy(
-    config: Config,
-    clock: Arc<dyn Clock>,
-    args: DeployArgs,
-    shutdown: CancellationToken,
-) -> Result<(), CliError> {
-    use crate::flink::DeployRequest;
-    use crate::poller::Followed;
-
-    if let Some(region) = &args.region {
-        crate::flink::endpoint::check_region(region).map_err(|error| CliError::Usage(format!("--region: {error}")))?;
-    }
-    let crate::daemon::Connection { store, flink } = crate::daemon::connect(&config, &clock).await?;
-    let request = DeployRequest {
-        namespace: &args.namespace,
-        workspace: &args.workspace,
-        draft_id: &args.draft_id,
-        target: args.target.as_deref(),
-        skip_validate: args.skip_validate,
-        region: args.region.as_deref(),
-    };
-    let (ticket_id, request_id) = flink
-        .deploy_draft(&request)
-        .await
-        .with_context(|| format!("deploying draft {:?} (DeployDeploymentDraftAsync)", args.draft_id))?;
-    let new = NewTicket {
-        ticket_id: ticket_id.clone(),
-        namespace: args.namespace.clone(),
-        workspace: args.workspace.clone(),
-        region: args.region.clone(),
-        webhook_url: args.webhook_url.clone(),
-        deadline_at: None,
-    };
-    let ticket = store.insert_ticket(&new).await.map_err(|error| {
-        anyhow::anyhow!(
-            "draft {:?} was deployed as ticket {ticket_id} (request {}) but queueing it failed: {}; \
-             queue it with `flink-ticketd enqueue --namespace {} --workspace {} {ticket_id}`",
-            args.draft_id,
-            request_id.as_deref().unwrap_or("?"),
-            crate::store::describe_refusal(&error),
-            args.namespace,
-            args.workspace,
-        )
-    })?;
-    if !args.json || !args.wait {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&ticket_json(&ticket)).context("serialising the ticket")?);
-        } else {
-            println!("{ticket_id}");
-        }
-    }
-    if !args.wait {
-        store.close().await;
-        return Ok(());
-    }
-
-    let owner = crate::store::lease_owner_prefix("deploy");
-    let (poller, recorder_task) = crate::daemon::poller(&config, store.clone(), flink, clock, owner, 1);
-    let followed = poller.follow(ticket.id, &shutdown).await.context("following the ticket");
-    // Every result is written before the database closes.
-    drop(poller);
-    if recorder_task.await.is_err() {
-        tracing::warn!("the result writer stopped abnormally");
-    }
-    store.close().await;
-    let followed = followed?;
-    let row = match followed {
-        Followed::Final(row) => row,
-        Followed::Paused(row) => {
-            return Err(CliError::Runtime(anyhow::anyhow!(
-                "stopped waiting for ticket {ticket_id}: the API refuses our requests ({}: {}); the ticket stays \
-                 queued for the daemon",
-                row.error_code.as_deref().unwrap_or("?"),
-                row.error_message.as_deref().unwrap_or("")
-            )));
-        }
-        Followed::Cancelled(_) => {
-            return Err(CliError::Runtime(anyhow::anyhow!(
-                "stopped waiting for ticket {ticket_id}; it stays queued for the daemon"
-            )));
-        }
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&ticket_json(&row)).context("serialising the ticket")?);
-    }
-    for issue in &row.validation_errors {
-        eprintln!("{issue}");
-    }
-    if let TicketState::Succeeded = row.state {
-        if !args.json {
-            println!(
-                "ticket {ticket_id} succeeded: deployment {}",
-                row.deployment_id.as_deref().unwrap_or("(no deployment id)")
-            );
-        }
-        return Ok(());
-    }
-    let mut why =
-        vec![row.ticket_status.as_ref().map(ToString::to_string), row.validation_result.clone(), row.message.clone()];
-    if let Some(code) = &row.error_code {
-        why.push(Some(format!("{code}: {}", row.error_message.as_deref().unwrap_or(""))));
-    }
-    let why: Vec<String> = why.into_iter().flatten().filter(|part| !part.trim().is_empty()).collect();
-    Err(CliError::Runtime(anyhow::anyhow!(
-        "ticket {ticket_id} {}{}",
-        row.state,
-        if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
-    )))
-}
-
 fn check_config(config: &Config) -> Result<(), CliError> {
     print!("{}", config.describe());
     // Planning reads the credential files but never the network: a machine that is not an ECS
@@ -537,7 +471,7 @@ fn check_config(config: &Config) -> Result<(), CliError> {
 
 async fn find_one(store: &Store, ticket_id: &str, which: &Which) -> Result<Ticket, CliError> {
     let mut matches = store
-        .find_tickets(ticket_id, which.workspace.as_deref(), which.namespace.as_deref())
+        .find_tickets(ticket_id, which.kind, which.workspace.as_deref(), which.namespace.as_deref())
         .await
         .context("looking up the ticket")?;
     match matches.len() {
@@ -546,7 +480,12 @@ async fn find_one(store: &Store, ticket_id: &str, which: &Which) -> Result<Ticke
         _ => {
             let places: Vec<String> = matches
                 .iter()
-                .map(|ticket| format!("--workspace {} --namespace {}", ticket.key.workspace, ticket.key.namespace))
+                .map(|ticket| {
+                    format!(
+                        "--kind {} --workspace {} --namespace {}",
+                        ticket.kind, ticket.key.workspace, ticket.key.namespace
+                    )
+                })
                 .collect();
             Err(CliError::Usage(format!(
                 "ticket {ticket_id:?} exists in several places; add one of: {}",
@@ -566,6 +505,10 @@ fn usage_if_setup_is_wrong(error: anyhow::Error) -> CliError {
 }
 
 fn parse_state(text: &str) -> Result<TicketState, String> {
+    text.parse()
+}
+
+fn parse_kind(text: &str) -> Result<TicketKind, crate::domain::UnknownKind> {
     text.parse()
 }
 
@@ -603,6 +546,7 @@ fn print_table(tickets: &[Ticket]) {
         .map(|ticket| {
             vec![
                 ticket.key.ticket_id.clone(),
+                ticket.kind.to_string(),
                 ticket.key.workspace.clone(),
                 ticket.state.to_string(),
                 ticket.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default(),
@@ -614,7 +558,7 @@ fn print_table(tickets: &[Ticket]) {
             ]
         })
         .collect();
-    let header = ["TICKET_ID", "WORKSPACE", "STATE", "STATUS", "POLLS", "FINISHED / NEXT POLL", "ERROR"];
+    let header = ["TICKET_ID", "KIND", "WORKSPACE", "STATE", "STATUS", "POLLS", "FINISHED / NEXT POLL", "ERROR"];
     print_rows(&header, &rows);
 }
 
@@ -626,6 +570,7 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
     };
     let instant = |instant: Option<DateTime<Utc>>| instant.map(format_instant);
     field("ticket_id", Some(&ticket.key.ticket_id));
+    field("kind", Some(ticket.kind.as_str()));
     field("namespace", Some(&ticket.key.namespace));
     field("workspace", Some(&ticket.key.workspace));
     field("region", ticket.region.as_deref());
@@ -653,6 +598,17 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
         for issue in &ticket.validation_errors {
             println!("  {issue}");
         }
+    }
+    if !ticket.config_errors.is_empty() {
+        println!("config errors:");
+        for issue in &ticket.config_errors {
+            println!("  {issue}");
+        }
+    }
+    if let Some(plan) = &ticket.resource_plan {
+        println!("resource plan ({} bytes; `show --json` prints it whole):", plan.len());
+        let shown: String = plan.chars().take(400).collect();
+        println!("  {shown}{}", if shown.len() < plan.len() { "…" } else { "" });
     }
     if !deliveries.is_empty() {
         println!("webhook deliveries:");

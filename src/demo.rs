@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SystemClock;
 use crate::config::{self, Config, Environment, RawConfig};
-use crate::domain::TicketState;
+use crate::domain::{TicketKind, TicketState};
 use crate::report::print_rows;
 use crate::simulator::{DEMO_CREDENTIALS, Scenario, Simulator, SimulatorSettings};
 use crate::store::{Delivery, DeliveryState, NewTicket, Store, Ticket};
@@ -41,14 +41,19 @@ pub const DEMO_TIMEOUT: Duration = Duration::from_secs(45);
 /// How long the never-finishing ticket is polled before it expires.
 pub const DEMO_DEADLINE: &str = "5s";
 
-/// The sample tickets: (ticket ID, what it shows).
-pub const DEMO_TICKETS: [(&str, &str); 5] = [
-    ("demo-deploys", "succeeds after a few polls"),
-    ("demo-invalid-sql", "fails SQL validation"),
-    ("demo-throttled", "is throttled, then succeeds"),
-    ("demo-unknown", "is not found"),
-    ("demo-never-finishes", "never finishes and expires"),
+/// The sample tickets: (kind, ticket ID, what it shows).
+pub const DEMO_TICKETS: [(TicketKind, &str, &str); 7] = [
+    (TicketKind::Deploy, "demo-deploys", "succeeds after a few polls"),
+    (TicketKind::Deploy, "demo-invalid-sql", "fails SQL validation"),
+    (TicketKind::Deploy, "demo-throttled", "is throttled, then succeeds"),
+    (TicketKind::Deploy, "demo-unknown", "is not found"),
+    (TicketKind::Deploy, "demo-never-finishes", "never finishes and expires"),
+    (TicketKind::Validate, "demo-validate", "a draft's deep check finds a SQL and a config problem"),
+    (TicketKind::ResourcePlan, "demo-resource-plan", "generates a resource plan for a deployment"),
 ];
+
+/// The deployment the demo's resource plan is for.
+const DEMO_DEPLOYMENT: &str = "737d0921-c5ac-47fc-9ba9-07a1e0b40001";
 
 const NAMESPACE: &str = "default-namespace";
 const WORKSPACE: &str = "710d6a64d8a1";
@@ -92,6 +97,29 @@ steps = [{ not_found = true }]
 [[tickets]]
 id = "demo-never-finishes"
 steps = [{ status = "EXECUTING" }]
+
+[[tickets]]
+kind = "validate"
+id = "demo-validate"
+
+[[tickets.steps]]
+status = "EXECUTING"
+
+[[tickets.steps]]
+status = "FINISHED"
+success = false
+message = "draft validation failed"
+validation_result = "VALIDATION_RESULT_INVALID_QUERY"
+errors = [{ line = 2, column = 6, end_line = 2, end_column = 12, message = "Object 'orders' not found" }]
+config_errors = [{ reason = "ENGINE_VERSION", message = "engine version vvr-4.0 is not supported" }]
+
+[[tickets]]
+kind = "resource_plan"
+id = "demo-resource-plan"
+steps = [
+    { status = "EXECUTING", message = "generating" },
+    { status = "FINISHED", plan = '{"ssgProfiles":[{"name":"default","cpu":1.0,"heap":"1 gb","offHeap":"32 mb","managed":{},"extended":{}}],"nodes":[],"edges":[],"vertices":{}}' },
+]
 "#;
 
 /// Runs the demo. `shutdown` (Ctrl-C) stops it early, which is an error.
@@ -129,11 +157,13 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
         .and_then(|listener| listener.local_addr())
         .ok();
     let store = Store::open(&config.database).await?;
-    for (ticket_id, _) in DEMO_TICKETS {
+    for (kind, ticket_id, _) in DEMO_TICKETS {
         let ticket = NewTicket {
             ticket_id: ticket_id.to_owned(),
             namespace: NAMESPACE.to_owned(),
             workspace: WORKSPACE.to_owned(),
+            kind,
+            deployment_id: (kind == TicketKind::ResourcePlan).then(|| DEMO_DEPLOYMENT.to_owned()),
             ..NewTicket::default()
         };
         store.insert_ticket(&ticket).await.with_context(|| format!("queueing the demo ticket {ticket_id}"))?;
@@ -147,8 +177,8 @@ pub async fn run(shutdown: CancellationToken) -> anyhow::Result<()> {
     if let Some(address) = config.http_listen {
         screen.say(format!("operator pages at http://{address}/ui/ while the demo runs (metrics at /metrics)"));
     }
-    for (ticket_id, what) in DEMO_TICKETS {
-        screen.say(format!("  queued {ticket_id:<20} {what}"));
+    for (kind, ticket_id, what) in DEMO_TICKETS {
+        screen.say(format!("  queued {ticket_id:<20} {kind:<14} {what}"));
     }
     screen.say(String::new());
 
@@ -377,15 +407,23 @@ fn describe_change(ticket: &Ticket) -> Option<String> {
 
 /// The demo's tickets, in the order they were queued.
 async fn demo_tickets(store: &Store) -> anyhow::Result<Vec<Ticket>> {
-    let mut tickets = store.list_tickets(None, 100).await.context("reading the demo tickets")?;
+    let mut tickets = store.list_tickets(None, None, 100).await.context("reading the demo tickets")?;
     tickets.sort_by_key(|ticket| ticket.id);
     Ok(tickets)
 }
 
 /// The outcome of a ticket in a few words.
 fn result_of(ticket: &Ticket) -> String {
-    if !ticket.validation_errors.is_empty() {
-        return ticket.validation_errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    if !ticket.validation_errors.is_empty() || !ticket.config_errors.is_empty() {
+        let issues = ticket.validation_errors.iter().map(ToString::to_string);
+        return issues.chain(ticket.config_errors.iter().map(ToString::to_string)).collect::<Vec<_>>().join("; ");
+    }
+    if let Some(plan) = &ticket.resource_plan {
+        return format!(
+            "resource plan of {} bytes for deployment {}",
+            plan.len(),
+            ticket.deployment_id.as_deref().unwrap_or("?")
+        );
     }
     match (ticket.state, &ticket.deployment_id, &ticket.error_code) {
         (TicketState::Succeeded, Some(deployment), _) => format!("deployment {deployment}"),
@@ -402,6 +440,7 @@ fn print_summary(tickets: &[Ticket], deliveries: &[Delivery]) {
         .map(|ticket| {
             vec![
                 ticket.key.ticket_id.clone(),
+                ticket.kind.to_string(),
                 ticket.state.to_string(),
                 ticket.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default(),
                 ticket.polls.to_string(),
@@ -409,7 +448,7 @@ fn print_summary(tickets: &[Ticket], deliveries: &[Delivery]) {
             ]
         })
         .collect();
-    print_rows(&["TICKET", "STATE", "STATUS", "POLLS", "DEPLOYMENT / ERROR"], &rows);
+    print_rows(&["TICKET", "KIND", "STATE", "STATUS", "POLLS", "RESULT / ERROR"], &rows);
 
     println!("\nwebhook deliveries");
     let names: HashMap<i64, &str> = tickets.iter().map(|ticket| (ticket.id.0, ticket.key.ticket_id.as_str())).collect();
@@ -501,10 +540,14 @@ fn describe_event(webhook_id: &str, attempt: u32, body: &[u8]) -> String {
     let data = &event["data"];
     let text = |value: &Value| value.as_str().unwrap_or_default().to_owned();
     let mut line = format!(
-        "  ✓ webhook {} for {} (signature verified, webhook-id {webhook_id}, attempt {attempt})",
+        "  ✓ webhook {} for {} {} (signature verified, webhook-id {webhook_id}, attempt {attempt})",
         text(&event["type"]),
+        text(&data["kind"]),
         text(&data["ticket_id"]),
     );
+    if let Some(plan) = data["resource_plan"].as_str() {
+        line.push_str(&format!("\n      resource_plan ({} bytes, as the API sent it)", plan.len()));
+    }
     if let Some(deployment) = data["deployment_id"].as_str() {
         line.push_str(&format!("\n      deployment_id {deployment}"));
     }
@@ -516,6 +559,11 @@ fn describe_event(webhook_id: &str, attempt: u32, body: &[u8]) -> String {
                 issue["column"],
                 text(&issue["message"])
             ));
+        }
+    }
+    if let Some(issues) = data["config_errors"].as_array() {
+        for issue in issues {
+            line.push_str(&format!("\n      config error {}: {}", text(&issue["reason"]), text(&issue["message"])));
         }
     }
     if let Some(code) = data["error_code"].as_str() {

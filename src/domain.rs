@@ -1,9 +1,17 @@
-//! The vocabulary of the daemon: ticket states, row ids and keys, what a poll can tell us (the
-//! cloud's [`TicketStatus`], whose wire words only `flink/` reads and writes), and the SQL
-//! validation issues the cloud reports. No IO lives here.
+//! The vocabulary of the daemon: ticket states, kinds, row ids and keys, what a poll can tell us
+//! (the cloud's [`TicketStatus`], whose wire words only `flink/` reads and writes; each kind's
+//! typed result and the outcome its table gives), and the issues the cloud reports. No IO lives
+//! here.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+mod kinds;
+
+pub use kinds::{
+    Answer, Columns, ConfigIssue, HotUpdateResult, KindResult, MISSING_PLAN, Outcome, RawJson, ResourcePlanResult,
+    TicketKind, UnknownKind, ValidateResult,
+};
 
 /// The user-visible state of a ticket row. The strings match the `CHECK` constraint on
 /// `tickets.state` and are converted here and nowhere else.
@@ -111,6 +119,10 @@ pub enum TicketStatus {
     Finished,
     /// Done, and failed.
     Failed,
+    /// A hot update is being applied (`hot_update` only).
+    HotUpdating,
+    /// A hot update was applied (`hot_update` only).
+    HotUpdated,
     /// A word the API does not document; polled on until the deadline.
     Other(String),
 }
@@ -124,6 +136,8 @@ impl TicketStatus {
             TicketStatus::Executing => Some("executing"),
             TicketStatus::Finished => Some("finished"),
             TicketStatus::Failed => Some("failed"),
+            TicketStatus::HotUpdating => Some("hot_updating"),
+            TicketStatus::HotUpdated => Some("hot_updated"),
             TicketStatus::Other(_) => None,
         }
     }

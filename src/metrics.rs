@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::domain::{TicketState, TicketStatus};
+use crate::domain::{TicketKind, TicketState, TicketStatus};
 use crate::flink::{FlinkError, Polled};
 use crate::store::AttemptRecord;
 
@@ -49,6 +49,20 @@ struct BuildLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
+}
+
+/// Label set of the ticket families keyed by a kind and an outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOutcomeLabel {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+/// Label set of the ticket families keyed by a kind and a state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindStateLabel {
+    kind: &'static str,
+    state: &'static str,
 }
 
 /// What the database and the poller look like at scrape time.
@@ -84,10 +98,10 @@ pub struct Metrics {
     queue_lag: Gauge<f64, AtomicU64>,
     paused: Gauge,
     api_unavailable: Gauge,
-    polls: Family<OutcomeLabel, Counter>,
+    polls: Family<KindOutcomeLabel, Counter>,
     api_latency: Histogram,
     rate_limit_wait: Histogram,
-    finished: Family<StateLabel, Counter>,
+    finished: Family<KindStateLabel, Counter>,
     webhooks: Family<OutcomeLabel, Counter>,
     retention_runs: Counter,
     retention_deleted: Counter,
@@ -132,10 +146,10 @@ impl Metrics {
             "1 while all polling is paused because the API is unreachable, failing or unreadable (one probe at a time)",
             api_unavailable.clone(),
         );
-        let polls = Family::<OutcomeLabel, Counter>::default();
+        let polls = Family::<KindOutcomeLabel, Counter>::default();
         registry.register(
             "polls",
-            "Result requests made, by outcome: the ticket status class answered, or the error class",
+            "Result requests made, by ticket kind and outcome: the ticket status class answered, or the error class",
             polls.clone(),
         );
         let api_latency = Histogram::new(exponential_buckets(0.005, 2.0, 14));
@@ -152,8 +166,12 @@ impl Metrics {
             Unit::Seconds,
             rate_limit_wait.clone(),
         );
-        let finished = Family::<StateLabel, Counter>::default();
-        registry.register("tickets_finished", "Tickets this process brought to a final state", finished.clone());
+        let finished = Family::<KindStateLabel, Counter>::default();
+        registry.register(
+            "tickets_finished",
+            "Tickets this process brought to a final state, by ticket kind and state",
+            finished.clone(),
+        );
         let webhooks = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "webhook_deliveries",
@@ -221,12 +239,19 @@ impl Metrics {
         );
         // Every label value known up front starts at zero, so that a dashboard shows 0 rather than
         // nothing and `increase()` in an alert sees the first event.
-        let statuses = [TicketStatus::Init, TicketStatus::Executing, TicketStatus::Finished, TicketStatus::Failed];
-        for outcome in statuses.iter().filter_map(TicketStatus::name).chain(POLL_ERROR_OUTCOMES) {
-            let _ = polls.get_or_create(&OutcomeLabel { outcome });
-        }
-        for state in TICKET_STATES.into_iter().filter(|state| *state != TicketState::Pending) {
-            let _ = finished.get_or_create(&StateLabel { state: state.as_str().to_owned() });
+        for kind in TicketKind::ALL {
+            let statuses = match kind {
+                TicketKind::HotUpdate => {
+                    [TicketStatus::Init, TicketStatus::HotUpdating, TicketStatus::HotUpdated, TicketStatus::Failed]
+                }
+                _ => [TicketStatus::Init, TicketStatus::Executing, TicketStatus::Finished, TicketStatus::Failed],
+            };
+            for outcome in statuses.iter().filter_map(TicketStatus::name).chain(POLL_ERROR_OUTCOMES) {
+                let _ = polls.get_or_create(&KindOutcomeLabel { kind: kind.as_str(), outcome });
+            }
+            for state in TICKET_STATES.into_iter().filter(|state| *state != TicketState::Pending) {
+                let _ = finished.get_or_create(&KindStateLabel { kind: kind.as_str(), state: state.as_str() });
+            }
         }
         for outcome in ["delivered", "retry", "gone", "dead"] {
             let _ = webhooks.get_or_create(&OutcomeLabel { outcome });
@@ -255,9 +280,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one result request and its duration.
-    pub fn observe_poll(&self, outcome: &Result<Polled, FlinkError>, took: Duration) {
-        self.polls.get_or_create(&OutcomeLabel { outcome: poll_outcome(outcome) }).inc();
+    /// Counts one result request of a `kind` ticket and its duration.
+    pub fn observe_poll(&self, kind: TicketKind, outcome: &Result<Polled, FlinkError>, took: Duration) {
+        self.polls.get_or_create(&KindOutcomeLabel { kind: kind.as_str(), outcome: poll_outcome(outcome) }).inc();
         self.api_latency.observe(took.as_secs_f64());
     }
 
@@ -266,9 +291,9 @@ impl Metrics {
         self.rate_limit_wait.observe(waited.as_secs_f64());
     }
 
-    /// Counts a ticket brought to `state`.
-    pub fn observe_finished(&self, state: TicketState) {
-        self.finished.get_or_create(&StateLabel { state: state.as_str().to_owned() }).inc();
+    /// Counts a `kind` ticket brought to `state`.
+    pub fn observe_finished(&self, kind: TicketKind, state: TicketState) {
+        self.finished.get_or_create(&KindStateLabel { kind: kind.as_str(), state: state.as_str() }).inc();
     }
 
     /// Counts one webhook attempt by what was recorded for it.
@@ -346,7 +371,7 @@ const POLL_ERROR_OUTCOMES: [&str; 9] = [
 /// The `outcome` label of a result request: the ticket status class answered, or the error class.
 pub fn poll_outcome(outcome: &Result<Polled, FlinkError>) -> &'static str {
     match outcome {
-        Ok(polled) => polled.result.ticket_status.as_ref().and_then(TicketStatus::name).unwrap_or("other_status"),
+        Ok(polled) => polled.answer.result.ticket_status().and_then(TicketStatus::name).unwrap_or("other_status"),
         Err(FlinkError::Network(_)) => "network_error",
         Err(FlinkError::Decode(_)) => "invalid_response",
         Err(FlinkError::Transient(_)) => "transient_error",
@@ -365,8 +390,12 @@ mod tests {
     #[test]
     fn every_family_is_rendered_with_the_prefix_and_states_default_to_zero() {
         let metrics = Metrics::new();
-        metrics.observe_poll(&Err(FlinkError::Network("reset".to_owned())), Duration::from_millis(20));
-        metrics.observe_finished(TicketState::Succeeded);
+        metrics.observe_poll(
+            TicketKind::Validate,
+            &Err(FlinkError::Network("reset".to_owned())),
+            Duration::from_millis(20),
+        );
+        metrics.observe_finished(TicketKind::Validate, TicketState::Succeeded);
         let text = metrics.render(&Snapshot {
             tickets_by_state: vec![("pending".to_owned(), 3)],
             queue_lag: Duration::from_millis(1500),
@@ -385,9 +414,9 @@ mod tests {
             "flink_ticketd_queue_lag_seconds 1.5",
             "flink_ticketd_polling_paused 1",
             "flink_ticketd_api_unavailable 1",
-            "flink_ticketd_polls_total{outcome=\"network_error\"} 1",
+            "flink_ticketd_polls_total{kind=\"validate\",outcome=\"network_error\"} 1",
             "flink_ticketd_api_request_duration_seconds_count 1",
-            "flink_ticketd_tickets_finished_total{state=\"succeeded\"} 1",
+            "flink_ticketd_tickets_finished_total{kind=\"validate\",state=\"succeeded\"} 1",
             "flink_ticketd_workspaces_paused 2",
             "flink_ticketd_webhook_backlog 7",
             "flink_ticketd_webhook_backlog_oldest_age_seconds 90.0",

@@ -16,6 +16,7 @@
 
 pub mod credentials;
 pub mod endpoint;
+pub mod kinds;
 pub mod settings;
 pub mod signing;
 pub mod wire;
@@ -31,10 +32,11 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::clock::Clock;
-use crate::domain::DeployResult;
+use crate::domain::{Answer, TicketKind};
 
 pub use credentials::{CredentialError, CredentialProvider};
 pub use endpoint::Endpoints;
+pub use kinds::{HotUpdateRequest, ResourcePlanRequest, Submitted, ValidateRequest};
 pub use settings::FlinkSettings;
 
 /// The API version every call names in `x-acs-version`.
@@ -210,7 +212,7 @@ pub struct TicketRef<'a> {
     pub namespace: &'a str,
     /// The workspace ID, sent in the `workspace` header.
     pub workspace: &'a str,
-    /// The ticket ID returned by DeployDeploymentDraftAsync.
+    /// The ID to poll: the ticket ID a submit returned (`jobHotUpdateId` for a hot update).
     pub ticket_id: &'a str,
     /// Region override for this ticket; the configured region otherwise.
     pub region: Option<&'a str>,
@@ -221,8 +223,8 @@ pub struct TicketRef<'a> {
 pub struct Polled {
     /// The API's request ID.
     pub request_id: Option<String>,
-    /// What it said about the ticket.
-    pub result: DeployResult,
+    /// What it said about the ticket, read as its kind's result.
+    pub answer: Answer,
 }
 
 /// A draft deploy request (DeployDeploymentDraftAsync).
@@ -306,15 +308,15 @@ impl FlinkClient {
 
     /// GetDeployDeploymentDraftResult for one ticket.
     pub async fn get_deploy_result(&self, ticket: TicketRef<'_>) -> Result<Polled, FlinkError> {
-        let path = format!(
-            "/api/v2/namespaces/{}/deployment-drafts/tickets/{}/async-deploy",
-            path_parameter(ticket.namespace)?,
-            path_parameter(ticket.ticket_id)?,
-        );
-        let reply =
-            self.call(ticket.region, "GET", &path, "GetDeployDeploymentDraftResult", ticket.workspace, None).await?;
-        let result = reply.data.as_ref().map(wire::parse_deploy_result).unwrap_or_default();
-        Ok(Polled { request_id: reply.request_id, result })
+        self.get_result(TicketKind::Deploy, ticket).await
+    }
+
+    /// The result of one ticket of `kind`, from that kind's poll path and action.
+    pub async fn get_result(&self, kind: TicketKind, ticket: TicketRef<'_>) -> Result<Polled, FlinkError> {
+        let path = kinds::poll_path(kind, ticket.namespace, ticket.ticket_id)?;
+        let reply = self.call(ticket.region, "GET", &path, kinds::poll_action(kind), ticket.workspace, None).await?;
+        let answer = kinds::parse_answer(kind, reply.data.as_ref(), reply.raw_data);
+        Ok(Polled { request_id: reply.request_id, answer })
     }
 
     /// DeployDeploymentDraftAsync: starts a deploy and returns its ticket ID.

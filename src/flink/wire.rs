@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{ApiError, ErrorClass, FlinkError};
-use crate::domain::{DeployResult, TicketStatus, ValidationIssue};
+use crate::domain::{DeployResult, RawJson, TicketStatus, ValidationIssue};
 
 /// The parts of a successful envelope the daemon uses.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,9 @@ pub struct Reply {
     pub request_id: Option<String>,
     /// `data`, when present and not `null`.
     pub data: Option<Value>,
+    /// `data` exactly as the body held it (spacing, key order, escapes), when present and not
+    /// `null`.
+    pub raw_data: Option<RawJson>,
 }
 
 /// Turns an HTTP answer into a [`Reply`] or a classified [`FlinkError`].
@@ -46,7 +49,9 @@ pub fn parse_reply(http_status: u16, retry_after: Option<Duration>, body: &[u8])
     let http_code = integer_field(&envelope, &["httpCode"]);
     let ok_status = (200..300).contains(&http_status);
     if ok_status && success == Some(true) && http_code.is_none_or(|code| code == 200) {
-        return Ok(Reply { request_id, data: envelope.get("data").filter(|data| !data.is_null()).cloned() });
+        let data = envelope.get("data").filter(|data| !data.is_null()).cloned();
+        let raw_data = data.as_ref().and_then(|_| raw_data(body));
+        return Ok(Reply { request_id, data, raw_data });
     }
 
     let error = ApiError {
@@ -80,6 +85,8 @@ impl TicketStatus {
             "EXECUTING" => TicketStatus::Executing,
             "FINISHED" => TicketStatus::Finished,
             "FAILED" => TicketStatus::Failed,
+            "HOT_UPDATING" => TicketStatus::HotUpdating,
+            "HOT_UPDATED" => TicketStatus::HotUpdated,
             other => TicketStatus::Other(other.to_owned()),
         }
     }
@@ -91,6 +98,8 @@ impl TicketStatus {
             TicketStatus::Executing => "EXECUTING",
             TicketStatus::Finished => "FINISHED",
             TicketStatus::Failed => "FAILED",
+            TicketStatus::HotUpdating => "HOT_UPDATING",
+            TicketStatus::HotUpdated => "HOT_UPDATED",
             TicketStatus::Other(word) => word,
         }
     }
@@ -182,7 +191,18 @@ fn classify_status_only(http_status: u16) -> ErrorClass {
     }
 }
 
-fn parse_issues(value: &Value) -> Vec<ValidationIssue> {
+/// The envelope's `data` as the raw text of the body, never re-serialised.
+fn raw_data(body: &[u8]) -> Option<RawJson> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
+    RawJson::new(envelope.data?.get().to_owned()).ok()
+}
+
+pub(super) fn parse_issues(value: &Value) -> Vec<ValidationIssue> {
     match value {
         // The API documents one object; accept a list too.
         Value::Array(items) => items.iter().filter_map(parse_issue).collect(),
@@ -208,7 +228,7 @@ fn parse_issue(value: &Value) -> Option<ValidationIssue> {
 }
 
 /// A position as a JSON integer when it is numeric, else the trimmed text, else `null`.
-fn position(value: Option<&Value>) -> Value {
+pub(super) fn position(value: Option<&Value>) -> Value {
     match value {
         Some(Value::Number(number)) => number.as_i64().map_or_else(|| Value::Number(number.clone()), Value::from),
         Some(Value::String(text)) => {
@@ -224,7 +244,7 @@ fn position(value: Option<&Value>) -> Value {
 }
 
 /// The first of `names` holding a non-blank string (or a number, rendered as text).
-fn text_field(value: &Value, names: &[&str]) -> Option<String> {
+pub(super) fn text_field(value: &Value, names: &[&str]) -> Option<String> {
     names.iter().find_map(|name| match value.get(*name)? {
         Value::String(text) if !is_blank(text) => Some(text.clone()),
         Value::Number(number) => Some(number.to_string()),
@@ -232,7 +252,7 @@ fn text_field(value: &Value, names: &[&str]) -> Option<String> {
     })
 }
 
-fn bool_field(value: &Value, names: &[&str]) -> Option<bool> {
+pub(super) fn bool_field(value: &Value, names: &[&str]) -> Option<bool> {
     names.iter().find_map(|name| match value.get(*name)? {
         Value::Bool(flag) => Some(*flag),
         Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
@@ -244,7 +264,7 @@ fn bool_field(value: &Value, names: &[&str]) -> Option<bool> {
     })
 }
 
-fn integer_field(value: &Value, names: &[&str]) -> Option<i64> {
+pub(super) fn integer_field(value: &Value, names: &[&str]) -> Option<i64> {
     names.iter().find_map(|name| match value.get(*name)? {
         Value::Number(number) => number.as_i64(),
         Value::String(text) => text.trim().parse().ok(),
@@ -253,7 +273,7 @@ fn integer_field(value: &Value, names: &[&str]) -> Option<i64> {
 }
 
 /// Empty, whitespace, or the documentation's literal two-character `""`.
-fn is_blank(text: &str) -> bool {
+pub(super) fn is_blank(text: &str) -> bool {
     let text = text.trim();
     text.is_empty() || text == "\"\""
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::gate::{Hold, PauseScope, Verdict};
 use super::{PollSettings, to_chrono};
 use crate::backoff::{Schedule, honour_retry_after};
-use crate::domain::{TicketState, TicketStatus};
+use crate::domain::{Outcome, TicketState};
 use crate::flink::{FlinkError, Polled};
 use crate::store::{Finish, Reschedule, Ticket};
 
@@ -98,31 +98,21 @@ pub fn decide(
     };
     match outcome {
         Ok(polled) => {
-            let answer = &polled.result;
-            let finish = |state| {
+            let answer = &polled.answer;
+            let finish = |state, error| {
                 Decision::Finish(Finish {
                     state,
                     polled: true,
                     request_id: polled.request_id.clone(),
                     answer: Some(answer.clone()),
-                    error: None,
+                    error,
                 })
             };
-            match (&answer.ticket_status, answer.success) {
-                (Some(TicketStatus::Finished), Some(true)) => finish(TicketState::Succeeded),
-                (Some(TicketStatus::Finished), Some(false)) | (Some(TicketStatus::Failed), _) => {
-                    finish(TicketState::Failed)
-                }
-                // Undocumented: FINISHED without `success`. A deployment ID and no validation
-                // issues can only mean it deployed.
-                (Some(TicketStatus::Finished), None)
-                    if answer.deployment_id.is_some() && answer.validation_errors.is_empty() =>
-                {
-                    finish(TicketState::Succeeded)
-                }
-                (Some(TicketStatus::Finished), None) => finish(TicketState::Failed),
-                _ if past_deadline => finish(TicketState::Expired),
-                _ => {
+            match answer.result.outcome() {
+                Outcome::Succeeded => finish(TicketState::Succeeded, None),
+                Outcome::Failed { error } => finish(TicketState::Failed, error),
+                Outcome::Running if past_deadline => finish(TicketState::Expired, None),
+                Outcome::Running => {
                     let delay = policy.running.delay(streak(ticket.running_streak), jitter);
                     Decision::Reschedule(Reschedule {
                         next_poll_at: not_after_deadline(now + to_chrono(delay)),
@@ -237,7 +227,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::domain::{DeployResult, RowId, TicketKey, ValidationIssue};
+    use crate::domain::{Answer, DeployResult, KindResult, RowId, TicketKey, ValidationIssue};
     use crate::flink::ApiError;
     use crate::poller::gate::PauseEnds;
 
@@ -274,6 +264,7 @@ mod tests {
         Ticket {
             id: RowId(7),
             key: TicketKey { ticket_id: "t-1".to_owned(), namespace: "ns".to_owned(), workspace: "ws".to_owned() },
+            kind: crate::domain::TicketKind::Deploy,
             region: None,
             webhook_url: None,
             deadline_at: Some(deadline),
@@ -284,6 +275,9 @@ mod tests {
             message: None,
             validation_result: None,
             validation_errors: Vec::new(),
+            config_errors: Vec::new(),
+            resource_plan: None,
+            result_json: None,
             error_code: None,
             error_message: None,
             polls: running_streak + error_streak,
@@ -304,12 +298,12 @@ mod tests {
     fn polled(status: &str, success: Option<bool>) -> Polled {
         Polled {
             request_id: Some("R".to_owned()),
-            result: DeployResult {
-                ticket_status: Some(TicketStatus::from_wire(status)),
+            answer: Answer::from(DeployResult {
+                ticket_status: Some(crate::domain::TicketStatus::from_wire(status)),
                 deployment_id: success.filter(|success| *success).map(|_| "dep-1".to_owned()),
                 success,
                 ..DeployResult::default()
-            },
+            }),
         }
     }
 
@@ -336,14 +330,15 @@ mod tests {
             decide(&ticket(3, 0, later()), Some(Ok(&polled("FINISHED", Some(true)))), &passed(), now(), &policy(), 0.5);
         let Decision::Finish(finish) = decision else { panic!("expected a finish, got {decision:?}") };
         assert_eq!(finish.state, TicketState::Succeeded);
-        assert_eq!(finish.answer.unwrap().deployment_id.as_deref(), Some("dep-1"));
+        assert_eq!(finish.answer.unwrap().result.columns().deployment_id, Some("dep-1"));
         assert!(finish.polled);
     }
 
     #[test]
     fn finished_without_success_or_failed_status_is_failed() {
         let mut rejected = polled("FINISHED", Some(false));
-        rejected.result.validation_errors.push(ValidationIssue {
+        let KindResult::Deploy(result) = &mut rejected.answer.result else { unreachable!("a deploy answer") };
+        result.validation_errors.push(ValidationIssue {
             line: json!(3),
             column: json!(10),
             end_line: json!(3),

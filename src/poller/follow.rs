@@ -41,7 +41,13 @@ impl Poller {
             claims += 1;
             let lease = Lease(format!("{}#follow-{claims}", self.owner));
             if let Some(ticket) = self.store.claim_ticket(&lease, id, now, self.poll.lease, self.poll.deadline).await? {
-                let span = info_span!("ticket", ticket_id = %ticket.key.ticket_id, workspace = %ticket.key.workspace, row = ticket.id.0);
+                let span = info_span!(
+                    "ticket",
+                    ticket_id = %ticket.key.ticket_id,
+                    kind = %ticket.kind,
+                    workspace = %ticket.key.workspace,
+                    row = ticket.id.0
+                );
                 self.handle(ticket, &lease, None).instrument(span).await;
                 // An outage is waited out (the ticket's deadline bounds it); a rejection needs a
                 // person.

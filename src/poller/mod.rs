@@ -37,7 +37,7 @@ use tracing::{debug, error, info, info_span, warn};
 
 use crate::claim_loop;
 use crate::clock::Clock;
-use crate::domain::{RowId, TicketStatus};
+use crate::domain::RowId;
 use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -204,18 +204,21 @@ impl Poller {
             let started = tokio::time::Instant::now();
             let outcome = self
                 .flink
-                .get_deploy_result(TicketRef {
-                    namespace: &ticket.key.namespace,
-                    workspace: &ticket.key.workspace,
-                    ticket_id: &ticket.key.ticket_id,
-                    region: ticket.region.as_deref(),
-                })
+                .get_result(
+                    ticket.kind,
+                    TicketRef {
+                        namespace: &ticket.key.namespace,
+                        workspace: &ticket.key.workspace,
+                        ticket_id: &ticket.key.ticket_id,
+                        region: ticket.region.as_deref(),
+                    },
+                )
                 .await;
             (outcome, started.elapsed())
         };
         let (outcome, took) = self.keep_leased(ticket.id, lease, poll).await;
         drop(slot);
-        self.metrics.observe_poll(&outcome, took);
+        self.metrics.observe_poll(ticket.kind, &outcome, took);
         let now = self.clock.now();
         let observed = {
             let mut gates = self.gates();
@@ -302,10 +305,11 @@ impl Poller {
     ) -> Result<bool, RecordError> {
         let written = self.recorder.record_final(lease, ticket.id, now, finish, Arc::clone(&self.announce)).await?;
         let Some(deliveries) = written else { return Ok(false) };
-        self.metrics.observe_finished(finish.state);
+        self.metrics.observe_finished(ticket.kind, finish.state);
         info!(
             state = %finish.state,
-            deployment_id = finish.answer.as_ref().and_then(|answer| answer.deployment_id.as_deref()).unwrap_or(""),
+            deployment_id =
+                finish.answer.as_ref().and_then(|answer| answer.result.columns().deployment_id).unwrap_or(""),
             polls = ticket.polls + i64::from(finish.polled),
             webhooks = deliveries,
             "ticket finished"
@@ -320,14 +324,14 @@ impl Poller {
 fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
     match outcome {
         Ok(polled) => {
-            let status = polled.result.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default();
+            let result = &polled.answer.result;
+            let status = result.ticket_status().map(ToString::to_string).unwrap_or_default();
             debug!(ticket_status = status, request_id = polled.request_id.as_deref().unwrap_or(""), "polled");
-            let unknown = !matches!(
-                polled.result.ticket_status,
-                Some(TicketStatus::Init | TicketStatus::Executing | TicketStatus::Finished | TicketStatus::Failed)
-            );
-            if unknown && ticket.ticket_status != polled.result.ticket_status {
+            if !result.status_is_documented() && ticket.ticket_status.as_ref() != result.ticket_status() {
                 warn!(ticket_status = status, "unknown ticket status; polling on until the deadline");
+            }
+            if let Some(case) = result.undocumented() {
+                warn!(ticket_status = status, case, "the API answered a case it does not document");
             }
         }
         Err(error) => warn!(
@@ -423,7 +427,13 @@ impl claim_loop::Queue for Poller {
     }
 
     fn span(&self, ticket: &Ticket) -> tracing::Span {
-        info_span!("ticket", ticket_id = %ticket.key.ticket_id, workspace = %ticket.key.workspace, row = ticket.id.0)
+        info_span!(
+            "ticket",
+            ticket_id = %ticket.key.ticket_id,
+            kind = %ticket.kind,
+            workspace = %ticket.key.workspace,
+            row = ticket.id.0
+        )
     }
 
     async fn process(self: Arc<Self>, ticket: Ticket, lease: Lease, slot: tokio::sync::OwnedSemaphorePermit) {

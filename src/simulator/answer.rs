@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::scenario::{ErrorShape, ErrorStep, StatusStep};
+use crate::domain::TicketKind;
 
 /// A response body: either bytes in memory or `remaining` bytes of filler produced on demand.
 #[derive(Debug)]
@@ -91,6 +92,16 @@ pub(crate) fn success(stamp: &Stamp<'_>, data: Value) -> Response<SimBody> {
     json_response(stamp, 200, &success_envelope(stamp.request_id, data))
 }
 
+/// The data of a status step for `ticket_id` polled as `kind`, in that kind's result shape.
+pub(crate) fn kind_status_data(kind: TicketKind, step: &StatusStep, ticket_id: &str) -> Value {
+    match kind {
+        TicketKind::Deploy => status_data(step, ticket_id),
+        TicketKind::Validate => validate_data(step),
+        TicketKind::ResourcePlan => resource_plan_data(step),
+        TicketKind::HotUpdate => hot_update_data(step, ticket_id),
+    }
+}
+
 /// The data of a status step for `ticket_id`, as `AsyncDraftDeployResult`.
 pub(crate) fn status_data(step: &StatusStep, ticket_id: &str) -> Value {
     let mut data = Map::new();
@@ -115,31 +126,112 @@ pub(crate) fn status_data(step: &StatusStep, ticket_id: &str) -> Value {
             detail.insert("validationResult".to_owned(), Value::from(result.as_str()));
         }
         // The API sends one object, not a list: the first error.
-        if let Some(issue) = step.errors.first() {
-            let position = |value: Option<i64>| match value {
-                Some(number) if step.numbers_as_strings => Value::from(number.to_string()),
-                Some(number) => Value::from(number),
-                None => Value::Null,
-            };
-            let mut details = Map::new();
-            for (key, value) in [
-                ("lineNumber", issue.line),
-                ("columnNumber", issue.column),
-                ("endLineNumber", issue.end_line),
-                ("endColumnNumber", issue.end_column),
-            ] {
-                if value.is_some() {
-                    details.insert(key.to_owned(), position(value));
-                }
-            }
-            if let Some(message) = &issue.message {
-                details.insert("message".to_owned(), Value::from(message.as_str()));
-            }
-            detail.insert("errorDetails".to_owned(), Value::Object(details));
+        if let Some(details) = first_error(step) {
+            detail.insert("errorDetails".to_owned(), details);
         }
         data.insert("artifactValidationDetail".to_owned(), Value::Object(detail));
     }
     Value::Object(data)
+}
+
+/// `AsyncDraftValidateResult`: `draftValidationDetail` with one `sqlErrorDetail` object and a
+/// `draftMetaInfoErrorDetails` list.
+fn validate_data(step: &StatusStep) -> Value {
+    let mut data = Map::new();
+    data.insert("ticketStatus".to_owned(), Value::from(step.status.as_str()));
+    if let Some(success) = step.success {
+        data.insert("success".to_owned(), Value::from(success));
+    }
+    if let Some(message) = &step.message {
+        data.insert("message".to_owned(), Value::from(message.as_str()));
+    }
+    if step.validation_result.is_some() || !step.errors.is_empty() || !step.config_errors.is_empty() {
+        let mut detail = Map::new();
+        if let Some(result) = &step.validation_result {
+            detail.insert("sqlValidationResult".to_owned(), Value::from(result.as_str()));
+        }
+        if let Some(details) = first_error(step) {
+            detail.insert("sqlErrorDetail".to_owned(), details);
+        }
+        if !step.config_errors.is_empty() {
+            let list = serde_json::to_value(&step.config_errors).expect("config issues serialise");
+            detail.insert("draftMetaInfoErrorDetails".to_owned(), list);
+        }
+        data.insert("draftValidationDetail".to_owned(), Value::Object(detail));
+    }
+    Value::Object(data)
+}
+
+/// `AsyncResourcePlanOperationResult`: no `success`; the plan is a string of JSON text.
+fn resource_plan_data(step: &StatusStep) -> Value {
+    let mut data = Map::new();
+    data.insert("ticketStatus".to_owned(), Value::from(step.status.as_str()));
+    if let Some(message) = &step.message {
+        data.insert("message".to_owned(), Value::from(message.as_str()));
+    }
+    let plan = match &step.plan {
+        Some(plan) if plan.is_empty() => None,
+        Some(plan) => Some(plan.as_str()),
+        None if step.status == "FINISHED" => Some(SAMPLE_PLAN),
+        None => None,
+    };
+    if let Some(plan) = plan {
+        data.insert("plan".to_owned(), Value::from(plan));
+    }
+    Value::Object(data)
+}
+
+/// `HotUpdateJobResult`: the status in `status.status`, a failure under `status.failure`.
+fn hot_update_data(step: &StatusStep, hot_update_id: &str) -> Value {
+    let mut status = Map::new();
+    status.insert("status".to_owned(), Value::from(step.status.as_str()));
+    status.insert("requestId".to_owned(), Value::from(new_request_id()));
+    if step.reason.is_some() || (step.status == "FAILED" && step.message.is_some()) {
+        let mut failure = Map::new();
+        if let Some(reason) = &step.reason {
+            failure.insert("reason".to_owned(), Value::from(reason.as_str()));
+        }
+        if let Some(message) = &step.message {
+            failure.insert("message".to_owned(), Value::from(message.as_str()));
+        }
+        failure.insert("failureSeverity".to_owned(), Value::from("CRITICAL"));
+        status.insert("failure".to_owned(), Value::Object(failure));
+    }
+    json!({
+        "jobHotUpdateId": hot_update_id,
+        "jobId": derived_deployment_id(&format!("job:{hot_update_id}")),
+        "status": Value::Object(status),
+        "hotUpdateParams": {"rescaleJobParam": {"jobParallelism": 4}},
+        "targetResourceSetting": {"flinkConf": {"parallelism.default": "4"}},
+    })
+}
+
+/// The plan a `FINISHED` resource-plan step sends when it names none (the docs' example shape).
+pub(crate) const SAMPLE_PLAN: &str = r#"{"ssgProfiles":[{"name":"default","cpu":1.0,"heap":"1 gb","offHeap":"32 mb","managed":{},"extended":{}}],"nodes":[],"edges":[],"vertices":{}}"#;
+
+/// The step's first validation error as the API's one `ValidationErrorDetails` object.
+fn first_error(step: &StatusStep) -> Option<Value> {
+    let issue = step.errors.first()?;
+    let position = |value: Option<i64>| match value {
+        Some(number) if step.numbers_as_strings => Value::from(number.to_string()),
+        Some(number) => Value::from(number),
+        None => Value::Null,
+    };
+    let mut details = Map::new();
+    for (key, value) in [
+        ("lineNumber", issue.line),
+        ("columnNumber", issue.column),
+        ("endLineNumber", issue.end_line),
+        ("endColumnNumber", issue.end_column),
+    ] {
+        if value.is_some() {
+            details.insert(key.to_owned(), position(value));
+        }
+    }
+    if let Some(message) = &issue.message {
+        details.insert("message".to_owned(), Value::from(message.as_str()));
+    }
+    Some(Value::Object(details))
 }
 
 /// An error step's answer in its shape, with `x-acs-retry-after` when it has a hint.

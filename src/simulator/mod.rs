@@ -1,17 +1,21 @@
 //! A simulated Realtime Compute for Apache Flink API on loopback, so that the daemon, the
 //! integration tests, the benchmark and the demo run end to end without a cloud account.
 //!
-//! [`Simulator`] serves the two operations the daemon uses (DeployDeploymentDraftAsync and
-//! GetDeployDeploymentDraftResult) with the real paths, headers, signature checks and error
-//! shapes of `spec/flink-api.md`, playing each ticket's script from a [`Scenario`]. It also
+//! [`Simulator`] serves the four submit → poll pairs of every ticket kind (deploy, validate,
+//! resource plan, hot update) with the real paths (the `%3A` forms exactly as the SDK sends
+//! them), headers, signature checks and error shapes of `spec/flink-api.md` and
+//! `spec/flink-async-tickets.md`, playing each ticket's script from a [`Scenario`]. A ticket is
+//! named by its kind and id: the same id polled on two kinds' paths plays two scripts. It also
 //! serves an unsigned control surface under `/_sim/` for tests that run the binary in another
 //! process:
 //!
 //! * `GET /_sim/healthz` → `{"status":"ok"}`;
 //! * `GET /_sim/requests` → the request log, a JSON array of [`LoggedRequest`];
 //! * `PUT /_sim/credentials` with `[{"access_key_id":…,"access_key_secret":…}]` → 204;
-//! * `PUT /_sim/tickets/{ticket_id}` with a JSON array of steps → 204;
-//! * `GET /_sim/tickets/{ticket_id}` → `{"ticket_id":…,"polls":n}`.
+//! * `PUT /_sim/tickets/{ticket_id}[?kind=KIND]` with a JSON array of steps → 204;
+//! * `GET /_sim/tickets/{ticket_id}[?kind=KIND]` → `{"ticket_id":…,"polls":n}`.
+//!
+//! `KIND` defaults to `deploy`.
 //!
 //! Request verification lives in `auth`, response shapes in `answer`, the script format in
 //! [`scenario`]. Per-request work is a signature check and a few short critical sections; no lock
@@ -43,8 +47,9 @@ use tokio_util::sync::CancellationToken;
 
 use self::answer::{SimBody, Stamp};
 pub use self::scenario::{
-    ErrorShape, ErrorStep, Scenario, ScenarioError, Selector, StatusStep, Step, StepIssue, TicketRule,
+    ErrorShape, ErrorStep, Scenario, ScenarioError, Selector, StatusStep, Step, StepConfigIssue, StepIssue, TicketRule,
 };
+use crate::domain::TicketKind;
 
 /// The access key pair `simulate` and the demo accept when the configuration names none.
 pub const DEMO_CREDENTIALS: (&str, &str) = ("flink-ticketd-demo", "flink-ticketd-demo-secret");
@@ -73,6 +78,9 @@ pub struct LoggedRequest {
     pub seq: u64,
     /// The `x-acs-action` header, or `""` when absent.
     pub action: String,
+    /// The ticket kind whose path the request named, when it named one.
+    #[serde(default)]
+    pub kind: Option<TicketKind>,
     /// The request path exactly as received, still percent-encoded.
     #[serde(default)]
     pub path: String,
@@ -99,9 +107,15 @@ pub struct LoggedRequest {
     /// The HTTP status sent; `None` when the connection was dropped.
     #[serde(default)]
     pub http_status: Option<u16>,
-    /// The `deploymentDraftId` of a deploy request.
+    /// The `deploymentDraftId` of a deploy or validate request.
     #[serde(default)]
     pub draft_id: Option<String>,
+    /// The deployment id of a resource-plan request or the job id of a hot-update request.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// The body of a submit, as received (lossy UTF-8); `""` when it had none.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 impl std::fmt::Debug for SimulatorSettings {
@@ -169,16 +183,26 @@ impl Simulator {
         self.shared.set_credentials(credentials);
     }
 
-    /// Replaces (or adds) one ticket's script; its next poll plays `steps[0]`. An empty list
-    /// removes the override, so the scenario's rules apply again.
+    /// Replaces (or adds) one deploy ticket's script; its next poll plays `steps[0]`. An empty
+    /// list removes the override, so the scenario's rules apply again.
     pub fn set_script(&self, ticket_id: &str, steps: Vec<Step>) {
-        self.shared.set_script(ticket_id, steps);
+        self.shared.set_script(TicketKind::Deploy, ticket_id, steps);
     }
 
-    /// How many polls of `ticket_id` passed the gateway checks so far (scripted answers of any
-    /// kind, drops included).
+    /// [`Simulator::set_script`] for a ticket of `kind`.
+    pub fn set_kind_script(&self, kind: TicketKind, ticket_id: &str, steps: Vec<Step>) {
+        self.shared.set_script(kind, ticket_id, steps);
+    }
+
+    /// How many polls of deploy ticket `ticket_id` passed the gateway checks so far (scripted
+    /// answers of any kind, drops included).
     pub fn polls_of(&self, ticket_id: &str) -> usize {
-        self.shared.polls_of(ticket_id)
+        self.shared.polls_of(TicketKind::Deploy, ticket_id)
+    }
+
+    /// [`Simulator::polls_of`] for a ticket of `kind`.
+    pub fn polls_of_kind(&self, kind: TicketKind, ticket_id: &str) -> usize {
+        self.shared.polls_of(kind, ticket_id)
     }
 
     /// How many TCP connections were accepted so far (to check that clients reuse them).
@@ -196,13 +220,33 @@ const MAX_CONTROL_BODY: usize = 16 * 1024 * 1024;
 const POLL_ACTION: &str = "GetDeployDeploymentDraftResult";
 const DEPLOY_ACTION: &str = "DeployDeploymentDraftAsync";
 
+/// The `x-acs-action` of a kind's poll, as the API names it.
+fn poll_action(kind: TicketKind) -> &'static str {
+    match kind {
+        TicketKind::Deploy => POLL_ACTION,
+        TicketKind::Validate => "GetValidateDeploymentDraftResult",
+        TicketKind::ResourcePlan => "GetGenerateResourcePlanResult",
+        TicketKind::HotUpdate => "GetHotUpdateJobResult",
+    }
+}
+
+/// The `x-acs-action` of a kind's submit, as the API names it.
+fn submit_action(kind: TicketKind) -> &'static str {
+    match kind {
+        TicketKind::Deploy => DEPLOY_ACTION,
+        TicketKind::Validate => "ValidateDeploymentDraftAsync",
+        TicketKind::ResourcePlan => "GenerateResourcePlanWithFlinkConfAsync",
+        TicketKind::HotUpdate => "HotUpdateJob",
+    }
+}
+
 struct Shared {
     local_addr: SocketAddr,
     clock_offset: chrono::TimeDelta,
     scenario: Scenario,
     /// Read on every request; replaced whole on rotation so readers only clone an `Arc`.
     credentials: RwLock<Arc<HashMap<String, String>>>,
-    tickets: Mutex<HashMap<String, TicketScript>>,
+    tickets: Mutex<HashMap<(TicketKind, String), TicketScript>>,
     nonces: Mutex<auth::NonceSet>,
     log: Mutex<Vec<LoggedRequest>>,
     seq: AtomicU64,
@@ -232,8 +276,8 @@ impl std::error::Error for Dropped {}
 
 /// Which API operation a path names.
 enum Route {
-    Poll { namespace: String, ticket_id: String },
-    Deploy { namespace: String },
+    Poll { kind: TicketKind, namespace: String, ticket_id: String },
+    Submit { kind: TicketKind, namespace: String, subject: Option<String> },
     Unknown { namespace: String },
 }
 
@@ -255,33 +299,31 @@ impl Shared {
         *self.credentials.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(map);
     }
 
-    fn set_script(&self, ticket_id: &str, steps: Vec<Step>) {
+    fn set_script(&self, kind: TicketKind, ticket_id: &str, steps: Vec<Step>) {
         let mut tickets = lock(&self.tickets);
+        let key = (kind, ticket_id.to_owned());
         if steps.is_empty() {
-            if let Some(script) = tickets.get_mut(ticket_id) {
-                script.steps = Arc::from(self.scenario.steps_for_ticket(ticket_id));
+            if let Some(script) = tickets.get_mut(&key) {
+                script.steps = Arc::from(self.scenario.steps_for_kind_ticket(kind, ticket_id));
                 script.position = 0;
             }
             return;
         }
-        let script = tickets.entry(ticket_id.to_owned()).or_insert_with(|| TicketScript {
-            steps: Arc::from(Vec::new()),
-            position: 0,
-            polls: 0,
-        });
+        let script =
+            tickets.entry(key).or_insert_with(|| TicketScript { steps: Arc::from(Vec::new()), position: 0, polls: 0 });
         script.steps = Arc::from(steps);
         script.position = 0;
     }
 
-    fn polls_of(&self, ticket_id: &str) -> usize {
-        lock(&self.tickets).get(ticket_id).map_or(0, |script| script.polls)
+    fn polls_of(&self, kind: TicketKind, ticket_id: &str) -> usize {
+        lock(&self.tickets).get(&(kind, ticket_id.to_owned())).map_or(0, |script| script.polls)
     }
 
     /// Takes the next step of a ticket's script, resolving the script on its first poll.
-    fn next_step(&self, ticket_id: &str) -> Step {
+    fn next_step(&self, kind: TicketKind, ticket_id: &str) -> Step {
         let mut tickets = lock(&self.tickets);
-        let script = tickets.entry(ticket_id.to_owned()).or_insert_with(|| TicketScript {
-            steps: Arc::from(self.scenario.steps_for_ticket(ticket_id)),
+        let script = tickets.entry((kind, ticket_id.to_owned())).or_insert_with(|| TicketScript {
+            steps: Arc::from(self.scenario.steps_for_kind_ticket(kind, ticket_id)),
             position: 0,
             polls: 0,
         });
@@ -366,13 +408,15 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
     };
     let route = route(parts.uri.path());
     let header = |name| auth::header(&parts.headers, name).map(str::to_owned);
-    let (namespace, ticket_id) = match &route {
-        Route::Poll { namespace, ticket_id } => (namespace.clone(), Some(ticket_id.clone())),
-        Route::Deploy { namespace } | Route::Unknown { namespace } => (namespace.clone(), None),
+    let (kind, namespace, ticket_id) = match &route {
+        Route::Poll { kind, namespace, ticket_id } => (Some(*kind), namespace.clone(), Some(ticket_id.clone())),
+        Route::Submit { kind, namespace, .. } => (Some(*kind), namespace.clone(), None),
+        Route::Unknown { namespace } => (None, namespace.clone(), None),
     };
     let mut entry = LoggedRequest {
         seq,
         action: header("x-acs-action").unwrap_or_default(),
+        kind,
         path: parts.uri.path().to_owned(),
         namespace,
         workspace: header("workspace"),
@@ -382,6 +426,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         answer: String::new(),
         http_status: None,
         draft_id: None,
+        subject: None,
+        body: None,
     };
     let request_id = answer::new_request_id();
     let host = header("host").unwrap_or_default();
@@ -427,16 +473,23 @@ async fn api(
     }
 
     match route {
-        Route::Poll { namespace, ticket_id } if parts.method == Method::GET && entry.action == POLL_ACTION => {
-            let step = shared.next_step(&ticket_id);
+        Route::Poll { kind, namespace, ticket_id }
+            if parts.method == Method::GET && entry.action == poll_action(kind) =>
+        {
+            let step = shared.next_step(kind, &ticket_id);
             let delay = step.delay_ms();
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            Ok(play(&stamp(shared), &step, &namespace, &ticket_id, entry)?)
+            Ok(play(&stamp(shared), kind, &step, &namespace, &ticket_id, entry)?)
         }
-        Route::Deploy { .. } if parts.method == Method::POST && entry.action == DEPLOY_ACTION => {
-            Ok(deploy(shared, &stamp(shared), body, entry))
+        Route::Submit { kind, subject, .. } if parts.method == Method::POST && entry.action == submit_action(kind) => {
+            entry.body = Some(String::from_utf8_lossy(body).into_owned());
+            entry.subject.clone_from(&subject);
+            Ok(match kind {
+                TicketKind::Deploy => deploy(shared, &stamp(shared), body, entry),
+                _ => submit(shared, &stamp(shared), kind, subject.as_deref().unwrap_or(""), body, entry),
+            })
         }
         _ => {
             entry.answer = "unknown api".to_owned();
@@ -448,6 +501,7 @@ async fn api(
 /// Answers a poll with one scripted step.
 fn play(
     stamp: &Stamp<'_>,
+    kind: TicketKind,
     step: &Step,
     namespace: &str,
     ticket_id: &str,
@@ -456,7 +510,7 @@ fn play(
     let response = match step {
         Step::Status(status) => {
             entry.answer.clone_from(&status.status);
-            answer::success(stamp, answer::status_data(status, ticket_id))
+            answer::success(stamp, answer::kind_status_data(kind, status, ticket_id))
         }
         Step::Error(error) => {
             entry.answer = if error.code.starts_with("Throttling") {
@@ -526,12 +580,79 @@ fn deploy(shared: &Shared, stamp: &Stamp<'_>, body: &[u8], entry: &mut LoggedReq
     }
     let ticket_id = answer::new_ticket_id();
     if let Some(steps) = shared.scenario.steps_for_draft(draft_id) {
-        lock(&shared.tickets)
-            .insert(ticket_id.clone(), TicketScript { steps: Arc::from(steps), position: 0, polls: 0 });
+        lock(&shared.tickets).insert(
+            (TicketKind::Deploy, ticket_id.clone()),
+            TicketScript { steps: Arc::from(steps), position: 0, polls: 0 },
+        );
     }
     entry.answer = "submitted".to_owned();
     entry.ticket_id = Some(ticket_id.clone());
     answer::success(stamp, json!({ "ticketId": ticket_id }))
+}
+
+/// ValidateDeploymentDraftAsync, GenerateResourcePlanWithFlinkConfAsync and HotUpdateJob: checks
+/// the body each takes (a `DraftValidateParams` object; a Flink configuration object or nothing;
+/// nothing at all) and creates a ticket of `kind`. `subject` is the path's deployment or job id.
+fn submit(
+    shared: &Shared,
+    stamp: &Stamp<'_>,
+    kind: TicketKind,
+    subject: &str,
+    body: &[u8],
+    entry: &mut LoggedRequest,
+) -> Response<SimBody> {
+    let invalid = |entry: &mut LoggedRequest, message: &str| {
+        entry.answer = "error InvalidParameter".to_owned();
+        answer::service_error(stamp, 400, "InvalidParameter", message)
+    };
+    let object: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
+    let script_for = match kind {
+        TicketKind::Validate => {
+            let Some(request) = object else {
+                return invalid(entry, "The request body must be a JSON object.");
+            };
+            let Some(draft_id) = request.get("deploymentDraftId").and_then(Value::as_str).filter(|id| !id.is_empty())
+            else {
+                return invalid(entry, "deploymentDraftId is mandatory for this action.");
+            };
+            entry.draft_id = Some(draft_id.to_owned());
+            if request.get("deploymentTargetName").is_some_and(|target| !target.is_string() && !target.is_null()) {
+                return invalid(entry, "deploymentTargetName must be a string.");
+            }
+            if request.get("deploymentTarget").is_some() {
+                return invalid(entry, "deploymentTarget is not a parameter of this action; use deploymentTargetName.");
+            }
+            draft_id.to_owned()
+        }
+        TicketKind::ResourcePlan => {
+            if !body.is_empty() && object.is_none() {
+                return invalid(entry, "The Flink configuration must be a JSON object.");
+            }
+            subject.to_owned()
+        }
+        TicketKind::HotUpdate | TicketKind::Deploy => {
+            if !body.is_empty() {
+                return invalid(entry, "This action takes no request body.");
+            }
+            subject.to_owned()
+        }
+    };
+    let ticket_id = answer::new_ticket_id();
+    let steps = shared.scenario.steps_for_submit(kind, &script_for);
+    if let Some(steps) = steps {
+        lock(&shared.tickets)
+            .insert((kind, ticket_id.clone()), TicketScript { steps: Arc::from(steps), position: 0, polls: 0 });
+    }
+    entry.answer = "submitted".to_owned();
+    entry.ticket_id = Some(ticket_id.clone());
+    let data = match kind {
+        TicketKind::HotUpdate => {
+            // The submit already reports the first status; polls play the script from its start.
+            answer::kind_status_data(kind, &StatusStep::from_status("INIT"), &ticket_id)
+        }
+        _ => json!({ "ticketId": ticket_id }),
+    };
+    answer::success(stamp, data)
 }
 
 fn not_found_api(stamp: &Stamp<'_>) -> Response<SimBody> {
@@ -549,6 +670,10 @@ async fn control(shared: &Shared, request: Request<Incoming>) -> Response<SimBod
     let stamp = Stamp { now: shared.now(), request_id: &request_id, host: "" };
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
+    let kind = match control_kind(parts.uri.query()) {
+        Ok(kind) => kind,
+        Err(error) => return control_error(&stamp, 400, &error.to_string()),
+    };
     let body = match Limited::new(body, MAX_CONTROL_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => return control_error(&stamp, 400, &format!("reading the body: {error}")),
@@ -574,17 +699,27 @@ async fn control(shared: &Shared, request: Request<Incoming>) -> Response<SimBod
         (&Method::PUT, _, Some(Some(ticket_id))) => match serde_json::from_slice::<Vec<Step>>(&body) {
             Ok(steps) => {
                 tracing::info!(ticket_id = %ticket_id, steps = steps.len(), "simulator script replaced");
-                shared.set_script(&ticket_id, steps);
+                shared.set_script(kind, &ticket_id, steps);
                 no_content(&stamp)
             }
             Err(error) => control_error(&stamp, 400, &format!("expected a JSON array of steps: {error}")),
         },
         (&Method::GET, _, Some(Some(ticket_id))) => {
-            let polls = shared.polls_of(&ticket_id);
+            let polls = shared.polls_of(kind, &ticket_id);
             answer::json_response(&stamp, 200, &json!({"ticket_id": ticket_id, "polls": polls}))
         }
         _ => control_error(&stamp, 404, &format!("no control endpoint {} {path}", parts.method)),
     }
+}
+
+/// The `kind` query parameter of a control request; deploy when absent.
+fn control_kind(query: Option<&str>) -> Result<TicketKind, crate::domain::UnknownKind> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("kind="))
+        .map(|value| percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned());
+    value.map_or(Ok(TicketKind::Deploy), |value| value.parse())
 }
 
 #[derive(Deserialize)]
@@ -602,26 +737,39 @@ fn control_error(stamp: &Stamp<'_>, http_status: u16, message: &str) -> Response
     answer::json_response(stamp, http_status, &json!({"error": message}))
 }
 
-/// Matches the raw (still percent-encoded) path against the API's two operations.
+/// Matches the raw (still percent-encoded) path against the API's operations. The colon of the
+/// `%3A` templates must arrive as the SDK sends it, upper-case `%3A`.
 fn route(raw_path: &str) -> Route {
     let segments: Vec<&str> = raw_path.strip_prefix('/').unwrap_or(raw_path).split('/').collect();
-    match segments.as_slice() {
-        ["api", "v2", "namespaces", namespace, "deployment-drafts", "tickets", ticket, "async-deploy"] => {
-            match (decode_segment(namespace), decode_segment(ticket)) {
-                (Some(namespace), Some(ticket_id)) => Route::Poll { namespace, ticket_id },
-                (namespace, _) => Route::Unknown { namespace: namespace.unwrap_or_default() },
-            }
+    let ["api", "v2", "namespaces", raw_namespace, rest @ ..] = segments.as_slice() else {
+        return Route::Unknown { namespace: String::new() };
+    };
+    let Some(namespace) = decode_segment(raw_namespace) else {
+        return Route::Unknown { namespace: String::new() };
+    };
+    let poll = |kind, raw_id: &str| match decode_segment(raw_id) {
+        Some(ticket_id) => Route::Poll { kind, namespace: namespace.clone(), ticket_id },
+        None => Route::Unknown { namespace: namespace.clone() },
+    };
+    let submit = |kind, raw_subject: Option<&str>| match raw_subject.map(decode_segment) {
+        Some(None) => Route::Unknown { namespace: namespace.clone() },
+        subject => Route::Submit { kind, namespace: namespace.clone(), subject: subject.flatten() },
+    };
+    match rest {
+        ["deployment-drafts", "tickets", ticket, "async-deploy"] => poll(TicketKind::Deploy, ticket),
+        ["deployment-drafts", "tickets", ticket, "async-validate"] => poll(TicketKind::Validate, ticket),
+        ["deployments", "tickets", ticket, "resource-plan%3AasyncGenerate"] => poll(TicketKind::ResourcePlan, ticket),
+        ["jobs", "hot-updates", id] => poll(TicketKind::HotUpdate, id),
+        ["deployment-drafts", "async-deploy"] => submit(TicketKind::Deploy, None),
+        ["deployment-drafts", "async-validate"] => submit(TicketKind::Validate, None),
+        ["deployments", deployment, "resource-plan%3AasyncGenerate"] => {
+            submit(TicketKind::ResourcePlan, Some(deployment))
         }
-        ["api", "v2", "namespaces", namespace, "deployment-drafts", "async-deploy"] => {
-            match decode_segment(namespace) {
-                Some(namespace) => Route::Deploy { namespace },
-                None => Route::Unknown { namespace: String::new() },
-            }
-        }
-        ["api", "v2", "namespaces", namespace, ..] => {
-            Route::Unknown { namespace: decode_segment(namespace).unwrap_or_default() }
-        }
-        _ => Route::Unknown { namespace: String::new() },
+        ["jobs", job] => match job.strip_suffix("%3AhotUpdate") {
+            Some(job) => submit(TicketKind::HotUpdate, Some(job)),
+            None => Route::Unknown { namespace: namespace.clone() },
+        },
+        _ => Route::Unknown { namespace: namespace.clone() },
     }
 }
 

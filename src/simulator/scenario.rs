@@ -1,5 +1,6 @@
-//! What the simulated Flink API answers: a [`Scenario`] maps ticket ids (exact or by prefix) and
-//! draft ids to scripts of [`Step`]s, read from a TOML file (see `config/simulator-example.toml`).
+//! What the simulated Flink API answers: a [`Scenario`] maps ticket ids (exact or by prefix, of
+//! every kind or of one) and submitted draft, deployment and job ids to scripts of [`Step`]s,
+//! read from a TOML file (see `config/simulator-example.toml`).
 //!
 //! Each poll of a ticket plays the next step of its script and the last step repeats forever.
 //! Parsing and validation live here; turning a step into HTTP bytes lives in `answer.rs`, and no
@@ -9,6 +10,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
+
+use crate::domain::TicketKind;
 
 /// The whole script of a simulator run.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +27,8 @@ pub struct Scenario {
 pub struct TicketRule {
     /// Which tickets the rule applies to.
     pub selector: Selector,
+    /// Only tickets of this kind (`kind = "validate"`); every kind when `None`.
+    pub kind: Option<TicketKind>,
     /// The script; never empty.
     pub steps: Vec<Step>,
 }
@@ -39,6 +44,11 @@ pub enum Selector {
     Draft(String),
     /// Tickets created for a draft id starting with this (`draft_prefix = "..."`).
     DraftPrefix(String),
+    /// Resource plans created by GenerateResourcePlanWithFlinkConfAsync for exactly this
+    /// deployment id (`deployment = "..."`).
+    Deployment(String),
+    /// Hot updates created by HotUpdateJob for exactly this job id (`job = "..."`).
+    Job(String),
 }
 
 /// One answer to one poll. Every variant may wait `delay_ms` milliseconds before answering
@@ -94,10 +104,12 @@ pub enum Step {
     },
 }
 
-/// A successful GetDeployDeploymentDraftResult answer.
+/// A successful poll answer, shaped for the kind polled: `AsyncDraftDeployResult`,
+/// `AsyncDraftValidateResult`, `AsyncResourcePlanOperationResult` or `HotUpdateJobResult`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusStep {
-    /// `data.ticketStatus` (`INIT`, `EXECUTING`, `FINISHED`, `FAILED`, or anything else).
+    /// `data.ticketStatus` (`status.status` for a hot update): `INIT`, `EXECUTING`, `FINISHED`,
+    /// `FAILED`, `HOT_UPDATING`, `HOT_UPDATED`, or anything else.
     pub status: String,
     /// `data.success`, the deployment outcome; omitted when `None`.
     pub success: Option<bool>,
@@ -111,8 +123,27 @@ pub struct StatusStep {
     pub errors: Vec<StepIssue>,
     /// Send positions as JSON strings (`"3"`), as the real API does; numbers otherwise.
     pub numbers_as_strings: bool,
+    /// Validate: `draftValidationDetail.draftMetaInfoErrorDetails`.
+    pub config_errors: Vec<StepConfigIssue>,
+    /// Resource plan: `data.plan`, sent verbatim. A `FINISHED` step without one sends a sample
+    /// plan; `plan = ""` sends none.
+    pub plan: Option<String>,
+    /// Hot update: `status.failure.reason` (with `message` as `status.failure.message`).
+    pub reason: Option<String>,
     /// Milliseconds to wait before answering.
     pub delay_ms: u64,
+}
+
+/// One `draftMetaInfoErrorDetails` entry of a validate step.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfigIssue {
+    /// `reason`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `message`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// An error answer.
@@ -212,46 +243,97 @@ impl Scenario {
     /// Adds a rule for one exact ticket id (after the existing rules).
     #[must_use]
     pub fn with_ticket(mut self, ticket_id: &str, steps: Vec<Step>) -> Scenario {
-        self.tickets.push(TicketRule { selector: Selector::Id(ticket_id.to_owned()), steps });
+        self.tickets.push(TicketRule { selector: Selector::Id(ticket_id.to_owned()), kind: None, steps });
         self
     }
 
     /// Adds a rule for every ticket id starting with `prefix` (after the existing rules).
     #[must_use]
     pub fn with_prefix(mut self, prefix: &str, steps: Vec<Step>) -> Scenario {
-        self.tickets.push(TicketRule { selector: Selector::Prefix(prefix.to_owned()), steps });
+        self.tickets.push(TicketRule { selector: Selector::Prefix(prefix.to_owned()), kind: None, steps });
         self
     }
 
     /// Adds a rule for tickets created from exactly this draft id (after the existing rules).
     #[must_use]
     pub fn with_draft(mut self, draft_id: &str, steps: Vec<Step>) -> Scenario {
-        self.tickets.push(TicketRule { selector: Selector::Draft(draft_id.to_owned()), steps });
+        self.tickets.push(TicketRule { selector: Selector::Draft(draft_id.to_owned()), kind: None, steps });
         self
     }
 
-    /// The steps of the first rule matching a polled ticket id; `default` when none does.
+    /// Adds a rule for one exact ticket id polled as `kind` (after the existing rules).
+    #[must_use]
+    pub fn with_kind_ticket(mut self, kind: TicketKind, ticket_id: &str, steps: Vec<Step>) -> Scenario {
+        self.tickets.push(TicketRule { selector: Selector::Id(ticket_id.to_owned()), kind: Some(kind), steps });
+        self
+    }
+
+    /// Adds a rule for the ticket a submit of `kind` creates for `subject`: a draft id (deploy,
+    /// validate), a deployment id (resource plan) or a job id (hot update).
+    #[must_use]
+    pub fn with_submit(mut self, kind: TicketKind, subject: &str, steps: Vec<Step>) -> Scenario {
+        let selector = match kind {
+            TicketKind::Deploy | TicketKind::Validate => Selector::Draft(subject.to_owned()),
+            TicketKind::ResourcePlan => Selector::Deployment(subject.to_owned()),
+            TicketKind::HotUpdate => Selector::Job(subject.to_owned()),
+        };
+        self.tickets.push(TicketRule { selector, kind: Some(kind), steps });
+        self
+    }
+
+    /// The steps of the first rule matching a polled deploy ticket id; `default` when none does.
     pub fn steps_for_ticket(&self, ticket_id: &str) -> &[Step] {
+        self.steps_for_kind_ticket(TicketKind::Deploy, ticket_id)
+    }
+
+    /// The steps of the first rule matching a ticket id polled as `kind`; the kind's default
+    /// when none does.
+    pub fn steps_for_kind_ticket(&self, kind: TicketKind, ticket_id: &str) -> &[Step] {
         self.tickets
             .iter()
+            .filter(|rule| rule.kind.is_none_or(|only| only == kind))
             .find(|rule| match &rule.selector {
                 Selector::Id(id) => id == ticket_id,
                 Selector::Prefix(prefix) => ticket_id.starts_with(prefix.as_str()),
-                Selector::Draft(_) | Selector::DraftPrefix(_) => false,
+                _ => false,
             })
-            .map_or(&self.default, |rule| &rule.steps)
+            .map_or_else(|| self.default_for(kind), |rule| &rule.steps)
     }
 
     /// The steps of the first draft rule matching a deployed draft id, if any.
     pub fn steps_for_draft(&self, draft_id: &str) -> Option<&[Step]> {
+        self.steps_for_submit(TicketKind::Deploy, draft_id)
+    }
+
+    /// The steps of the first rule matching what a submit of `kind` named (see
+    /// [`Scenario::with_submit`]), if any.
+    pub fn steps_for_submit(&self, kind: TicketKind, subject: &str) -> Option<&[Step]> {
         self.tickets
             .iter()
-            .find(|rule| match &rule.selector {
-                Selector::Draft(id) => id == draft_id,
-                Selector::DraftPrefix(prefix) => draft_id.starts_with(prefix.as_str()),
-                Selector::Id(_) | Selector::Prefix(_) => false,
+            .filter(|rule| rule.kind.is_none_or(|only| only == kind))
+            .find(|rule| match (&rule.selector, kind) {
+                (Selector::Draft(id), TicketKind::Deploy | TicketKind::Validate) => id == subject,
+                (Selector::DraftPrefix(prefix), TicketKind::Deploy | TicketKind::Validate) => {
+                    subject.starts_with(prefix.as_str())
+                }
+                (Selector::Deployment(id), TicketKind::ResourcePlan) | (Selector::Job(id), TicketKind::HotUpdate) => {
+                    id == subject
+                }
+                _ => false,
             })
             .map(|rule| rule.steps.as_slice())
+    }
+
+    /// The steps of tickets no rule matches: `default`, except that hot updates go INIT,
+    /// HOT_UPDATING, HOT_UPDATED while `default` is the built-in progression.
+    fn default_for(&self, kind: TicketKind) -> &[Step] {
+        static HOT_UPDATE: std::sync::LazyLock<Vec<Step>> = std::sync::LazyLock::new(|| {
+            vec![Step::status("INIT"), Step::status("HOT_UPDATING"), Step::status("HOT_UPDATED")]
+        });
+        if kind == TicketKind::HotUpdate && self.default == default_progression() {
+            return &HOT_UPDATE;
+        }
+        &self.default
     }
 }
 
@@ -322,6 +404,9 @@ impl StatusStep {
             validation_result: None,
             errors: Vec::new(),
             numbers_as_strings: true,
+            config_errors: Vec::new(),
+            plan: None,
+            reason: None,
             delay_ms: 0,
         }
     }
@@ -358,10 +443,13 @@ struct RawScenario {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
+    kind: Option<String>,
     id: Option<String>,
     prefix: Option<String>,
     draft: Option<String>,
     draft_prefix: Option<String>,
+    deployment: Option<String>,
+    job: Option<String>,
     steps: Option<Vec<toml::Value>>,
 }
 
@@ -371,6 +459,8 @@ fn parse_rule(index: usize, rule: RawRule) -> Result<TicketRule, ScenarioError> 
         rule.prefix.map(|value| ("prefix", Selector::Prefix(value))),
         rule.draft.map(|value| ("draft", Selector::Draft(value))),
         rule.draft_prefix.map(|value| ("draft_prefix", Selector::DraftPrefix(value))),
+        rule.deployment.map(|value| ("deployment", Selector::Deployment(value))),
+        rule.job.map(|value| ("job", Selector::Job(value))),
     ]
     .into_iter()
     .flatten()
@@ -383,22 +473,28 @@ fn parse_rule(index: usize, rule: RawRule) -> Result<TicketRule, ScenarioError> 
                 Selector::Id(value)
                 | Selector::Prefix(value)
                 | Selector::Draft(value)
-                | Selector::DraftPrefix(value) => value.clone(),
+                | Selector::DraftPrefix(value)
+                | Selector::Deployment(value)
+                | Selector::Job(value) => value.clone(),
             };
             location = format!("{location} ({key} = {value:?})");
             selector
         }
         (None, _) => {
-            return Err(invalid(&location, "needs one of id, prefix, draft or draft_prefix"));
+            return Err(invalid(&location, "needs one of id, prefix, draft, draft_prefix, deployment or job"));
         }
         (Some((first, _)), Some((second, _))) => {
             return Err(invalid(&location, &format!("has both {first} and {second}; give exactly one")));
         }
     };
+    let kind = match rule.kind.as_deref().map(str::parse::<TicketKind>).transpose() {
+        Ok(kind) => kind,
+        Err(error) => return Err(invalid(&location, &error.to_string())),
+    };
     let Some(steps) = rule.steps else {
         return Err(invalid(&location, "has no steps"));
     };
-    Ok(TicketRule { selector, steps: parse_steps(steps, &location)? })
+    Ok(TicketRule { selector, kind, steps: parse_steps(steps, &location)? })
 }
 
 fn parse_steps(values: Vec<toml::Value>, location: &str) -> Result<Vec<Step>, ScenarioError> {
@@ -438,6 +534,12 @@ struct RawStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     numbers_as_strings: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    config_errors: Option<Vec<StepConfigIssue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     http_status: Option<u16>,
@@ -472,6 +574,9 @@ impl RawStep {
             ("validation_result", self.validation_result.is_some()),
             ("errors", self.errors.is_some()),
             ("numbers_as_strings", self.numbers_as_strings.is_some()),
+            ("config_errors", self.config_errors.is_some()),
+            ("plan", self.plan.is_some()),
+            ("reason", self.reason.is_some()),
             ("error", self.error.is_some()),
             ("http_status", self.http_status.is_some()),
             ("retry_after_ms", self.retry_after_ms.is_some()),
@@ -543,9 +648,18 @@ impl TryFrom<RawStep> for Step {
             many => return Err(StepError::ManyKinds(many.join(" and "))),
         };
         let allowed: &[&str] = match kind {
-            "status" => {
-                &["status", "success", "deployment_id", "message", "validation_result", "errors", "numbers_as_strings"]
-            }
+            "status" => &[
+                "status",
+                "success",
+                "deployment_id",
+                "message",
+                "validation_result",
+                "errors",
+                "numbers_as_strings",
+                "config_errors",
+                "plan",
+                "reason",
+            ],
             "error" => &["error", "http_status", "message", "retry_after_ms", "shape"],
             "not_found" => &["not_found", "message"],
             "html" => &["html", "http_status"],
@@ -573,6 +687,9 @@ impl TryFrom<RawStep> for Step {
                 validation_result: raw.validation_result,
                 errors: raw.errors.unwrap_or_default(),
                 numbers_as_strings: raw.numbers_as_strings.unwrap_or(true),
+                config_errors: raw.config_errors.unwrap_or_default(),
+                plan: raw.plan,
+                reason: raw.reason,
                 delay_ms,
             }),
             "error" => {
@@ -627,6 +744,9 @@ impl From<Step> for RawStep {
                 raw.validation_result = status.validation_result;
                 raw.errors = (!status.errors.is_empty()).then_some(status.errors);
                 raw.numbers_as_strings = (!status.numbers_as_strings).then_some(false);
+                raw.config_errors = (!status.config_errors.is_empty()).then_some(status.config_errors);
+                raw.plan = status.plan;
+                raw.reason = status.reason;
             }
             Step::Error(error) => {
                 raw.http_status = (error.http_status != default_status_for(&error.code)).then_some(error.http_status);

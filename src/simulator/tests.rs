@@ -84,8 +84,15 @@ fn steps(value: Value) -> Vec<Step> {
     serde_json::from_value(value).expect("valid steps")
 }
 
+fn deploy_of(polled: &Polled) -> &crate::domain::DeployResult {
+    match &polled.answer.result {
+        crate::domain::KindResult::Deploy(result) => result,
+        other => panic!("a deploy result, got {other:?}"),
+    }
+}
+
 fn status_of(polled: &Polled) -> &str {
-    polled.result.ticket_status.as_ref().map_or("", |status| status.as_wire())
+    polled.answer.result.ticket_status().map_or("", |status| status.as_wire())
 }
 
 /// Headers as `FlinkClient::call` builds them, signed with our key, minus `omit`, plus `extra`
@@ -158,8 +165,8 @@ async fn unscripted_tickets_go_init_executing_finished_and_stay_finished() {
         assert!(polled.request_id.is_some());
         statuses.push(status_of(&polled).to_owned());
         if statuses.len() >= 3 {
-            assert_eq!(polled.result.success, Some(true));
-            assert_eq!(polled.result.deployment_id, Some(answer::derived_deployment_id("t-any")));
+            assert_eq!(deploy_of(&polled).success, Some(true));
+            assert_eq!(deploy_of(&polled).deployment_id, Some(answer::derived_deployment_id("t-any")));
         }
     }
     assert_eq!(statuses, ["INIT", "EXECUTING", "FINISHED", "FINISHED"]);
@@ -184,7 +191,8 @@ async fn a_validation_failure_reaches_the_client_as_issues() {
     )
     .expect("a valid scenario");
     let running = start(scenario).await;
-    let result = poll(&default_client(&running.simulator), "t-bad").await.expect("a successful poll").result;
+    let polled = poll(&default_client(&running.simulator), "t-bad").await.expect("a successful poll");
+    let result = deploy_of(&polled);
     assert_eq!(result.success, Some(false));
     assert_eq!(result.deployment_id, None);
     assert_eq!(result.message.as_deref(), Some("invalid SQL"));
@@ -468,7 +476,7 @@ async fn the_control_api_drives_a_simulator_from_outside() {
     assert_eq!(status, 204);
     let flink = default_client(simulator);
     let polled = poll(&flink, "ctl/1").await.expect("polled");
-    assert_eq!((status_of(&polled), polled.result.message.as_deref()), ("FAILED", Some("JobManager failed")));
+    assert_eq!((status_of(&polled), deploy_of(&polled).message.as_deref()), ("FAILED", Some("JobManager failed")));
     let (_, _, body) = send(simulator, "GET", "/_sim/tickets/ctl%2F1", &[], Vec::new()).await;
     assert_eq!(body, json!({"ticket_id": "ctl/1", "polls": 1}));
 
@@ -487,4 +495,193 @@ async fn the_control_api_drives_a_simulator_from_outside() {
     let error = poll(&flink, "ctl/1").await.expect_err("the old key was replaced");
     assert!(matches!(error, FlinkError::Credentials(_)), "{error:?}");
     assert_eq!(status_of(&poll(&client(simulator, "LTAI-other", "s", None), "ctl/1").await.expect("ok")), "FAILED");
+}
+
+mod kinds {
+    use super::*;
+    use crate::domain::{KindResult, Outcome, TicketKind};
+    use crate::flink::{HotUpdateRequest, ResourcePlanRequest, ValidateRequest};
+
+    async fn poll_kind(flink: &FlinkClient, kind: TicketKind, ticket_id: &str) -> Polled {
+        tokio::time::timeout(HANG, flink.get_result(kind, ticket(ticket_id)))
+            .await
+            .expect("the poll does not hang")
+            .expect("a successful poll")
+    }
+
+    #[tokio::test]
+    async fn every_kind_is_submitted_and_polled_on_its_own_signed_path() {
+        let plan = "{ \"ssgProfiles\" : [ {\"name\":\"默认 ä\", \"cpu\":1.0} ],\n  \"nodes\":[] }";
+        let scenario = Scenario::default()
+            .with_submit(TicketKind::Validate, "draft-1", vec![Step::status("EXECUTING"), Step::finished_ok()])
+            .with_submit(TicketKind::ResourcePlan, "dep-1", {
+                let mut step = StatusStep::from_status("FINISHED");
+                step.plan = Some(plan.to_owned());
+                vec![Step::Status(step)]
+            });
+        let running = start(scenario).await;
+        let flink = default_client(&running.simulator);
+        let validate = flink
+            .validate_draft(&ValidateRequest {
+                namespace: "ns",
+                workspace: "ws-1",
+                draft_id: "draft-1",
+                target: Some("queue-a"),
+                region: None,
+            })
+            .await
+            .expect("validate submitted");
+        let conf = vec![("taskmanager.numberOfTaskSlots".to_owned(), "2".to_owned())];
+        let resource_plan = flink
+            .generate_resource_plan(&ResourcePlanRequest {
+                namespace: "ns",
+                workspace: "ws-1",
+                deployment_id: "dep-1",
+                flink_conf: &conf,
+                region: None,
+            })
+            .await
+            .expect("resource plan submitted");
+        let hot_update = flink
+            .hot_update_job(&HotUpdateRequest { namespace: "ns", workspace: "ws-1", job_id: "job-1", region: None })
+            .await
+            .expect("hot update submitted");
+
+        assert_eq!(status_of(&poll_kind(&flink, TicketKind::Validate, &validate.ticket_id).await), "EXECUTING");
+        let passed = poll_kind(&flink, TicketKind::Validate, &validate.ticket_id).await;
+        assert_eq!(passed.answer.result.outcome(), Outcome::Succeeded);
+        let planned = poll_kind(&flink, TicketKind::ResourcePlan, &resource_plan.ticket_id).await;
+        let KindResult::ResourcePlan(result) = &planned.answer.result else { panic!("a resource plan") };
+        assert_eq!(result.plan.as_deref(), Some(plan), "the plan arrives byte for byte");
+        let mut hot_statuses = Vec::new();
+        for _ in 0..3 {
+            hot_statuses
+                .push(status_of(&poll_kind(&flink, TicketKind::HotUpdate, &hot_update.ticket_id).await).to_owned());
+        }
+        assert_eq!(hot_statuses, ["INIT", "HOT_UPDATING", "HOT_UPDATED"]);
+
+        let log = running.simulator.requests();
+        assert!(log.iter().all(|entry| entry.http_status == Some(200)), "every signature checked out: {log:#?}");
+        let submits: Vec<(&str, &str, &str)> = log
+            .iter()
+            .filter(|entry| entry.answer == "submitted")
+            .map(|entry| (entry.action.as_str(), entry.path.as_str(), entry.body.as_deref().unwrap_or("?")))
+            .collect();
+        assert_eq!(
+            submits,
+            [
+                (
+                    "ValidateDeploymentDraftAsync",
+                    "/api/v2/namespaces/ns/deployment-drafts/async-validate",
+                    r#"{"deploymentDraftId":"draft-1","deploymentTargetName":"queue-a"}"#
+                ),
+                (
+                    "GenerateResourcePlanWithFlinkConfAsync",
+                    "/api/v2/namespaces/ns/deployments/dep-1/resource-plan%3AasyncGenerate",
+                    r#"{"taskmanager.numberOfTaskSlots":"2"}"#
+                ),
+                ("HotUpdateJob", "/api/v2/namespaces/ns/jobs/job-1%3AhotUpdate", ""),
+            ]
+        );
+        let plan_poll =
+            log.iter().find(|entry| entry.kind == Some(TicketKind::ResourcePlan) && entry.answer == "FINISHED");
+        assert_eq!(
+            plan_poll.expect("the plan poll is logged").path,
+            format!(
+                "/api/v2/namespaces/ns/deployments/tickets/{}/resource-plan%3AasyncGenerate",
+                resource_plan.ticket_id
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_id_on_two_kinds_plays_two_scripts() {
+        let scenario = Scenario::default()
+            .with_kind_ticket(
+                TicketKind::Validate,
+                "t-1",
+                vec![Step::Status({
+                    let mut step = StatusStep::from_status("FAILED");
+                    step.message = Some("validator crashed".to_owned());
+                    step
+                })],
+            )
+            .with_kind_ticket(TicketKind::Deploy, "t-1", vec![Step::finished_ok()]);
+        let running = start(scenario).await;
+        let flink = default_client(&running.simulator);
+        let validate = poll_kind(&flink, TicketKind::Validate, "t-1").await;
+        let deploy = poll_kind(&flink, TicketKind::Deploy, "t-1").await;
+        assert_eq!(validate.answer.result.outcome(), Outcome::Failed { error: None });
+        assert_eq!(validate.answer.result.columns().message, Some("validator crashed"));
+        assert_eq!(deploy.answer.result.outcome(), Outcome::Succeeded);
+        assert_eq!(running.simulator.polls_of_kind(TicketKind::Validate, "t-1"), 1);
+        assert_eq!(running.simulator.polls_of("t-1"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_raw_colon_in_place_of_percent_3a_is_not_the_api() {
+        let running = start(Scenario::default()).await;
+        for path in ["/api/v2/namespaces/ns/jobs/job-1:hotUpdate", "/api/v2/namespaces/ns/jobs/job-1%3ahotUpdate"] {
+            let headers = signed_headers(&running.simulator, "POST", path, "HotUpdateJob", &[], &[]);
+            let (status, _, body) = send(&running.simulator, "POST", path, &headers, Vec::new()).await;
+            assert_eq!((status, body["Code"].as_str()), (404, Some("InvalidAction.NotFound")), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn submits_with_the_wrong_body_are_refused() {
+        let running = start(Scenario::default()).await;
+        let cases = [
+            ("/api/v2/namespaces/ns/jobs/job-1%3AhotUpdate", "HotUpdateJob", r#"{"x":"1"}"#),
+            ("/api/v2/namespaces/ns/deployment-drafts/async-validate", "ValidateDeploymentDraftAsync", "{}"),
+            (
+                "/api/v2/namespaces/ns/deployment-drafts/async-validate",
+                "ValidateDeploymentDraftAsync",
+                r#"{"deploymentDraftId":"d","deploymentTarget":{"mode":"PER_JOB","name":"q"}}"#,
+            ),
+            (
+                "/api/v2/namespaces/ns/deployments/dep-1/resource-plan%3AasyncGenerate",
+                "GenerateResourcePlanWithFlinkConfAsync",
+                "[1]",
+            ),
+        ];
+        for (path, action, body) in cases {
+            let hash = signing::payload_hash(body.as_bytes());
+            let host = running.simulator.local_addr().to_string();
+            let date = Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let nonce = format!("{:032x}", rand::random::<u128>());
+            let headers: Vec<(&str, &str)> = vec![
+                ("host", &host),
+                ("x-acs-action", action),
+                ("x-acs-version", API_VERSION),
+                ("x-acs-date", &date),
+                ("x-acs-signature-nonce", &nonce),
+                ("x-acs-content-sha256", &hash),
+                ("workspace", "ws-1"),
+                ("content-type", "application/json; charset=utf-8"),
+            ];
+            let signed = signing::sign(
+                &signing::SigningInput {
+                    method: "POST",
+                    canonical_uri: path,
+                    query: &[],
+                    headers: &headers,
+                    body: body.as_bytes(),
+                },
+                KEY_ID,
+                SECRET,
+            );
+            let owned: Vec<(String, String)> = headers
+                .iter()
+                .chain([&("authorization", signed.authorization.as_str())])
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect();
+            let (status, _, answer) = send(&running.simulator, "POST", path, &owned, body.as_bytes().to_vec()).await;
+            assert_eq!(
+                (status, answer["errorCode"].as_str()),
+                (400, Some("InvalidParameter")),
+                "{action} {body}: {answer}"
+            );
+        }
+    }
 }

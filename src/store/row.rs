@@ -9,7 +9,7 @@ use sqlx::{FromRow as _, Row as _};
 
 use super::tickets::Ticket;
 use crate::clock::{format_instant, parse_instant};
-use crate::domain::{RowId, TicketKey, TicketState, TicketStatus, ValidationIssue};
+use crate::domain::{ConfigIssue, RawJson, RowId, TicketKey, TicketState, TicketStatus, ValidationIssue};
 
 /// A column of a claimed row holds a value the daemon cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +50,7 @@ where
     Ok(Ticket {
         id: RowId(stored.id),
         state: stored.state.parse().map_err(|_| unreadable("state"))?,
+        kind: stored.kind.parse().map_err(|_| unreadable("kind"))?,
         deadline_at,
         created_at: instant(&stored.created_at, "created_at")?,
         updated_at: instant(&stored.updated_at, "updated_at")?,
@@ -83,6 +84,7 @@ pub(super) fn read_ticket_leniently(row: &SqliteRow) -> Ticket {
     StoredTicket {
         id: number(row, "id"),
         ticket_id: text(row, "ticket_id"),
+        kind: text(row, "kind"),
         namespace: text(row, "namespace"),
         workspace: text(row, "workspace"),
         region: optional_text(row, "region"),
@@ -95,6 +97,9 @@ pub(super) fn read_ticket_leniently(row: &SqliteRow) -> Ticket {
         message: optional_text(row, "message"),
         validation_result: optional_text(row, "validation_result"),
         validation_errors: row.try_get("validation_errors").unwrap_or_else(|_| "[]".to_owned()),
+        config_errors: optional_text(row, "config_errors"),
+        resource_plan: optional_text(row, "resource_plan"),
+        result_json: optional_text(row, "result_json"),
         error_code: optional_text(row, "error_code"),
         error_message: optional_text(row, "error_message"),
         polls: number(row, "polls"),
@@ -118,6 +123,11 @@ pub(super) fn issues_json(issues: &[ValidationIssue]) -> String {
     serde_json::to_string(issues).expect("validation issues serialise to JSON")
 }
 
+/// The JSON text stored in `config_errors` for these issues (`NULL` when there are none).
+pub(super) fn config_issues_json(issues: &[ConfigIssue]) -> Option<String> {
+    (!issues.is_empty()).then(|| serde_json::to_string(issues).expect("config issues serialise to JSON"))
+}
+
 /// Serialises an instant as it is stored (`2026-11-28T01:23:45.678Z`).
 pub(super) fn instant<S: serde::Serializer>(instant: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_instant(*instant))
@@ -139,6 +149,7 @@ pub(super) fn optional_instant<S: serde::Serializer>(
 pub(super) struct StoredTicket {
     id: i64,
     ticket_id: String,
+    kind: String,
     namespace: String,
     workspace: String,
     region: Option<String>,
@@ -151,6 +162,9 @@ pub(super) struct StoredTicket {
     message: Option<String>,
     validation_result: Option<String>,
     validation_errors: String,
+    config_errors: Option<String>,
+    resource_plan: Option<String>,
+    result_json: Option<String>,
     error_code: Option<String>,
     error_message: Option<String>,
     polls: i64,
@@ -174,6 +188,7 @@ impl StoredTicket {
         Ticket {
             id: RowId(self.id),
             key: TicketKey { ticket_id: self.ticket_id, namespace: self.namespace, workspace: self.workspace },
+            kind: self.kind.parse().unwrap_or_default(),
             region: self.region,
             webhook_url: self.webhook_url,
             deadline_at: optional(self.deadline_at),
@@ -184,6 +199,13 @@ impl StoredTicket {
             message: self.message,
             validation_result: self.validation_result,
             validation_errors: serde_json::from_str(&self.validation_errors).unwrap_or_default(),
+            config_errors: self
+                .config_errors
+                .as_deref()
+                .and_then(|text| serde_json::from_str(text).ok())
+                .unwrap_or_default(),
+            resource_plan: self.resource_plan,
+            result_json: self.result_json.and_then(|text| RawJson::new(text).ok()),
             error_code: self.error_code,
             error_message: self.error_message,
             polls: self.polls,

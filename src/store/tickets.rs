@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use super::deliveries::NewDelivery;
 use super::{Lease, Store, dispatch, row};
-use crate::domain::{DeployResult, RowId, TicketKey, TicketState, TicketStatus, ValidationIssue};
+use crate::domain::{
+    Answer, ConfigIssue, RawJson, RowId, TicketKey, TicketKind, TicketState, TicketStatus, ValidationIssue,
+};
 
 /// A row of `tickets`, read once at the store's boundary: the state as a [`TicketState`], instants
 /// as `DateTime<Utc>`, the validation issues as a list. Only the store produces it (see
@@ -21,6 +23,8 @@ pub struct Ticket {
     /// The cloud's ticket ID, namespace and workspace.
     #[serde(flatten)]
     pub key: TicketKey,
+    /// Which asynchronous operation the ticket ID belongs to.
+    pub kind: TicketKind,
     /// Region override for this ticket.
     pub region: Option<String>,
     /// Extra receiver for this ticket (honoured only when configured).
@@ -42,6 +46,12 @@ pub struct Ticket {
     pub validation_result: Option<String>,
     /// The validation issues of the last answer.
     pub validation_errors: Vec<ValidationIssue>,
+    /// Validate: the draft's metadata and configuration problems.
+    pub config_errors: Vec<ConfigIssue>,
+    /// Resource plan: the plan text exactly as the API sent it.
+    pub resource_plan: Option<String>,
+    /// The raw `data` of the last answer, byte for byte.
+    pub result_json: Option<RawJson>,
     /// The last API error code, or why the row was refused.
     pub error_code: Option<String>,
     /// The last API error message.
@@ -104,6 +114,10 @@ pub struct NewTicket {
     pub webhook_url: Option<String>,
     /// Deadline override.
     pub deadline_at: Option<DateTime<Utc>>,
+    /// Which operation the ID belongs to (`deploy` by default, as for a plain insert).
+    pub kind: TicketKind,
+    /// The deployment the ticket is about, when known at submit (a resource plan's).
+    pub deployment_id: Option<String>,
 }
 
 /// What a final state announces: the webhook deliveries to write with it, and a note for the
@@ -130,7 +144,7 @@ pub struct Reschedule {
     /// Request ID of the answer.
     pub request_id: Option<String>,
     /// What the API said, when it answered successfully; clears the error columns.
-    pub answer: Option<DeployResult>,
+    pub answer: Option<Answer>,
     /// (code, message) of a failed call.
     pub error: Option<(String, String)>,
 }
@@ -145,7 +159,7 @@ pub struct Finish {
     /// Request ID of the answer.
     pub request_id: Option<String>,
     /// The final answer, if the API gave one.
-    pub answer: Option<DeployResult>,
+    pub answer: Option<Answer>,
     /// (code, message) of the error that ended it, if any; otherwise the last error stays.
     pub error: Option<(String, String)>,
 }
@@ -261,19 +275,25 @@ impl Store {
 
     /// Tickets, newest first, optionally in one state.
     /// A value that cannot be read shows as its text, or as the column's default.
-    pub async fn list_tickets(&self, state: Option<TicketState>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
-        dispatch!(self, backend => backend.list_tickets(state, limit).await)
+    pub async fn list_tickets(
+        &self,
+        state: Option<TicketState>,
+        kind: Option<TicketKind>,
+        limit: u32,
+    ) -> Result<Vec<Ticket>, sqlx::Error> {
+        dispatch!(self, backend => backend.list_tickets(state, kind, limit).await)
     }
 
-    /// Every row with this ticket ID (the same ID may exist in several workspaces/namespaces),
-    /// optionally narrowed by workspace and namespace.
+    /// Every row with this ticket ID (the same ID may exist in several workspaces/namespaces,
+    /// and under several kinds), optionally narrowed by kind, workspace and namespace.
     pub async fn find_tickets(
         &self,
         ticket_id: &str,
+        kind: Option<TicketKind>,
         workspace: Option<&str>,
         namespace: Option<&str>,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
-        dispatch!(self, backend => backend.find_tickets(ticket_id, workspace, namespace).await)
+        dispatch!(self, backend => backend.find_tickets(ticket_id, kind, workspace, namespace).await)
     }
 
     /// The row with this internal ID (read as [`Store::list_tickets`] reads rows).

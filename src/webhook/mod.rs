@@ -13,9 +13,8 @@ pub use settings::{
     parse_webhook_url,
 };
 
-use serde_json::json;
-
 use crate::clock::format_instant;
+use crate::domain::{ConfigIssue, RawJson, TicketKind, TicketState, TicketStatus, ValidationIssue};
 use crate::store::{Announcement, NewDelivery, Ticket};
 
 /// Why a ticket's own `webhook_url` was not used.
@@ -146,30 +145,64 @@ pub fn webhook_id(ticket: &Ticket) -> String {
     format!("tkt_{}_{}.{}", ticket.id, ticket.retries, ticket.state)
 }
 
-/// The JSON body announcing a final ticket, as the public interface defines it.
+/// The JSON body announcing a final ticket, as the public interface defines it. `data.result` is
+/// the raw `data` of the last answer, embedded byte for byte (never re-serialised), and
+/// `data.resource_plan` the plan text exactly as the API sent it.
 pub fn payload(ticket: &Ticket, event_type: &str) -> String {
-    let body = json!({
-        "type": event_type,
-        "timestamp": format_instant(ticket.finished_at.unwrap_or(ticket.updated_at)),
-        "data": {
-            "ticket_id": ticket.key.ticket_id,
-            "namespace": ticket.key.namespace,
-            "workspace": ticket.key.workspace,
-            "state": ticket.state,
-            "ticket_status": ticket.ticket_status,
-            "deployment_id": ticket.deployment_id,
-            "deploy_success": ticket.deploy_success,
-            "message": ticket.message,
-            "validation_result": ticket.validation_result,
-            "validation_errors": ticket.validation_errors,
-            "error_code": ticket.error_code,
-            "error_message": ticket.error_message,
-            "polls": ticket.polls,
-            "created_at": format_instant(ticket.created_at),
-            "finished_at": ticket.finished_at.map(format_instant),
-        }
-    });
-    body.to_string()
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        r#type: &'a str,
+        timestamp: String,
+        data: Data<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        ticket_id: &'a str,
+        kind: TicketKind,
+        namespace: &'a str,
+        workspace: &'a str,
+        state: TicketState,
+        ticket_status: Option<&'a TicketStatus>,
+        deployment_id: Option<&'a str>,
+        deploy_success: Option<bool>,
+        message: Option<&'a str>,
+        validation_result: Option<&'a str>,
+        validation_errors: &'a [ValidationIssue],
+        config_errors: &'a [ConfigIssue],
+        resource_plan: Option<&'a str>,
+        result: Option<&'a RawJson>,
+        error_code: Option<&'a str>,
+        error_message: Option<&'a str>,
+        polls: i64,
+        created_at: String,
+        finished_at: Option<String>,
+    }
+    let body = Body {
+        r#type: event_type,
+        timestamp: format_instant(ticket.finished_at.unwrap_or(ticket.updated_at)),
+        data: Data {
+            ticket_id: &ticket.key.ticket_id,
+            kind: ticket.kind,
+            namespace: &ticket.key.namespace,
+            workspace: &ticket.key.workspace,
+            state: ticket.state,
+            ticket_status: ticket.ticket_status.as_ref(),
+            deployment_id: ticket.deployment_id.as_deref(),
+            deploy_success: ticket.deploy_success,
+            message: ticket.message.as_deref(),
+            validation_result: ticket.validation_result.as_deref(),
+            validation_errors: &ticket.validation_errors,
+            config_errors: &ticket.config_errors,
+            resource_plan: ticket.resource_plan.as_deref(),
+            result: ticket.result_json.as_ref(),
+            error_code: ticket.error_code.as_deref(),
+            error_message: ticket.error_message.as_deref(),
+            polls: ticket.polls,
+            created_at: format_instant(ticket.created_at),
+            finished_at: ticket.finished_at.map(format_instant),
+        },
+    };
+    serde_json::to_string(&body).expect("a webhook body serialises to JSON")
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ async fn tickets_survive_a_daemon_killed_every_few_hundred_milliseconds() {
     logs.push(daemon.log.clone());
     assert_eq!(daemon.wait(), Some(0), "the last daemon stops cleanly");
 
-    let rows = store.list_tickets(None, 1_000_000).await.expect("tickets are read");
+    let rows = store.list_tickets(None, None, 1_000_000).await.expect("tickets are read");
     let deliveries = store.list_deliveries(None, 1_000_000).await.expect("deliveries are read");
     store.close().await;
     let received: Vec<Vec<Received>> = receivers.iter_mut().map(WebhookSink::drain).collect();

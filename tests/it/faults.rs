@@ -33,7 +33,7 @@ async fn a_poll_whose_lease_was_taken_back_cannot_overwrite_the_result_of_a_late
     env.insert("t-slow", "ns", "ws").await;
     let store = env.store().await;
     eventually("the first poll to hold the lease", || async {
-        let rows = store.find_tickets("t-slow", None, None).await.expect("tickets are read");
+        let rows = store.find_tickets("t-slow", None, None, None).await.expect("tickets are read");
         rows.into_iter().find(|row| row.lease_owner.is_some())
     })
     .await;
@@ -165,7 +165,7 @@ async fn outside_writers_and_backups_never_see_a_locked_database_while_the_daemo
     // them all.
     env.wait_all_final().await;
     let store = env.store().await;
-    let rows = store.list_tickets(None, 1_000_000).await.expect("tickets are read");
+    let rows = store.list_tickets(None, None, 1_000_000).await.expect("tickets are read");
     store.close().await;
     let count = |prefix: &str| rows.iter().filter(|row| row.key.ticket_id.starts_with(prefix)).count() as u64;
     assert_eq!((count("sqlx-"), count("shell-"), count("queued-")), (sqlx_rows, shell_rows, 1500));

@@ -249,7 +249,7 @@ level = "info"
     /// Every row with this ticket ID.
     pub async fn tickets(&self, ticket_id: &str) -> Vec<Ticket> {
         let store = self.store().await;
-        let rows = store.find_tickets(ticket_id, None, None).await.expect("tickets are read");
+        let rows = store.find_tickets(ticket_id, None, None, None).await.expect("tickets are read");
         store.close().await;
         rows
     }
@@ -265,7 +265,7 @@ level = "info"
     pub async fn wait_final(&self, ticket_id: &str) -> Ticket {
         let store = self.store().await;
         let ticket = eventually(&format!("ticket {ticket_id:?} to finish"), || async {
-            let rows = store.find_tickets(ticket_id, None, None).await.expect("tickets are read");
+            let rows = store.find_tickets(ticket_id, None, None, None).await.expect("tickets are read");
             rows.into_iter().find(|ticket| ticket.state != TicketState::Pending)
         })
         .await;

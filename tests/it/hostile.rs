@@ -431,7 +431,7 @@ async fn hostile_rows_are_refused_or_failed_and_never_reach_another_path() {
 
     env.wait_all_final().await;
     let store = env.store().await;
-    let tickets = store.list_tickets(None, 100).await.expect("tickets are read");
+    let tickets = store.list_tickets(None, None, 100).await.expect("tickets are read");
     assert_eq!(tickets.len(), accepted, "the table survived every value");
     for ticket in &tickets {
         assert_eq!(ticket.state, TicketState::Failed, "{ticket:?}");

@@ -142,7 +142,7 @@ async fn add_delivery(env: &TestEnv, ticket_id: &str, state: &str) {
 async fn ticket_ids(env: &TestEnv) -> Vec<String> {
     let store = env.store().await;
     let mut ids: Vec<String> = store
-        .list_tickets(None, 10_000)
+        .list_tickets(None, None, 10_000)
         .await
         .expect("tickets are read")
         .into_iter()
@@ -183,7 +183,7 @@ async fn systemd_sees_ready_keep_alives_and_stopping_and_a_restart_polls_the_int
     // loops are waiting, not stuck, so keep-alives go on.
     let store = env.store().await;
     eventually("both slow tickets to be in flight", || async {
-        let rows = store.list_tickets(None, 10).await.expect("tickets are read");
+        let rows = store.list_tickets(None, None, 10).await.expect("tickets are read");
         rows.iter().all(|row| row.lease_owner.is_some()).then_some(())
     })
     .await;
@@ -194,7 +194,7 @@ async fn systemd_sees_ready_keep_alives_and_stopping_and_a_restart_polls_the_int
         keep_alives += 1;
     }
     assert!(first.elapsed() < Duration::from_millis(3000), "keep-alives came too slowly: {:?}", first.elapsed());
-    let rows = store.list_tickets(None, 10).await.expect("tickets are read");
+    let rows = store.list_tickets(None, None, 10).await.expect("tickets are read");
     assert!(rows.iter().all(|row| row.lease_owner.is_some() && row.polls == 0), "still in flight: {rows:#?}");
 
     let stop_sent = Instant::now();
@@ -208,7 +208,7 @@ async fn systemd_sees_ready_keep_alives_and_stopping_and_a_restart_polls_the_int
     assert!(took < grace + Duration::from_millis(1500), "stopping took {took:?}\n{log}");
     assert!(log.contains("unfinished tickets handed back"), "{log}");
 
-    let rows = store.list_tickets(None, 10).await.expect("tickets are read");
+    let rows = store.list_tickets(None, None, 10).await.expect("tickets are read");
     assert!(rows.iter().all(|row| row.state == TicketState::Pending && row.lease_owner.is_none()), "{rows:#?}");
 
     let restarted_at = Instant::now();
@@ -301,7 +301,7 @@ async fn a_slow_api_with_every_slot_busy_keeps_the_keep_alives_going_in_a_runnin
     env.insert("slow-b", "ns", "ws").await;
     let store = env.store().await;
     eventually("a slow ticket to be in flight", || async {
-        let rows = store.list_tickets(None, 10).await.expect("tickets are read");
+        let rows = store.list_tickets(None, None, 10).await.expect("tickets are read");
         rows.iter().any(|row| row.lease_owner.is_some()).then_some(())
     })
     .await;
@@ -314,7 +314,7 @@ async fn a_slow_api_with_every_slot_busy_keeps_the_keep_alives_going_in_a_runnin
             keep_alives += 1;
         }
     }
-    let rows = store.list_tickets(None, 10).await.expect("tickets are read");
+    let rows = store.list_tickets(None, None, 10).await.expect("tickets are read");
     assert!(rows.iter().all(|row| row.polls == 0), "the first polls were still in flight: {rows:#?}");
     // A keep-alive is due every 50 ms; even a loaded machine sends several in 1.2 s.
     assert!(keep_alives >= 5, "only {keep_alives} keep-alives while the API was slow");
@@ -356,7 +356,7 @@ async fn metrics_are_prometheus_text_and_move_as_tickets_finish() {
     env.insert("slow-m", "ns", "ws").await;
     let store = env.store().await;
     eventually("the slow ticket to be in flight", || async {
-        let rows = store.list_tickets(None, 10).await.expect("tickets are read");
+        let rows = store.list_tickets(None, None, 10).await.expect("tickets are read");
         rows.iter().any(|row| row.lease_owner.is_some()).then_some(())
     })
     .await;
@@ -382,10 +382,10 @@ async fn metrics_are_prometheus_text_and_move_as_tickets_finish() {
     assert_eq!(sample(&after, "flink_ticketd_tickets{state=succeeded}"), 2.0);
     assert_eq!(sample(&after, "flink_ticketd_tickets{state=failed}"), 1.0);
     assert_eq!(sample(&after, "flink_ticketd_tickets{state=pending}"), 0.0);
-    assert_eq!(sample(&after, "flink_ticketd_tickets_finished_total{state=succeeded}"), 2.0);
-    assert_eq!(sample(&after, "flink_ticketd_polls_total{outcome=executing}"), 2.0);
-    assert_eq!(sample(&after, "flink_ticketd_polls_total{outcome=finished}"), 2.0);
-    assert_eq!(sample(&after, "flink_ticketd_polls_total{outcome=failed}"), 1.0);
+    assert_eq!(sample(&after, "flink_ticketd_tickets_finished_total{kind=deploy,state=succeeded}"), 2.0);
+    assert_eq!(sample(&after, "flink_ticketd_polls_total{kind=deploy,outcome=executing}"), 2.0);
+    assert_eq!(sample(&after, "flink_ticketd_polls_total{kind=deploy,outcome=finished}"), 2.0);
+    assert_eq!(sample(&after, "flink_ticketd_polls_total{kind=deploy,outcome=failed}"), 1.0);
     assert_eq!(sample(&after, "flink_ticketd_api_request_duration_seconds_count{}"), 5.0);
     assert!(sample(&after, "flink_ticketd_api_request_duration_seconds_sum{}") >= 4.0, "the slow poll took 4 s");
     assert_eq!(sample(&after, "flink_ticketd_rate_limit_wait_seconds_count{}"), 5.0);

@@ -130,7 +130,7 @@ async fn an_outage_over_many_tickets_costs_a_few_probes_and_readyz_and_the_metri
         assert!(pair[1].started_at >= pair[0].finished_at, "one probe at a time: {pair:?}");
     }
     let store = env.store().await;
-    let pending = store.list_tickets(Some(flink_ticketd::domain::TicketState::Pending), 1000).await.unwrap();
+    let pending = store.list_tickets(Some(flink_ticketd::domain::TicketState::Pending), None, 1000).await.unwrap();
     assert_eq!(pending.len(), 300, "no ticket is failed for an outage");
 
     // The API is back: the first good answer resumes polling for everyone.

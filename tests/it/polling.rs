@@ -181,7 +181,7 @@ async fn errors_between_polls_are_recorded_on_the_pending_row() {
     env.insert("t-flaky", "ns", "ws").await;
     let ticket = driven
         .turn_until(|| async {
-            let rows = store.find_tickets("t-flaky", None, None).await.unwrap();
+            let rows = store.find_tickets("t-flaky", None, None, None).await.unwrap();
             rows.into_iter().find(|ticket| ticket.error_streak >= 2)
         })
         .await;
@@ -207,7 +207,7 @@ async fn unknown_status_keeps_the_ticket_polling_until_a_final_one() {
     env.insert("t-odd", "ns", "ws").await;
     let ticket = driven
         .turn_until(|| async {
-            let rows = store.find_tickets("t-odd", None, None).await.unwrap();
+            let rows = store.find_tickets("t-odd", None, None, None).await.unwrap();
             rows.into_iter().find(|ticket| ticket.polls >= 4)
         })
         .await;
@@ -304,7 +304,7 @@ async fn killing_the_daemon_mid_polling_loses_nothing_and_keeps_the_backoff() {
     first.kill();
 
     let before: HashMap<String, (i64, i64)> = store
-        .list_tickets(None, 100)
+        .list_tickets(None, None, 100)
         .await
         .unwrap()
         .into_iter()
@@ -387,14 +387,14 @@ async fn a_wrong_secret_pauses_polling_instead_of_failing_tickets_and_polling_re
     env.sim.set_credentials(vec![(KEY_ID.to_owned(), "the-real-secret".to_owned())]);
     let daemon = env.spawn_daemon(|_| {}).await;
     eventually("the signature error to be recorded", || async {
-        let rows = store.list_tickets(None, 100).await.unwrap();
+        let rows = store.list_tickets(None, None, 100).await.unwrap();
         rows.iter().any(|ticket| ticket.error_code.as_deref() == Some("SignatureDoesNotMatch")).then_some(())
     })
     .await;
     // Let the pause run for a while: its probes double (20 ms, 40 ms, 80 ms, ...).
     let rejected_before = env.sim.requests().len();
     eventually("a few probes", || async { (env.sim.requests().len() >= rejected_before + 3).then_some(()) }).await;
-    let rows = store.list_tickets(None, 100).await.unwrap();
+    let rows = store.list_tickets(None, None, 100).await.unwrap();
     assert!(rows.iter().all(|ticket| ticket.state == TicketState::Pending), "no ticket is failed for our own error");
     let requests = env.sim.requests();
     assert!(requests.iter().all(|request| request.answer == "signature mismatch"), "{requests:?}");
@@ -407,7 +407,7 @@ async fn a_wrong_secret_pauses_polling_instead_of_failing_tickets_and_polling_re
     // The secret is fixed (rotated on the cloud side to what the daemon has).
     env.sim.set_credentials(vec![(KEY_ID.to_owned(), crate::harness::KEY_SECRET.to_owned())]);
     env.wait_all_final().await;
-    let rows = store.list_tickets(None, 100).await.unwrap();
+    let rows = store.list_tickets(None, None, 100).await.unwrap();
     assert!(rows.iter().all(|ticket| ticket.state == TicketState::Succeeded && ticket.error_code.is_none()));
     daemon.stop().await.expect("clean shutdown");
     store.close().await;

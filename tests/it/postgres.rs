@@ -117,7 +117,7 @@ async fn a_psql_insert_naming_only_the_required_columns_is_polled_within_a_secon
         let store = store.clone();
         async move {
             eventually("the ticket's final state", || async {
-                let rows = store.find_tickets(ticket_id, None, None).await.ok()?;
+                let rows = store.find_tickets(ticket_id, None, None, None).await.ok()?;
                 rows.into_iter().find(|row| !row.is_pending())
             })
             .await

@@ -73,14 +73,17 @@ fn succeeded() -> Finish {
         state: TicketState::Succeeded,
         polled: true,
         request_id: Some("req-1".to_owned()),
-        answer: Some(DeployResult {
-            ticket_status: Some(TicketStatus::Finished),
-            deployment_id: Some("dep-old".to_owned()),
-            success: Some(true),
-            message: Some("deployed".to_owned()),
-            validation_result: Some("PASS".to_owned()),
-            validation_errors: Vec::new(),
-        }),
+        answer: Some(
+            DeployResult {
+                ticket_status: Some(TicketStatus::Finished),
+                deployment_id: Some("dep-old".to_owned()),
+                success: Some(true),
+                message: Some("deployed".to_owned()),
+                validation_result: Some("PASS".to_owned()),
+                validation_errors: Vec::new(),
+            }
+            .into(),
+        ),
         error: None,
     }
 }
@@ -186,7 +189,7 @@ async fn the_migration_keeps_every_row_and_id_and_starts_ids_above_every_id_ever
     }
 
     let store = open(&path).await;
-    let rows = store.list_tickets(None, 100).await.unwrap();
+    let rows = store.list_tickets(None, None, 100).await.unwrap();
     let by_id = |id: RowId| rows.iter().find(|row| row.id == id).unwrap_or_else(|| panic!("row {id} kept: {rows:?}"));
     let mut ids: Vec<RowId> = rows.iter().map(|row| row.id).collect();
     ids.sort_unstable();
@@ -318,7 +321,7 @@ async fn dates_that_do_not_exist_are_refused_and_real_ones_in_any_form_are_norma
         )
         .await
         .unwrap_or_else(|error| panic!("{written:?} is accepted: {error}"));
-        let row = store.find_tickets(&format!("ok{n}"), None, None).await.unwrap().remove(0);
+        let row = store.find_tickets(&format!("ok{n}"), None, None, None).await.unwrap().remove(0);
         assert_eq!(stored_text(&path, row.id, "deadline_at").await.as_deref(), Some(*stored), "{written:?}");
         assert!(row.deadline().is_some(), "a stored deadline is always readable");
     }
@@ -358,7 +361,7 @@ async fn values_of_the_wrong_type_are_refused_in_every_column_the_daemon_fills()
         let error = result.expect_err(&format!("{column} = {value} is refused"));
         assert!(error.contains("constraint failed") && error.contains(column), "{column} = {value}: {error}");
     }
-    let row = store.find_tickets("typed", None, None).await.unwrap().remove(0);
+    let row = store.find_tickets("typed", None, None, None).await.unwrap().remove(0);
     assert_eq!((row.polls, row.state.as_str()), (0, "pending"));
     store.close().await;
 }
@@ -510,7 +513,7 @@ async fn the_sqlite3_shell_refuses_unreal_dates_and_its_hand_written_times_are_s
         ),
     )
     .expect("the operator's update runs");
-    let row = store.find_tickets("t", None, None).await.unwrap().remove(0);
+    let row = store.find_tickets("t", None, None, None).await.unwrap().remove(0);
     assert!(stored_text(&path, row.id, "next_poll_at").await.as_deref().is_some_and(is_canonical), "{row:?}");
     let deadline = row.deadline().expect("the deadline is readable");
     assert!((deadline - Utc::now()).num_minutes().abs() < 5, "{row:?}");

@@ -156,6 +156,7 @@ on_both_backends!(
     deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight,
     concurrent_retention_rounds_delete_each_row_once,
     the_user_commands_read_what_the_daemon_wrote,
+    every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte,
 );
 
 /// An instant `seconds` after a base ten minutes ahead of the moment this test first asked (each
@@ -289,7 +290,7 @@ async fn the_final_state_and_its_deliveries_commit_together(fixture: Fixture) {
         state: TicketState::Failed,
         polled: true,
         request_id: Some("R1".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Failed), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Failed), ..DeployResult::default() }.into()),
         error: None,
     };
     let written = store
@@ -384,7 +385,7 @@ async fn constraints_refuse_rows_sql_can_judge(fixture: Fixture) {
     ] {
         assert!(fixture.execute(sql).await.is_err(), "{what} was accepted");
     }
-    assert!(store.list_tickets(None, 100).await.unwrap().is_empty(), "a refused statement leaves nothing behind");
+    assert!(store.list_tickets(None, None, 100).await.unwrap().is_empty(), "a refused statement leaves nothing behind");
     let json = store.insert_ticket(&new_ticket("json")).await.unwrap();
     let body = fixture
         .execute(&format!(
@@ -420,7 +421,7 @@ async fn a_hand_written_deadline_is_stored_in_the_canonical_form(fixture: Fixtur
     for (id, expected) in
         [("a", "2026-12-01T10:00:00.000Z"), ("b", "2026-12-01T10:00:00.000Z"), ("c", "2026-12-01T10:00:00.500Z")]
     {
-        let rows = fixture.store.find_tickets(id, None, None).await.unwrap();
+        let rows = fixture.store.find_tickets(id, None, None, None).await.unwrap();
         assert_eq!(fixture.stored_text(rows[0].id, "deadline_at").await.as_deref(), Some(expected), "{id}");
     }
 }
@@ -510,7 +511,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
         error_streak: 0,
         polled: true,
         request_id: Some("R".to_owned()),
-        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }),
+        answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }.into()),
         error: None,
     };
     // Submitted together, the three land in one batch.
@@ -808,7 +809,7 @@ async fn concurrent_retention_rounds_delete_each_row_once(fixture: Fixture) {
         total += purged.tickets;
     }
     assert_eq!(total, ROWS, "each row deleted once");
-    assert!(fixture.store.list_tickets(None, 10).await.unwrap().is_empty());
+    assert!(fixture.store.list_tickets(None, None, 10).await.unwrap().is_empty());
 }
 
 async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
@@ -834,11 +835,11 @@ async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
         state: TicketState::Failed,
         polled: true,
         request_id: Some("R9".to_owned()),
-        answer: Some(answer.clone()),
+        answer: Some(answer.clone().into()),
         error: None,
     };
     assert_eq!(store.record_final(&lease, id, at(2), &finish, |_| Announcement::default()).await.unwrap(), Some(0));
-    let row = store.find_tickets("shown", Some("ws"), Some("ns")).await.unwrap().pop().unwrap();
+    let row = store.find_tickets("shown", None, Some("ws"), Some("ns")).await.unwrap().pop().unwrap();
     assert_eq!(row.state, TicketState::Failed);
     assert_eq!(row.deploy_success, Some(false));
     assert_eq!(row.deployment_id.as_deref(), Some("dep-1"));
@@ -846,9 +847,91 @@ async fn the_user_commands_read_what_the_daemon_wrote(fixture: Fixture) {
     assert_eq!((row.polls, row.request_id.as_deref()), (1, Some("R9")));
     assert_eq!(row.finished_at, Some(at(2)));
     assert_eq!(row.deadline(), Some(row.created_at + chrono::Duration::seconds(3600)));
-    assert_eq!(store.list_tickets(Some(TicketState::Failed), 10).await.unwrap().len(), 1);
-    assert!(store.list_tickets(Some(TicketState::Pending), 10).await.unwrap().is_empty());
+    assert_eq!(store.list_tickets(Some(TicketState::Failed), None, 10).await.unwrap().len(), 1);
+    assert!(store.list_tickets(Some(TicketState::Pending), None, 10).await.unwrap().is_empty());
     assert_eq!(store.count_tickets_by_state().await.unwrap(), vec![("failed".to_owned(), 1)]);
-    assert!(store.find_tickets("shown", Some("other"), None).await.unwrap().is_empty());
+    assert!(store.find_tickets("shown", None, Some("other"), None).await.unwrap().is_empty());
     assert_eq!(store.applied_migrations().await.unwrap().len(), flink_ticketd::store::MIGRATOR.iter().count());
+}
+
+async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte(fixture: Fixture) {
+    use flink_ticketd::domain::{
+        Answer, ConfigIssue, KindResult, RawJson, ResourcePlanResult, TicketKind, ValidateResult,
+    };
+    let store = &fixture.store;
+    fixture
+        .execute(
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('same', 'ns', 'ws');
+             INSERT INTO tickets (ticket_id, namespace, workspace, kind) VALUES ('same', 'ns', 'ws', 'validate')",
+        )
+        .await
+        .expect("one ID under two kinds is two tickets");
+    let unknown = fixture
+        .execute("INSERT INTO tickets (ticket_id, namespace, workspace, kind) VALUES ('x', 'ns', 'ws', 'savepoint')")
+        .await
+        .expect_err("an unknown kind is refused");
+    assert!(unknown.contains("kind_must_be_known"), "{unknown}");
+    let twice = fixture
+        .execute("INSERT INTO tickets (ticket_id, namespace, workspace, kind) VALUES ('same', 'ns', 'ws', 'validate')")
+        .await
+        .expect_err("the same kind and ID twice is refused");
+    assert!(twice.to_lowercase().contains("unique") || twice.contains("duplicate"), "{twice}");
+    let both = store.find_tickets("same", None, None, None).await.unwrap();
+    let kinds: Vec<TicketKind> = both.iter().map(|ticket| ticket.kind).collect();
+    assert_eq!(kinds, [TicketKind::Deploy, TicketKind::Validate], "a plain insert means deploy");
+    assert_eq!(store.find_tickets("same", Some(TicketKind::Validate), None, None).await.unwrap().len(), 1);
+    assert_eq!(store.list_tickets(None, Some(TicketKind::Deploy), 10).await.unwrap().len(), 1);
+
+    let plan = "{ \"ssgProfiles\" :[ {\"name\":\"默认-ä\",\"cpu\":1.0} ],\n\t\"nodes\":[] }";
+    let raw = format!("{{ \"ticketStatus\" : \"FINISHED\",\"plan\":{} }}", serde_json::to_string(plan).unwrap());
+    let planned = store
+        .insert_ticket(&NewTicket {
+            kind: TicketKind::ResourcePlan,
+            deployment_id: Some("dep-1".to_owned()),
+            ..new_ticket("plan")
+        })
+        .await
+        .unwrap();
+    let validated = both.iter().find(|ticket| ticket.kind == TicketKind::Validate).unwrap().id;
+    let lease = Lease("k#1".to_owned());
+    let claimed =
+        store.claim_due_tickets(&lease, at(600), Duration::from_secs(10), 10, Duration::from_secs(3600)).await;
+    assert_eq!(claimed.unwrap().len(), 3);
+    let finish = |result: KindResult, raw: &str| Finish {
+        state: TicketState::Succeeded,
+        polled: true,
+        request_id: None,
+        answer: Some(Answer { result, raw: Some(RawJson::new(raw.to_owned()).unwrap()) }),
+        error: None,
+    };
+    let plan_result = KindResult::ResourcePlan(ResourcePlanResult {
+        ticket_status: Some(TicketStatus::Finished),
+        message: None,
+        plan: Some(plan.to_owned()),
+    });
+    store
+        .record_final(&lease, planned.id, at(601), &finish(plan_result, &raw), |_| Announcement::default())
+        .await
+        .unwrap();
+    let config_errors =
+        vec![ConfigIssue { reason: Some("ENGINE_VERSION".to_owned()), message: Some("old".to_owned()) }];
+    let validate_result = KindResult::Validate(ValidateResult {
+        ticket_status: Some(TicketStatus::Finished),
+        success: Some(false),
+        config_errors: config_errors.clone(),
+        ..ValidateResult::default()
+    });
+    store
+        .record_final(&lease, validated, at(601), &finish(validate_result, "{\"success\":false}"), |_| {
+            Announcement::default()
+        })
+        .await
+        .unwrap();
+
+    let planned = store.ticket(planned.id).await.unwrap().unwrap();
+    assert_eq!(planned.resource_plan.as_deref(), Some(plan), "the plan is kept byte for byte");
+    assert_eq!(planned.result_json.as_ref().map(RawJson::as_str), Some(raw.as_str()), "so is the raw data");
+    assert_eq!(planned.deployment_id.as_deref(), Some("dep-1"), "the deployment known at submit stays");
+    let validated = store.ticket(validated).await.unwrap().unwrap();
+    assert_eq!((validated.config_errors, validated.deploy_success), (config_errors, Some(false)));
 }

@@ -569,7 +569,7 @@ fn the_signer_reproduces_every_standard_webhooks_vector() {
 }
 
 #[test]
-fn the_demo_finishes_five_tickets_verifies_every_webhook_and_exits_0() {
+fn the_demo_finishes_every_ticket_of_every_kind_verifies_every_webhook_and_exits_0() {
     let output = std::process::Command::new(crate::harness::binary())
         .arg("demo")
         .env_remove("RUST_LOG")
@@ -579,13 +579,23 @@ fn the_demo_finishes_five_tickets_verifies_every_webhook_and_exits_0() {
         .expect("the binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for needle in ["demo-deploys", "demo-invalid-sql", "demo-throttled", "demo-unknown", "demo-never-finishes"] {
+    for needle in [
+        "demo-deploys",
+        "demo-invalid-sql",
+        "demo-throttled",
+        "demo-unknown",
+        "demo-never-finishes",
+        "demo-validate",
+        "demo-resource-plan",
+    ] {
         assert!(stdout.matches(needle).count() >= 3, "{needle} is queued, announced and summarised:\n{stdout}");
     }
-    assert_eq!(stdout.matches("signature verified").count(), 5, "{stdout}");
+    assert_eq!(stdout.matches("signature verified").count(), 7, "{stdout}");
+    assert!(stdout.contains("2:6: Object 'orders' not found; ENGINE_VERSION: engine version"), "{stdout}");
+    assert!(stdout.contains("resource plan of 141 bytes for deployment 737d0921"), "{stdout}");
     assert!(stdout.contains("3:10: Object 'orders' not found"), "{stdout}");
     assert!(stdout.contains("\ntickets\nTICKET") && stdout.contains("\nwebhook deliveries\nID"), "{stdout}");
-    assert_eq!(stdout.matches(" delivered ").count(), 5, "every delivery delivered:\n{stdout}");
+    assert_eq!(stdout.matches(" delivered ").count(), 7, "every delivery delivered:\n{stdout}");
     assert!(stdout.contains("expired"), "{stdout}");
     let pages = stdout.lines().find(|line| line.contains("operator pages at http://127.0.0.1:"));
     assert!(pages.is_some_and(|line| line.contains("/ui/")), "the demo prints the overview's address:\n{stdout}");

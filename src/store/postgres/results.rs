@@ -36,6 +36,10 @@ pub(in crate::store) async fn record_many_on(
                 message = CASE WHEN v.has_answer THEN v.message ELSE tickets.message END,
                 validation_result = CASE WHEN v.has_answer THEN v.validation_result ELSE tickets.validation_result END,
                 validation_errors = CASE WHEN v.has_answer THEN v.validation_errors::jsonb ELSE tickets.validation_errors END,
+                config_errors = CASE WHEN v.has_answer THEN v.config_errors::jsonb ELSE tickets.config_errors END,
+                resource_plan = CASE WHEN v.has_answer THEN COALESCE(v.resource_plan, tickets.resource_plan)
+                                     ELSE tickets.resource_plan END,
+                result_json = CASE WHEN v.has_answer THEN v.result_json::json ELSE tickets.result_json END,
                 error_code = CASE WHEN v.error_code IS NOT NULL THEN v.error_code
                                   WHEN v.has_answer THEN NULL ELSE tickets.error_code END,
                 error_message = CASE WHEN v.error_code IS NOT NULL THEN v.error_message
@@ -61,7 +65,8 @@ pub(in crate::store) async fn record_many_on(
                     &finish.error,
                 ),
             };
-            let errors = answer.map(|answer| row::issues_json(&answer.validation_errors));
+            let columns = answer.map(|answer| answer.result.columns());
+            let errors = columns.map(|columns| row::issues_json(columns.validation_errors));
             let (code, message) = error.clone().unzip();
             row.push_bind(write.id.0)
                 .push_bind(write.lease.0.clone())
@@ -72,22 +77,24 @@ pub(in crate::store) async fn record_many_on(
                 .push_bind(i64::from(polled))
                 .push_bind(request_id.clone())
                 .push_bind(answer.is_some())
-                .push_bind(
-                    answer.and_then(|answer| answer.ticket_status.as_ref().map(|status| status.as_wire().to_owned())),
-                )
-                .push_bind(answer.and_then(|answer| answer.deployment_id.clone()))
-                .push_bind(answer.and_then(|answer| answer.success))
-                .push_bind(answer.and_then(|answer| answer.message.clone()))
-                .push_bind(answer.and_then(|answer| answer.validation_result.clone()))
+                .push_bind(columns.and_then(|columns| columns.ticket_status.map(|status| status.as_wire().to_owned())))
+                .push_bind(columns.and_then(|columns| columns.deployment_id.map(str::to_owned)))
+                .push_bind(columns.and_then(|columns| columns.deploy_success))
+                .push_bind(columns.and_then(|columns| columns.message.map(str::to_owned)))
+                .push_bind(columns.and_then(|columns| columns.validation_result.map(str::to_owned)))
                 .push_bind(errors)
                 .push_bind(code)
                 .push_bind(message)
-                .push_bind(crate::store::at(write.now));
+                .push_bind(crate::store::at(write.now))
+                .push_bind(columns.and_then(|columns| row::config_issues_json(columns.config_errors)))
+                .push_bind(columns.and_then(|columns| columns.resource_plan.map(str::to_owned)))
+                .push_bind(answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())));
         });
         query.push(
             ") AS v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
                      has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
-                     validation_errors, error_code, error_message, now)
+                     validation_errors, error_code, error_message, now, config_errors, resource_plan,
+                     result_json)
             WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
             RETURNING tickets.id",
         );

@@ -12,17 +12,18 @@ use sqlx::postgres::PgRow;
 
 use super::results::record_many_on;
 use super::{PgStore, deliveries, guarded, in_transaction, instant_text};
-use crate::domain::{RowId, TicketState};
+use crate::domain::{RowId, TicketKind, TicketState};
 use crate::store::sqlite::results::{PollResult, ResultWrite};
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
 /// Every column of `tickets` as `row.rs` reads it, from the table (or CTE) aliased `t`.
 pub(super) static TICKET_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     [
-        "t.id, t.ticket_id, t.namespace, t.workspace, t.region, t.webhook_url",
+        "t.id, t.ticket_id, t.kind, t.namespace, t.workspace, t.region, t.webhook_url",
         concat!(instant_text!("t.deadline_at"), " AS deadline_at"),
         "t.state, t.ticket_status, t.deployment_id, t.deploy_success, t.message, t.validation_result",
         "t.validation_errors::text AS validation_errors, t.error_code, t.error_message, t.polls, t.request_id",
+        "t.config_errors::text AS config_errors, t.resource_plan, t.result_json::text AS result_json",
         "t.webhook_note",
         concat!(instant_text!("t.created_at"), " AS created_at"),
         concat!(instant_text!("t.updated_at"), " AS updated_at"),
@@ -51,8 +52,9 @@ fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> String {
 impl PgStore {
     pub(in crate::store) async fn insert_ticket(&self, ticket: &NewTicket) -> Result<Ticket, sqlx::Error> {
         let sql = format!(
-            "WITH t AS (INSERT INTO tickets (ticket_id, namespace, workspace, region, webhook_url, deadline_at)
-                        VALUES ($1, $2, $3, $4, $5, $6::timestamptz) RETURNING *)
+            "WITH t AS (INSERT INTO tickets (ticket_id, namespace, workspace, region, webhook_url, deadline_at,
+                                         kind, deployment_id)
+                        VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7, $8) RETURNING *)
              SELECT {} FROM t",
             *TICKET_COLUMNS
         );
@@ -64,6 +66,8 @@ impl PgStore {
                 .bind(&ticket.region)
                 .bind(&ticket.webhook_url)
                 .bind(ticket.deadline_at.map(at))
+                .bind(ticket.kind.as_str())
+                .bind(&ticket.deployment_id)
                 .fetch_one(&mut *connection)
                 .await
         })?;
@@ -262,10 +266,11 @@ impl PgStore {
     pub(in crate::store) async fn list_tickets(
         &self,
         state: Option<TicketState>,
+        kind: Option<TicketKind>,
         limit: u32,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
         let sql = format!(
-            "SELECT {} FROM tickets AS t WHERE ($1::text IS NULL OR t.state = $1)
+            "SELECT {} FROM tickets AS t WHERE ($1::text IS NULL OR t.state = $1) AND ($3::text IS NULL OR t.kind = $3)
              ORDER BY t.created_at DESC, t.id DESC LIMIT $2",
             *TICKET_COLUMNS
         );
@@ -273,6 +278,7 @@ impl PgStore {
             sqlx::query(&sql)
                 .bind(state.map(TicketState::as_str))
                 .bind(i64::from(limit))
+                .bind(kind.map(TicketKind::as_str))
                 .fetch_all(&mut *connection)
                 .await
         })?;
@@ -282,16 +288,23 @@ impl PgStore {
     pub(in crate::store) async fn find_tickets(
         &self,
         ticket_id: &str,
+        kind: Option<TicketKind>,
         workspace: Option<&str>,
         namespace: Option<&str>,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
         let sql = format!(
             "SELECT {} FROM tickets AS t WHERE t.ticket_id = $1 AND ($2::text IS NULL OR t.workspace = $2)
-             AND ($3::text IS NULL OR t.namespace = $3) ORDER BY t.id",
+             AND ($3::text IS NULL OR t.namespace = $3) AND ($4::text IS NULL OR t.kind = $4) ORDER BY t.id",
             *TICKET_COLUMNS
         );
         let rows = guarded!(self, connection => {
-            sqlx::query(&sql).bind(ticket_id).bind(workspace).bind(namespace).fetch_all(&mut *connection).await
+            sqlx::query(&sql)
+                .bind(ticket_id)
+                .bind(workspace)
+                .bind(namespace)
+                .bind(kind.map(TicketKind::as_str))
+                .fetch_all(&mut *connection)
+                .await
         })?;
         rows.iter().map(read).collect()
     }
@@ -315,7 +328,8 @@ impl PgStore {
                      running_streak = 0, error_streak = 0, error_code = NULL, error_message = NULL,
                      lease_owner = NULL, lease_until = NULL, ticket_status = NULL, deployment_id = NULL,
                      deploy_success = NULL, message = NULL, validation_result = NULL, validation_errors = '[]',
-                     request_id = NULL, webhook_note = NULL
+                     request_id = NULL, webhook_note = NULL, config_errors = NULL, resource_plan = NULL,
+                     result_json = NULL
                  WHERE id = $1 AND state <> 'pending'",
             )
             .bind(id.0)

@@ -10,22 +10,24 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use super::SqliteStore;
 use super::deliveries;
 use super::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, record_many_on};
-use crate::domain::{RowId, TicketState};
+use crate::domain::{RowId, TicketKind, TicketState};
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
 impl SqliteStore {
     /// Inserts a ticket as a user's `INSERT` would.
     pub(in crate::store) async fn insert_ticket(&self, ticket: &NewTicket) -> Result<Ticket, sqlx::Error> {
         let row = sqlx::query(
-            "INSERT INTO tickets (ticket_id, namespace, workspace, region, webhook_url, deadline_at)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+            "INSERT INTO tickets (ticket_id, kind, namespace, workspace, region, webhook_url, deadline_at, deployment_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
         )
         .bind(&ticket.ticket_id)
+        .bind(ticket.kind.as_str())
         .bind(&ticket.namespace)
         .bind(&ticket.workspace)
         .bind(&ticket.region)
         .bind(&ticket.webhook_url)
         .bind(ticket.deadline_at.map(at))
+        .bind(&ticket.deployment_id)
         .fetch_one(&self.writer)
         .await?;
         Ok(row::read_ticket_leniently(&row))
@@ -255,18 +257,21 @@ impl SqliteStore {
         .rows_affected())
     }
 
-    /// Tickets, newest first, optionally in one state.
+    /// Tickets, newest first, optionally in one state and of one kind.
     /// A value that cannot be read shows as its text, or as the column's default.
     pub(in crate::store) async fn list_tickets(
         &self,
         state: Option<TicketState>,
+        kind: Option<TicketKind>,
         limit: u32,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT * FROM tickets WHERE (?1 IS NULL OR state = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2",
+            "SELECT * FROM tickets WHERE (?1 IS NULL OR state = ?1) AND (?3 IS NULL OR kind = ?3)
+             ORDER BY created_at DESC, id DESC LIMIT ?2",
         )
         .bind(state.map(TicketState::as_str))
         .bind(i64::from(limit))
+        .bind(kind.map(TicketKind::as_str))
         .fetch_all(&self.reader)
         .await?;
         Ok(rows.iter().map(row::read_ticket_leniently).collect())
@@ -277,16 +282,18 @@ impl SqliteStore {
     pub(in crate::store) async fn find_tickets(
         &self,
         ticket_id: &str,
+        kind: Option<TicketKind>,
         workspace: Option<&str>,
         namespace: Option<&str>,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT * FROM tickets WHERE ticket_id = ?1 AND (?2 IS NULL OR workspace = ?2)
-             AND (?3 IS NULL OR namespace = ?3) ORDER BY id",
+             AND (?3 IS NULL OR namespace = ?3) AND (?4 IS NULL OR kind = ?4) ORDER BY id",
         )
         .bind(ticket_id)
         .bind(workspace)
         .bind(namespace)
+        .bind(kind.map(TicketKind::as_str))
         .fetch_all(&self.reader)
         .await?;
         Ok(rows.iter().map(row::read_ticket_leniently).collect())
@@ -313,7 +320,8 @@ impl SqliteStore {
                  deadline_at = ?3, finished_at = NULL, running_streak = 0, error_streak = 0,
                  error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL,
                  ticket_status = NULL, deployment_id = NULL, deploy_success = NULL, message = NULL,
-                 validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL
+                 validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL,
+                 config_errors = NULL, resource_plan = NULL, result_json = NULL
              WHERE id = ?1 AND state <> 'pending'",
         )
         .bind(id.0)
@@ -402,6 +410,11 @@ const FAIL_UNREADABLE: &str = "UPDATE tickets SET
         validation_errors = CASE WHEN typeof(validation_errors) = 'text' AND json_valid(validation_errors)
                                       AND json_type(validation_errors) = 'array'
                                  THEN validation_errors ELSE '[]' END,
+        config_errors = CASE WHEN typeof(config_errors) = 'text' AND json_valid(config_errors)
+                                  AND json_type(config_errors) = 'array' THEN config_errors END,
+        resource_plan = CASE WHEN typeof(resource_plan) IN ('text', 'null') THEN resource_plan
+                             ELSE CAST(resource_plan AS TEXT) END,
+        result_json = CASE WHEN typeof(result_json) = 'text' AND json_valid(result_json) THEN result_json END,
         request_id = CASE WHEN typeof(request_id) IN ('text', 'null') THEN request_id
                           ELSE CAST(request_id AS TEXT) END,
         webhook_note = CASE WHEN typeof(webhook_note) IN ('text', 'null') THEN webhook_note
