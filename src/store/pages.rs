@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::deliveries::{Delivery, DeliveryState};
 use super::{Store, dispatch};
-use crate::domain::TicketState;
+use crate::domain::{TicketKind, TicketState};
 use crate::store::Ticket;
 
 /// The most rows one page may ask for.
@@ -22,6 +22,8 @@ pub const QUERY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4
 pub struct TicketFilter {
     /// Any of these states (none: every state).
     pub states: Vec<TicketState>,
+    /// Only this kind.
+    pub kind: Option<TicketKind>,
     /// Exact workspace.
     pub workspace: Option<String>,
     /// Exact namespace.

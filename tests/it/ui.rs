@@ -261,6 +261,9 @@ async fn ticket_filters_narrow_the_list_newest_first_and_page_through_older_link
     expected.sort_unstable_by(|a, b| b.cmp(a));
     assert_eq!(failed.ticket_links(), expected);
     assert!(failed.body.contains("value=\"failed\" checked"), "the form shows the filter in force");
+    let by_kind = server.get("/ui/tickets?kind=deploy&workspace=ws-a").await;
+    assert_eq!(by_kind.ticket_links(), ws_a);
+    assert!(server.get("/ui/tickets?kind=validate").await.ticket_links().is_empty());
     let by_code = server.get("/ui/tickets?error_code=Throttling.User").await;
     assert_eq!(by_code.ticket_links(), vec![ws_a[1]]);
     let dead = server.get("/ui/tickets?dead_webhook=1").await;
@@ -277,6 +280,7 @@ async fn bad_filters_get_a_400_that_says_what_is_wrong() {
     let server = UiServer::loopback(&env).await;
     for (path, says) in [
         ("/ui/tickets?state=done", "state:"),
+        ("/ui/tickets?kind=bogus", "kind:"),
         ("/ui/tickets?limit=501", "limit: expected 1 to 500"),
         ("/ui/tickets?limit=0", "limit: expected 1 to 500"),
         ("/ui/tickets?older=abc", "older: expected a row id"),

@@ -61,6 +61,9 @@ impl SqliteStore {
                 query.push(format_args!(" AND {column} = ")).push_bind(value.clone());
             }
         }
+        if let Some(kind) = filter.kind {
+            query.push(" AND kind = ").push_bind(kind.as_str());
+        }
         if filter.dead_webhook {
             // Few deliveries are dead: start from them (their state index), not from the tickets.
             query.push(" AND id IN (SELECT ticket FROM webhook_deliveries WHERE state = 'dead')");
