@@ -588,6 +588,12 @@ fn print_ticket(ticket: &Ticket, deliveries: &[Delivery]) {
     field("updated_at", instant(Some(ticket.updated_at)).as_deref());
     if ticket.is_pending() {
         field("next_poll_at", instant(Some(ticket.next_poll_at)).as_deref());
+        let why = match &ticket.lease_owner {
+            Some(owner) => Some(format!("being polled now (lease {owner})")),
+            None if ticket.polls == 0 => Some("first poll: due as soon as a daemon sees it".to_owned()),
+            None => ticket.schedule_note.clone(),
+        };
+        field("next_poll_why", why.as_deref());
     }
     field("deadline_at", instant(ticket.deadline_at).as_deref());
     field("finished_at", instant(ticket.finished_at).as_deref());

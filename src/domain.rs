@@ -95,6 +95,26 @@ impl std::fmt::Display for RowId {
     }
 }
 
+/// What one finished ticket says about how long tickets like it run, both measured from its
+/// `created_at`: the true run time lies after `running_seen` and at or before `finish_seen`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunSample {
+    /// The last poll that saw it still running (zero if none did).
+    pub running_seen: std::time::Duration,
+    /// The poll that saw its final status.
+    pub finish_seen: std::time::Duration,
+}
+
+impl RunSample {
+    /// The estimate of the true run time: the middle of the interval in which it finished.
+    pub fn estimate(&self) -> std::time::Duration {
+        if self.running_seen.is_zero() || self.running_seen >= self.finish_seen {
+            return self.finish_seen;
+        }
+        (self.running_seen + self.finish_seen) / 2
+    }
+}
+
 /// What names a ticket in the cloud: the cloud's ticket ID within a workspace and namespace.
 /// The same ticket ID may exist in several workspaces or namespaces.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

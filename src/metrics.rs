@@ -102,6 +102,7 @@ pub struct Metrics {
     api_latency: Histogram,
     rate_limit_wait: Histogram,
     finished: Family<KindStateLabel, Counter>,
+    ticket_polls: Histogram,
     webhooks: Family<OutcomeLabel, Counter>,
     retention_runs: Counter,
     retention_deleted: Counter,
@@ -171,6 +172,12 @@ impl Metrics {
             "tickets_finished",
             "Tickets this process brought to a final state, by ticket kind and state",
             finished.clone(),
+        );
+        let ticket_polls = Histogram::new([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0]);
+        registry.register(
+            "ticket_polls",
+            "Result requests per ticket this process brought to a final state (sum / count: polls per finished ticket)",
+            ticket_polls.clone(),
         );
         let webhooks = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -266,6 +273,7 @@ impl Metrics {
             api_latency,
             rate_limit_wait,
             finished,
+            ticket_polls,
             webhooks,
             retention_runs,
             retention_deleted,
@@ -291,9 +299,10 @@ impl Metrics {
         self.rate_limit_wait.observe(waited.as_secs_f64());
     }
 
-    /// Counts a `kind` ticket brought to `state`.
-    pub fn observe_finished(&self, kind: TicketKind, state: TicketState) {
+    /// Counts a `kind` ticket brought to `state` after `polls` result requests in all.
+    pub fn observe_finished(&self, kind: TicketKind, state: TicketState, polls: i64) {
         self.finished.get_or_create(&KindStateLabel { kind: kind.as_str(), state: state.as_str() }).inc();
+        self.ticket_polls.observe(polls as f64);
     }
 
     /// Counts one webhook attempt by what was recorded for it.
@@ -395,7 +404,7 @@ mod tests {
             &Err(FlinkError::Network("reset".to_owned())),
             Duration::from_millis(20),
         );
-        metrics.observe_finished(TicketKind::Validate, TicketState::Succeeded);
+        metrics.observe_finished(TicketKind::Validate, TicketState::Succeeded, 3);
         let text = metrics.render(&Snapshot {
             tickets_by_state: vec![("pending".to_owned(), 3)],
             queue_lag: Duration::from_millis(1500),
@@ -424,6 +433,8 @@ mod tests {
             "flink_ticketd_rate_limit_requests_per_second 2.5",
             "flink_ticketd_rate_limit_slowed 1",
             "flink_ticketd_start_time_seconds 0.0",
+            "flink_ticketd_ticket_polls_sum 3.0",
+            "flink_ticketd_ticket_polls_count 1",
         ] {
             assert!(text.lines().any(|rendered| rendered == line), "{line} missing from:\n{text}");
         }

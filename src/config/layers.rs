@@ -66,6 +66,8 @@ pub(super) struct RawPoll {
     pub(super) multiplier: f64,
     pub(super) deadline: String,
     pub(super) lease: String,
+    pub(super) adaptive: bool,
+    pub(super) target_lag: f64,
 }
 
 #[derive(Debug, Deserialize)]

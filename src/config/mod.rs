@@ -193,12 +193,14 @@ impl Config {
             database::describe(&self.database),
             self.flink.describe(),
             format!(
-                "[poll]\ninitial_interval = {}\nmax_interval = {}\nmultiplier = {}\ndeadline = {}\nlease = {}\n",
+                "[poll]\ninitial_interval = {}\nmax_interval = {}\nmultiplier = {}\ndeadline = {}\nlease = {}\nadaptive = {}\ntarget_lag = {}\n",
                 duration(poll.initial_interval),
                 duration(poll.max_interval),
                 poll.multiplier,
                 duration(poll.deadline),
-                duration(poll.lease)
+                duration(poll.lease),
+                poll.adaptive,
+                poll.target_lag
             ),
             self.webhook.describe(),
             format!("[shutdown]\ngrace = {}\n", duration(self.shutdown_grace)),
@@ -424,7 +426,18 @@ fn poll(raw: &RawPoll, client: &ClientSettings, problems: &mut Problems) -> Poll
             format_duration(request)
         ));
     }
-    PollSettings { initial_interval, max_interval, multiplier: raw.multiplier, deadline, lease }
+    if !(raw.target_lag.is_finite() && (0.01..=1.0).contains(&raw.target_lag)) {
+        problems.push(format!("poll.target_lag: must be between 0.01 and 1.0, not {}", raw.target_lag));
+    }
+    PollSettings {
+        initial_interval,
+        max_interval,
+        multiplier: raw.multiplier,
+        deadline,
+        lease,
+        adaptive: raw.adaptive,
+        target_lag: raw.target_lag,
+    }
 }
 
 /// `[webhook]`: receivers, signing secrets (inline or from a file), schedule and limits.

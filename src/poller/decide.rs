@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound as _, Utc};
 
 use super::gate::{Hold, PauseScope, Verdict};
+use super::learned::{LearnedPoll, LearnedSchedule, MIN_SAMPLES};
 use super::{PollSettings, to_chrono};
 use crate::backoff::{Schedule, honour_retry_after};
 use crate::domain::{Outcome, TicketState};
@@ -29,6 +30,8 @@ pub struct Policy {
     pub errors: Schedule,
     /// Between probes while polling is paused.
     pub pause: Schedule,
+    /// Whether running tickets follow a learned schedule when one is given (`poll.adaptive`).
+    pub adaptive: bool,
 }
 
 impl Policy {
@@ -45,6 +48,7 @@ impl Policy {
                 max: (poll.max_interval * 10).max(pause_initial),
                 multiplier: 2.0,
             },
+            adaptive: poll.adaptive,
         }
     }
 }
@@ -80,6 +84,7 @@ pub fn decide(
     now: DateTime<Utc>,
     policy: &Policy,
     jitter: f64,
+    learned: Option<&LearnedSchedule>,
 ) -> Decision {
     let deadline = ticket.deadline();
     let past_deadline = deadline.is_some_and(|deadline| now >= deadline);
@@ -113,15 +118,24 @@ pub fn decide(
                 Outcome::Failed { error } => finish(TicketState::Failed, error),
                 Outcome::Running if past_deadline => finish(TicketState::Expired, None),
                 Outcome::Running => {
-                    let delay = policy.running.delay(streak(ticket.running_streak), jitter);
+                    let learned = learned.filter(|_| policy.adaptive);
+                    let (planned, placement) =
+                        next_running_poll(ticket.created_at, ticket.running_streak, now, policy, learned, jitter);
+                    let next_poll_at = not_after_deadline(planned);
+                    let mut note = placement_note(&placement, learned, policy);
+                    if next_poll_at < planned {
+                        note.push_str("; the deadline comes first");
+                    }
                     Decision::Reschedule(Reschedule {
-                        next_poll_at: not_after_deadline(now + to_chrono(delay)),
+                        next_poll_at,
                         running_streak: ticket.running_streak.saturating_add(1),
                         error_streak: 0,
                         polled: true,
                         request_id: polled.request_id.clone(),
                         answer: Some(answer.clone()),
                         error: None,
+                        running_seen_ms: Some((now - ticket.created_at).num_milliseconds().max(0)),
+                        note,
                     })
                 }
             }
@@ -147,6 +161,10 @@ pub fn decide(
                         _ => (PauseScope::Global, pauses.global),
                     };
                     let until = until.unwrap_or(now + to_chrono(policy.pause.initial));
+                    let whom = match scope {
+                        PauseScope::Workspace => "this workspace",
+                        PauseScope::Global => "all polling",
+                    };
                     Decision::Pause {
                         scope,
                         reschedule: Reschedule {
@@ -156,6 +174,12 @@ pub fn decide(
                             polled: true,
                             request_id,
                             answer: None,
+                            running_seen_ms: None,
+                            note: deadline_note(
+                                format!("{whom} paused after {}", recorded.0),
+                                until,
+                                &not_after_deadline,
+                            ),
                             error: Some(recorded),
                         },
                     }
@@ -173,19 +197,80 @@ pub fn decide(
                     // A hint never pushes a poll past the longest pause: times beyond that are
                     // taken for the product of a wall-clock step back and made due again.
                     let delay = honour_retry_after(scheduled, hint).min(policy.pause.max);
+                    let errors = ticket.error_streak.saturating_add(1);
+                    let note = match hint {
+                        Some(hint) => {
+                            format!("retry after {}: the server asked to wait {}", recorded.0, seconds(hint))
+                        }
+                        None => format!("retry after {} (backoff, {errors} failed calls in a row)", recorded.0),
+                    };
+                    let planned = now + to_chrono(delay);
                     Decision::Reschedule(Reschedule {
-                        next_poll_at: not_after_deadline(now + to_chrono(delay)),
+                        next_poll_at: not_after_deadline(planned),
                         running_streak: ticket.running_streak,
-                        error_streak: ticket.error_streak.saturating_add(1),
+                        error_streak: errors,
                         polled: true,
                         request_id,
                         answer: None,
+                        running_seen_ms: None,
+                        note: deadline_note(note, planned, &not_after_deadline),
                         error: Some(recorded),
                     })
                 }
             }
         }
     }
+}
+
+/// Share of the wait to a learned poll that jitter may add, so that tickets enqueued together do
+/// not all ask at the same instant. Only ever later: a poll must land at or past its planned
+/// instant, or the schedule would plan the same instant again.
+pub const LEARNED_JITTER: f64 = 0.02;
+
+/// How the next poll of a running ticket was placed (what `show` explains).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Placement {
+    /// By the schedule learned from earlier tickets of the same kind and place.
+    Learned(LearnedPoll),
+    /// By the fixed backoff (no learned schedule, or adaptive polling off); `running` answers so
+    /// far.
+    Backoff {
+        /// "Still running" answers so far.
+        running: u32,
+    },
+    /// By the fixed backoff, because the ticket has run past the learned range.
+    PastLearned {
+        /// "Still running" answers so far.
+        running: u32,
+    },
+}
+
+/// When to poll a ticket created at `created_at` that just answered "still running" at `now`
+/// for the `running_streak`-th time in a row: at the `learned` schedule's next instant (plus a
+/// jitter of up to [`LEARNED_JITTER`] of the wait, rounded up to the millisecond that instants
+/// are stored in) while the ticket is within the learned range, otherwise on the fixed backoff.
+/// Never later than `policy.running.max` after `now` (a poll cut short that way is followed by
+/// the same planned instant). Pure: the same inputs give the same answer, so a restart that
+/// rebuilds the same history from the table places the same polls.
+pub fn next_running_poll(
+    created_at: DateTime<Utc>,
+    running_streak: i64,
+    now: DateTime<Utc>,
+    policy: &Policy,
+    learned: Option<&LearnedSchedule>,
+    jitter: f64,
+) -> (DateTime<Utc>, Placement) {
+    let running = streak(running_streak);
+    let backoff = |placement| (now + to_chrono(policy.running.delay(running, jitter)), placement);
+    let Some(schedule) = learned else { return backoff(Placement::Backoff { running }) };
+    let elapsed = (now - created_at).to_std().unwrap_or(Duration::ZERO);
+    let Some(poll) = schedule.next_after(elapsed) else { return backoff(Placement::PastLearned { running }) };
+    let wait = poll.after_created.saturating_sub(elapsed);
+    let wait = wait.mul_f64(1.0 + LEARNED_JITTER * jitter.clamp(0.0, 1.0));
+    let planned = created_at + to_chrono(elapsed + wait);
+    let whole_ms = planned.duration_round_up(chrono::Duration::milliseconds(1)).unwrap_or(planned);
+    let at = whole_ms.min(now + to_chrono(policy.running.max));
+    (at, Placement::Learned(poll))
 }
 
 /// A ticket kept back without a request until `until` (or its deadline), or expired if its
@@ -206,6 +291,10 @@ fn held(
             error: reason,
         });
     }
+    let note = match &reason {
+        Some((code, _)) => format!("held without a request while polling is paused ({code})"),
+        None => "held without a request".to_owned(),
+    };
     Decision::Hold(Reschedule {
         next_poll_at: not_after_deadline(until),
         running_streak: ticket.running_streak,
@@ -213,8 +302,56 @@ fn held(
         polled: false,
         request_id: None,
         answer: None,
+        running_seen_ms: None,
+        note: deadline_note(note, until, &not_after_deadline),
         error: reason,
     })
+}
+
+/// Why a running ticket's next poll is where [`next_running_poll`] placed it, in words.
+fn placement_note(placement: &Placement, learned: Option<&LearnedSchedule>, policy: &Policy) -> String {
+    match *placement {
+        Placement::Learned(poll) => {
+            let (samples, median) =
+                learned.map_or((0, Duration::ZERO), |schedule| (schedule.samples(), schedule.median()));
+            format!(
+                "learned schedule: poll {} of {}, {} after enqueue ({samples} finished tickets of this workspace, namespace and kind, median {})",
+                poll.number,
+                poll.of,
+                seconds(poll.after_created),
+                seconds(median),
+            )
+        }
+        Placement::PastLearned { running } => format!(
+            "backoff after {} running answers: running longer than the learned schedule covers ({})",
+            running.saturating_add(1),
+            seconds(learned.map_or(Duration::ZERO, LearnedSchedule::range_end)),
+        ),
+        Placement::Backoff { running } if policy.adaptive => format!(
+            "backoff after {} running answers: fewer than {MIN_SAMPLES} finished tickets of this workspace, namespace and kind to learn from",
+            running.saturating_add(1),
+        ),
+        Placement::Backoff { running } => {
+            format!("backoff after {} running answers (poll.adaptive is off)", running.saturating_add(1))
+        }
+    }
+}
+
+/// `note`, plus a word when the deadline comes before `planned`.
+fn deadline_note(
+    mut note: String,
+    planned: DateTime<Utc>,
+    not_after_deadline: &impl Fn(DateTime<Utc>) -> DateTime<Utc>,
+) -> String {
+    if not_after_deadline(planned) < planned {
+        note.push_str("; the deadline comes first");
+    }
+    note
+}
+
+/// A duration as people read it in a note: `1.5s`.
+fn seconds(duration: Duration) -> String {
+    format!("{:.1}s", duration.as_secs_f64())
 }
 
 fn streak(count: i64) -> u32 {
@@ -242,6 +379,8 @@ mod tests {
             multiplier: 2.0,
             deadline: Duration::from_secs(3600),
             lease: Duration::from_secs(60),
+            adaptive: true,
+            target_lag: 0.1,
         })
     }
 
@@ -253,6 +392,8 @@ mod tests {
             multiplier: 2.0,
             deadline: Duration::from_secs(3600),
             lease: Duration::from_secs(60),
+            adaptive: true,
+            target_lag: 0.1,
         });
         assert_eq!(fast.pause.initial, MIN_PAUSE_INTERVAL);
         assert!(fast.pause.max >= MIN_PAUSE_INTERVAL);
@@ -292,6 +433,8 @@ mod tests {
             retries: 0,
             lease_owner: Some("test#1".to_owned()),
             lease_until: None,
+            running_seen_ms: None,
+            schedule_note: None,
         }
     }
 
@@ -326,8 +469,15 @@ mod tests {
 
     #[test]
     fn finished_with_success_is_succeeded_and_keeps_the_answer() {
-        let decision =
-            decide(&ticket(3, 0, later()), Some(Ok(&polled("FINISHED", Some(true)))), &passed(), now(), &policy(), 0.5);
+        let decision = decide(
+            &ticket(3, 0, later()),
+            Some(Ok(&polled("FINISHED", Some(true)))),
+            &passed(),
+            now(),
+            &policy(),
+            0.5,
+            None,
+        );
         let Decision::Finish(finish) = decision else { panic!("expected a finish, got {decision:?}") };
         assert_eq!(finish.state, TicketState::Succeeded);
         assert_eq!(finish.answer.unwrap().result.columns().deployment_id, Some("dep-1"));
@@ -346,7 +496,7 @@ mod tests {
             message: Some("Object 'orders' not found".to_owned()),
         });
         for outcome in [rejected, polled("FAILED", None), polled("FINISHED", None)] {
-            let decision = decide(&ticket(0, 0, later()), Some(Ok(&outcome)), &passed(), now(), &policy(), 0.5);
+            let decision = decide(&ticket(0, 0, later()), Some(Ok(&outcome)), &passed(), now(), &policy(), 0.5, None);
             assert!(
                 matches!(&decision, Decision::Finish(Finish { state: TicketState::Failed, .. })),
                 "{outcome:?} gave {decision:?}"
@@ -358,7 +508,7 @@ mod tests {
     fn still_running_or_unknown_status_reschedules_on_the_running_cadence() {
         for status in ["INIT", "EXECUTING", "SOMETHING_NEW", ""] {
             let decision =
-                decide(&ticket(2, 4, later()), Some(Ok(&polled(status, None))), &passed(), now(), &policy(), 1.0);
+                decide(&ticket(2, 4, later()), Some(Ok(&polled(status, None))), &passed(), now(), &policy(), 1.0, None);
             let Decision::Reschedule(reschedule) = decision else { panic!("{status}: {decision:?}") };
             // Ceiling for streak 2 is 2s * 2^2 = 8s; jitter 1.0 takes all of it.
             assert_eq!(reschedule.next_poll_at, now() + chrono::Duration::seconds(8), "{status}");
@@ -377,6 +527,7 @@ mod tests {
             now(),
             &policy(),
             jitter,
+            None,
         ) {
             Decision::Reschedule(reschedule) => reschedule.next_poll_at - now(),
             other => panic!("{other:?}"),
@@ -389,8 +540,15 @@ mod tests {
     #[test]
     fn restart_arithmetic_continues_from_the_persisted_streak() {
         // A daemon that restarts reads running_streak = 5 from the row and continues from there.
-        let decision =
-            decide(&ticket(5, 0, later()), Some(Ok(&polled("EXECUTING", None))), &passed(), now(), &policy(), 1.0);
+        let decision = decide(
+            &ticket(5, 0, later()),
+            Some(Ok(&polled("EXECUTING", None))),
+            &passed(),
+            now(),
+            &policy(),
+            1.0,
+            None,
+        );
         let Decision::Reschedule(reschedule) = decision else { panic!("{decision:?}") };
         assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::seconds(30), "capped at max_interval");
         assert_eq!(reschedule.running_streak, 6);
@@ -405,7 +563,7 @@ mod tests {
             FlinkError::RateLimited { error: api("Throttling.User"), retry_after: None },
         ];
         for error in errors {
-            let decision = decide(&ticket(4, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0);
+            let decision = decide(&ticket(4, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0, None);
             let Decision::Reschedule(reschedule) = decision else { panic!("{error:?}: {decision:?}") };
             assert_eq!(reschedule.next_poll_at - now(), chrono::Duration::seconds(4), "{error:?}: 2s * 2^1");
             assert_eq!((reschedule.running_streak, reschedule.error_streak), (4, 2));
@@ -418,7 +576,7 @@ mod tests {
         let error =
             FlinkError::RateLimited { error: api("Throttling"), retry_after: Some(Duration::from_millis(1500)) };
         let Decision::Reschedule(reschedule) =
-            decide(&ticket(0, 6, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0)
+            decide(&ticket(0, 6, later()), Some(Err(&error)), &passed(), now(), &policy(), 1.0, None)
         else {
             panic!("expected a reschedule")
         };
@@ -428,19 +586,32 @@ mod tests {
     #[test]
     fn a_poll_never_goes_past_the_deadline_and_the_deadline_expires_it() {
         let deadline = now() + chrono::Duration::seconds(3);
-        let Decision::Reschedule(reschedule) =
-            decide(&ticket(10, 0, deadline), Some(Ok(&polled("EXECUTING", None))), &passed(), now(), &policy(), 1.0)
-        else {
+        let Decision::Reschedule(reschedule) = decide(
+            &ticket(10, 0, deadline),
+            Some(Ok(&polled("EXECUTING", None))),
+            &passed(),
+            now(),
+            &policy(),
+            1.0,
+            None,
+        ) else {
             panic!("expected a reschedule")
         };
         assert_eq!(reschedule.next_poll_at, deadline);
 
-        let at_deadline =
-            decide(&ticket(10, 0, deadline), Some(Ok(&polled("EXECUTING", None))), &passed(), deadline, &policy(), 0.5);
+        let at_deadline = decide(
+            &ticket(10, 0, deadline),
+            Some(Ok(&polled("EXECUTING", None))),
+            &passed(),
+            deadline,
+            &policy(),
+            0.5,
+            None,
+        );
         assert!(matches!(at_deadline, Decision::Finish(Finish { state: TicketState::Expired, .. })));
         let error = FlinkError::Network("down".to_owned());
         let failed_at_deadline =
-            decide(&ticket(10, 3, deadline), Some(Err(&error)), &passed(), deadline, &policy(), 0.5);
+            decide(&ticket(10, 3, deadline), Some(Err(&error)), &passed(), deadline, &policy(), 0.5, None);
         let Decision::Finish(finish) = failed_at_deadline else { panic!("expected expiry") };
         assert_eq!(finish.state, TicketState::Expired);
         assert_eq!(finish.error.unwrap().0, "NetworkError");
@@ -452,6 +623,7 @@ mod tests {
             deadline,
             &policy(),
             0.5,
+            None,
         );
         assert!(matches!(finished, Decision::Finish(Finish { state: TicketState::Succeeded, .. })));
     }
@@ -464,7 +636,7 @@ mod tests {
             (FlinkError::Config(api("InvalidTimeStamp.Expired")), PauseScope::Global),
             (FlinkError::AccessDenied(api("NoPermission")), PauseScope::Workspace),
         ] {
-            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5, None);
             let Decision::Pause { scope: paused, reschedule } = decision else { panic!("expected a pause") };
             assert_eq!(paused, scope);
             assert_eq!(
@@ -484,11 +656,11 @@ mod tests {
             (FlinkError::Config(api("SignatureDoesNotMatch")), global_end),
             (FlinkError::AccessDenied(api("NoPermission")), workspace_end),
         ] {
-            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &pauses, now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, later()), Some(Err(&error)), &pauses, now(), &policy(), 0.5, None);
             let Decision::Pause { reschedule, .. } = decision else { panic!("expected a pause") };
             assert_eq!(reschedule.next_poll_at, end);
             let soon = now() + chrono::Duration::seconds(3);
-            let decision = decide(&ticket(1, 1, soon), Some(Err(&error)), &pauses, now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, soon), Some(Err(&error)), &pauses, now(), &policy(), 0.5, None);
             let Decision::Pause { reschedule, .. } = decision else { panic!("expected a pause") };
             assert_eq!(reschedule.next_poll_at, soon, "the deadline comes first");
         }
@@ -499,6 +671,7 @@ mod tests {
             now(),
             &policy(),
             0.5,
+            None,
         );
         let Decision::Pause { reschedule, .. } = unknown_end else { panic!("expected a pause") };
         assert_eq!(reschedule.next_poll_at, now() + chrono::Duration::seconds(2), "the shortest pause");
@@ -509,7 +682,7 @@ mod tests {
         let reason = ("SignatureDoesNotMatch".to_owned(), "m".to_owned());
         let until = now() + chrono::Duration::seconds(30);
         let held = Verdict::Held(Hold { until, reason: reason.clone() });
-        let decision = decide(&ticket(2, 3, later()), None, &held, now(), &policy(), 0.5);
+        let decision = decide(&ticket(2, 3, later()), None, &held, now(), &policy(), 0.5, None);
         assert_eq!(
             decision,
             Decision::Hold(Reschedule {
@@ -520,14 +693,16 @@ mod tests {
                 request_id: None,
                 answer: None,
                 error: Some(reason.clone()),
+                running_seen_ms: None,
+                note: "held without a request while polling is paused (SignatureDoesNotMatch)".to_owned(),
             })
         );
         let soon = now() + chrono::Duration::seconds(5);
-        let Decision::Hold(reschedule) = decide(&ticket(2, 3, soon), None, &held, now(), &policy(), 0.5) else {
+        let Decision::Hold(reschedule) = decide(&ticket(2, 3, soon), None, &held, now(), &policy(), 0.5, None) else {
             panic!("expected a hold")
         };
         assert_eq!(reschedule.next_poll_at, soon, "never past the deadline");
-        let expired = decide(&ticket(2, 3, now()), None, &held, now(), &policy(), 0.5);
+        let expired = decide(&ticket(2, 3, now()), None, &held, now(), &policy(), 0.5, None);
         assert_eq!(
             expired,
             Decision::Finish(Finish {
@@ -544,7 +719,7 @@ mod tests {
     fn ticket_errors_fail_it_and_no_run_of_transient_errors_ever_does() {
         let not_found = FlinkError::Ticket(api("TicketNotFound"));
         let Decision::Finish(finish) =
-            decide(&ticket(0, 0, later()), Some(Err(&not_found)), &passed(), now(), &policy(), 0.5)
+            decide(&ticket(0, 0, later()), Some(Err(&not_found)), &passed(), now(), &policy(), 0.5, None)
         else {
             panic!("expected a finish")
         };
@@ -557,7 +732,8 @@ mod tests {
             FlinkError::Network("connection reset".to_owned()),
         ] {
             for streak in [9, 10, 13, 1_000] {
-                let decision = decide(&ticket(0, streak, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5);
+                let decision =
+                    decide(&ticket(0, streak, later()), Some(Err(&error)), &passed(), now(), &policy(), 0.5, None);
                 assert!(matches!(decision, Decision::Reschedule(_)), "{error:?} after {streak}: {decision:?}");
             }
         }
@@ -566,8 +742,136 @@ mod tests {
     #[test]
     fn an_error_that_pauses_expires_a_ticket_past_its_deadline() {
         for error in [FlinkError::Config(api("SignatureDoesNotMatch")), FlinkError::AccessDenied(api("NoPermission"))] {
-            let decision = decide(&ticket(1, 1, now()), Some(Err(&error)), &passed(), now(), &policy(), 0.5);
+            let decision = decide(&ticket(1, 1, now()), Some(Err(&error)), &passed(), now(), &policy(), 0.5, None);
             assert!(matches!(decision, Decision::Finish(Finish { state: TicketState::Expired, .. })), "{decision:?}");
         }
+    }
+
+    fn learned(low: f64, high: f64) -> LearnedSchedule {
+        let samples: Vec<crate::domain::RunSample> = (0..30)
+            .map(|index| {
+                let run = low * (high / low).powf(f64::from(index) / 29.0);
+                crate::domain::RunSample {
+                    running_seen: Duration::from_secs_f64(run * 0.95),
+                    finish_seen: Duration::from_secs_f64(run * 1.05),
+                }
+            })
+            .collect();
+        let bounds = crate::poller::Bounds {
+            target_lag: 0.1,
+            min_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(30),
+        };
+        LearnedSchedule::learn(&samples, &bounds).expect("enough samples")
+    }
+
+    /// A ticket created `age` before now that has answered "running" `streak` times.
+    fn running_for(age: chrono::Duration, streak: i64, deadline: DateTime<Utc>) -> Ticket {
+        Ticket { created_at: now() - age, ..ticket(streak, 0, deadline) }
+    }
+
+    #[test]
+    fn a_running_ticket_is_polled_at_the_learned_instant_and_the_note_says_why() {
+        let schedule = learned(10.0, 14.0);
+        let planned = schedule.planned();
+        let ticket = running_for(chrono::Duration::zero(), 0, later());
+        let executing = polled("EXECUTING", None);
+        let Decision::Reschedule(reschedule) =
+            decide(&ticket, Some(Ok(&executing)), &passed(), now(), &policy(), 0.0, Some(&schedule))
+        else {
+            panic!("expected a reschedule")
+        };
+        let whole_ms = chrono::Duration::milliseconds(1);
+        assert_eq!(reschedule.next_poll_at, (now() + to_chrono(planned[1])).duration_round_up(whole_ms).unwrap());
+        assert_eq!(reschedule.running_seen_ms, Some(0));
+        assert!(reschedule.note.starts_with("learned schedule: poll 2 of "), "{}", reschedule.note);
+        assert!(reschedule.note.contains("30 finished tickets"), "{}", reschedule.note);
+        // Jitter only ever takes the poll later, by at most LEARNED_JITTER of the wait.
+        let Decision::Reschedule(jittered) =
+            decide(&ticket, Some(Ok(&executing)), &passed(), now(), &policy(), 1.0, Some(&schedule))
+        else {
+            panic!("expected a reschedule")
+        };
+        let wait = (jittered.next_poll_at - now()).to_std().unwrap();
+        assert!(wait > planned[1] && wait <= planned[1].mul_f64(1.0 + LEARNED_JITTER) + Duration::from_millis(1));
+        // The poll lands past its planned instant, so the next one is the next planned.
+        let at_poll = running_for(to_chrono(wait), 1, later());
+        let Decision::Reschedule(next) =
+            decide(&at_poll, Some(Ok(&executing)), &passed(), now(), &policy(), 0.0, Some(&schedule))
+        else {
+            panic!("expected a reschedule")
+        };
+        assert!(next.note.starts_with("learned schedule: poll 3 of "), "{}", next.note);
+    }
+
+    #[test]
+    fn max_interval_and_the_deadline_win_over_the_learned_schedule() {
+        let slow = learned(200.0, 300.0);
+        let ticket = running_for(chrono::Duration::zero(), 0, later());
+        let executing = polled("EXECUTING", None);
+        let Decision::Reschedule(capped) =
+            decide(&ticket, Some(Ok(&executing)), &passed(), now(), &policy(), 0.0, Some(&slow))
+        else {
+            panic!("expected a reschedule")
+        };
+        assert_eq!(capped.next_poll_at - now(), chrono::Duration::seconds(30), "poll.max_interval");
+        let deadline = now() + chrono::Duration::seconds(5);
+        let ticket = running_for(chrono::Duration::zero(), 0, deadline);
+        let Decision::Reschedule(due) =
+            decide(&ticket, Some(Ok(&executing)), &passed(), now(), &policy(), 0.0, Some(&learned(10.0, 14.0)))
+        else {
+            panic!("expected a reschedule")
+        };
+        assert_eq!(due.next_poll_at, deadline);
+        assert!(due.note.ends_with("; the deadline comes first"), "{}", due.note);
+    }
+
+    #[test]
+    fn without_a_schedule_past_its_range_or_with_adaptive_off_the_backoff_applies() {
+        let schedule = learned(10.0, 14.0);
+        let executing = polled("EXECUTING", None);
+        let backoff = |ticket: &Ticket, policy: &Policy, schedule: Option<&LearnedSchedule>| {
+            let Decision::Reschedule(reschedule) =
+                decide(ticket, Some(Ok(&executing)), &passed(), now(), policy, 1.0, schedule)
+            else {
+                panic!("expected a reschedule")
+            };
+            (reschedule.next_poll_at - now(), reschedule.note)
+        };
+        let fresh = running_for(chrono::Duration::zero(), 0, later());
+        let (wait, note) = backoff(&fresh, &policy(), None);
+        assert_eq!(wait, chrono::Duration::seconds(2), "the first ceiling, full jitter at 1.0");
+        assert!(note.contains("fewer than 5 finished tickets"), "{note}");
+
+        let off = Policy { adaptive: false, ..policy() };
+        let (wait, note) = backoff(&fresh, &off, Some(&schedule));
+        assert_eq!(wait, chrono::Duration::seconds(2));
+        assert!(note.contains("poll.adaptive is off"), "{note}");
+
+        let old = running_for(to_chrono(schedule.range_end()) + chrono::Duration::seconds(1), 3, later());
+        let (wait, note) = backoff(&old, &policy(), Some(&schedule));
+        assert_eq!(wait, chrono::Duration::seconds(16), "2s * 2^3");
+        assert!(note.contains("longer than the learned schedule covers"), "{note}");
+    }
+
+    #[test]
+    fn errors_and_pauses_keep_their_own_schedules_and_say_so() {
+        let schedule = learned(10.0, 14.0);
+        let hint = FlinkError::RateLimited { error: api("Throttling"), retry_after: Some(Duration::from_millis(1500)) };
+        let Decision::Reschedule(retry) =
+            decide(&ticket(0, 0, later()), Some(Err(&hint)), &passed(), now(), &policy(), 1.0, Some(&schedule))
+        else {
+            panic!("expected a reschedule")
+        };
+        assert_eq!(retry.next_poll_at - now(), chrono::Duration::milliseconds(1500));
+        assert_eq!(retry.note, "retry after Throttling: the server asked to wait 1.5s");
+        assert_eq!(retry.running_seen_ms, None, "an error says nothing about the run");
+        let denied = FlinkError::AccessDenied(api("NoPermission"));
+        let Decision::Pause { reschedule, .. } =
+            decide(&ticket(0, 0, later()), Some(Err(&denied)), &passed(), now(), &policy(), 1.0, Some(&schedule))
+        else {
+            panic!("expected a pause")
+        };
+        assert_eq!(reschedule.note, "this workspace paused after NoPermission");
     }
 }

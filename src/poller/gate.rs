@@ -456,6 +456,8 @@ mod tests {
             multiplier: 2.0,
             deadline: Duration::from_secs(3600),
             lease: Duration::from_secs(60),
+            adaptive: true,
+            target_lag: 0.1,
         })
         .pause
     }

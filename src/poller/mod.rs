@@ -17,13 +17,19 @@ mod clock_step;
 mod decide;
 mod follow;
 mod gate;
+mod history;
+mod learned;
+mod replay;
 
-pub use decide::{Decision, MIN_PAUSE_INTERVAL, Policy, decide};
+pub use decide::{Decision, LEARNED_JITTER, MIN_PAUSE_INTERVAL, Placement, Policy, decide, next_running_poll};
 pub use follow::Followed;
 pub use gate::{
     Gate, Gates, Hold, OUTAGE_THRESHOLD, Observed, PauseCause, PauseEnds, PauseFlag, PauseReport, PauseScope,
     PauseView, Probes, Verdict,
 };
+pub use history::{MAX_PLACES, RELEARN_AFTER, RELEARN_EVERY};
+pub use learned::{Bounds, LearnedPoll, LearnedSchedule, MAX_SAMPLES, MIN_SAMPLES, OUTLIER_FACTOR};
+pub use replay::{Replayed, RunTimes, Workload, replay};
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -43,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::service::Heartbeat;
 use crate::store::{Announce, ChangeProbe, Finish, Lease, RecordError, Recorder, Store, Ticket};
+use history::History;
 
 /// Longest the loop sleeps before looking for new rows: the safety net behind
 /// [`CHANGE_PROBE_INTERVAL`] for rows inserted by other programs.
@@ -69,6 +76,10 @@ pub struct PollSettings {
     pub deadline: Duration,
     /// How long a claim holds a ticket.
     pub lease: Duration,
+    /// Place polls by the schedule learned from earlier tickets (`poll.adaptive`).
+    pub adaptive: bool,
+    /// Aimed-at detection lag of the learned schedule, as a fraction of the run time.
+    pub target_lag: f64,
 }
 
 /// Everything the poll loop needs.
@@ -108,6 +119,8 @@ pub struct Poller {
     wake_interval: Duration,
     /// Asks the database for outside commits while the loop waits; opened at the first wait.
     change_probe: tokio::sync::Mutex<Option<ChangeProbe>>,
+    /// The learned schedules of running tickets, by workspace and namespace.
+    history: History,
 }
 
 impl Poller {
@@ -144,6 +157,11 @@ impl Poller {
             clock_step_checked: Mutex::new(None),
             wake_interval: WAKE_INTERVAL,
             change_probe: tokio::sync::Mutex::new(None),
+            history: History::new(Bounds {
+                target_lag: poll.target_lag,
+                min_interval: poll.initial_interval / 2,
+                max_interval: poll.max_interval,
+            }),
         }
     }
 
@@ -184,7 +202,8 @@ impl Poller {
         let probes = match admission {
             Ok(probes) => probes,
             Err(hold) => {
-                let decision = decide(&ticket, None, &Verdict::Held(hold), now, &self.policy, rand::random::<f64>());
+                let decision =
+                    decide(&ticket, None, &Verdict::Held(hold), now, &self.policy, rand::random::<f64>(), None);
                 return self.execute(&ticket, lease, now, decision).await;
             }
         };
@@ -237,8 +256,16 @@ impl Poller {
         }
         log_outcome(&ticket, &outcome);
 
+        // Only an answer can leave a ticket running; errors and pauses never use the schedule.
+        let learned = match &outcome {
+            Ok(_) if self.poll.adaptive => {
+                self.history.schedule(&self.store, &ticket.key.workspace, &ticket.key.namespace, ticket.kind).await
+            }
+            _ => None,
+        };
         let jitter = rand::random::<f64>();
-        let decision = decide(&ticket, Some(outcome.as_ref()), &observed.verdict, now, &self.policy, jitter);
+        let decision =
+            decide(&ticket, Some(outcome.as_ref()), &observed.verdict, now, &self.policy, jitter, learned.as_deref());
         self.execute(&ticket, lease, now, decision).await;
     }
 
@@ -305,12 +332,16 @@ impl Poller {
     ) -> Result<bool, RecordError> {
         let written = self.recorder.record_final(lease, ticket.id, now, finish, Arc::clone(&self.announce)).await?;
         let Some(deliveries) = written else { return Ok(false) };
-        self.metrics.observe_finished(ticket.kind, finish.state);
+        let polls = ticket.polls + i64::from(finish.polled);
+        self.metrics.observe_finished(ticket.kind, finish.state, polls);
+        if finish.polled {
+            self.history.finished(&ticket.key.workspace, &ticket.key.namespace, ticket.kind);
+        }
         info!(
             state = %finish.state,
             deployment_id =
                 finish.answer.as_ref().and_then(|answer| answer.result.columns().deployment_id).unwrap_or(""),
-            polls = ticket.polls + i64::from(finish.polled),
+            polls,
             webhooks = deliveries,
             "ticket finished"
         );

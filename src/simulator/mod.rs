@@ -260,6 +260,8 @@ struct TicketScript {
     position: usize,
     /// Every poll that reached the script.
     polls: usize,
+    /// When the first poll reached it: time-based steps count from here.
+    first_poll: Option<std::time::Instant>,
 }
 
 /// The connection is closed without an answer (a `drop` step, or a request body that failed).
@@ -309,28 +311,47 @@ impl Shared {
             }
             return;
         }
-        let script =
-            tickets.entry(key).or_insert_with(|| TicketScript { steps: Arc::from(Vec::new()), position: 0, polls: 0 });
+        let script = tickets.entry(key).or_insert_with(|| TicketScript {
+            steps: Arc::from(Vec::new()),
+            position: 0,
+            polls: 0,
+            first_poll: None,
+        });
         script.steps = Arc::from(steps);
         script.position = 0;
+        script.first_poll = None;
     }
 
     fn polls_of(&self, kind: TicketKind, ticket_id: &str) -> usize {
         lock(&self.tickets).get(&(kind, ticket_id.to_owned())).map_or(0, |script| script.polls)
     }
 
-    /// Takes the next step of a ticket's script, resolving the script on its first poll.
+    /// Takes the next step of a ticket's script, resolving the script on its first poll. A
+    /// time-based step stays until its time after the first poll has passed, then is skipped.
     fn next_step(&self, kind: TicketKind, ticket_id: &str) -> Step {
         let mut tickets = lock(&self.tickets);
         let script = tickets.entry((kind, ticket_id.to_owned())).or_insert_with(|| TicketScript {
             steps: Arc::from(self.scenario.steps_for_kind_ticket(kind, ticket_id)),
             position: 0,
             polls: 0,
+            first_poll: None,
         });
         script.polls += 1;
-        let index = script.position.min(script.steps.len().saturating_sub(1));
-        script.position = script.position.saturating_add(1);
-        script.steps.get(index).cloned().unwrap_or_else(|| Step::status("INIT"))
+        let since_first = script.first_poll.get_or_insert_with(std::time::Instant::now).elapsed();
+        let last = script.steps.len().saturating_sub(1);
+        loop {
+            let index = script.position.min(last);
+            let Some(step) = script.steps.get(index) else { return Step::status("INIT") };
+            match step.until_ms() {
+                Some(until) if since_first < std::time::Duration::from_millis(until) => return step.clone(),
+                // Over: the script moves on (a time-based last step simply repeats).
+                Some(_) if index < last => script.position = index + 1,
+                _ => {
+                    script.position = script.position.saturating_add(1);
+                    return step.clone();
+                }
+            }
+        }
     }
 
     fn credentials(&self) -> Arc<HashMap<String, String>> {
@@ -582,7 +603,7 @@ fn deploy(shared: &Shared, stamp: &Stamp<'_>, body: &[u8], entry: &mut LoggedReq
     if let Some(steps) = shared.scenario.steps_for_draft(draft_id) {
         lock(&shared.tickets).insert(
             (TicketKind::Deploy, ticket_id.clone()),
-            TicketScript { steps: Arc::from(steps), position: 0, polls: 0 },
+            TicketScript { steps: Arc::from(steps), position: 0, polls: 0, first_poll: None },
         );
     }
     entry.answer = "submitted".to_owned();
@@ -640,8 +661,10 @@ fn submit(
     let ticket_id = answer::new_ticket_id();
     let steps = shared.scenario.steps_for_submit(kind, &script_for);
     if let Some(steps) = steps {
-        lock(&shared.tickets)
-            .insert((kind, ticket_id.clone()), TicketScript { steps: Arc::from(steps), position: 0, polls: 0 });
+        lock(&shared.tickets).insert(
+            (kind, ticket_id.clone()),
+            TicketScript { steps: Arc::from(steps), position: 0, polls: 0, first_poll: None },
+        );
     }
     entry.answer = "submitted".to_owned();
     entry.ticket_id = Some(ticket_id.clone());

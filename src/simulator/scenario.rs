@@ -2,7 +2,10 @@
 //! every kind or of one) and submitted draft, deployment and job ids to scripts of [`Step`]s,
 //! read from a TOML file (see `config/simulator-example.toml`).
 //!
-//! Each poll of a ticket plays the next step of its script and the last step repeats forever.
+//! Each poll of a ticket plays the next step of its script and the last step repeats forever. A
+//! status step with `until_ms` is time-based: it is played on every poll until that many
+//! milliseconds after the ticket's first poll, then the script moves on (`{ status =
+//! "EXECUTING", until_ms = 12000 }` followed by a `FINISHED` step is a deploy that takes 12 s).
 //! Parsing and validation live here; turning a step into HTTP bytes lives in `answer.rs`, and no
 //! IO happens here apart from [`Scenario::load`] reading the file.
 
@@ -130,6 +133,9 @@ pub struct StatusStep {
     pub plan: Option<String>,
     /// Hot update: `status.failure.reason` (with `message` as `status.failure.message`).
     pub reason: Option<String>,
+    /// Played on every poll until this many milliseconds after the ticket's first poll; `None`
+    /// plays it once.
+    pub until_ms: Option<u64>,
     /// Milliseconds to wait before answering.
     pub delay_ms: u64,
 }
@@ -343,6 +349,21 @@ impl Step {
         Step::Status(StatusStep::from_status(status))
     }
 
+    /// `status` on every poll until `until_ms` milliseconds after the ticket's first poll.
+    pub fn status_until(status: &str, until_ms: u64) -> Step {
+        let mut step = StatusStep::from_status(status);
+        step.until_ms = Some(until_ms);
+        Step::Status(step)
+    }
+
+    /// How long a time-based step lasts, counted from the ticket's first poll.
+    pub fn until_ms(&self) -> Option<u64> {
+        match self {
+            Step::Status(StatusStep { until_ms, .. }) => *until_ms,
+            _ => None,
+        }
+    }
+
     /// `FINISHED` with `success: true`; the deployment id is derived from the ticket id.
     pub fn finished_ok() -> Step {
         let mut step = StatusStep::from_status("FINISHED");
@@ -407,6 +428,7 @@ impl StatusStep {
             config_errors: Vec::new(),
             plan: None,
             reason: None,
+            until_ms: None,
             delay_ms: 0,
         }
     }
@@ -540,6 +562,8 @@ struct RawStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    until_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     http_status: Option<u16>,
@@ -577,6 +601,7 @@ impl RawStep {
             ("config_errors", self.config_errors.is_some()),
             ("plan", self.plan.is_some()),
             ("reason", self.reason.is_some()),
+            ("until_ms", self.until_ms.is_some()),
             ("error", self.error.is_some()),
             ("http_status", self.http_status.is_some()),
             ("retry_after_ms", self.retry_after_ms.is_some()),
@@ -659,6 +684,7 @@ impl TryFrom<RawStep> for Step {
                 "config_errors",
                 "plan",
                 "reason",
+                "until_ms",
             ],
             "error" => &["error", "http_status", "message", "retry_after_ms", "shape"],
             "not_found" => &["not_found", "message"],
@@ -690,6 +716,7 @@ impl TryFrom<RawStep> for Step {
                 config_errors: raw.config_errors.unwrap_or_default(),
                 plan: raw.plan,
                 reason: raw.reason,
+                until_ms: raw.until_ms,
                 delay_ms,
             }),
             "error" => {
@@ -747,6 +774,7 @@ impl From<Step> for RawStep {
                 raw.config_errors = (!status.config_errors.is_empty()).then_some(status.config_errors);
                 raw.plan = status.plan;
                 raw.reason = status.reason;
+                raw.until_ms = status.until_ms;
             }
             Step::Error(error) => {
                 raw.http_status = (error.http_status != default_status_for(&error.code)).then_some(error.http_status);

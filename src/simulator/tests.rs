@@ -497,6 +497,50 @@ async fn the_control_api_drives_a_simulator_from_outside() {
     assert_eq!(status_of(&poll(&client(simulator, "LTAI-other", "s", None), "ctl/1").await.expect("ok")), "FAILED");
 }
 
+#[tokio::test]
+async fn a_time_based_step_answers_until_its_time_after_the_first_poll_then_the_script_moves_on() {
+    let scenario = Scenario::from_toml_str(
+        r#"
+        [[tickets]]
+        prefix = "timed-"
+        steps = [{ status = "INIT" }, { status = "EXECUTING", until_ms = 400 }, { status = "FINISHED", success = true }]
+        "#,
+    )
+    .expect("a time-based scenario parses");
+    assert_eq!(scenario.tickets[0].steps[1], Step::status_until("EXECUTING", 400));
+    let running = start(scenario).await;
+    let flink = default_client(&running.simulator);
+    let first = std::time::Instant::now();
+    let mut statuses = vec![status_of(&poll(&flink, "timed-1").await.unwrap()).to_owned()];
+    let finished_after = loop {
+        // Polls paced at 25 ms: the step changes by the simulator's clock, not by the count.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let asked = std::time::Instant::now();
+        let status = status_of(&poll(&flink, "timed-1").await.unwrap()).to_owned();
+        statuses.push(status.clone());
+        if status == "FINISHED" {
+            break asked.duration_since(first);
+        }
+        assert!(first.elapsed() < Duration::from_secs(10), "never finished: {statuses:?}");
+    };
+    assert_eq!(statuses[0], "INIT");
+    assert!(statuses.len() > 5, "EXECUTING for 400 ms at a poll every 25 ms: {statuses:?}");
+    assert!(statuses[1..statuses.len() - 1].iter().all(|status| status == "EXECUTING"), "{statuses:?}");
+    assert!(finished_after >= Duration::from_millis(390), "finished {finished_after:?} after the first poll");
+    assert_eq!(status_of(&poll(&flink, "timed-1").await.unwrap()), "FINISHED", "and stays finished");
+    // Another ticket's clock starts at its own first poll.
+    assert_eq!(status_of(&poll(&flink, "timed-2").await.unwrap()), "INIT");
+    assert_eq!(status_of(&poll(&flink, "timed-2").await.unwrap()), "EXECUTING");
+}
+
+#[test]
+fn until_ms_belongs_to_status_steps_only() {
+    let error = Scenario::from_toml_str(r#"default = [{ error = "Throttling", until_ms = 5 }]"#).unwrap_err();
+    assert!(error.to_string().contains("`until_ms` does not apply to a `error` step"), "{error}");
+    let round_trip: Step = toml::Value::try_from(Step::status_until("EXECUTING", 9)).unwrap().try_into().unwrap();
+    assert_eq!(round_trip, Step::status_until("EXECUTING", 9));
+}
+
 mod kinds {
     use super::*;
     use crate::domain::{KindResult, Outcome, TicketKind};

@@ -114,6 +114,8 @@ pub(super) fn read_ticket_leniently(row: &SqliteRow) -> Ticket {
         retries: number(row, "retries"),
         lease_owner: optional_text(row, "lease_owner"),
         lease_until: optional_text(row, "lease_until"),
+        running_seen_ms: row.try_get("running_seen_ms").unwrap_or_default(),
+        schedule_note: optional_text(row, "schedule_note"),
     }
     .into_ticket_leniently()
 }
@@ -179,6 +181,8 @@ pub(super) struct StoredTicket {
     retries: i64,
     lease_owner: Option<String>,
     lease_until: Option<String>,
+    running_seen_ms: Option<i64>,
+    schedule_note: Option<String>,
 }
 
 impl StoredTicket {
@@ -220,6 +224,8 @@ impl StoredTicket {
             retries: self.retries,
             lease_owner: self.lease_owner,
             lease_until: optional(self.lease_until),
+            running_seen_ms: self.running_seen_ms,
+            schedule_note: self.schedule_note,
         }
     }
 }

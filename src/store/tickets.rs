@@ -85,6 +85,10 @@ pub struct Ticket {
     /// When that claim lapses.
     #[serde(serialize_with = "row::optional_instant")]
     pub lease_until: Option<DateTime<Utc>>,
+    /// Milliseconds from `created_at` to the last poll that saw the ticket still running.
+    pub running_seen_ms: Option<i64>,
+    /// Why `next_poll_at` is what it is, in words (none once final).
+    pub schedule_note: Option<String>,
 }
 
 impl Ticket {
@@ -147,6 +151,11 @@ pub struct Reschedule {
     pub answer: Option<Answer>,
     /// (code, message) of a failed call.
     pub error: Option<(String, String)>,
+    /// Milliseconds from `created_at` to this poll, when it saw the ticket still running; `None`
+    /// keeps the stored value.
+    pub running_seen_ms: Option<i64>,
+    /// Why `next_poll_at` is what it is, in words (shown by `show`).
+    pub note: String,
 }
 
 /// The ticket is done.
@@ -173,6 +182,20 @@ impl Store {
     /// The earliest `next_poll_at` of a pending ticket (a lease counts as not due until it lapses).
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         dispatch!(self, backend => backend.next_due_at().await)
+    }
+
+    /// What the most recent finishes of `kind` tickets in `workspace` and `namespace` say about
+    /// run times, newest first, at most `limit`: tickets that a poll saw succeed or fail (not
+    /// expired, cancelled, or refused without a request). Reads only those rows, however long
+    /// the history.
+    pub async fn recent_run_samples(
+        &self,
+        workspace: &str,
+        namespace: &str,
+        kind: TicketKind,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::RunSample>, sqlx::Error> {
+        dispatch!(self, backend => backend.recent_run_samples(workspace, namespace, kind, limit).await)
     }
 
     /// The latest `next_poll_at` of a pending ticket.
@@ -302,8 +325,9 @@ impl Store {
     }
 
     /// Puts a finished ticket back to `pending`, due now, with a fresh deadline and backoff. The
-    /// previous run's answer (status, deployment, validation, error, webhook note) is cleared, so
-    /// that nothing announced later carries it. Returns `false` when it is still pending.
+    /// previous run's answer (status, deployment, validation, plan, raw result, error, webhook note)
+    /// is cleared, so that nothing announced later carries it; a resource plan keeps the deployment
+    /// it was submitted for. Returns `false` when it is still pending.
     pub async fn retry_ticket(
         &self,
         id: RowId,

@@ -192,3 +192,85 @@ async fn enqueue_list_and_show_take_a_kind_and_refuse_an_unknown_one() {
     assert_eq!(shown.code, Some(0), "{}", shown.stderr);
     assert!(shown.stdout.lines().any(|line| line.split_whitespace().eq(["kind", "validate"])), "{}", shown.stdout);
 }
+
+/// Kills the `simulate` process this test started when the test ends.
+struct Simulate(std::process::Child);
+
+impl Drop for Simulate {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_submit_commands_work_against_the_simulate_command_with_the_example_scenario() {
+    let env = TestEnv::new("").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = env.dir.path().join("simulate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = {db:?}\n\n[flink]\nendpoint = {base:?}\naccess_key_id = \"flink-ticketd-demo\"\n\
+             access_key_secret = \"flink-ticketd-demo-secret\"\n\n[poll]\ninitial_interval = \"20ms\"\n\
+             max_interval = \"100ms\"\n",
+            db = env.db_path.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/config/simulator-example.toml");
+    let _simulate = Simulate(
+        std::process::Command::new(crate::harness::binary())
+            .args(["--config", config.to_str().unwrap(), "simulate", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--scenario", scenario])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("simulate starts"),
+    );
+    let http = reqwest::Client::new();
+    crate::harness::eventually("simulate to answer", || async {
+        http.get(format!("{base}/_sim/healthz")).send().await.ok().filter(|answer| answer.status() == 200)
+    })
+    .await;
+
+    let plan = env.cli_with(
+        &config,
+        &args("resource-plan", &["--deployment-id", "737d0921-c5ac-47fc-9ba9-07a1e0b40001", "--wait"]),
+        &[],
+    );
+    assert_eq!(plan.code, Some(0), "{}", plan.stderr);
+    assert_eq!(plan.stdout, r#"{ "ssgProfiles" : [ {"name":"默认", "cpu":1.0} ],  "nodes":[] }"#);
+
+    let validate = env.cli_with(&config, &args("validate", &["--draft-id", "draft-bad-config", "--wait"]), &[]);
+    assert_eq!(validate.code, Some(1), "{}", validate.stderr);
+    assert!(validate.stderr.contains("3:8: Object 'orders' not found\nENGINE_VERSION: engine version not supported\n"));
+
+    let failed = env.cli_with(&config, &args("hot-update", &["--job-id", "job-short-of-resources", "--wait"]), &[]);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    assert!(failed.stderr.contains("not enough resources"), "{}", failed.stderr);
+    let applied = env.cli_with(&config, &args("hot-update", &["--job-id", "job-any", "--wait"]), &[]);
+    assert_eq!(applied.code, Some(0), "{}", applied.stderr);
+
+    let log: serde_json::Value =
+        http.get(format!("{base}/_sim/requests")).send().await.unwrap().json().await.expect("the request log");
+    let submits: Vec<(String, String)> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["answer"] == "submitted")
+        .map(|entry| (entry["action"].as_str().unwrap().to_owned(), entry["body"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        submits,
+        [
+            ("GenerateResourcePlanWithFlinkConfAsync".to_owned(), String::new()),
+            ("ValidateDeploymentDraftAsync".to_owned(), r#"{"deploymentDraftId":"draft-bad-config"}"#.to_owned()),
+            ("HotUpdateJob".to_owned(), String::new()),
+            ("HotUpdateJob".to_owned(), String::new()),
+        ]
+    );
+}

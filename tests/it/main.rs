@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one shared harness.
 
+mod adaptive;
 mod browser;
 mod cli;
 mod cloud;

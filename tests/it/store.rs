@@ -203,6 +203,8 @@ async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> RowId {
             request_id: None,
             answer: None,
             error: None,
+            running_seen_ms: None,
+            note: String::new(),
         };
         assert!(store.record_progress(&lease, row.id, Utc::now(), &reschedule).await.unwrap());
     }
@@ -272,6 +274,8 @@ async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner
         request_id: None,
         answer: None,
         error: None,
+        running_seen_ms: None,
+        note: String::new(),
     };
     assert!(!store.record_progress(&old, id, at(13), &stale).await.unwrap(), "the old owner is fenced off");
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
@@ -513,6 +517,8 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
         request_id: Some("R".to_owned()),
         answer: Some(DeployResult { ticket_status: Some(TicketStatus::Executing), ..DeployResult::default() }.into()),
         error: None,
+        running_seen_ms: None,
+        note: String::new(),
     };
     // Submitted together, the three land in one batch.
     let (good_result, progress_result, bad_result) = tokio::join!(
@@ -589,6 +595,8 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
         request_id: None,
         answer: None,
         error: None,
+        running_seen_ms: None,
+        note: String::new(),
     };
     // Submitted together on this single-threaded runtime, the four land in one batch: on each
     // row the lapsed lease's result comes first.
@@ -934,4 +942,9 @@ async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte
     assert_eq!(planned.deployment_id.as_deref(), Some("dep-1"), "the deployment known at submit stays");
     let validated = store.ticket(validated).await.unwrap().unwrap();
     assert_eq!((validated.config_errors, validated.deploy_success), (config_errors, Some(false)));
+
+    assert!(store.retry_ticket(planned.id, at(602), at(4000)).await.unwrap());
+    let retried = store.ticket(planned.id).await.unwrap().unwrap();
+    assert_eq!((retried.resource_plan, retried.result_json), (None, None), "retry clears the last answer");
+    assert_eq!(retried.deployment_id.as_deref(), Some("dep-1"), "but not the deployment the plan is for");
 }

@@ -26,6 +26,8 @@ pub(in crate::store) async fn record_many_on(
                 next_poll_at = COALESCE(v.next_poll_at::timestamptz, tickets.next_poll_at),
                 running_streak = COALESCE(v.running_streak, tickets.running_streak),
                 error_streak = COALESCE(v.error_streak, tickets.error_streak),
+                running_seen_ms = COALESCE(v.running_seen_ms, tickets.running_seen_ms),
+                schedule_note = v.schedule_note,
                 updated_at = v.now::timestamptz,
                 polls = tickets.polls + v.polled,
                 request_id = COALESCE(v.request_id, tickets.request_id),
@@ -47,7 +49,7 @@ pub(in crate::store) async fn record_many_on(
             FROM (",
         );
         query.push_values(&chunk_writes, |mut row, write| {
-            let (final_state, schedule, polled, request_id, answer, error) = match write.result {
+            let (final_state, schedule, polled, request_id, answer, error, seen) = match write.result {
                 PollResult::Progress(update) => (
                     None,
                     Some((update.next_poll_at, update.running_streak, update.error_streak)),
@@ -55,6 +57,7 @@ pub(in crate::store) async fn record_many_on(
                     &update.request_id,
                     update.answer.as_ref(),
                     &update.error,
+                    Some((update.running_seen_ms, update.note.as_str())),
                 ),
                 PollResult::Final(finish) => (
                     Some(finish.state.as_str()),
@@ -63,6 +66,7 @@ pub(in crate::store) async fn record_many_on(
                     &finish.request_id,
                     finish.answer.as_ref(),
                     &finish.error,
+                    None,
                 ),
             };
             let columns = answer.map(|answer| answer.result.columns());
@@ -88,13 +92,15 @@ pub(in crate::store) async fn record_many_on(
                 .push_bind(crate::store::at(write.now))
                 .push_bind(columns.and_then(|columns| row::config_issues_json(columns.config_errors)))
                 .push_bind(columns.and_then(|columns| columns.resource_plan.map(str::to_owned)))
-                .push_bind(answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())));
+                .push_bind(answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())))
+                .push_bind(seen.and_then(|(running_seen_ms, _)| running_seen_ms))
+                .push_bind(seen.map(|(_, note)| note.to_owned()));
         });
         query.push(
             ") AS v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
                      has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
                      validation_errors, error_code, error_message, now, config_errors, resource_plan,
-                     result_json)
+                     result_json, running_seen_ms, schedule_note)
             WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
             RETURNING tickets.id",
         );

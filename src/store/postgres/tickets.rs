@@ -12,7 +12,7 @@ use sqlx::postgres::PgRow;
 
 use super::results::record_many_on;
 use super::{PgStore, deliveries, guarded, in_transaction, instant_text};
-use crate::domain::{RowId, TicketKind, TicketState};
+use crate::domain::{RowId, RunSample, TicketKind, TicketState};
 use crate::store::sqlite::results::{PollResult, ResultWrite};
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
@@ -31,6 +31,7 @@ pub(super) static TICKET_COLUMNS: LazyLock<String> = LazyLock::new(|| {
         concat!(instant_text!("t.finished_at"), " AS finished_at"),
         "t.running_streak, t.error_streak, t.retries, t.lease_owner",
         concat!(instant_text!("t.lease_until"), " AS lease_until"),
+        "t.running_seen_ms, t.schedule_note",
     ]
     .join(", ")
 });
@@ -76,6 +77,41 @@ impl PgStore {
 
     pub(in crate::store) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         self.due_edge("ASC").await
+    }
+
+    pub(in crate::store) async fn recent_run_samples(
+        &self,
+        workspace: &str,
+        namespace: &str,
+        kind: TicketKind,
+        limit: usize,
+    ) -> Result<Vec<RunSample>, sqlx::Error> {
+        let rows: Vec<(i64, Option<i64>)> = guarded!(self, connection => {
+            sqlx::query_as(
+                "SELECT (extract(epoch FROM finished_at - created_at) * 1000)::bigint, running_seen_ms
+                 FROM tickets
+                 WHERE workspace = $1 AND namespace = $2 AND kind = $3 AND state IN ('succeeded', 'failed')
+                   AND polls > 0 AND finished_at IS NOT NULL
+                 ORDER BY finished_at DESC LIMIT $4",
+            )
+            .bind(workspace)
+            .bind(namespace)
+            .bind(kind.as_str())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *connection)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(finish_ms, running_seen_ms)| {
+                let finish_seen = Duration::from_millis(u64::try_from(finish_ms).ok()?);
+                let running_seen = running_seen_ms
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map_or(Duration::ZERO, Duration::from_millis)
+                    .min(finish_seen);
+                Some(RunSample { running_seen, finish_seen })
+            })
+            .collect())
     }
 
     pub(in crate::store) async fn latest_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
@@ -326,10 +362,12 @@ impl PgStore {
                 "UPDATE tickets SET state = 'pending', retries = retries + 1, next_poll_at = $2::timestamptz,
                      updated_at = $2::timestamptz, deadline_at = $3::timestamptz, finished_at = NULL,
                      running_streak = 0, error_streak = 0, error_code = NULL, error_message = NULL,
-                     lease_owner = NULL, lease_until = NULL, ticket_status = NULL, deployment_id = NULL,
+                     lease_owner = NULL, lease_until = NULL, ticket_status = NULL,
+                     deployment_id = CASE WHEN kind = 'resource_plan' THEN deployment_id END,
                      deploy_success = NULL, message = NULL, validation_result = NULL, validation_errors = '[]',
                      request_id = NULL, webhook_note = NULL, config_errors = NULL, resource_plan = NULL,
-                     result_json = NULL
+                     result_json = NULL, running_seen_ms = NULL,
+                     schedule_note = NULL
                  WHERE id = $1 AND state <> 'pending'",
             )
             .bind(id.0)

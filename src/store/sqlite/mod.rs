@@ -39,44 +39,24 @@ pub(crate) struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies pending migrations.
+    ///
+    /// The read pool is opened only once the schema is final: a connection that read the schema
+    /// before a migration added columns prepares `SELECT *` against the old column list, while
+    /// SQLite, noticing the change, answers with the new one.
     pub(super) async fn open(settings: &StoreSettings) -> anyhow::Result<SqliteStore> {
-        let store = SqliteStore::open_without_migrating(settings).await?;
-        MIGRATOR
-            .run(&store.writer)
-            .await
-            .with_context(|| format!("applying migrations to {}", settings.path.display()))?;
-        Ok(store)
+        let options = connect_options(settings)?;
+        let writer = connect_writer(settings, &options).await?;
+        MIGRATOR.run(&writer).await.with_context(|| format!("applying migrations to {}", settings.path.display()))?;
+        let reader = connect_reader(settings, options).await?;
+        let identity = file_identity(&settings.path);
+        Ok(SqliteStore { writer, reader, path: settings.path.clone(), identity })
     }
 
     /// Opens the database without touching its schema (for commands that only read).
     pub(super) async fn open_without_migrating(settings: &StoreSettings) -> anyhow::Result<SqliteStore> {
-        if let Some(parent) = settings.path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating the database directory {}", parent.display()))?;
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .expect("the bare sqlite: URL is valid")
-            .filename(&settings.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(settings.busy_timeout)
-            .pragma("temp_store", "memory");
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
-            // The writer walks the queue's indexes all day: give it a larger page cache (in KiB).
-            .connect_with(options.clone().pragma("cache_size", "-8192"))
-            .await
-            .with_context(|| format!("opening sqlite database at {}", settings.path.display()))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(settings.max_readers.max(1))
-            .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
-            .connect_with(options.read_only(true))
-            .await
-            .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))?;
+        let options = connect_options(settings)?;
+        let writer = connect_writer(settings, &options).await?;
+        let reader = connect_reader(settings, options).await?;
         let identity = file_identity(&settings.path);
         Ok(SqliteStore { writer, reader, path: settings.path.clone(), identity })
     }
@@ -164,4 +144,43 @@ pub(super) fn discard_after_failed_transaction(connection: &mut sqlx::pool::Pool
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(path).ok().map(|metadata| (metadata.dev(), metadata.ino()))
+}
+
+/// The options of every connection to the file (creating its directory when missing).
+fn connect_options(settings: &StoreSettings) -> anyhow::Result<SqliteConnectOptions> {
+    if let Some(parent) = settings.path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the database directory {}", parent.display()))?;
+    }
+    Ok(SqliteConnectOptions::from_str("sqlite:")
+        .expect("the bare sqlite: URL is valid")
+        .filename(&settings.path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(settings.busy_timeout)
+        .pragma("temp_store", "memory"))
+}
+
+/// The one writer connection.
+async fn connect_writer(settings: &StoreSettings, options: &SqliteConnectOptions) -> anyhow::Result<SqlitePool> {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
+        // The writer walks the queue's indexes all day: give it a larger page cache (in KiB).
+        .connect_with(options.clone().pragma("cache_size", "-8192"))
+        .await
+        .with_context(|| format!("opening sqlite database at {}", settings.path.display()))
+}
+
+/// The read pool.
+async fn connect_reader(settings: &StoreSettings, options: SqliteConnectOptions) -> anyhow::Result<SqlitePool> {
+    SqlitePoolOptions::new()
+        .max_connections(settings.max_readers.max(1))
+        .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
+        .connect_with(options.read_only(true))
+        .await
+        .with_context(|| format!("opening sqlite database at {} for reading", settings.path.display()))
 }

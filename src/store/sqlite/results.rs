@@ -26,7 +26,7 @@ pub(in crate::store) enum PollResult<'a> {
     Final(&'a Finish),
 }
 
-/// Most rows one multi-row write names (21 bound values each, well below SQLite's limit).
+/// Most rows one multi-row write names (23 bound values each, well below SQLite's limit).
 pub(in crate::store) const ROWS_PER_STATEMENT: usize = 256;
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
@@ -47,10 +47,10 @@ pub(in crate::store) async fn record_many_on(
             "WITH v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
                      has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
                      validation_errors, error_code, error_message, now, config_errors, resource_plan,
-                     result_json) AS (",
+                     result_json, running_seen_ms, schedule_note) AS (",
         );
         query.push_values(chunk, |mut row, write| {
-            let (final_state, schedule, polled, request_id, answer, error) = match write.result {
+            let (final_state, schedule, polled, request_id, answer, error, seen) = match write.result {
                 PollResult::Progress(update) => (
                     None,
                     Some((update.next_poll_at, update.running_streak, update.error_streak)),
@@ -58,6 +58,7 @@ pub(in crate::store) async fn record_many_on(
                     &update.request_id,
                     update.answer.as_ref(),
                     &update.error,
+                    Some((update.running_seen_ms, update.note.as_str())),
                 ),
                 PollResult::Final(finish) => (
                     Some(finish.state.as_str()),
@@ -66,6 +67,7 @@ pub(in crate::store) async fn record_many_on(
                     &finish.request_id,
                     finish.answer.as_ref(),
                     &finish.error,
+                    None,
                 ),
             };
             let columns = answer.map(|answer| answer.result.columns());
@@ -91,11 +93,14 @@ pub(in crate::store) async fn record_many_on(
                 .push_bind(at(write.now))
                 .push_bind(columns.and_then(|columns| row::config_issues_json(columns.config_errors)))
                 .push_bind(columns.and_then(|columns| columns.resource_plan.map(str::to_owned)))
-                .push_bind(answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())));
+                .push_bind(answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())))
+                .push_bind(seen.and_then(|(running_seen_ms, _)| running_seen_ms))
+                .push_bind(seen.map(|(_, note)| note.to_owned()));
         });
         // Column by column what the one-row writes do: an answer replaces the answer columns
         // and clears the error, an error replaces the error columns, neither keeps them; a final
-        // state sets `state` and `finished_at`, a reschedule the due time and the streaks.
+        // state sets `state` and `finished_at` and clears the schedule note, a reschedule the due
+        // time, the streaks and the note (and when the ticket was last seen running).
         query.push(
             ")
             UPDATE tickets SET
@@ -105,6 +110,8 @@ pub(in crate::store) async fn record_many_on(
                 next_poll_at = COALESCE(v.next_poll_at, tickets.next_poll_at),
                 running_streak = COALESCE(v.running_streak, tickets.running_streak),
                 error_streak = COALESCE(v.error_streak, tickets.error_streak),
+                running_seen_ms = COALESCE(v.running_seen_ms, tickets.running_seen_ms),
+                schedule_note = v.schedule_note,
                 updated_at = v.now,
                 polls = tickets.polls + v.polled,
                 request_id = COALESCE(v.request_id, tickets.request_id),

@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 use super::SqliteStore;
 use super::deliveries;
 use super::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, record_many_on};
-use crate::domain::{RowId, TicketKind, TicketState};
+use crate::domain::{RowId, RunSample, TicketKind, TicketState};
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
 impl SqliteStore {
@@ -45,6 +45,41 @@ impl SqliteStore {
         // read (written with the checks switched off) sorts first and counts as due now, so the
         // claim takes the row and rewrites the time instead of the loop waiting for ever.
         Ok(next.map(|next| crate::clock::parse_instant(&next).unwrap_or(DateTime::UNIX_EPOCH)))
+    }
+
+    /// See [`Store::recent_run_samples`].
+    pub(in crate::store) async fn recent_run_samples(
+        &self,
+        workspace: &str,
+        namespace: &str,
+        kind: TicketKind,
+        limit: usize,
+    ) -> Result<Vec<RunSample>, sqlx::Error> {
+        let rows: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT created_at, finished_at, running_seen_ms FROM tickets INDEXED BY tickets_learned
+             WHERE workspace = ?1 AND namespace = ?2 AND kind = ?3 AND state IN ('succeeded', 'failed')
+               AND polls > 0
+             ORDER BY finished_at DESC LIMIT ?4",
+        )
+        .bind(workspace)
+        .bind(namespace)
+        .bind(kind.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        // A row whose times cannot be read (written by hand with the checks off) teaches nothing.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(created_at, finished_at, running_seen_ms)| {
+                let created_at = crate::clock::parse_instant(&created_at)?;
+                let finish_seen = (crate::clock::parse_instant(&finished_at)? - created_at).to_std().ok()?;
+                let running_seen = running_seen_ms
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .map_or(Duration::ZERO, Duration::from_millis)
+                    .min(finish_seen);
+                Some(RunSample { running_seen, finish_seen })
+            })
+            .collect())
     }
 
     /// The latest `next_poll_at` of a pending ticket.
@@ -319,9 +354,11 @@ impl SqliteStore {
             "UPDATE tickets SET state = 'pending', retries = retries + 1, next_poll_at = ?2, updated_at = ?2,
                  deadline_at = ?3, finished_at = NULL, running_streak = 0, error_streak = 0,
                  error_code = NULL, error_message = NULL, lease_owner = NULL, lease_until = NULL,
-                 ticket_status = NULL, deployment_id = NULL, deploy_success = NULL, message = NULL,
+                 ticket_status = NULL, deploy_success = NULL, message = NULL,
+                 deployment_id = CASE WHEN kind = 'resource_plan' THEN deployment_id END,
                  validation_result = NULL, validation_errors = '[]', request_id = NULL, webhook_note = NULL,
-                 config_errors = NULL, resource_plan = NULL, result_json = NULL
+                 config_errors = NULL, resource_plan = NULL, result_json = NULL, running_seen_ms = NULL,
+                 schedule_note = NULL
              WHERE id = ?1 AND state <> 'pending'",
         )
         .bind(id.0)
