@@ -48,9 +48,7 @@ use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::service::Heartbeat;
-use crate::store::{
-    Announce, Announcement, ChangeProbe, Finish, Handoff, Lease, RecordError, Recorder, Store, Ticket,
-};
+use crate::store::{Announce, Announcement, ChangeProbe, Finish, Handoff, Lease, RecordError, Recorder, Store, Ticket};
 use history::History;
 
 /// Longest the loop sleeps before looking for new rows: the safety net behind

@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
 use flink_ticketd::store::{
-    Announcement, Finish, Handoff, Lease, NewDelivery, NewTicket, PostgresSettings, Reschedule, Store, StoreSettings, Ticket,
+    Announcement, Finish, Handoff, Lease, NewDelivery, NewTicket, PostgresSettings, Reschedule, Store, StoreSettings,
+    Ticket,
 };
 
 use crate::harness::new_ticket;
