@@ -104,7 +104,13 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>, heartbeat: Duration) 
     let metrics = Arc::new(Metrics::new());
     let (poller, recorder_task) =
         poller(config, store.clone(), flink, Arc::clone(&clock), owner.clone(), config.flink.max_in_flight);
-    let poller = Arc::new(poller.with_heartbeat(heartbeat).with_metrics(Arc::clone(&metrics)));
+    let mut poller = poller.with_heartbeat(heartbeat).with_metrics(Arc::clone(&metrics));
+    // With a signing secret this process's delivery loop runs: the deliveries its final states
+    // write are leased to that loop, which sends them at once.
+    if !config.webhook.secrets.is_empty() {
+        poller = poller.with_delivery_handoff(webhook::deliver::handoff(&owner, &config.webhook));
+    }
+    let poller = Arc::new(poller);
     let deliverer = Arc::new(
         Deliverer::new(
             store.clone(),

@@ -4,7 +4,8 @@
 --
 -- `ticket_events` is written by a trigger inside whatever statement changes the row, and only
 -- when something changes: the first poll, a new ticket status, the start and end of an error
--- episode, a pause (held without a request), a lapsed lease taken over by another claim, a
+-- episode, a pause (a rejection that pauses rather than counts as an error, or a ticket held by
+-- one), a lapsed lease taken over by another claim, a
 -- retry, a cancel, the final state. Each ticket keeps its first event and its latest 199.
 
 CREATE TABLE ticket_events (
@@ -40,8 +41,9 @@ BEGIN
         (5, 'error_start', left(NEW.error_message, 500), OLD.error_streak = 0 AND NEW.error_streak > 0),
         (6, 'error_end', NULL, OLD.error_streak > 0 AND NEW.error_streak = 0 AND NEW.state = OLD.state),
         (7, 'pause', left(NEW.error_message, 500),
-         NEW.state::text = 'pending' AND OLD.state::text = 'pending' AND NEW.polls = OLD.polls
-         AND NEW.error_code IS NOT NULL AND NEW.error_code IS DISTINCT FROM OLD.error_code),
+         NEW.state::text = 'pending' AND OLD.state::text = 'pending'
+         AND NEW.error_code IS NOT NULL AND NEW.error_code IS DISTINCT FROM OLD.error_code
+         AND (NEW.polls = OLD.polls OR NEW.error_streak = 0)),
         (8, 'cancel', NULL, OLD.state::text = 'pending' AND NEW.state::text = 'cancelled'),
         (9, 'final', left(NEW.error_message, 500),
          OLD.state::text = 'pending' AND NEW.state::text IN ('succeeded', 'failed', 'expired'))

@@ -5,8 +5,9 @@
 -- `ticket_events` is written by a trigger inside whatever statement changes the row (the
 -- recorder's group commit, a claim, `retry`, `cancel`, or another program's UPDATE), and only when
 -- something changes: the first poll, a new ticket status, the start and end of an error episode,
--- a pause (held without a request), a lapsed lease taken over by another claim, a retry, a
--- cancel, the final state. Each ticket keeps its first event and its latest 199.
+-- a pause (a rejection that pauses rather than counts as an error, or a ticket held by one), a
+-- lapsed lease taken over by another claim, a retry, a cancel, the final state. Each ticket keeps
+-- its first event and its latest 199.
 
 CREATE TABLE ticket_events (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,8 +52,9 @@ BEGIN
         SELECT 6, 'error_end', NULL WHERE OLD.error_streak > 0 AND NEW.error_streak = 0 AND NEW.state = OLD.state
         UNION ALL
         SELECT 7, 'pause', substr(NEW.error_message, 1, 500)
-        WHERE NEW.state = 'pending' AND OLD.state = 'pending' AND NEW.polls = OLD.polls
+        WHERE NEW.state = 'pending' AND OLD.state = 'pending'
           AND NEW.error_code IS NOT NULL AND NEW.error_code IS NOT OLD.error_code
+          AND (NEW.polls = OLD.polls OR NEW.error_streak = 0)
         UNION ALL
         SELECT 8, 'cancel', NULL WHERE OLD.state = 'pending' AND NEW.state = 'cancelled'
         UNION ALL

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
-use crate::domain::{TicketState, ValidationIssue};
+use crate::domain::{TicketKind, TicketState, ValidationIssue};
 use crate::poller::{PauseReport, PauseView};
 use crate::redact::token_like;
 use crate::retention::LastRun;
@@ -69,7 +69,7 @@ pub(super) fn overview(page: &Overview) -> Markup {
         section {
             h2 { "Pauses" }
             @match &page.pauses.global {
-                Some(pause) => { p.bad { "All polling is paused: " (pause.cause.describe()) "." } (pause_table(now, None, pause)) }
+                Some(pause) => { p.bad { "All " (pause.cause.describe()) "." } (pause_table(now, None, pause)) }
                 None => p.ok { "Polling is not paused globally." },
             }
             @if page.pauses.workspaces.is_empty() {
@@ -188,6 +188,10 @@ pub(super) fn tickets(page: &Page, filter: &TicketFilter, rows: &[Ticket]) -> Ma
                     label { input type="checkbox" name="state" value=(state.as_str()) checked[filter.states.contains(&state)]; " " (state.as_str()) }
                 }
             }
+            label { "kind " select name="kind" {
+                option value="" { "any" }
+                @for kind in TicketKind::ALL { option value=(kind.as_str()) selected[filter.kind == Some(kind)] { (kind.as_str()) } }
+            } }
             (text_input("workspace", filter.workspace.as_deref()))
             (text_input("namespace", filter.namespace.as_deref()))
             (text_input("ticket_id", filter.ticket_id.as_deref()))
@@ -201,7 +205,7 @@ pub(super) fn tickets(page: &Page, filter: &TicketFilter, rows: &[Ticket]) -> Ma
         } @else {
             table {
                 thead { tr {
-                    th.num { "row" } th { "ticket_id" } th { "workspace / namespace" } th { "state" }
+                    th.num { "row" } th { "ticket_id" } th { "kind" } th { "workspace / namespace" } th { "state" }
                     th { "status" } th.num { "polls" } th { "error" } th { "created" } th { "finished" }
                 } }
                 tbody {
@@ -209,6 +213,7 @@ pub(super) fn tickets(page: &Page, filter: &TicketFilter, rows: &[Ticket]) -> Ma
                         tr {
                             td.num { a href={ "tickets/" (ticket.id.0) } { (ticket.id.0) } }
                             td { a href={ "tickets/" (ticket.id.0) } { code { (ticket.key.ticket_id) } } }
+                            td { (ticket.kind.as_str()) }
                             td { (ticket.key.workspace) " / " (ticket.key.namespace) }
                             td { (state_badge(ticket.state)) }
                             td { (ticket.ticket_status.as_ref().map(ToString::to_string).unwrap_or_default()) }
@@ -247,6 +252,7 @@ pub(super) fn ticket(now: DateTime<Utc>, history: &TicketHistory) -> Markup {
                 dt { "request_id" } dd { code { (ticket.request_id.as_deref().unwrap_or("none yet")) } }
                 dt { "row" } dd { (ticket.id.0) }
                 dt { "ticket_id" } dd { code { (ticket.key.ticket_id) } }
+                dt { "kind" } dd { (ticket.kind.as_str()) }
                 dt { "workspace" } dd { (ticket.key.workspace) }
                 dt { "namespace" } dd { (ticket.key.namespace) }
                 dt { "region" } dd { (ticket.region.as_deref().unwrap_or_default()) }
@@ -474,13 +480,22 @@ fn issues(issues: &[ValidationIssue]) -> Markup {
 
 /// The commands an operator may copy, each argument quoted for a POSIX shell.
 fn command_lines(ticket: &Ticket, deliveries: &[Delivery]) -> String {
-    let mut lines = vec![
-        format!("flink-ticketd show {}", shell_quote(&ticket.key.ticket_id)),
-        format!("flink-ticketd retry {}", shell_quote(&ticket.key.ticket_id)),
-    ];
-    if ticket.is_pending() {
-        lines.push(format!("flink-ticketd cancel {}", shell_quote(&ticket.key.ticket_id)));
-    }
+    // Named in full, so that the command finds this row even when the ID is queued in several
+    // workspaces, namespaces or kinds.
+    let id = format!(
+        "{} --kind {} --workspace {} --namespace {}",
+        shell_quote(&ticket.key.ticket_id),
+        ticket.kind.as_str(),
+        shell_quote(&ticket.key.workspace),
+        shell_quote(&ticket.key.namespace)
+    );
+    let mut lines = vec![format!("flink-ticketd show {id}")];
+    // `retry` puts a finished ticket back; `cancel` stops a pending one.
+    lines.push(if ticket.is_pending() {
+        format!("flink-ticketd cancel {id}")
+    } else {
+        format!("flink-ticketd retry {id}")
+    });
     lines.extend(deliveries.iter().map(|delivery| format!("flink-ticketd webhooks resend {}", delivery.id)));
     lines.join("\n")
 }
@@ -527,6 +542,9 @@ fn ticket_query(filter: &TicketFilter, limit: u32, older: i64) -> String {
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     for state in &filter.states {
         query.append_pair("state", state.as_str());
+    }
+    if let Some(kind) = filter.kind {
+        query.append_pair("kind", kind.as_str());
     }
     for (name, value) in [
         ("workspace", &filter.workspace),

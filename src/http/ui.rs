@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::pages::{self, Page};
 use super::{HttpState, readiness};
-use crate::domain::{RowId, TicketState};
+use crate::domain::{RowId, TicketKind, TicketState};
 use crate::store::{DeliveryFilter, DeliveryState, MAX_PAGE, TicketFilter};
 
 /// How many page requests may query the database at once; others wait up to [`SLOT_WAIT`].
@@ -239,6 +239,10 @@ async fn tickets(State(state): State<HttpState>, RawQuery(query): RawQuery) -> R
                 Ok(state) if !filter.states.contains(&state) => filter.states.push(state),
                 Ok(_) => {}
                 Err(error) => return bad_request(&format!("state: {error}")),
+            },
+            "kind" => match value.parse::<TicketKind>() {
+                Ok(kind) => filter.kind = Some(kind),
+                Err(error) => return bad_request(&format!("kind: {error}")),
             },
             "workspace" => filter.workspace = Some(value),
             "namespace" => filter.namespace = Some(value),

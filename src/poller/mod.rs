@@ -48,7 +48,7 @@ use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::service::Heartbeat;
-use crate::store::{Announce, ChangeProbe, Finish, Lease, RecordError, Recorder, Store, Ticket};
+use crate::store::{Announce, Announcement, ChangeProbe, Finish, Handoff, Lease, RecordError, Recorder, Store, Ticket};
 use history::History;
 
 /// Longest the loop sleeps before looking for new rows: the safety net behind
@@ -184,6 +184,17 @@ impl Poller {
     #[must_use]
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Poller {
         self.metrics = metrics;
+        self
+    }
+
+    /// Writes the webhook deliveries of each final state leased to `handoff`, the delivery loop
+    /// of this process, which [`Poller::deliveries_written`] wakes to send them at once; other
+    /// daemons take them only once that lease lapses. Without it deliveries are written due now
+    /// for any delivery loop (a command following its own ticket runs none).
+    #[must_use]
+    pub fn with_delivery_handoff(mut self, handoff: Handoff) -> Poller {
+        let plan = Arc::clone(&self.announce);
+        self.announce = Arc::new(move |row: &Ticket| Announcement { handoff: Some(handoff.clone()), ..plan(row) });
         self
     }
 

@@ -141,6 +141,25 @@ pub struct NewDelivery {
     pub payload: String,
 }
 
+/// The delivery lease a final state's deliveries are written under: the writing daemon's own
+/// delivery loop takes them at once (it claims rows leased to `lease` as if they were due), while
+/// every other daemon sees them as not due until `lease_for` has passed. If the writer dies
+/// before sending them, the lease lapses and any daemon sends them, under the same `webhook-id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// The lease owner of the writing daemon's delivery loop (not one of its claims' leases).
+    pub lease: Lease,
+    /// How long the rows stay with the writer: the delivery lease.
+    pub lease_for: Duration,
+}
+
+impl Handoff {
+    /// When a handoff written at `now` lapses.
+    pub(in crate::store) fn until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.lease_for).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
 /// What the outbox made of one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(in crate::store) enum Inserted {
@@ -154,7 +173,17 @@ impl Store {
     /// The earliest `next_attempt_at` of a pending delivery (a lease counts as not due until it
     /// lapses, because claiming sets `next_attempt_at = lease_until`).
     pub async fn next_delivery_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        dispatch!(self, backend => backend.next_delivery_due_at().await)
+        dispatch!(self, backend => backend.next_delivery_due_at(None).await)
+    }
+
+    /// [`Store::next_delivery_due_at`] for the delivery loop that owns `handoff`: `now` when a
+    /// delivery is handed to it (see [`Handoff`]), whatever its `next_attempt_at`.
+    pub async fn next_delivery_due_for(
+        &self,
+        handoff: &Handoff,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        dispatch!(self, backend => backend.next_delivery_due_at(Some((handoff, now))).await)
     }
 
     /// The webhook backlog: how many deliveries are pending and when the oldest was written.
@@ -178,7 +207,22 @@ impl Store {
         limit: u32,
         per_url: u32,
     ) -> Result<Vec<Delivery>, sqlx::Error> {
-        dispatch!(self, backend => backend.claim_due_deliveries(lease, now, lease_for, limit, per_url).await)
+        dispatch!(self, backend => backend.claim_due_deliveries(lease, None, now, lease_for, limit, per_url).await)
+    }
+
+    /// [`Store::claim_due_deliveries`] for the delivery loop that owns `handoff`: also claims the
+    /// deliveries handed to it (see [`Handoff`]) before their lease lapses. A delivery handed to
+    /// a loop and not yet claimed does not count as in flight to its receiver.
+    pub async fn claim_due_and_handed_deliveries(
+        &self,
+        lease: &Lease,
+        handoff: &Handoff,
+        now: DateTime<Utc>,
+        limit: u32,
+        per_url: u32,
+    ) -> Result<Vec<Delivery>, sqlx::Error> {
+        let lease_for = handoff.lease_for;
+        dispatch!(self, backend => backend.claim_due_deliveries(lease, Some(handoff), now, lease_for, limit, per_url).await)
     }
 
     /// Records the outcome of an attempt that ended at `now` after `took`, and releases the

@@ -26,7 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use changes::ChangeProbe;
-pub use deliveries::{AttemptRecord, Delivery, DeliveryState, NewDelivery, Resend};
+pub use deliveries::{AttemptRecord, Delivery, DeliveryState, Handoff, NewDelivery, Resend};
 pub use history::{TicketEvent, WebhookAttempt};
 pub use maintenance::Purged;
 pub use pages::{DeliveryFilter, MAX_PAGE, Overview, TicketFilter};

@@ -7,17 +7,23 @@ use chrono::{DateTime, Utc};
 
 use super::deliveries::{Delivery, DeliveryState};
 use super::{Store, dispatch};
-use crate::domain::TicketState;
+use crate::domain::{TicketKind, TicketState};
 use crate::store::Ticket;
 
 /// The most rows one page may ask for.
 pub const MAX_PAGE: u32 = 500;
+
+/// The longest one page's statement may run on SQLite before SQLite interrupts it (on
+/// PostgreSQL, `database.statement_timeout` and the store's call timeout bound it).
+pub const QUERY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// What the tickets page filters on. Empty fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TicketFilter {
     /// Any of these states (none: every state).
     pub states: Vec<TicketState>,
+    /// Only this kind.
+    pub kind: Option<TicketKind>,
     /// Exact workspace.
     pub workspace: Option<String>,
     /// Exact namespace.

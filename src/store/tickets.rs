@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::deliveries::NewDelivery;
-use super::{Lease, Store, dispatch, row};
+use super::{Handoff, Lease, Store, dispatch, row};
 use crate::domain::{
     Answer, ConfigIssue, RawJson, RowId, TicketKey, TicketKind, TicketState, TicketStatus, ValidationIssue,
 };
@@ -132,6 +132,9 @@ pub struct Announcement {
     pub deliveries: Vec<NewDelivery>,
     /// Stored in `tickets.webhook_note`.
     pub webhook_note: Option<String>,
+    /// The delivery lease the deliveries are written under, for the writing daemon's own
+    /// delivery loop; `None` writes them unleased and due at once, for any daemon.
+    pub handoff: Option<Handoff>,
 }
 
 /// The ticket is not final: when to poll next, and what the last call said.

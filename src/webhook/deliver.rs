@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::redact::redact_url;
 use crate::service::Heartbeat;
-use crate::store::{AttemptRecord, Delivery, Lease, Store, is_connection_lost, retry_when_busy};
+use crate::store::{AttemptRecord, Delivery, Handoff, Lease, Store, is_connection_lost, retry_when_busy};
 use crate::webhook::{WebhookSettings, parse_webhook_url};
 
 /// Longest the loop sleeps before looking for new or newly due deliveries.
@@ -41,6 +41,16 @@ pub const ERROR_BODY_CHARS: usize = 200;
 
 /// Prefix of the lease names the loop writes after the process's own prefix.
 pub const LEASE_TAG: &str = "#webhook-";
+
+/// The lease name, after [`LEASE_TAG`], that final states write their deliveries under for this
+/// process's loop (its claims are numbered, so never take this name).
+pub const HANDOFF_TAG: &str = "written";
+
+/// The handoff (see [`Handoff`]) of the delivery loop of the process whose lease prefix is
+/// `owner` (`host:pid:random`), with the configured delivery lease.
+pub fn handoff(owner: &str, config: &WebhookSettings) -> Handoff {
+    Handoff { lease: Lease(format!("{owner}{LEASE_TAG}{HANDOFF_TAG}")), lease_for: config.lease }
+}
 
 /// What one attempt got from the receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +119,7 @@ pub struct Deliverer {
     config: Arc<WebhookSettings>,
     http: reqwest::Client,
     owner: String,
+    handoff: Handoff,
     deliveries_written: Arc<Notify>,
     /// Counts loop iterations, waits and finished attempts; a stuck loop stops counting.
     pub heartbeat: Heartbeat,
@@ -139,6 +150,7 @@ impl Deliverer {
         Ok(Deliverer {
             store,
             clock,
+            handoff: handoff(owner, &config),
             config,
             http,
             owner: format!("{owner}{LEASE_TAG}"),
@@ -163,7 +175,14 @@ impl Deliverer {
         self
     }
 
-    /// The prefix of every lease this loop writes, for handing them back at shutdown.
+    /// The lease final states of this process write their deliveries under, so that this loop
+    /// sends them at once (see [`Handoff`]).
+    pub fn handoff(&self) -> &Handoff {
+        &self.handoff
+    }
+
+    /// The prefix of every lease this loop writes (its handoff's too), for handing them back at
+    /// shutdown.
     pub fn lease_prefix(&self) -> &str {
         &self.owner
     }
@@ -326,11 +345,11 @@ impl claim_loop::Queue for Deliverer {
     }
 
     async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        self.store.next_delivery_due_at().await
+        self.store.next_delivery_due_for(&self.handoff, self.clock.now()).await
     }
 
     async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<Delivery>, sqlx::Error> {
-        self.store.claim_due_deliveries(lease, now, self.config.lease, limit, self.per_url_limit()).await
+        self.store.claim_due_and_handed_deliveries(lease, &self.handoff, now, limit, self.per_url_limit()).await
     }
 
     fn span(&self, delivery: &Delivery) -> tracing::Span {

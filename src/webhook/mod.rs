@@ -53,7 +53,7 @@ pub fn plan(ticket: &Ticket, config: &WebhookSettings) -> Announcement {
             payload: payload.clone(),
         })
         .collect();
-    Announcement { deliveries, webhook_note: note }
+    Announcement { deliveries, webhook_note: note, handoff: None }
 }
 
 /// Why a ticket's own receiver URL is not used.
@@ -139,10 +139,37 @@ fn private_host(url: &url::Url) -> Option<&'static str> {
     }
 }
 
-/// The `webhook-id` of a ticket's current outcome: the same for every receiver and attempt, new
-/// after each `retry`.
+/// Hex digits of the ticket's digest in a `webhook-id` (96 bits).
+const WEBHOOK_ID_DIGEST_HEX: usize = 24;
+
+/// The `webhook-id` of a ticket's current outcome, `tkt_<digest>_<retries>.<state>`: the same for
+/// every receiver, attempt and daemon, new after each `retry`.
+///
+/// `<digest>` is a SHA-256 prefix of what names the ticket for good and replicates with its row:
+/// workspace, namespace, kind, ticket ID, `created_at` (to the millisecond, as stored) and row ID.
+/// The row ID alone is not enough: after a PostgreSQL failover with asynchronous replication the
+/// sequence can issue an ID again, to a ticket whose other fields differ; and a ticket deleted
+/// and inserted again under the same key gets a new `created_at` and row ID. Each field is
+/// length-prefixed, so no two tuples hash the same input. Ids of the earlier form
+/// (`tkt_<row>_<retries>.<state>`, at most 19 digits) never equal one of this form (24 digits).
 pub fn webhook_id(ticket: &Ticket) -> String {
-    format!("tkt_{}_{}.{}", ticket.id, ticket.retries, ticket.state)
+    use sha2::{Digest as _, Sha256};
+    let mut hash = Sha256::new();
+    let created_at = format_instant(ticket.created_at);
+    let row = ticket.id.0.to_string();
+    for field in [
+        ticket.key.workspace.as_str(),
+        ticket.key.namespace.as_str(),
+        ticket.kind.as_str(),
+        ticket.key.ticket_id.as_str(),
+        created_at.as_str(),
+        row.as_str(),
+    ] {
+        hash.update((field.len() as u64).to_be_bytes());
+        hash.update(field.as_bytes());
+    }
+    let digest = hex::encode(hash.finalize());
+    format!("tkt_{}_{}.{}", &digest[..WEBHOOK_ID_DIGEST_HEX], ticket.retries, ticket.state)
 }
 
 /// The JSON body announcing a final ticket, as the public interface defines it. `data.result` is

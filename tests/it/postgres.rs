@@ -148,9 +148,14 @@ async fn a_psql_insert_naming_only_the_required_columns_is_polled_within_a_secon
     store.close().await;
 }
 
-/// `url` with a password in it (the test server trusts local connections and ignores it).
-fn with_password(url: &str, password: &str) -> String {
-    let mut url = url::Url::parse(url).unwrap();
+/// The test database's URL for a login role of its own whose password is `password` (the server
+/// checks passwords over TCP; roles belong to the whole server, so this one is named after the
+/// database).
+async fn with_password(database: &crate::pg::TestDatabase, password: &str) -> String {
+    let role = format!("owner_{}", database.name().rsplit('_').next().unwrap_or("x"));
+    database.execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'")).await;
+    let mut url = url::Url::parse(database.url()).unwrap();
+    url.set_username(&role).unwrap();
     url.set_password(Some(password)).unwrap();
     url.to_string()
 }
@@ -161,7 +166,7 @@ async fn every_command_and_the_daemon_work_with_database_url_and_never_show_its_
     let Some(database) = crate::pg::database().await else { return };
     let env = TestEnv::new("").await;
     let mut sink = crate::harness::WebhookSink::accepting().await;
-    let url = with_password(database.url(), PASSWORD);
+    let url = with_password(&database, PASSWORD).await;
     // The environment overrides the file's SQLite path with the built-in one, so that only the
     // URL names a database.
     let vars = [("FLINK_TICKETD_DATABASE__URL", url.as_str()), ("FLINK_TICKETD_DATABASE__PATH", "flink-ticketd.db")];
@@ -426,7 +431,7 @@ async fn after_an_operator_migrates_a_daemon_role_without_ddl_rights_opens_and_w
     database
         .execute(&format!(
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
-                 CREATE ROLE {role} LOGIN; END IF; END $$;
+                 CREATE ROLE {role} LOGIN PASSWORD 'daemon-password'; END IF; END $$;
              REVOKE CREATE ON SCHEMA public FROM PUBLIC;
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
              GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role};"
@@ -434,6 +439,7 @@ async fn after_an_operator_migrates_a_daemon_role_without_ddl_rights_opens_and_w
         .await;
     let mut url = url::Url::parse(database.url()).unwrap();
     url.set_username(&role).unwrap();
+    url.set_password(Some("daemon-password")).unwrap();
     let store = Store::open(&postgres_settings(url.as_str())).await.expect("the daemon's role opens the store");
     let queued = store.insert_ticket(&crate::harness::new_ticket("no-ddl")).await.unwrap();
     let lease = flink_ticketd::store::Lease("no-ddl#1".to_owned());

@@ -64,6 +64,7 @@ async fn finish(store: &Store, id: RowId, finish: &Finish, url: &str) -> Result<
                 payload: "{}".to_owned(),
             }],
             webhook_note: None,
+            handoff: None,
         })
         .await
 }
@@ -111,17 +112,42 @@ async fn a_deleted_rows_id_is_never_handed_out_again_so_its_webhook_id_is_never_
 }
 
 #[tokio::test]
+async fn a_webhook_id_comes_from_what_names_the_ticket_not_from_its_row_id_alone() {
+    // Two databases hand out row 1 to different tickets, as a sequence can after a failover that
+    // lost the newest commits: their outcomes still get different webhook-ids.
+    let dir = tempfile::tempdir().unwrap();
+    let (one, other) = (open(&dir.path().join("one.db")).await, open(&dir.path().join("other.db")).await);
+    let a = one.insert_ticket(&new_ticket("a")).await.unwrap();
+    let b = other.insert_ticket(&new_ticket("b")).await.unwrap();
+    assert_eq!(a.id, b.id);
+    let id = flink_ticketd::webhook::webhook_id;
+    assert_ne!(id(&a), id(&b));
+
+    // The same ticket read again (by another daemon, after a restart) keeps its id; a retry or
+    // another outcome gets a new one.
+    let again = one.ticket(a.id).await.unwrap().unwrap();
+    assert_eq!(id(&again), id(&a));
+    let digest = id(&a).trim_start_matches("tkt_").split('_').next().unwrap().to_owned();
+    assert!(digest.len() == 24 && digest.bytes().all(|b| b.is_ascii_hexdigit()), "{}", id(&a));
+    assert_eq!(id(&a), format!("tkt_{digest}_0.pending"));
+    assert_eq!(id(&Ticket { retries: 1, state: TicketState::Failed, ..a.clone() }), format!("tkt_{digest}_1.failed"));
+    one.close().await;
+    other.close().await;
+}
+
+#[tokio::test]
 async fn a_delivery_whose_webhook_id_is_taken_is_noted_on_the_ticket_not_dropped_silently() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("taken.db");
     let store = open(&path).await;
     let ticket = store.insert_ticket(&new_ticket("taken")).await.unwrap();
+    let taken = flink_ticketd::webhook::webhook_id(&Ticket { state: TicketState::Succeeded, ..ticket.clone() });
     // Another program already wrote a delivery under the webhook-id this outcome will get.
     run_sql(
         &path,
         &format!(
             "INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload)
-             VALUES ({id}, 'http://127.0.0.1:9/hook', 'tkt_{id}_0.succeeded', 'ticket.succeeded', '{{}}')",
+             VALUES ({id}, 'http://127.0.0.1:9/hook', '{taken}', 'ticket.succeeded', '{{}}')",
             id = ticket.id
         ),
     )
@@ -135,7 +161,7 @@ async fn a_delivery_whose_webhook_id_is_taken_is_noted_on_the_ticket_not_dropped
     let row = store.ticket(ticket.id).await.unwrap().unwrap();
     assert_eq!(row.state, TicketState::Succeeded);
     let note = row.webhook_note.unwrap_or_default();
-    assert!(note.contains(&format!("tkt_{}_0.succeeded", ticket.id)), "{note}");
+    assert!(note.contains(&taken), "{note}");
     assert!(note.contains("already issued"), "{note}");
     assert_eq!(store.deliveries_of_ticket(ticket.id.0).await.unwrap().len(), 1);
     store.close().await;

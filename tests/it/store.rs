@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use flink_ticketd::domain::{DeployResult, RowId, TicketState, TicketStatus};
 use flink_ticketd::store::{
-    Announcement, Finish, Lease, NewDelivery, NewTicket, PostgresSettings, Reschedule, Store, StoreSettings, Ticket,
+    Announcement, Finish, Handoff, Lease, NewDelivery, NewTicket, PostgresSettings, Reschedule, Store, StoreSettings,
+    Ticket,
 };
 
 use crate::harness::new_ticket;
@@ -154,6 +155,7 @@ on_both_backends!(
     the_change_probe_wakes_on_a_commit_by_another_connection,
     eight_concurrent_claimers_never_get_the_same_row,
     deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight,
+    deliveries_handed_to_the_writer_go_to_its_loop_at_once_and_to_any_loop_once_the_handoff_lapses,
     concurrent_retention_rounds_delete_each_row_once,
     the_user_commands_read_what_the_daemon_wrote,
     every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte,
@@ -301,7 +303,7 @@ async fn the_final_state_and_its_deliveries_commit_together(fixture: Fixture) {
         .record_final(&lease, id, at(2), &finish, |row| {
             assert_eq!(row.state, TicketState::Failed, "the closure sees the final row");
             let deliveries = failed_deliveries(row, &["http://a.example/hook", "http://b.example/hook"]);
-            Announcement { deliveries, webhook_note: Some("note".to_owned()) }
+            Announcement { deliveries, webhook_note: Some("note".to_owned()), handoff: None }
         })
         .await
         .unwrap();
@@ -326,7 +328,7 @@ async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_stat
     let written = store
         .record_final(&lease, id, at(2), &finish, |row| {
             let deliveries = failed_deliveries(row, &["http://ok.example/hook", too_long.as_str()]);
-            Announcement { deliveries, webhook_note: Some("first note".to_owned()) }
+            Announcement { deliveries, webhook_note: Some("first note".to_owned()), handoff: None }
         })
         .await
         .expect("the final state commits");
@@ -504,6 +506,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
             payload: "{}".to_owned(),
         }],
         webhook_note: None,
+        handoff: None,
     });
     // Another program's trigger refuses the final state of "bad" (the store cannot tell it from
     // a constraint of the table's own).
@@ -586,6 +589,7 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
             payload: "{}".to_owned(),
         }],
         webhook_note: None,
+        handoff: None,
     });
     let reschedule = Reschedule {
         next_poll_at: at(30),
@@ -734,6 +738,7 @@ async fn deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight(fi
                 })
                 .collect(),
             webhook_note: None,
+            handoff: None,
         })
         .await
         .unwrap();
@@ -771,6 +776,48 @@ async fn deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight(fi
     ));
     assert_eq!(store.release_deliveries("w#", now).await.unwrap(), 2);
     assert_eq!(store.list_deliveries(Some(flink_ticketd::store::DeliveryState::Pending), 10).await.unwrap().len(), 3);
+}
+
+async fn deliveries_handed_to_the_writer_go_to_its_loop_at_once_and_to_any_loop_once_the_handoff_lapses(
+    fixture: Fixture,
+) {
+    let store = &fixture.store;
+    let (sent, orphaned) = (insert_due_at(store, "sent", at(0)).await, insert_due_at(store, "orphaned", at(0)).await);
+    let lease = Lease("d#1".to_owned());
+    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let handoff = Handoff { lease: Lease("d#webhook-written".to_owned()), lease_for: Duration::from_secs(60) };
+    let finish = Finish { state: TicketState::Failed, polled: true, request_id: None, answer: None, error: None };
+    let finish_handed = |id: RowId, now: DateTime<Utc>| {
+        store.record_final(&lease, id, now, &finish, |row| Announcement {
+            deliveries: failed_deliveries(row, &["http://a.example/hook"]),
+            webhook_note: None,
+            handoff: Some(handoff.clone()),
+        })
+    };
+    assert_eq!(finish_handed(sent, at(2)).await.unwrap(), Some(1));
+
+    // Every other loop sees the delivery due only when the handoff lapses; the writer's own
+    // loop sees it due now and takes it.
+    assert_eq!(store.next_delivery_due_at().await.unwrap(), Some(at(62)));
+    let elsewhere = Lease("e#webhook-1".to_owned());
+    assert!(store.claim_due_deliveries(&elsewhere, at(3), Duration::from_secs(60), 10, 1).await.unwrap().is_empty());
+    assert_eq!(store.next_delivery_due_for(&handoff, at(3)).await.unwrap(), Some(at(3)));
+    let own = Lease("d#webhook-1".to_owned());
+    let claimed = store.claim_due_and_handed_deliveries(&own, &handoff, at(3), 10, 1).await.unwrap();
+    assert_eq!(claimed.iter().map(|delivery| delivery.ticket).collect::<Vec<_>>(), [sent.0]);
+    assert_eq!((claimed[0].attempts, claimed[0].lease_owner.as_deref()), (1, Some("d#webhook-1")));
+    let delivered = flink_ticketd::store::AttemptRecord::Delivered { http_status: 200 };
+    assert!(store.record_attempt(&own, claimed[0].id, at(3), Duration::from_millis(5), &delivered).await.unwrap());
+
+    // The writer dies right after its next final state commits: once the handoff lapses another
+    // daemon sends that delivery, under the webhook-id it was written with.
+    assert_eq!(finish_handed(orphaned, at(4)).await.unwrap(), Some(1));
+    let written = store.deliveries_of_ticket(orphaned.0).await.unwrap();
+    assert!(store.claim_due_deliveries(&elsewhere, at(63), Duration::from_secs(60), 10, 1).await.unwrap().is_empty());
+    let taken_over = store.claim_due_deliveries(&elsewhere, at(64), Duration::from_secs(60), 10, 1).await.unwrap();
+    assert_eq!(taken_over.len(), 1);
+    assert_eq!(taken_over[0].webhook_id, written[0].webhook_id);
+    assert_eq!(taken_over[0].lease_owner.as_deref(), Some("e#webhook-1"));
 }
 
 async fn concurrent_retention_rounds_delete_each_row_once(fixture: Fixture) {

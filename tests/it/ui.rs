@@ -44,7 +44,17 @@ pub(crate) enum Client {
 
 impl UiServer {
     pub(crate) async fn start(env: &TestEnv, client: Client, ui: UiSettings) -> UiServer {
-        let config = env.config(|_| {});
+        UiServer::start_with(env, client, ui, |_| {}).await
+    }
+
+    /// [`UiServer::start`] with the configuration changed by `adjust`.
+    pub(crate) async fn start_with(
+        env: &TestEnv,
+        client: Client,
+        ui: UiSettings,
+        adjust: impl FnOnce(&mut flink_ticketd::config::Config),
+    ) -> UiServer {
+        let config = env.config(adjust);
         let parts =
             daemon::build(&config, Arc::new(SystemClock), Duration::from_millis(100)).await.expect("the parts build");
         let liveness = Arc::new(Liveness::new(Duration::from_secs(15)));
@@ -251,6 +261,9 @@ async fn ticket_filters_narrow_the_list_newest_first_and_page_through_older_link
     expected.sort_unstable_by(|a, b| b.cmp(a));
     assert_eq!(failed.ticket_links(), expected);
     assert!(failed.body.contains("value=\"failed\" checked"), "the form shows the filter in force");
+    let by_kind = server.get("/ui/tickets?kind=deploy&workspace=ws-a").await;
+    assert_eq!(by_kind.ticket_links(), ws_a);
+    assert!(server.get("/ui/tickets?kind=validate").await.ticket_links().is_empty());
     let by_code = server.get("/ui/tickets?error_code=Throttling.User").await;
     assert_eq!(by_code.ticket_links(), vec![ws_a[1]]);
     let dead = server.get("/ui/tickets?dead_webhook=1").await;
@@ -267,6 +280,7 @@ async fn bad_filters_get_a_400_that_says_what_is_wrong() {
     let server = UiServer::loopback(&env).await;
     for (path, says) in [
         ("/ui/tickets?state=done", "state:"),
+        ("/ui/tickets?kind=bogus", "kind:"),
         ("/ui/tickets?limit=501", "limit: expected 1 to 500"),
         ("/ui/tickets?limit=0", "limit: expected 1 to 500"),
         ("/ui/tickets?older=abc", "older: expected a row id"),
@@ -294,7 +308,7 @@ async fn hostile_values_render_as_text_on_every_page() {
     let detail = server.get(&format!("/ui/tickets/{id}")).await;
     assert_eq!(detail.status, 200);
     assert!(detail.body.contains("&lt;img src=x onerror=alert(2)&gt;"), "{}", detail.body);
-    assert!(detail.body.contains("flink-ticketd retry '&lt;script&gt;alert(1)&lt;/script&gt;'"), "{}", detail.body);
+    assert!(detail.body.contains("flink-ticketd cancel '&lt;script&gt;alert(1)&lt;/script&gt;'"), "{}", detail.body);
     for page in [&list, &detail] {
         assert!(!page.body.contains("<script") && !page.body.contains("<img"), "{}", page.body);
     }
@@ -500,4 +514,33 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         rest = &tail[end..];
     }
     names
+}
+
+#[tokio::test]
+async fn the_overview_names_a_paused_workspace_with_its_reason_and_next_probe() {
+    let env = TestEnv::new("[[tickets]]\nprefix = \"denied-\"\nsteps = [{ error = \"NoPermission\" }]").await;
+    let ui = UiSettings { enabled: true, ..UiSettings::default() };
+    // Pauses start at a minute, so the page is read well within the pause.
+    let server = UiServer::start_with(&env, Client::Real, ui, |config| {
+        config.poll.initial_interval = Duration::from_secs(60);
+        config.poll.max_interval = Duration::from_secs(60);
+    })
+    .await;
+    env.insert("denied-1", "default-namespace", "closed-<ws>").await;
+    flink_ticketd::claim_loop::drain(&server.state.poller).await.expect("the ticket is claimed");
+    let page = server.get("/ui/").await;
+    assert_eq!(page.status, 200);
+    for expected in [
+        "href=\"tickets?workspace=closed-%3Cws%3E\">closed-&lt;ws&gt;</a>",
+        "NoPermission",
+        "Polling is not paused globally.",
+    ] {
+        assert!(page.body.contains(expected), "{expected:?} missing:\n{}", page.body);
+    }
+    assert!(page.body.contains("(in 59 s)") || page.body.contains("(in 1 min"), "the next probe is a minute away");
+    let metrics = server.get("/metrics").await;
+    assert!(metrics.body.lines().any(|line| line == "flink_ticketd_workspaces_paused 1"), "{}", metrics.body);
+    let ticket = env.ticket("denied-1").await;
+    let events = server.state.store.ticket_events(ticket.id).await.unwrap();
+    assert_eq!(events.iter().map(|event| event.kind.as_str()).collect::<Vec<_>>(), ["first_poll", "pause"]);
 }

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use super::{PgStore, guarded, instant_text};
 use crate::store::deliveries::Inserted;
-use crate::store::{AttemptRecord, Delivery, DeliveryState, Lease, NewDelivery, Resend, at};
+use crate::store::{AttemptRecord, Delivery, DeliveryState, Handoff, Lease, NewDelivery, Resend, at};
 
 /// Every column of `webhook_deliveries` as [`Delivery`] reads it, from the table aliased `d`.
 pub(super) static DELIVERY_COLUMNS: LazyLock<String> = LazyLock::new(|| {
@@ -28,16 +28,20 @@ pub(super) static DELIVERY_COLUMNS: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Inserts one delivery inside the caller's transaction, under a savepoint so that a refused row
-/// (see `sqlite::deliveries::insert`) leaves the transaction usable.
+/// (see `sqlite::deliveries::insert`) leaves the transaction usable. With a `handoff` the row is
+/// written leased to it, as on SQLite.
 pub(super) async fn insert(
     connection: &mut PgConnection,
     delivery: &NewDelivery,
     now: DateTime<Utc>,
+    handoff: Option<&Handoff>,
 ) -> Result<Inserted, sqlx::Error> {
     sqlx::query("SAVEPOINT delivery").execute(&mut *connection).await?;
     let inserted = sqlx::query(
-        "INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload, next_attempt_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5::json, $6::timestamptz, $6::timestamptz, $6::timestamptz)",
+        "INSERT INTO webhook_deliveries
+             (ticket, url, webhook_id, event_type, payload, next_attempt_at, created_at, updated_at, lease_owner, lease_until)
+         VALUES ($1, $2, $3, $4, $5::json, COALESCE($8::timestamptz, $6::timestamptz), $6::timestamptz,
+                 $6::timestamptz, $7, $8::timestamptz)",
     )
     .bind(delivery.ticket)
     .bind(&delivery.url)
@@ -45,6 +49,8 @@ pub(super) async fn insert(
     .bind(&delivery.event_type)
     .bind(&delivery.payload)
     .bind(at(now))
+    .bind(handoff.map(|handoff| handoff.lease.0.as_str()))
+    .bind(handoff.map(|handoff| at(handoff.until(now))))
     .execute(&mut *connection)
     .await;
     let Err(refusal) = inserted else {
@@ -73,39 +79,66 @@ pub(super) async fn insert(
 }
 
 impl PgStore {
-    pub(in crate::store) async fn next_delivery_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    /// See `sqlite::deliveries`: with a handoff and `now`, `now` when a delivery not yet due is
+    /// handed to it.
+    pub(in crate::store) async fn next_delivery_due_at(
+        &self,
+        handoff: Option<(&Handoff, DateTime<Utc>)>,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let sql = format!(
-            "SELECT {} FROM webhook_deliveries WHERE state = 'pending' ORDER BY next_attempt_at, id LIMIT 1",
-            instant_text!("next_attempt_at")
+            "SELECT {} FROM (
+                 SELECT CASE
+                     WHEN first.due > $2::timestamptz AND EXISTS (
+                         SELECT 1 FROM webhook_deliveries
+                         WHERE state = 'pending' AND next_attempt_at > $2::timestamptz
+                           AND next_attempt_at <= $3::timestamptz AND lease_owner = $1
+                     ) THEN $2::timestamptz
+                     ELSE first.due
+                 END AS due
+                 FROM (SELECT next_attempt_at AS due FROM webhook_deliveries
+                       WHERE state = 'pending' ORDER BY next_attempt_at, id LIMIT 1) AS first
+             ) AS next",
+            instant_text!("next.due")
         );
-        let next: Option<String> =
-            guarded!(self, connection => sqlx::query_scalar(&sql).fetch_optional(&mut *connection).await)?;
+        let next: Option<String> = guarded!(self, connection => {
+            sqlx::query_scalar(&sql)
+                .bind(handoff.map(|(handoff, _)| handoff.lease.0.as_str()))
+                .bind(handoff.map(|(_, now)| at(now)))
+                .bind(handoff.map(|(handoff, now)| at(handoff.until(now))))
+                .fetch_optional(&mut *connection)
+                .await
+        })?;
         Ok(next.as_deref().and_then(crate::clock::parse_instant))
     }
 
     /// `busy` counts live leases per receiver, `due` ranks each receiver's due rows; the rows
     /// picked are locked with `SKIP LOCKED`, and the update checks again that each is still due,
     /// so a row another host claimed meanwhile is left out.
+    /// With a `handoff`, rows leased to it are claimed too (see `sqlite::deliveries`).
     pub(in crate::store) async fn claim_due_deliveries(
         &self,
         lease: &Lease,
+        handoff: Option<&Handoff>,
         now: DateTime<Utc>,
         lease_for: Duration,
         limit: u32,
         per_url: u32,
     ) -> Result<Vec<Delivery>, sqlx::Error> {
         let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        let horizon = at(handoff.map_or(now, |handoff| handoff.until(now)));
         let sql = format!(
             "WITH busy AS (
                  SELECT url, count(*) AS in_flight FROM webhook_deliveries
                  WHERE lease_owner IS NOT NULL AND state = 'pending' AND lease_until > $3::timestamptz
+                   AND attempts > 0
                  GROUP BY url
              ),
              due AS (
                  SELECT id, url, next_attempt_at,
                         row_number() OVER (PARTITION BY url ORDER BY next_attempt_at, id) AS rank
                  FROM webhook_deliveries
-                 WHERE state = 'pending' AND next_attempt_at <= $3::timestamptz
+                 WHERE state = 'pending' AND next_attempt_at <= $7::timestamptz
+                   AND (next_attempt_at <= $3::timestamptz OR lease_owner = $6)
              ),
              chosen AS (
                  SELECT due.id FROM due LEFT JOIN busy ON busy.url = due.url
@@ -122,7 +155,7 @@ impl PgStore {
                      updated_at = $3::timestamptz, attempts = attempts + 1
                  FROM locked
                  WHERE webhook_deliveries.id = locked.id AND webhook_deliveries.state = 'pending'
-                   AND webhook_deliveries.next_attempt_at <= $3::timestamptz
+                   AND (webhook_deliveries.next_attempt_at <= $3::timestamptz OR webhook_deliveries.lease_owner = $6)
                  RETURNING webhook_deliveries.*
              )
              SELECT {} FROM claimed AS d ORDER BY d.id",
@@ -135,6 +168,8 @@ impl PgStore {
                 .bind(at(now))
                 .bind(i64::from(limit))
                 .bind(i64::from(per_url))
+                .bind(handoff.map(|handoff| handoff.lease.0.as_str()))
+                .bind(&horizon)
                 .fetch_all(&mut *connection)
                 .await
         })

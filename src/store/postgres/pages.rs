@@ -34,6 +34,9 @@ impl PgStore {
                 query.push(format_args!(" AND {column} = ")).push_bind(value.clone());
             }
         }
+        if let Some(kind) = filter.kind {
+            query.push(" AND t.kind = ").push_bind(kind.as_str());
+        }
         if filter.dead_webhook {
             query.push(" AND t.id IN (SELECT ticket FROM webhook_deliveries WHERE state = 'dead')");
         }

@@ -436,7 +436,7 @@ pub(in crate::store) async fn write_announcement_on(
     let mut notes: Vec<String> = announcement.webhook_note.iter().cloned().collect();
     let mut written = 0;
     for delivery in &announcement.deliveries {
-        match deliveries::insert(&mut *connection, delivery, now).await? {
+        match deliveries::insert(&mut *connection, delivery, now, announcement.handoff.as_ref()).await? {
             crate::store::deliveries::Inserted::Written => written += 1,
             crate::store::deliveries::Inserted::Refused(reason) => {
                 let url = crate::redact::redact_text(&delivery.url);

@@ -8,21 +8,25 @@ use sqlx::SqliteConnection;
 
 use super::SqliteStore;
 use crate::store::deliveries::Inserted;
-use crate::store::{AttemptRecord, Delivery, DeliveryState, Lease, NewDelivery, Resend, at};
+use crate::store::{AttemptRecord, Delivery, DeliveryState, Handoff, Lease, NewDelivery, Resend, at};
 
 /// Inserts one delivery inside the caller's transaction. A row the outbox refuses is reported as
 /// [`Inserted::Refused`], never dropped silently; in particular a (`webhook_id`, `url`) already in
 /// the outbox: receivers deduplicate on the webhook-id, so a second outcome is never sent under
-/// it. Other errors (the database failing) are returned.
+/// it. Other errors (the database failing) are returned. With a `handoff` the row is written
+/// leased to it (`lease_until = next_attempt_at = now + lease_for`, see [`Handoff`]).
 pub(in crate::store) async fn insert(
     connection: &mut SqliteConnection,
     delivery: &NewDelivery,
     now: DateTime<Utc>,
+    handoff: Option<&Handoff>,
 ) -> Result<Inserted, sqlx::Error> {
+    let until = handoff.map(|handoff| at(handoff.until(now)));
     let now = at(now);
     let inserted = sqlx::query(
-        "INSERT INTO webhook_deliveries (ticket, url, webhook_id, event_type, payload, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)",
+        "INSERT INTO webhook_deliveries
+             (ticket, url, webhook_id, event_type, payload, next_attempt_at, created_at, updated_at, lease_owner, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, COALESCE(?8, ?6), ?6, ?6, ?7, ?8)",
     )
     .bind(delivery.ticket)
     .bind(&delivery.url)
@@ -30,6 +34,8 @@ pub(in crate::store) async fn insert(
     .bind(&delivery.event_type)
     .bind(&delivery.payload)
     .bind(&now)
+    .bind(handoff.map(|handoff| handoff.lease.0.as_str()))
+    .bind(&until)
     .execute(connection)
     .await;
     let Err(error) = inserted else { return Ok(Inserted::Written) };
@@ -48,12 +54,27 @@ pub(in crate::store) async fn insert(
 
 impl SqliteStore {
     /// The earliest `next_attempt_at` of a pending delivery (a lease counts as not due until it
-    /// lapses, because claiming sets `next_attempt_at = lease_until`).
-    pub(in crate::store) async fn next_delivery_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    /// lapses, because claiming sets `next_attempt_at = lease_until`); with a handoff and `now`,
+    /// `now` when a delivery not yet due is handed to it. Handed rows lie within one lease of
+    /// `now`, so that look reads only the index range up to `now + lease_for`.
+    pub(in crate::store) async fn next_delivery_due_at(
+        &self,
+        handoff: Option<(&Handoff, DateTime<Utc>)>,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let next: Option<String> = sqlx::query_scalar(
-            "SELECT next_attempt_at FROM webhook_deliveries INDEXED BY webhook_deliveries_due
-             WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1",
+            "SELECT CASE
+                 WHEN first.due > ?2 AND EXISTS (
+                     SELECT 1 FROM webhook_deliveries INDEXED BY webhook_deliveries_due
+                     WHERE state = 'pending' AND next_attempt_at > ?2 AND next_attempt_at <= ?3 AND lease_owner = ?1
+                 ) THEN ?2
+                 ELSE first.due
+             END
+             FROM (SELECT next_attempt_at AS due FROM webhook_deliveries INDEXED BY webhook_deliveries_due
+                   WHERE state = 'pending' ORDER BY next_attempt_at LIMIT 1) AS first",
         )
+        .bind(handoff.map(|(handoff, _)| handoff.lease.0.as_str()))
+        .bind(handoff.map(|(_, now)| at(now)))
+        .bind(handoff.map(|(handoff, now)| at(handoff.until(now))))
         .fetch_optional(&self.reader)
         .await?;
         Ok(next.as_deref().and_then(crate::clock::parse_instant))
@@ -78,9 +99,12 @@ impl SqliteStore {
     /// lease_for` and one more `attempts`: no other claim can take it until the lease lapses, a
     /// killed daemon's rows come due again by themselves, and an attempt that kills the daemon
     /// still counts towards the schedule.
+    ///
+    /// With a `handoff`, rows leased to it are claimed too, whatever their `next_attempt_at`.
     pub(in crate::store) async fn claim_due_deliveries(
         &self,
         lease: &Lease,
+        handoff: Option<&Handoff>,
         now: DateTime<Utc>,
         lease_for: Duration,
         limit: u32,
@@ -88,19 +112,22 @@ impl SqliteStore {
     ) -> Result<Vec<Delivery>, sqlx::Error> {
         let now_text = at(now);
         let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
-        // `busy` counts live leases per receiver; `due` ranks each receiver's due rows, so a
-        // receiver with `busy` rows in flight gets at most `per_url - busy` more.
+        // Handed rows lie within one lease of now: the index range read stops there.
+        let horizon = handoff.map_or_else(|| now_text.clone(), |handoff| at(handoff.until(now)));
+        // `busy` counts live leases of attempts in flight per receiver (a handed row not yet
+        // claimed has made no attempt); `due` ranks each receiver's due rows, so a receiver with
+        // `busy` rows in flight gets at most `per_url - busy` more.
         sqlx::query_as(
             "WITH busy AS (
                  SELECT url, count(*) AS in_flight FROM webhook_deliveries
-                 WHERE lease_owner IS NOT NULL AND state = 'pending' AND lease_until > ?3
+                 WHERE lease_owner IS NOT NULL AND state = 'pending' AND lease_until > ?3 AND attempts > 0
                  GROUP BY url
              ),
              due AS (
                  SELECT id, url, next_attempt_at,
                         row_number() OVER (PARTITION BY url ORDER BY next_attempt_at, id) AS rank
                  FROM webhook_deliveries INDEXED BY webhook_deliveries_due
-                 WHERE state = 'pending' AND next_attempt_at <= ?3
+                 WHERE state = 'pending' AND next_attempt_at <= ?7 AND (next_attempt_at <= ?3 OR lease_owner = ?6)
              )
              UPDATE webhook_deliveries
              SET lease_owner = ?1, lease_until = ?2, next_attempt_at = ?2, updated_at = ?3,
@@ -115,6 +142,8 @@ impl SqliteStore {
         .bind(&now_text)
         .bind(i64::from(limit))
         .bind(i64::from(per_url))
+        .bind(handoff.map(|handoff| handoff.lease.0.as_str()))
+        .bind(&horizon)
         .fetch_all(&self.writer)
         .await
     }

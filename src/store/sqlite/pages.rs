@@ -1,11 +1,39 @@
 //! SQLite's SQL for the operator pages: keyset pages of tickets and deliveries (newest first by
-//! row ID, `id < older`), and the overview's live leases and dead deliveries.
+//! row ID, `id < older`), and the overview's live leases and dead deliveries. The pages'
+//! statements are interrupted by SQLite itself once `QUERY_DEADLINE` has passed.
 
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Sqlite};
 
 use super::SqliteStore;
+use crate::store::pages::QUERY_DEADLINE;
 use crate::store::{Delivery, DeliveryFilter, Ticket, TicketFilter, at, row};
+
+/// A read connection whose statements SQLite interrupts once [`QUERY_DEADLINE`] has passed (a
+/// progress handler), so that a page's query that runs long stops and frees its connection
+/// instead of running on after the page gave up. Hand it back with [`release`].
+async fn deadline_connection(store: &SqliteStore) -> Result<PoolConnection<Sqlite>, sqlx::Error> {
+    let mut connection = store.reader.acquire().await?;
+    let deadline = std::time::Instant::now() + QUERY_DEADLINE;
+    connection.lock_handle().await?.set_progress_handler(1_000, move || std::time::Instant::now() < deadline);
+    Ok(connection)
+}
+
+/// Removes the progress handler before the connection goes back to the pool; a connection whose
+/// handler cannot be removed is closed, so that it never interrupts anyone else's query.
+async fn release(mut connection: PoolConnection<Sqlite>) {
+    let removed = match connection.lock_handle().await {
+        Ok(mut handle) => {
+            handle.remove_progress_handler();
+            true
+        }
+        Err(_) => false,
+    };
+    if !removed {
+        drop(connection.detach());
+    }
+}
 
 impl SqliteStore {
     /// One page of tickets, newest first; `limit` is already capped.
@@ -33,6 +61,9 @@ impl SqliteStore {
                 query.push(format_args!(" AND {column} = ")).push_bind(value.clone());
             }
         }
+        if let Some(kind) = filter.kind {
+            query.push(" AND kind = ").push_bind(kind.as_str());
+        }
         if filter.dead_webhook {
             // Few deliveries are dead: start from them (their state index), not from the tickets.
             query.push(" AND id IN (SELECT ticket FROM webhook_deliveries WHERE state = 'dead')");
@@ -41,8 +72,10 @@ impl SqliteStore {
             query.push(" AND id < ").push_bind(older);
         }
         query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
-        let rows = query.build().fetch_all(&self.reader).await?;
-        Ok(rows.iter().map(row::read_ticket_leniently).collect())
+        let mut connection = deadline_connection(self).await?;
+        let rows = query.build().fetch_all(&mut *connection).await;
+        release(connection).await;
+        Ok(rows?.iter().map(row::read_ticket_leniently).collect())
     }
 
     /// One page of deliveries, newest first; `limit` is already capped.
@@ -65,7 +98,10 @@ impl SqliteStore {
             query.push(" AND id < ").push_bind(older);
         }
         query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
-        query.build_query_as().fetch_all(&self.reader).await
+        let mut connection = deadline_connection(self).await?;
+        let rows = query.build_query_as().fetch_all(&mut *connection).await;
+        release(connection).await;
+        rows
     }
 
     /// (lease owner, tickets it holds at `now`), over the pending rows only.

@@ -508,7 +508,7 @@ pub(in crate::store) async fn write_announcement_on(
     let mut written = 0;
     for delivery in &announcement.deliveries {
         // A refused statement rolls back alone; the transaction goes on.
-        match deliveries::insert(&mut *connection, delivery, now).await? {
+        match deliveries::insert(&mut *connection, delivery, now, announcement.handoff.as_ref()).await? {
             crate::store::deliveries::Inserted::Written => written += 1,
             crate::store::deliveries::Inserted::Refused(reason) => {
                 let url = crate::redact::redact_text(&delivery.url);
