@@ -29,7 +29,9 @@ const KEY_SECRET: &str = "bench-secret";
 
 fn main() {
     let Some(admin_url) = std::env::var("FLINK_TICKETD_TEST_POSTGRES_URL").ok().filter(|url| !url.is_empty()) else {
-        eprintln!("FLINK_TICKETD_TEST_POSTGRES_URL is not set: run `bash .ci/postgres cargo bench --bench postgres_fleet`");
+        eprintln!(
+            "FLINK_TICKETD_TEST_POSTGRES_URL is not set: run `bash .ci/postgres cargo bench --bench postgres_fleet`"
+        );
         std::process::exit(2);
     };
     let tickets: usize = env_number("BENCH_TICKETS", 6000);
