@@ -152,17 +152,10 @@ impl PgStore {
                 let session = session.clone();
                 Box::pin(async move {
                     connection.execute(session.as_str()).await?;
-                    let standby: bool =
-                        sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *connection).await?;
-                    if standby {
-                        return Err(sqlx::Error::Configuration(
-                            "the server is a standby in recovery (read-only); connect to the primary".into(),
-                        ));
-                    }
-                    Ok(())
+                    refuse_standby(connection).await
                 })
             })
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         let store = PgStore {
             pool,
             shown_url: shown_url.clone(),
@@ -171,15 +164,20 @@ impl PgStore {
             failures: Arc::new(AtomicU32::new(0)),
             episode: Arc::default(),
         };
-        // Connect once now, so that a wrong URL, password or a standby fails at start.
-        let mut connection = tokio::time::timeout(call_timeout, store.pool.acquire())
+        // Connect once now, on a connection of its own, so that a wrong URL, password or a standby
+        // fails at start with what is wrong: the pool retries a connection its check refused
+        // until the acquire timeout and reports only that.
+        let first = async {
+            let mut connection = sqlx::PgConnection::connect_with(&options).await?;
+            let checked = refuse_standby(&mut connection).await;
+            let _ = connection.close().await;
+            checked
+        };
+        tokio::time::timeout(call_timeout, first)
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {}", crate::duration::format_duration(call_timeout)))
-            .and_then(|connected| {
-                connected.map_err(|error| anyhow::anyhow!("{}", errors::redacted(&error, &settings.url)))
-            })
+            .and_then(|checked| checked.map_err(|error| anyhow::anyhow!("{}", errors::redacted(&error, &settings.url))))
             .with_context(|| format!("connecting to postgresql database {shown_url}"))?;
-        let _ = tokio::time::timeout(call_timeout, connection.ping()).await;
         Ok(store)
     }
 
@@ -262,6 +260,18 @@ impl PgStore {
             tracing::info!(database = %self.shown_url, "database connection restored");
         }
     }
+}
+
+/// Refuses a server in recovery: a standby takes no writes, and a daemon connected to one would
+/// fail every claim.
+async fn refuse_standby(connection: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *connection).await?;
+    if standby {
+        return Err(sqlx::Error::Configuration(
+            "the server is a standby in recovery (read-only); connect to the primary".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// One connection taken for one call. Dropped without a good [`Checkout::settle`] (a timeout, a

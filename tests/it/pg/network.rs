@@ -1,6 +1,7 @@
 //! Daemon binaries whose PostgreSQL traffic goes through the fault proxy: a half-open
 //! partition longer than the lease, a connection cut right after `COMMIT` is sent, a real
-//! failover to a promoted standby, and a listener that was down while rows arrived.
+//! failover to a promoted standby, a listener that was down while rows arrived; and a standby,
+//! refused at connect until it is promoted.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -260,4 +261,32 @@ async fn rows_inserted_while_the_listener_is_down_are_claimed_within_a_safety_in
         let first = polls[&ticket_id].first().expect("polled").started_at;
         assert!(first <= bound, "{ticket_id} was first polled at {first}, reconnect at {reference}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_refused_at_connect_and_taken_once_promoted() {
+    let Some(tools) = cluster::tools() else { return };
+    let primary = Cluster::primary(&tools).await;
+    primary.execute("postgres", "CREATE DATABASE ticketd").await;
+    let settings = crate::store::postgres_settings;
+    flink_ticketd::store::Store::open(&settings(&primary.url("ticketd")))
+        .await
+        .expect("the primary opens")
+        .close()
+        .await;
+    let standby = primary.standby().await;
+
+    let Err(refused) = flink_ticketd::store::Store::open(&settings(&standby.url("ticketd"))).await else {
+        panic!("a standby in recovery is refused");
+    };
+    let message = format!("{refused:#}");
+    assert!(message.contains("standby") && message.contains("primary"), "{message}");
+
+    primary.stop().await;
+    standby.promote().await;
+    let store =
+        flink_ticketd::store::Store::open(&settings(&standby.url("ticketd"))).await.expect("promoted, it opens");
+    store.insert_ticket(&crate::harness::new_ticket("after-promotion")).await.expect("it takes writes");
+    store.close().await;
+    standby.stop().await;
 }
