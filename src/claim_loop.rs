@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, Span, error};
+use tracing::{Instrument as _, Span, debug, error};
 
 use crate::service::Heartbeat;
 use crate::store::Lease;
@@ -180,6 +180,7 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
     let heartbeat = queue.heartbeat();
     let mut claims: u64 = 0;
     let mut more_due = false;
+    let mut claims_failing = false;
     loop {
         let mut slots = tokio::select! {
             biased;
@@ -216,8 +217,12 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
         let lease = Lease(format!("{}{claims}", queue.lease_prefix()));
         let wanted = slots.num_permits();
         match claim_once(&queue, &lease, slots, &tracker).await {
-            Ok(Step::Claimed(claimed)) => more_due = claimed == wanted,
+            Ok(Step::Claimed(claimed)) => {
+                claims_failing = false;
+                more_due = claimed == wanted;
+            }
             Ok(Step::Idle) => {
+                claims_failing = false;
                 more_due = false;
                 if looked {
                     tokio::select! {
@@ -230,7 +235,13 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
             }
             Err(error) => {
                 more_due = false;
-                error!(error = %error, "claiming due {} failed", Q::ROWS);
+                // Once per run of failures (a lost database fails every claim until it is back).
+                if claims_failing {
+                    debug!(error = %error, "claiming due {} failed again", Q::ROWS);
+                } else {
+                    error!(error = %error, "claiming due {} failed", Q::ROWS);
+                }
+                claims_failing = true;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = heartbeat.sleep(shape.wake_interval) => {}
@@ -246,6 +257,7 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
 async fn wait_until_due<Q: Queue>(queue: &Q, shutdown: &CancellationToken) -> bool {
     let shape = queue.shape();
     let heartbeat = queue.heartbeat();
+    let mut failing = false;
     loop {
         heartbeat.beat();
         let now = queue.now();
@@ -255,11 +267,24 @@ async fn wait_until_due<Q: Queue>(queue: &Q, shutdown: &CancellationToken) -> bo
             Ok(Some(due)) => (due - now).to_std().unwrap_or(Duration::ZERO).min(shape.wake_interval),
             Ok(None) => shape.wake_interval,
             Err(error) => {
-                error!(error = %error, "reading the next due {} failed", Q::ROW);
-                shape.wake_interval
+                // Logged once per run of failures; and no other wake-up cuts the pause short,
+                // since a lost connection also wakes the listener, which would spin this loop.
+                if failing {
+                    debug!(error = %error, "reading the next due {} failed again", Q::ROW);
+                } else {
+                    error!(error = %error, "reading the next due {} failed", Q::ROW);
+                }
+                failing = true;
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(shape.wake_interval.min(heartbeat.every)) => {}
+                }
+                continue;
             }
         }
         .min(heartbeat.every);
+        failing = false;
         let written = async {
             match queue.written() {
                 Some(written) => written.notified().await,

@@ -291,7 +291,13 @@ impl Poller {
         self.heartbeat.beat();
         match written {
             Ok(true) => {}
-            Ok(false) => warn!("ticket changed under us (lease lapsed, or cancelled); result not recorded"),
+            Ok(false) => {
+                warn!("lease lost: the ticket changed under us (lease lapsed, or cancelled); result not recorded")
+            }
+            // The recorder logged the failed batch this write was in, once for all its tickets.
+            Err(error @ RecordError::Database(_)) => {
+                debug!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
+            }
             Err(error) => {
                 error!(error = %error, "recording the poll result failed; the ticket will be polled again when its lease lapses")
             }

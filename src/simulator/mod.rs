@@ -110,6 +110,10 @@ pub struct LoggedRequest {
     /// The `deploymentDraftId` of a deploy or validate request.
     #[serde(default)]
     pub draft_id: Option<String>,
+    /// The access key ID whose signature the gateway accepted; `None` when it refused the
+    /// request. Tells apart clients that share one simulator under keys of their own.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
     /// The deployment id of a resource-plan request or the job id of a hot-update request.
     #[serde(default)]
     pub subject: Option<String>,
@@ -447,6 +451,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         answer: String::new(),
         http_status: None,
         draft_id: None,
+        access_key_id: None,
         subject: None,
         body: None,
     };
@@ -484,13 +489,21 @@ async fn api(
     let credentials = shared.credentials();
     let verified =
         auth::verify(&received, &credentials, shared.now(), |nonce| lock(&shared.nonces).insert(nonce, Instant::now()));
-    if let Err(rejection) = verified {
-        entry.answer = if rejection.code == "SignatureDoesNotMatch" {
-            "signature mismatch".to_owned()
-        } else {
-            format!("rejected {}", rejection.code)
-        };
-        return Ok(answer::gateway_error(&stamp(shared), rejection.http_status, rejection.code, &rejection.message));
+    match verified {
+        Ok(access_key_id) => entry.access_key_id = Some(access_key_id),
+        Err(rejection) => {
+            entry.answer = if rejection.code == "SignatureDoesNotMatch" {
+                "signature mismatch".to_owned()
+            } else {
+                format!("rejected {}", rejection.code)
+            };
+            return Ok(answer::gateway_error(
+                &stamp(shared),
+                rejection.http_status,
+                rejection.code,
+                &rejection.message,
+            ));
+        }
     }
 
     match route {

@@ -324,6 +324,8 @@ async fn rotated_credentials_take_effect_at_once() {
     );
     let new = client(&running.simulator, "LTAI-new", "new-secret", None);
     assert_eq!(status_of(&poll(&new, "t-1").await.expect("the new key works")), "EXECUTING");
+    let keys: Vec<Option<String>> = running.simulator.requests().into_iter().map(|entry| entry.access_key_id).collect();
+    assert_eq!(keys, [Some(KEY_ID.to_owned()), None, Some("LTAI-new".to_owned())], "the log names the accepted key");
 }
 
 #[tokio::test]

@@ -285,7 +285,12 @@ where
         .retry(busy_retry_policy())
         .when(is_retryable)
         .notify(|error, delay| {
-            tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy or unreachable; retrying the write");
+            // A lost connection is logged once per episode by the backend, not once per write.
+            if postgres::errors::is_connection_error(error) {
+                tracing::debug!(error = %error, delay_ms = delay.as_millis(), "database unreachable; retrying the write");
+            } else {
+                tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write");
+            }
         })
         .await
 }
@@ -306,6 +311,13 @@ fn busy_retry_policy() -> backon::ExponentialBuilder {
 /// second run of one that did changes nothing).
 pub fn is_retryable(error: &sqlx::Error) -> bool {
     is_busy(error) || postgres::errors::is_conflict(error) || postgres::errors::is_connection_error(error)
+}
+
+/// Whether `error` says the connection to the database failed (on PostgreSQL: class 08, 25006
+/// from a demoted server, I/O, timeouts). The backend logs each run of these once, so a caller
+/// that meets one need not log it again at a level a human reads.
+pub fn is_connection_lost(error: &sqlx::Error) -> bool {
+    postgres::errors::is_connection_error(error)
 }
 
 /// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the lock was not free in time).

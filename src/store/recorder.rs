@@ -144,7 +144,12 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
     .retry(policy)
     .when(is_retryable)
     .notify(|error, delay| {
-        tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy or unreachable; retrying the write batch");
+        // A lost connection is logged once per episode by the backend, not once per batch.
+        if super::postgres::errors::is_connection_error(error) {
+            tracing::debug!(error = %error, delay_ms = delay.as_millis(), "database unreachable; retrying the write batch");
+        } else {
+            tracing::warn!(error = %error, delay_ms = delay.as_millis(), "database busy; retrying the write batch");
+        }
     })
     .await;
     if let Err(error) = result {

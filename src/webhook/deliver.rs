@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use super::signing;
 use crate::backoff::honour_webhook_retry_after;
@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::redact::redact_url;
 use crate::service::Heartbeat;
-use crate::store::{AttemptRecord, Delivery, Handoff, Lease, Store, retry_when_busy};
+use crate::store::{AttemptRecord, Delivery, Handoff, Lease, Store, is_connection_lost, retry_when_busy};
 use crate::webhook::{WebhookSettings, parse_webhook_url};
 
 /// Longest the loop sleeps before looking for new or newly due deliveries.
@@ -228,7 +228,14 @@ impl Deliverer {
         self.heartbeat.beat();
         match retry_when_busy(|| self.store.record_attempt(lease, delivery.id, now, took, &record)).await {
             Ok(true) => {}
-            Ok(false) => warn!("delivery changed under us (lease lapsed, or resent); outcome not recorded"),
+            Ok(false) => {
+                warn!("lease lost: the delivery changed under us (lease lapsed, or resent); outcome not recorded")
+            }
+            // A lost connection is logged once per episode by the store.
+            Err(error) if is_connection_lost(&error) => debug!(
+                error = %error,
+                "recording the webhook attempt failed; the delivery is attempted again when its lease lapses"
+            ),
             Err(error) => error!(
                 error = %error,
                 "recording the webhook attempt failed; the delivery is attempted again when its lease lapses"

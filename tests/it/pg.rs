@@ -3,9 +3,21 @@
 //! dropped when the test is done. Without that variable [`database`] prints one skip line and
 //! returns `None`, except under `CI=true`, where a PostgreSQL test that cannot run fails: CI can
 //! never pass on SQLite alone.
+//!
+//! The fault tools live in the submodules: `proxy` (a TCP proxy that forwards, cuts or
+//! blackholes connections, or cuts one right after its COMMIT), `cluster` (clusters of a test's
+//! own, for real failovers) and `fleet` (daemon binaries on PostgreSQL with the simulator); the
+//! multi-daemon tests are in `multi` and the network fault tests in `network`.
 
 #![allow(dead_code, unreachable_pub)]
 
+pub(crate) mod cluster;
+pub(crate) mod fleet;
+mod multi;
+mod network;
+pub(crate) mod proxy;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::Connection as _;
@@ -114,6 +126,17 @@ impl Drop for TestDatabase {
 /// The server's superuser URL, when one is configured.
 pub(crate) fn admin_url() -> Option<String> {
     std::env::var(URL_VARIABLE).ok().filter(|url| !url.trim().is_empty())
+}
+
+/// The server's address (host and port of its URL), for a proxy in front of it.
+pub(crate) fn server_address(database: &TestDatabase) -> SocketAddr {
+    let url = url::Url::parse(database.url()).expect("the test server URL parses");
+    let host = url.host_str().expect("the test server URL names a host");
+    let port = url.port().unwrap_or(5432);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .expect("the test server's host resolves")
+        .next()
+        .expect("the test server's host has an address")
 }
 
 /// Whether the tests run in CI, where a PostgreSQL test may not skip.

@@ -70,6 +70,19 @@ impl PostgresSettings {
 /// Consecutive connection-level failures after which the store reports itself unhealthy.
 pub(super) const UNHEALTHY_AFTER: u32 = 3;
 
+/// How long calls must have gone well since the last connection-level failure before an
+/// episode counts as over. Until then failures are part of it and are not logged again: in a
+/// failover, reads may succeed on the demoted server while every write fails, and an outage
+/// flaps as connections are retried.
+const EPISODE_QUIET: Duration = Duration::from_secs(10);
+
+/// A run of connection-level failures, logged once when it starts and once when it ends.
+#[derive(Debug, Default)]
+pub(super) struct Episode {
+    open: bool,
+    last_failure: Option<std::time::Instant>,
+}
+
 /// Handle to one PostgreSQL database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct PgStore {
@@ -79,6 +92,8 @@ pub(crate) struct PgStore {
     pub(super) listen: bool,
     /// Connection-level failures in a row (reset by any call that reaches the server).
     pub(super) failures: Arc<AtomicU32>,
+    /// The current run of failures, for logging it once.
+    episode: Arc<std::sync::Mutex<Episode>>,
 }
 
 impl PgStore {
@@ -137,33 +152,32 @@ impl PgStore {
                 let session = session.clone();
                 Box::pin(async move {
                     connection.execute(session.as_str()).await?;
-                    let standby: bool =
-                        sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *connection).await?;
-                    if standby {
-                        return Err(sqlx::Error::Configuration(
-                            "the server is a standby in recovery (read-only); connect to the primary".into(),
-                        ));
-                    }
-                    Ok(())
+                    refuse_standby(connection).await
                 })
             })
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         let store = PgStore {
             pool,
             shown_url: shown_url.clone(),
             call_timeout,
             listen: settings.listen,
             failures: Arc::new(AtomicU32::new(0)),
+            episode: Arc::default(),
         };
-        // Connect once now, so that a wrong URL, password or a standby fails at start.
-        let mut connection = tokio::time::timeout(call_timeout, store.pool.acquire())
+        // Connect once now, on a connection of its own, so that a wrong URL, password or a standby
+        // fails at start with what is wrong: the pool retries a connection its check refused
+        // until the acquire timeout and reports only that.
+        let first = async {
+            let mut connection = sqlx::PgConnection::connect_with(&options).await?;
+            let checked = refuse_standby(&mut connection).await;
+            let _ = connection.close().await;
+            checked
+        };
+        tokio::time::timeout(call_timeout, first)
             .await
             .map_err(|_| anyhow::anyhow!("no answer within {}", crate::duration::format_duration(call_timeout)))
-            .and_then(|connected| {
-                connected.map_err(|error| anyhow::anyhow!("{}", errors::redacted(&error, &settings.url)))
-            })
+            .and_then(|checked| checked.map_err(|error| anyhow::anyhow!("{}", errors::redacted(&error, &settings.url))))
             .with_context(|| format!("connecting to postgresql database {shown_url}"))?;
-        let _ = tokio::time::timeout(call_timeout, connection.ping()).await;
         Ok(store)
     }
 
@@ -222,8 +236,13 @@ impl PgStore {
     /// Counts connection-level failures in a row, logging the first of an episode once.
     fn note(&self, error: &sqlx::Error) {
         if errors::is_connection_error(error) {
-            let before = self.failures.fetch_add(1, Ordering::Relaxed);
-            if before == 0 {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            let mut episode = self.episode.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            episode.last_failure = Some(std::time::Instant::now());
+            if episode.open {
+                tracing::debug!(error = %errors::Shown(error), "database connection failed again; reconnecting");
+            } else {
+                episode.open = true;
                 tracing::warn!(database = %self.shown_url, error = %errors::Shown(error), "database connection lost; reconnecting");
             }
         } else {
@@ -231,11 +250,28 @@ impl PgStore {
         }
     }
 
+    /// A call reached the server: the failure count starts over, and an episode that has been
+    /// quiet for [`EPISODE_QUIET`] is over.
     fn recovered(&self) {
-        if self.failures.swap(0, Ordering::Relaxed) > 0 {
+        self.failures.store(0, Ordering::Relaxed);
+        let mut episode = self.episode.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if episode.open && episode.last_failure.is_none_or(|at| at.elapsed() >= EPISODE_QUIET) {
+            episode.open = false;
             tracing::info!(database = %self.shown_url, "database connection restored");
         }
     }
+}
+
+/// Refuses a server in recovery: a standby takes no writes, and a daemon connected to one would
+/// fail every claim.
+async fn refuse_standby(connection: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *connection).await?;
+    if standby {
+        return Err(sqlx::Error::Configuration(
+            "the server is a standby in recovery (read-only); connect to the primary".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// One connection taken for one call. Dropped without a good [`Checkout::settle`] (a timeout, a
