@@ -9,8 +9,12 @@
 
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary prints its report")]
 
+mod common;
+
+use common::{daemon_binary, env_number, file_system_of, spawn_daemon};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
@@ -133,36 +137,6 @@ async fn wait_until_served(client: &reqwest::Client, base: &str) {
     }
 }
 
-fn spawn_daemon(config: &Path) -> Child {
-    Command::new(daemon_binary())
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the daemon starts")
-}
-
-fn daemon_binary() -> PathBuf {
-    std::env::var_os("BENCH_DAEMON").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flink-ticketd")), PathBuf::from)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port()
-}
-
-fn file_system_of(path: &Path) -> String {
-    let output = Command::new("df").arg("--output=fstype").arg(path).output();
-    output
-        .ok()
-        .and_then(|output| String::from_utf8(output.stdout).ok())
-        .and_then(|text| text.lines().nth(1).map(str::trim).map(str::to_owned))
-        .unwrap_or_else(|| "an unknown file system".to_owned())
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }

@@ -25,8 +25,14 @@
 
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary prints its report")]
 
+mod common;
+
+use common::{
+    cores, cpu_ticks, daemon_binary, env_number, file_system_of, percentile, spawn_daemon, stop, ticks_per_second,
+};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -471,11 +477,6 @@ level = "warn"
     config
 }
 
-/// The daemon binary under test: `BENCH_DAEMON`, else this build's.
-fn daemon_binary() -> PathBuf {
-    std::env::var_os("BENCH_DAEMON").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flink-ticketd")), PathBuf::from)
-}
-
 /// Creates the database with the daemon's own `migrate`, so that any build can be measured.
 fn migrate(config: &Path) {
     let status = Command::new(daemon_binary())
@@ -488,38 +489,10 @@ fn migrate(config: &Path) {
     assert!(status.success(), "migrate failed");
 }
 
-fn spawn_daemon(config: &Path) -> Child {
-    Command::new(daemon_binary())
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the daemon starts")
-}
-
-fn stop(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let _ = child.wait();
-}
-
 async fn execute(db: &Path, sql: &str) {
     let mut connection = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
     sqlx::raw_sql(sql).execute(&mut connection).await.unwrap();
     connection.close().await.unwrap();
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |index: usize| fields.get(index).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
-    field(11) + field(12)
 }
 
 fn peak_rss_kb(pid: u32) -> u64 {
@@ -529,43 +502,4 @@ fn peak_rss_kb(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn ticks_per_second() -> f64 {
-    // The kernel's USER_HZ, 100 on every Linux architecture this daemon targets.
-    100.0
-}
-
-/// The file system `path` is on, from /proc/mounts (the longest mount point that prefixes it).
-fn file_system_of(path: &Path) -> String {
-    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (device, mount, kind) = (fields.first()?, fields.get(1)?, fields.get(2)?);
-            path.starts_with(mount).then(|| (mount.len(), format!("{kind} on {device}, mounted at {mount}")))
-        })
-        .max()
-        .map_or_else(|| "file system unknown".to_owned(), |(_, described)| described)
-}
-
-/// The `q` quantile (nearest rank) of `values`.
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }

@@ -15,6 +15,10 @@
 
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary prints its report")]
 
+mod common;
+
+use common::{cores, cpu_ticks, env_number, percentile};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -208,32 +212,4 @@ async fn wait_until(connection: &mut sqlx::PgConnection, count: &str, limit: Dur
         assert!(started.elapsed() < limit, "the benchmark stalled waiting on: {count}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |index: usize| fields.get(index).and_then(|value| value.parse::<u64>().ok()).unwrap_or(0);
-    // utime + stime, in USER_HZ (100 per second on Linux).
-    field(11) + field(12)
-}
-
-/// The `q` quantile (nearest rank) of `values`.
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }

@@ -263,7 +263,10 @@ async fn daemon_pauses_instead_of_stopping_when_credentials_expire_and_cannot_be
     env.insert("t-long", "ns", "ws").await;
     // The row's next_poll_at comes from SQLite's clock, a moment after the manual clock's start.
     clock.advance(chrono::Duration::seconds(1));
-    eventually("the first poll", || async { (env.sim.polls_of("t-long") >= 1).then_some(()) }).await;
+    // Recorded, not only answered: a result written after the jump below would be scheduled
+    // from the jumped clock, and that clock never moves on by itself.
+    eventually("the first poll to be recorded", || async { (env.ticket("t-long").await.polls >= 1).then_some(()) })
+        .await;
 
     sts.set(|_| (503, "<html>unavailable</html>".to_owned()));
     clock.advance(chrono::Duration::hours(2));

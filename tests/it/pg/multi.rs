@@ -159,9 +159,11 @@ steps = [{ status = "EXECUTING", delay_ms = 20 }, { status = "EXECUTING", delay_
     assert!(rows.iter().all(|row| row.state == "succeeded"), "every ticket finished, none stuck");
     let polls = fleet.polls_by_ticket();
     let bound = LEASE + POLL_INTERVAL;
-    // Generous for a loaded machine, yet far below what a stuck ticket would take.
-    let slack = chrono::TimeDelta::milliseconds(1500);
+    // Generous for a loaded machine (the whole suite runs at once on two cores), yet far below
+    // what a stuck ticket would take.
+    let slack = chrono::TimeDelta::milliseconds(2500);
     let mut taken_over = 0;
+    let mut longest = chrono::TimeDelta::zero();
     for row in &rows {
         let requests = &polls[&row.ticket_id];
         let before: Vec<_> = requests.iter().filter(|request| request.started_at <= killed_at).collect();
@@ -180,12 +182,16 @@ steps = [{ status = "EXECUTING", delay_ms = 20 }, { status = "EXECUTING", delay_
             "{} was taken over {waited} after the kill (lease {LEASE:?} + poll interval {POLL_INTERVAL:?})",
             row.ticket_id
         );
+        longest = longest.max(waited);
         taken_over += 1;
     }
     assert!(taken_over > 0, "the kill landed while the victim held tickets");
     let outbox = fleet.deliveries().await;
     assert_announced_once_each(&rows, &outbox, &mut sink);
-    eprintln!("kill -9 of one of three daemons: {taken_over} of its tickets taken over, 0 lost");
+    eprintln!(
+        "kill -9 of one of three daemons: {taken_over} of its tickets taken over, the last {} ms after the kill, 0 lost",
+        longest.num_milliseconds()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
