@@ -20,8 +20,8 @@
 //! another build of the daemon binary (to compare releases: it migrates its own databases).
 //!
 //! Options via environment: `BENCH_TICKETS` (20000), `BENCH_CONCURRENCY` (64), `BENCH_IDLE_SECS`
-//! (10), `BENCH_WAKEUPS` (50), `BENCH_HISTORY_ROWS` (1000000; 0 skips part 6),
-//! `BENCH_REPLAYS` (20).
+//! (30; CPU time is counted in 10 ms ticks), `BENCH_WAKEUPS` (50), `BENCH_HISTORY_ROWS`
+//! (1000000; 0 skips part 6), `BENCH_REPLAYS` (20).
 
 #![allow(missing_docs, clippy::print_stdout, reason = "a benchmark binary prints its report")]
 
@@ -51,7 +51,7 @@ const KEY_SECRET: &str = "bench-secret";
 fn main() {
     let tickets: usize = env_number("BENCH_TICKETS", 20_000);
     let concurrency: usize = env_number("BENCH_CONCURRENCY", 64);
-    let idle_secs: u64 = env_number("BENCH_IDLE_SECS", 10);
+    let idle_secs: u64 = env_number("BENCH_IDLE_SECS", 30);
     let wakeups: usize = env_number("BENCH_WAKEUPS", 50);
     let history_rows: usize = env_number("BENCH_HISTORY_ROWS", 1_000_000);
     let replays: u64 = env_number("BENCH_REPLAYS", 20);

@@ -86,21 +86,28 @@ impl LearnedSchedule {
     /// Learns a schedule from `samples` (any order; only the first [`MAX_SAMPLES`] are used).
     /// `None` with fewer than [`MIN_SAMPLES`] usable samples.
     pub fn learn(samples: &[RunSample], bounds: &Bounds) -> Option<LearnedSchedule> {
-        let mut estimates: Vec<f64> = samples
+        // (estimate in seconds, the estimate's own scatter in log-time, see `censoring`).
+        let mut seen: Vec<(f64, Option<f64>)> = samples
             .iter()
             .take(MAX_SAMPLES)
-            .map(|sample| sample.estimate().as_secs_f64())
-            .filter(|secs| secs.is_finite() && *secs > 0.0)
+            .map(|sample| (sample.estimate().as_secs_f64(), censoring(sample)))
+            .filter(|(secs, _)| secs.is_finite() && *secs > 0.0)
             .collect();
-        if estimates.len() < MIN_SAMPLES {
+        if seen.len() < MIN_SAMPLES {
             return None;
         }
-        estimates.sort_by(f64::total_cmp);
-        let median = quantile(&estimates, 0.5);
-        let all = estimates.len();
-        estimates.retain(|secs| *secs <= median * OUTLIER_FACTOR);
-        let outliers = all - estimates.len();
-        let bandwidth = bandwidth(&estimates);
+        seen.sort_by(|left, right| {
+            let scatter = |value: Option<f64>| value.unwrap_or(-1.0);
+            left.0.total_cmp(&right.0).then(scatter(left.1).total_cmp(&scatter(right.1)))
+        });
+        let all = seen.len();
+        let median = quantile(&seen.iter().map(|(secs, _)| *secs).collect::<Vec<_>>(), 0.5);
+        seen.retain(|(secs, _)| *secs <= median * OUTLIER_FACTOR);
+        let outliers = all - seen.len();
+        let estimates: Vec<f64> = seen.iter().map(|(secs, _)| *secs).collect();
+        let bracketed: Vec<f64> = seen.iter().filter_map(|(_, scatter)| *scatter).collect();
+        let scatter = if bracketed.is_empty() { 0.0 } else { bracketed.iter().sum::<f64>() / bracketed.len() as f64 };
+        let bandwidth = bandwidth(&estimates, scatter);
 
         // The grid: instant 0 (the first poll), then geometric instants covering every smoothed
         // sample, starting no earlier than the shortest wait.
@@ -296,16 +303,28 @@ impl<'a> Table<'a> {
     }
 }
 
-/// The smoothing of one sample in log-time: Silverman's rule of thumb on the log estimates,
-/// within [`MIN_BANDWIDTH`] and [`MAX_BANDWIDTH`].
-fn bandwidth(sorted: &[f64]) -> f64 {
+/// How far a sample's estimate may lie from its true run time, as a variance in log-time: the
+/// run time lies anywhere between the two polls that bracket it, so the midpoint is off by the
+/// spread of a uniform draw over that interval (width squared over 12). `None` for a ticket never
+/// seen running, whose interval starts at zero.
+fn censoring(sample: &RunSample) -> Option<f64> {
+    let (running, finish) = (sample.running_seen.as_secs_f64(), sample.finish_seen.as_secs_f64());
+    (running > 0.0 && running < finish).then(|| (finish / running).ln().powi(2) / 12.0)
+}
+
+/// The smoothing of one sample in log-time: Silverman's rule of thumb on the log estimates, less
+/// the `scatter` (mean variance, see [`censoring`]) the estimates already carry from the polls
+/// that bracketed them, so that the smoothed distribution is not wider than the run times it
+/// stands for; within [`MIN_BANDWIDTH`] and [`MAX_BANDWIDTH`].
+fn bandwidth(sorted: &[f64], scatter: f64) -> f64 {
     let logs: Vec<f64> = sorted.iter().map(|secs| secs.ln()).collect();
     let count = logs.len() as f64;
     let mean = logs.iter().sum::<f64>() / count;
     let deviation = (logs.iter().map(|log| (log - mean).powi(2)).sum::<f64>() / count).sqrt();
     let spread = (quantile(&logs, 0.75) - quantile(&logs, 0.25)) / 1.34;
     let scale = if spread > 0.0 { deviation.min(spread) } else { deviation };
-    (0.9 * scale * count.powf(-0.2)).clamp(MIN_BANDWIDTH, MAX_BANDWIDTH)
+    let rule = 0.9 * scale * count.powf(-0.2);
+    (rule * rule - scatter).max(0.0).sqrt().clamp(MIN_BANDWIDTH, MAX_BANDWIDTH)
 }
 
 /// Linear-interpolated quantile of sorted values.

@@ -57,8 +57,8 @@ pub const WAKE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the waiting poll loop asks the database whether another connection committed (a
 /// `PRAGMA data_version`, no table read): a row inserted by another program is looked at within
-/// about 50 ms, at the cost of 20 tiny queries per second, and only while the loop is waiting.
-pub const CHANGE_PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// about 100 ms, at the cost of 10 tiny queries per second, and only while the loop is waiting.
+pub const CHANGE_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Longest the loop waits to gather free slots before claiming, while polls are in flight.
 pub const CLAIM_WINDOW: Duration = Duration::from_millis(1);
