@@ -28,7 +28,8 @@
 mod common;
 
 use common::{
-    cores, cpu_ticks, daemon_binary, env_number, file_system_of, percentile, spawn_daemon, stop, ticks_per_second,
+    KEY_ID, KEY_SECRET, cores, cpu_ticks, daemon_binary, env_number, file_system_of, percentile, spawn_daemon,
+    start_simulator, stop, ticks_per_second,
 };
 
 use std::path::{Path, PathBuf};
@@ -40,13 +41,10 @@ use std::time::{Duration, Instant};
 use flink_ticketd::clock::SystemClock;
 use flink_ticketd::flink::{ClientSettings, CredentialSource, Credentials, Endpoints, FlinkClient, TicketRef};
 use flink_ticketd::poller::{Bounds, Policy, PollSettings, RunTimes, Workload, replay};
-use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings, Step};
+use flink_ticketd::simulator::Simulator;
 use secrecy::SecretString;
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
-
-const KEY_ID: &str = "bench-key";
-const KEY_SECRET: &str = "bench-secret";
 
 fn main() {
     let tickets: usize = env_number("BENCH_TICKETS", 20_000);
@@ -59,18 +57,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let scenario = Scenario { default: vec![Step::status("EXECUTING"), Step::finished_ok()], tickets: Vec::new() };
-        let sim = Simulator::start(
-            "127.0.0.1:0".parse().unwrap(),
-            SimulatorSettings {
-                credentials: vec![(KEY_ID.to_owned(), KEY_SECRET.to_owned())],
-                scenario,
-                clock_offset_secs: 0,
-            },
-            shutdown.clone(),
-        )
-        .await
-        .expect("the simulator starts");
+        let sim = start_simulator(&shutdown).await;
 
         println!("flink-ticketd pipeline benchmark: {tickets} tickets, concurrency {concurrency}, {} cores", cores());
         println!("  databases under {} ({})", base.display(), file_system_of(&base));

@@ -17,19 +17,16 @@
 
 mod common;
 
-use common::{cores, cpu_ticks, env_number, percentile};
+use common::{KEY_ID, KEY_SECRET, cores, cpu_ticks, env_number, percentile, start_simulator};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings, Step};
+use flink_ticketd::simulator::Simulator;
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
-
-const KEY_ID: &str = "bench-key";
-const KEY_SECRET: &str = "bench-secret";
 
 fn main() {
     let Some(admin_url) = std::env::var("FLINK_TICKETD_TEST_POSTGRES_URL").ok().filter(|url| !url.is_empty()) else {
@@ -43,18 +40,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let scenario = Scenario { default: vec![Step::status("EXECUTING"), Step::finished_ok()], tickets: Vec::new() };
-        let sim = Simulator::start(
-            "127.0.0.1:0".parse().expect("an address"),
-            SimulatorSettings {
-                credentials: vec![(KEY_ID.to_owned(), KEY_SECRET.to_owned())],
-                scenario,
-                clock_offset_secs: 0,
-            },
-            shutdown.clone(),
-        )
-        .await
-        .expect("the simulator starts");
+        let sim = start_simulator(&shutdown).await;
         let dir = tempfile::tempdir().expect("a temp dir");
         println!("postgres fleet benchmark: {tickets} tickets per run, {wakeups} wake-ups, {} cores", cores());
         for daemons in 1..=3 {

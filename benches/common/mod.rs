@@ -7,6 +7,30 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings, Step};
+use tokio_util::sync::CancellationToken;
+
+/// The access key the benchmarks' simulator accepts.
+pub(crate) const KEY_ID: &str = "bench-key";
+pub(crate) const KEY_SECRET: &str = "bench-secret";
+
+/// The simulated API on a free loopback port, in this process: every ticket answers `EXECUTING`
+/// once, then `FINISHED` with success.
+pub(crate) async fn start_simulator(shutdown: &CancellationToken) -> Simulator {
+    let scenario = Scenario { default: vec![Step::status("EXECUTING"), Step::finished_ok()], tickets: Vec::new() };
+    Simulator::start(
+        "127.0.0.1:0".parse().expect("an address"),
+        SimulatorSettings {
+            credentials: vec![(KEY_ID.to_owned(), KEY_SECRET.to_owned())],
+            scenario,
+            clock_offset_secs: 0,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .expect("the simulator starts")
+}
+
 /// The daemon binary measured: this build's (release), or `BENCH_DAEMON` to compare another.
 pub(crate) fn daemon_binary() -> PathBuf {
     std::env::var_os("BENCH_DAEMON").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flink-ticketd")), PathBuf::from)

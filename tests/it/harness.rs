@@ -197,21 +197,8 @@ level = "info"
         let config = self.config_file_with(extra);
         let log = self.dir.path().join(format!("daemon-{}.log", rand_suffix()));
         let log_file = std::fs::File::create(&log).expect("the log file is created");
-        let mut command = Command::new(binary());
-        command
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let child = command.spawn().expect("the daemon binary starts");
+        let child =
+            daemon_command(&config, log_file).envs(env.iter().copied()).spawn().expect("the daemon binary starts");
         BinaryDaemon { child, log }
     }
 
@@ -504,6 +491,25 @@ fn run_cli(home: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> C
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// `run` of the real binary with `config`, its log into `log`, and none of the service manager's
+/// or the caller's logging variables (so a test's daemon neither notifies nor logs elsewhere).
+pub fn daemon_command(config: &Path, log: std::fs::File) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    command
 }
 
 /// The daemon binary Cargo built for these tests.

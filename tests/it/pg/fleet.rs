@@ -5,14 +5,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use flink_ticketd::simulator::LoggedRequest;
 use sqlx::Connection as _;
 
-use crate::harness::{BinaryDaemon, HANG, KEY_SECRET, TestEnv, binary, eventually, eventually_within};
+use crate::harness::{BinaryDaemon, HANG, KEY_SECRET, TestEnv, eventually, eventually_within};
 use crate::pg::TestDatabase;
 
 /// `database.max_connections` of every test daemon.
@@ -79,23 +78,12 @@ impl Fleet {
         std::fs::write(&config, format!("{}\n{extra}", config_text(&self.env, url, index))).expect("config written");
         let log = self.env.dir.path().join(format!("daemon-{index}-{}.log", unique()));
         let log_file = std::fs::File::create(&log).expect("the log file is created");
-        let child = Command::new(binary())
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM")
+        let child = crate::harness::daemon_command(&config, log_file)
             .env("FLINK_TICKETD_HTTP__LISTEN", "127.0.0.1:0")
             // Short enough for leases of a few seconds (a lease must outlast one request).
             .env("FLINK_TICKETD_FLINK__CONNECT_TIMEOUT", "300ms")
             .env("FLINK_TICKETD_FLINK__REQUEST_TIMEOUT", "1s")
             .envs(vars.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
             .spawn()
             .expect("the daemon binary starts");
         BinaryDaemon { child, log }
