@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{Store, dispatch};
+use crate::clock::parse_instant;
 use crate::domain::{RowId, TicketState, TicketStatus};
 
 /// One change of a ticket, as the row looked after it.
@@ -45,6 +46,58 @@ pub struct WebhookAttempt {
     pub http_status: Option<i64>,
     /// What went wrong, shortened.
     pub error: Option<String>,
+}
+
+/// A `ticket_events` row as both backends read it (times as canonical text).
+#[derive(sqlx::FromRow)]
+pub(super) struct StoredEvent {
+    at: String,
+    kind: String,
+    state: String,
+    ticket_status: Option<String>,
+    polls: i64,
+    error_code: Option<String>,
+    detail: Option<String>,
+}
+
+/// A `webhook_attempts` row as both backends read it (times as canonical text).
+#[derive(sqlx::FromRow)]
+pub(super) struct StoredAttempt {
+    delivery: i64,
+    attempt: i64,
+    at: String,
+    duration_ms: i64,
+    http_status: Option<i64>,
+    error: Option<String>,
+}
+
+impl From<StoredEvent> for TicketEvent {
+    /// A value another program wrote that cannot be read shows as the epoch or `failed`, as
+    /// listings read rows.
+    fn from(row: StoredEvent) -> TicketEvent {
+        TicketEvent {
+            at: parse_instant(&row.at).unwrap_or_default(),
+            kind: row.kind,
+            state: row.state.parse().unwrap_or(TicketState::Failed),
+            ticket_status: row.ticket_status.as_deref().map(TicketStatus::from_wire),
+            polls: row.polls,
+            error_code: row.error_code,
+            detail: row.detail,
+        }
+    }
+}
+
+impl From<StoredAttempt> for WebhookAttempt {
+    fn from(row: StoredAttempt) -> WebhookAttempt {
+        WebhookAttempt {
+            delivery: row.delivery,
+            attempt: row.attempt,
+            at: parse_instant(&row.at).unwrap_or_default(),
+            duration_ms: row.duration_ms,
+            http_status: row.http_status,
+            error: row.error,
+        }
+    }
 }
 
 impl Store {

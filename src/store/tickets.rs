@@ -137,6 +137,21 @@ pub struct Announcement {
     pub handoff: Option<Handoff>,
 }
 
+impl Announcement {
+    /// What `webhook_note` says once the announcement is written: its own note, then one line for
+    /// each delivery the outbox `refused` (with the reason; each refusal is logged too), or `None`
+    /// when there is nothing to say.
+    pub(in crate::store) fn note(&self, id: RowId, refused: &[(&NewDelivery, String)]) -> Option<String> {
+        let mut notes: Vec<String> = self.webhook_note.iter().cloned().collect();
+        for (delivery, reason) in refused {
+            let url = crate::redact::redact_text(&delivery.url);
+            tracing::error!(row = id.0, url = %url, reason = %reason, "webhook delivery dropped: the outbox refused it");
+            notes.push(format!("webhook to {url} dropped: the delivery could not be written ({reason})"));
+        }
+        (!notes.is_empty()).then(|| notes.join("; "))
+    }
+}
+
 /// The ticket is not final: when to poll next, and what the last call said.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reschedule {

@@ -5,8 +5,7 @@ use std::collections::HashSet;
 
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::store::row;
-use crate::store::sqlite::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
+use crate::store::sqlite::results::{ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows, fenced by lease and state.
 /// Returns, for each write in order, whether it was written. The caller owns the transaction.
@@ -49,52 +48,30 @@ pub(in crate::store) async fn record_many_on(
             FROM (",
         );
         query.push_values(&chunk_writes, |mut row, write| {
-            let (final_state, schedule, polled, request_id, answer, error, seen) = match write.result {
-                PollResult::Progress(update) => (
-                    None,
-                    Some((update.next_poll_at, update.running_streak, update.error_streak)),
-                    update.polled,
-                    &update.request_id,
-                    update.answer.as_ref(),
-                    &update.error,
-                    Some((update.running_seen_ms, update.note.as_str())),
-                ),
-                PollResult::Final(finish) => (
-                    Some(finish.state.as_str()),
-                    None,
-                    finish.polled,
-                    &finish.request_id,
-                    finish.answer.as_ref(),
-                    &finish.error,
-                    None,
-                ),
-            };
-            let columns = answer.map(|answer| answer.result.columns());
-            let errors = columns.map(|columns| row::issues_json(columns.validation_errors));
-            let (code, message) = error.clone().unzip();
-            row.push_bind(write.id.0)
-                .push_bind(write.lease.0.clone())
-                .push_bind(final_state)
-                .push_bind(schedule.map(|(next_poll_at, _, _)| crate::store::at(next_poll_at)))
-                .push_bind(schedule.map(|(_, running_streak, _)| running_streak))
-                .push_bind(schedule.map(|(_, _, error_streak)| error_streak))
-                .push_bind(i64::from(polled))
-                .push_bind(request_id.clone())
-                .push_bind(answer.is_some())
-                .push_bind(columns.and_then(|columns| columns.ticket_status.map(|status| status.as_wire().to_owned())))
-                .push_bind(columns.and_then(|columns| columns.deployment_id.map(str::to_owned)))
-                .push_bind(columns.and_then(|columns| columns.deploy_success))
-                .push_bind(columns.and_then(|columns| columns.message.map(str::to_owned)))
-                .push_bind(columns.and_then(|columns| columns.validation_result.map(str::to_owned)))
-                .push_bind(errors)
-                .push_bind(code)
-                .push_bind(message)
-                .push_bind(crate::store::at(write.now))
-                .push_bind(columns.and_then(|columns| row::config_issues_json(columns.config_errors)))
-                .push_bind(columns.and_then(|columns| columns.resource_plan.map(str::to_owned)))
-                .push_bind(answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())))
-                .push_bind(seen.and_then(|(running_seen_ms, _)| running_seen_ms))
-                .push_bind(seen.map(|(_, note)| note.to_owned()));
+            let v = write.values();
+            row.push_bind(v.id)
+                .push_bind(v.lease)
+                .push_bind(v.final_state)
+                .push_bind(v.next_poll_at)
+                .push_bind(v.running_streak)
+                .push_bind(v.error_streak)
+                .push_bind(v.polled)
+                .push_bind(v.request_id)
+                .push_bind(v.has_answer)
+                .push_bind(v.ticket_status)
+                .push_bind(v.deployment_id)
+                .push_bind(v.deploy_success)
+                .push_bind(v.message)
+                .push_bind(v.validation_result)
+                .push_bind(v.validation_errors)
+                .push_bind(v.error_code)
+                .push_bind(v.error_message)
+                .push_bind(v.now)
+                .push_bind(v.config_errors)
+                .push_bind(v.resource_plan)
+                .push_bind(v.result_json)
+                .push_bind(v.running_seen_ms)
+                .push_bind(v.schedule_note);
         });
         query.push(
             ") AS v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,

@@ -433,21 +433,17 @@ pub(in crate::store) async fn write_announcement_on(
     now: DateTime<Utc>,
     announcement: &Announcement,
 ) -> Result<usize, sqlx::Error> {
-    let mut notes: Vec<String> = announcement.webhook_note.iter().cloned().collect();
+    let mut refused = Vec::new();
     let mut written = 0;
     for delivery in &announcement.deliveries {
         match deliveries::insert(&mut *connection, delivery, now, announcement.handoff.as_ref()).await? {
             crate::store::deliveries::Inserted::Written => written += 1,
-            crate::store::deliveries::Inserted::Refused(reason) => {
-                let url = crate::redact::redact_text(&delivery.url);
-                tracing::error!(row = id.0, url = %url, reason = %reason, "webhook delivery dropped: the outbox refused it");
-                notes.push(format!("webhook to {url} dropped: the delivery could not be written ({reason})"));
-            }
+            crate::store::deliveries::Inserted::Refused(reason) => refused.push((delivery, reason)),
         }
     }
-    if !notes.is_empty() {
+    if let Some(note) = announcement.note(id, &refused) {
         sqlx::query("UPDATE tickets SET webhook_note = $1 WHERE id = $2")
-            .bind(notes.join("; "))
+            .bind(note)
             .bind(id.0)
             .execute(&mut *connection)
             .await?;

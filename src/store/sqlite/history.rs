@@ -1,33 +1,10 @@
 //! SQLite's SQL for a ticket's history: `ticket_events` and `webhook_attempts` (both written in
 //! the transactions that change their rows: events by a trigger, attempts by `record_attempt`).
 
-use sqlx::FromRow;
-
 use super::SqliteStore;
-use crate::clock::parse_instant;
-use crate::domain::{RowId, TicketState, TicketStatus};
+use crate::domain::RowId;
+use crate::store::history::{StoredAttempt, StoredEvent};
 use crate::store::{TicketEvent, WebhookAttempt};
-
-#[derive(FromRow)]
-struct StoredEvent {
-    at: String,
-    kind: String,
-    state: String,
-    ticket_status: Option<String>,
-    polls: i64,
-    error_code: Option<String>,
-    detail: Option<String>,
-}
-
-#[derive(FromRow)]
-struct StoredAttempt {
-    delivery: i64,
-    attempt: i64,
-    at: String,
-    duration_ms: i64,
-    http_status: Option<i64>,
-    error: Option<String>,
-}
 
 impl SqliteStore {
     /// The ticket's events, oldest first. A value another program wrote that cannot be read
@@ -40,18 +17,7 @@ impl SqliteStore {
         .bind(id.0)
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| TicketEvent {
-                at: parse_instant(&row.at).unwrap_or_default(),
-                kind: row.kind,
-                state: row.state.parse().unwrap_or(TicketState::Failed),
-                ticket_status: row.ticket_status.as_deref().map(TicketStatus::from_wire),
-                polls: row.polls,
-                error_code: row.error_code,
-                detail: row.detail,
-            })
-            .collect())
+        Ok(rows.into_iter().map(TicketEvent::from).collect())
     }
 
     /// The attempts of the ticket's deliveries, by delivery then attempt.
@@ -67,16 +33,6 @@ impl SqliteStore {
         .bind(id.0)
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| WebhookAttempt {
-                delivery: row.delivery,
-                attempt: row.attempt,
-                at: parse_instant(&row.at).unwrap_or_default(),
-                duration_ms: row.duration_ms,
-                http_status: row.http_status,
-                error: row.error,
-            })
-            .collect())
+        Ok(rows.into_iter().map(WebhookAttempt::from).collect())
     }
 }

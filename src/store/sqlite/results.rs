@@ -26,6 +26,87 @@ pub(in crate::store) enum PollResult<'a> {
     Final(&'a Finish),
 }
 
+/// The values one [`ResultWrite`] binds, in the order of the `v` columns both backends' statements
+/// name: what the result sets, worked out once for SQLite and PostgreSQL alike.
+pub(in crate::store) struct ResultValues {
+    pub(in crate::store) id: i64,
+    pub(in crate::store) lease: String,
+    pub(in crate::store) final_state: Option<&'static str>,
+    pub(in crate::store) next_poll_at: Option<String>,
+    pub(in crate::store) running_streak: Option<i64>,
+    pub(in crate::store) error_streak: Option<i64>,
+    pub(in crate::store) polled: i64,
+    pub(in crate::store) request_id: Option<String>,
+    pub(in crate::store) has_answer: bool,
+    pub(in crate::store) ticket_status: Option<String>,
+    pub(in crate::store) deployment_id: Option<String>,
+    pub(in crate::store) deploy_success: Option<bool>,
+    pub(in crate::store) message: Option<String>,
+    pub(in crate::store) validation_result: Option<String>,
+    pub(in crate::store) validation_errors: Option<String>,
+    pub(in crate::store) error_code: Option<String>,
+    pub(in crate::store) error_message: Option<String>,
+    pub(in crate::store) now: String,
+    pub(in crate::store) config_errors: Option<String>,
+    pub(in crate::store) resource_plan: Option<String>,
+    pub(in crate::store) result_json: Option<String>,
+    pub(in crate::store) running_seen_ms: Option<i64>,
+    pub(in crate::store) schedule_note: Option<String>,
+}
+
+impl ResultWrite<'_> {
+    /// The values this write binds (see [`ResultValues`]).
+    pub(in crate::store) fn values(&self) -> ResultValues {
+        let (final_state, schedule, polled, request_id, answer, error, seen) = match self.result {
+            PollResult::Progress(update) => (
+                None,
+                Some((update.next_poll_at, update.running_streak, update.error_streak)),
+                update.polled,
+                &update.request_id,
+                update.answer.as_ref(),
+                &update.error,
+                Some((update.running_seen_ms, update.note.as_str())),
+            ),
+            PollResult::Final(finish) => (
+                Some(finish.state.as_str()),
+                None,
+                finish.polled,
+                &finish.request_id,
+                finish.answer.as_ref(),
+                &finish.error,
+                None,
+            ),
+        };
+        let columns = answer.map(|answer| answer.result.columns());
+        let (error_code, error_message) = error.clone().unzip();
+        ResultValues {
+            id: self.id.0,
+            lease: self.lease.0.clone(),
+            final_state,
+            next_poll_at: schedule.map(|(next_poll_at, _, _)| at(next_poll_at)),
+            running_streak: schedule.map(|(_, running_streak, _)| running_streak),
+            error_streak: schedule.map(|(_, _, error_streak)| error_streak),
+            polled: i64::from(polled),
+            request_id: request_id.clone(),
+            has_answer: answer.is_some(),
+            ticket_status: columns.and_then(|columns| columns.ticket_status.map(|status| status.as_wire().to_owned())),
+            deployment_id: columns.and_then(|columns| columns.deployment_id.map(str::to_owned)),
+            deploy_success: columns.and_then(|columns| columns.deploy_success),
+            message: columns.and_then(|columns| columns.message.map(str::to_owned)),
+            validation_result: columns.and_then(|columns| columns.validation_result.map(str::to_owned)),
+            validation_errors: columns.map(|columns| row::issues_json(columns.validation_errors)),
+            error_code,
+            error_message,
+            now: at(self.now),
+            config_errors: columns.and_then(|columns| row::config_issues_json(columns.config_errors)),
+            resource_plan: columns.and_then(|columns| columns.resource_plan.map(str::to_owned)),
+            result_json: answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())),
+            running_seen_ms: seen.and_then(|(running_seen_ms, _)| running_seen_ms),
+            schedule_note: seen.map(|(_, note)| note.to_owned()),
+        }
+    }
+}
+
 /// Most rows one multi-row write names (23 bound values each, well below SQLite's limit).
 pub(in crate::store) const ROWS_PER_STATEMENT: usize = 256;
 
@@ -50,52 +131,30 @@ pub(in crate::store) async fn record_many_on(
                      result_json, running_seen_ms, schedule_note) AS (",
         );
         query.push_values(chunk, |mut row, write| {
-            let (final_state, schedule, polled, request_id, answer, error, seen) = match write.result {
-                PollResult::Progress(update) => (
-                    None,
-                    Some((update.next_poll_at, update.running_streak, update.error_streak)),
-                    update.polled,
-                    &update.request_id,
-                    update.answer.as_ref(),
-                    &update.error,
-                    Some((update.running_seen_ms, update.note.as_str())),
-                ),
-                PollResult::Final(finish) => (
-                    Some(finish.state.as_str()),
-                    None,
-                    finish.polled,
-                    &finish.request_id,
-                    finish.answer.as_ref(),
-                    &finish.error,
-                    None,
-                ),
-            };
-            let columns = answer.map(|answer| answer.result.columns());
-            let errors = columns.map(|columns| row::issues_json(columns.validation_errors));
-            let (code, message) = error.clone().unzip();
-            row.push_bind(write.id.0)
-                .push_bind(write.lease.0.clone())
-                .push_bind(final_state)
-                .push_bind(schedule.map(|(next_poll_at, _, _)| at(next_poll_at)))
-                .push_bind(schedule.map(|(_, running_streak, _)| running_streak))
-                .push_bind(schedule.map(|(_, _, error_streak)| error_streak))
-                .push_bind(i64::from(polled))
-                .push_bind(request_id.clone())
-                .push_bind(i64::from(answer.is_some()))
-                .push_bind(columns.and_then(|columns| columns.ticket_status.map(|status| status.as_wire().to_owned())))
-                .push_bind(columns.and_then(|columns| columns.deployment_id.map(str::to_owned)))
-                .push_bind(columns.and_then(|columns| columns.deploy_success))
-                .push_bind(columns.and_then(|columns| columns.message.map(str::to_owned)))
-                .push_bind(columns.and_then(|columns| columns.validation_result.map(str::to_owned)))
-                .push_bind(errors)
-                .push_bind(code)
-                .push_bind(message)
-                .push_bind(at(write.now))
-                .push_bind(columns.and_then(|columns| row::config_issues_json(columns.config_errors)))
-                .push_bind(columns.and_then(|columns| columns.resource_plan.map(str::to_owned)))
-                .push_bind(answer.and_then(|answer| answer.raw.as_ref().map(|raw| raw.as_str().to_owned())))
-                .push_bind(seen.and_then(|(running_seen_ms, _)| running_seen_ms))
-                .push_bind(seen.map(|(_, note)| note.to_owned()));
+            let v = write.values();
+            row.push_bind(v.id)
+                .push_bind(v.lease)
+                .push_bind(v.final_state)
+                .push_bind(v.next_poll_at)
+                .push_bind(v.running_streak)
+                .push_bind(v.error_streak)
+                .push_bind(v.polled)
+                .push_bind(v.request_id)
+                .push_bind(i64::from(v.has_answer))
+                .push_bind(v.ticket_status)
+                .push_bind(v.deployment_id)
+                .push_bind(v.deploy_success)
+                .push_bind(v.message)
+                .push_bind(v.validation_result)
+                .push_bind(v.validation_errors)
+                .push_bind(v.error_code)
+                .push_bind(v.error_message)
+                .push_bind(v.now)
+                .push_bind(v.config_errors)
+                .push_bind(v.resource_plan)
+                .push_bind(v.result_json)
+                .push_bind(v.running_seen_ms)
+                .push_bind(v.schedule_note);
         });
         // Column by column what the one-row writes do: an answer replaces the answer columns
         // and clears the error, an error replaces the error columns, neither keeps them; a final
