@@ -415,7 +415,8 @@ impl FlinkClient {
             None => url.host_str().unwrap_or_default().to_owned(),
         };
         let body = request.body;
-        let date = (self.clock.now() + chrono::Duration::seconds(offset_secs)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let date = (self.clock.now() + chrono::Duration::seconds(offset_secs))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let nonce = new_nonce();
         let payload_hash = signing::payload_hash(body);
         let mut headers: Vec<(&str, &str)> = vec![

@@ -67,16 +67,32 @@ pub fn sign(input: &SigningInput<'_>, access_key_id: &str, access_key_secret: &s
     let mut headers: Vec<(String, &str)> =
         input.headers.iter().map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim())).collect();
     headers.sort_by(|a, b| a.0.cmp(&b.0));
-    let canonical_headers: String = headers.iter().map(|(name, value)| format!("{name}:{value}\n")).collect();
-    let signed_headers = headers.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(";");
+    let mut canonical_headers =
+        String::with_capacity(headers.iter().map(|(name, value)| name.len() + value.len() + 2).sum());
+    let mut signed_headers = String::with_capacity(headers.iter().map(|(name, _)| name.len() + 1).sum());
+    for (name, value) in &headers {
+        canonical_headers.push_str(name);
+        canonical_headers.push(':');
+        canonical_headers.push_str(value);
+        canonical_headers.push('\n');
+        if !signed_headers.is_empty() {
+            signed_headers.push(';');
+        }
+        signed_headers.push_str(name);
+    }
 
-    let canonical_request = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        input.method, input.canonical_uri, canonical_query_string, canonical_headers, signed_headers, payload_hash
-    );
-    let hashed_canonical_request = hex::encode(Sha256::digest(canonical_request.as_bytes()));
+    let canonical_request = [
+        input.method,
+        input.canonical_uri,
+        &canonical_query_string,
+        &canonical_headers,
+        &signed_headers,
+        &payload_hash,
+    ]
+    .join("\n");
+    let hashed_canonical_request = lower_hex(&Sha256::digest(canonical_request.as_bytes()));
     let string_to_sign = format!("{ALGORITHM}\n{hashed_canonical_request}");
-    let signature = hex::encode(hmac_sha256(access_key_secret.as_bytes(), string_to_sign.as_bytes()));
+    let signature = lower_hex(&hmac_sha256(access_key_secret.as_bytes(), string_to_sign.as_bytes()));
     let authorization =
         format!("{ALGORITHM} Credential={access_key_id},SignedHeaders={signed_headers},Signature={signature}");
     Signed {
@@ -94,7 +110,18 @@ pub fn sign(input: &SigningInput<'_>, access_key_id: &str, access_key_secret: &s
 
 /// Lowercase hex SHA-256 of `body`; `e3b0c442…b855` for an empty body.
 pub fn payload_hash(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
+    lower_hex(&Sha256::digest(body))
+}
+
+/// Lowercase hex of `bytes` (what `hex::encode` gives, written byte by byte from a table).
+fn lower_hex(bytes: &[u8]) -> String {
+    const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(HEX_LOWER[usize::from(byte >> 4)]));
+        out.push(char::from(HEX_LOWER[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 /// Percent-encodes one path parameter or query component: UTF-8 bytes, `A-Z a-z 0-9 - _ . ~`
@@ -145,10 +172,10 @@ fn canonical_query(query: &[(&str, &str)]) -> String {
     pairs.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join("&")
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC-SHA256 accepts a key of any length");
     mac.update(data);
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
