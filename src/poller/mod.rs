@@ -485,6 +485,7 @@ impl claim_loop::Queue for Poller {
     }
 
     async fn process(self: Arc<Self>, ticket: Ticket, lease: Lease, slot: tokio::sync::OwnedSemaphorePermit) {
-        Poller::handle(&self, ticket, &lease, Some(slot)).await;
+        // Boxed: a poll's future is several KiB, and a small task is cheaper to spawn and move.
+        Box::pin(Poller::handle(&self, ticket, &lease, Some(slot))).await;
     }
 }
