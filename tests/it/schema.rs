@@ -328,6 +328,28 @@ async fn dates_that_do_not_exist_are_refused_and_real_ones_in_any_form_are_norma
                 .expect_err(&format!("{column} refuses a day that does not exist"));
         assert!(error.contains(&format!("{column}_must_be_a_real_time")), "{error}");
     }
+    // A time written by hand in another form is stored canonically, column by column, and the
+    // other times of the row stay as they were.
+    let id = store.find_tickets("r", None, None, None).await.unwrap().remove(0).id;
+    let stored = |column: &'static str| {
+        let path = path.clone();
+        async move { stored_text(&path, id, column).await }
+    };
+    let times = ["created_at", "updated_at", "next_poll_at", "finished_at", "deadline_at", "lease_until"];
+    for (n, column) in times.iter().enumerate() {
+        let mut others = Vec::new();
+        for other in times.iter().filter(|other| *other != column) {
+            others.push((*other, stored(other).await));
+        }
+        run_sql(&path, &format!("UPDATE tickets SET {column} = '2026-12-31 23:{n:02}' WHERE id = {}", id.0))
+            .await
+            .unwrap_or_else(|error| panic!("{column} takes a real time: {error}"));
+        let expected = format!("2026-12-31T23:{n:02}:00.000Z");
+        assert_eq!(stored(column).await, Some(expected), "{column} is stored canonically");
+        for (other, value) in others {
+            assert_eq!(stored(other).await, value, "updating {column} leaves {other} as it was");
+        }
+    }
 
     for (n, (written, stored)) in [
         ("2028-02-29", "2028-02-29T00:00:00.000Z"),
