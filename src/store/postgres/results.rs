@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::store::sqlite::results::{ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
+use crate::store::sqlite::results::{RESULT_COLUMNS, ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows, fenced by lease and state.
 /// Returns, for each write in order, whether it was written. The caller owns the transaction.
@@ -48,36 +48,11 @@ pub(in crate::store) async fn record_many_on(
             FROM (",
         );
         query.push_values(&chunk_writes, |mut row, write| {
-            let v = write.values();
-            row.push_bind(v.id)
-                .push_bind(v.lease)
-                .push_bind(v.final_state)
-                .push_bind(v.next_poll_at)
-                .push_bind(v.running_streak)
-                .push_bind(v.error_streak)
-                .push_bind(v.polled)
-                .push_bind(v.request_id)
-                .push_bind(v.has_answer)
-                .push_bind(v.ticket_status)
-                .push_bind(v.deployment_id)
-                .push_bind(v.deploy_success)
-                .push_bind(v.message)
-                .push_bind(v.validation_result)
-                .push_bind(v.validation_errors)
-                .push_bind(v.error_code)
-                .push_bind(v.error_message)
-                .push_bind(v.now)
-                .push_bind(v.config_errors)
-                .push_bind(v.resource_plan)
-                .push_bind(v.result_json)
-                .push_bind(v.running_seen_ms)
-                .push_bind(v.schedule_note);
+            write.values().bind(&mut row);
         });
+        query.push(format!(") AS v ({RESULT_COLUMNS})"));
         query.push(
-            ") AS v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
-                     has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
-                     validation_errors, error_code, error_message, now, config_errors, resource_plan,
-                     result_json, running_seen_ms, schedule_note)
+            "
             WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
             RETURNING tickets.id",
         );

@@ -3,7 +3,8 @@
 //! `tickets.rs` both go through [`record_many_on`].
 
 use chrono::{DateTime, Utc};
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::query_builder::Separated;
+use sqlx::{Database, Encode, QueryBuilder, Sqlite, SqliteConnection, Type};
 
 use crate::domain::RowId;
 use crate::store::{Finish, Lease, Reschedule, at, row};
@@ -27,7 +28,7 @@ pub(in crate::store) enum PollResult<'a> {
 }
 
 /// The values one [`ResultWrite`] binds, in the order of the `v` columns both backends' statements
-/// name: what the result sets, worked out once for SQLite and PostgreSQL alike.
+/// name ([`RESULT_COLUMNS`]): what the result sets, worked out once for SQLite and PostgreSQL alike.
 pub(in crate::store) struct ResultValues {
     pub(in crate::store) id: i64,
     pub(in crate::store) lease: String,
@@ -52,6 +53,51 @@ pub(in crate::store) struct ResultValues {
     pub(in crate::store) result_json: Option<String>,
     pub(in crate::store) running_seen_ms: Option<i64>,
     pub(in crate::store) schedule_note: Option<String>,
+}
+
+/// The names of the `v` columns a result write's rows bind, in [`ResultValues::bind`]'s order.
+pub(in crate::store) const RESULT_COLUMNS: &str = "id, lease, final_state, next_poll_at, running_streak, error_streak, \
+     polled, request_id, has_answer, ticket_status, deployment_id, deploy_success, message, validation_result, \
+     validation_errors, error_code, error_message, now, config_errors, resource_plan, result_json, running_seen_ms, \
+     schedule_note";
+
+impl ResultValues {
+    /// Binds the values as one row of a `VALUES` list, in the order of [`RESULT_COLUMNS`].
+    pub(in crate::store) fn bind<'args, DB>(self, row: &mut Separated<'_, 'args, DB, &'static str>)
+    where
+        DB: Database,
+        i64: Encode<'args, DB> + Type<DB>,
+        bool: Encode<'args, DB> + Type<DB>,
+        String: Encode<'args, DB> + Type<DB>,
+        Option<i64>: Encode<'args, DB> + Type<DB>,
+        Option<bool>: Encode<'args, DB> + Type<DB>,
+        Option<String>: Encode<'args, DB> + Type<DB>,
+        Option<&'static str>: Encode<'args, DB> + Type<DB>,
+    {
+        row.push_bind(self.id)
+            .push_bind(self.lease)
+            .push_bind(self.final_state)
+            .push_bind(self.next_poll_at)
+            .push_bind(self.running_streak)
+            .push_bind(self.error_streak)
+            .push_bind(self.polled)
+            .push_bind(self.request_id)
+            .push_bind(self.has_answer)
+            .push_bind(self.ticket_status)
+            .push_bind(self.deployment_id)
+            .push_bind(self.deploy_success)
+            .push_bind(self.message)
+            .push_bind(self.validation_result)
+            .push_bind(self.validation_errors)
+            .push_bind(self.error_code)
+            .push_bind(self.error_message)
+            .push_bind(self.now)
+            .push_bind(self.config_errors)
+            .push_bind(self.resource_plan)
+            .push_bind(self.result_json)
+            .push_bind(self.running_seen_ms)
+            .push_bind(self.schedule_note);
+    }
 }
 
 impl ResultWrite<'_> {
@@ -124,37 +170,9 @@ pub(in crate::store) async fn record_many_on(
         let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
         let chunk_ids: Vec<(i64, usize)> = chunk.iter().map(|&index| (writes[index].id.0, index)).collect();
         let chunk = chunk_writes.as_slice();
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "WITH v (id, lease, final_state, next_poll_at, running_streak, error_streak, polled, request_id,
-                     has_answer, ticket_status, deployment_id, deploy_success, message, validation_result,
-                     validation_errors, error_code, error_message, now, config_errors, resource_plan,
-                     result_json, running_seen_ms, schedule_note) AS (",
-        );
+        let mut query = QueryBuilder::<Sqlite>::new(format!("WITH v ({RESULT_COLUMNS}) AS ("));
         query.push_values(chunk, |mut row, write| {
-            let v = write.values();
-            row.push_bind(v.id)
-                .push_bind(v.lease)
-                .push_bind(v.final_state)
-                .push_bind(v.next_poll_at)
-                .push_bind(v.running_streak)
-                .push_bind(v.error_streak)
-                .push_bind(v.polled)
-                .push_bind(v.request_id)
-                .push_bind(i64::from(v.has_answer))
-                .push_bind(v.ticket_status)
-                .push_bind(v.deployment_id)
-                .push_bind(v.deploy_success)
-                .push_bind(v.message)
-                .push_bind(v.validation_result)
-                .push_bind(v.validation_errors)
-                .push_bind(v.error_code)
-                .push_bind(v.error_message)
-                .push_bind(v.now)
-                .push_bind(v.config_errors)
-                .push_bind(v.resource_plan)
-                .push_bind(v.result_json)
-                .push_bind(v.running_seen_ms)
-                .push_bind(v.schedule_note);
+            write.values().bind(&mut row);
         });
         // Column by column what the one-row writes do: an answer replaces the answer columns
         // and clears the error, an error replaces the error columns, neither keeps them; a final
