@@ -96,10 +96,7 @@ impl LearnedSchedule {
         if seen.len() < MIN_SAMPLES {
             return None;
         }
-        seen.sort_by(|left, right| {
-            let scatter = |value: Option<f64>| value.unwrap_or(-1.0);
-            left.0.total_cmp(&right.0).then(scatter(left.1).total_cmp(&scatter(right.1)))
-        });
+        seen.sort_by(|left, right| left.0.total_cmp(&right.0));
         let all = seen.len();
         let median = quantile(&seen.iter().map(|(secs, _)| *secs).collect::<Vec<_>>(), 0.5);
         seen.retain(|(secs, _)| *secs <= median * OUTLIER_FACTOR);
