@@ -159,6 +159,7 @@ on_both_backends!(
     concurrent_retention_rounds_delete_each_row_once,
     the_user_commands_read_what_the_daemon_wrote,
     every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte,
+    the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count,
 );
 
 /// An instant `seconds` after a base ten minutes ahead of the moment this test first asked (each
@@ -994,4 +995,78 @@ async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte
     let retried = store.ticket(planned.id).await.unwrap().unwrap();
     assert_eq!((retried.resource_plan, retried.result_json), (None, None), "retry clears the last answer");
     assert_eq!(retried.deployment_id.as_deref(), Some("dep-1"), "but not the deployment the plan is for");
+}
+
+/// The caps of `ticket_events` (the first and the latest 199) and `webhook_attempts` (the first and
+/// the latest 99) delete nothing up to the cap, and from one row past it keep exactly the first
+/// and the latest: rows inserted one statement at a time, as the daemon's writes insert them.
+async fn the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count(fixture: Fixture) {
+    let store = &fixture.store;
+    let id = insert_due_at(store, "t", at(0)).await;
+    let lease = Lease("d#1".to_owned());
+    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let finish = Finish {
+        state: TicketState::Failed,
+        polled: false,
+        request_id: None,
+        answer: None,
+        error: Some(("Refused".to_owned(), "refused".to_owned())),
+    };
+    store
+        .record_final(&lease, id, at(2), &finish, |row| Announcement {
+            deliveries: failed_deliveries(row, &["http://a.example/hook"]),
+            webhook_note: None,
+            handoff: None,
+        })
+        .await
+        .unwrap();
+    let delivery = store.deliveries_of_ticket(id.0).await.unwrap()[0].id;
+    let time = flink_ticketd::clock::format_instant(at(3));
+    let events = |from: i64, to: i64| -> String {
+        (from..=to)
+            .map(|n| {
+                format!(
+                    "INSERT INTO ticket_events (ticket, at, kind, state, polls) VALUES ({id}, '{time}', 'status', 'failed', {n});"
+                )
+            })
+            .collect()
+    };
+    let attempts = |from: i64, to: i64| -> String {
+        (from..=to)
+            .map(|n| {
+                format!(
+                    "INSERT INTO webhook_attempts (delivery, attempt, at, duration_ms) VALUES ({delivery}, {n}, '{time}', 1);"
+                )
+            })
+            .collect()
+    };
+    // The events the final state wrote come first; numbered rows follow.
+    let written = store.ticket_events(id).await.unwrap().len();
+    let first_kind = store.ticket_events(id).await.unwrap()[0].kind.clone();
+    let to_cap = i64::try_from(200 - written).unwrap();
+    fixture.execute(&events(1, to_cap)).await.unwrap();
+    fixture.execute(&attempts(1, 100)).await.unwrap();
+    let kept = store.ticket_events(id).await.unwrap();
+    assert_eq!(kept.len(), 200, "nothing is deleted up to the cap");
+    let tried = store.webhook_attempts_of_ticket(id).await.unwrap();
+    assert_eq!(tried.len(), 100, "nothing is deleted up to the cap");
+
+    fixture.execute(&events(to_cap + 1, to_cap + 1)).await.unwrap();
+    fixture.execute(&attempts(101, 101)).await.unwrap();
+    let kept = store.ticket_events(id).await.unwrap();
+    assert_eq!(kept.len(), 200);
+    assert_eq!(kept[0].kind, first_kind, "the first event stays");
+    assert_eq!(kept.last().map(|event| event.polls), Some(to_cap + 1));
+    let tried: Vec<i64> = store.webhook_attempts_of_ticket(id).await.unwrap().iter().map(|a| a.attempt).collect();
+    assert_eq!(tried, [1].into_iter().chain(3..=101).collect::<Vec<_>>(), "the first and the latest 99");
+
+    fixture.execute(&events(to_cap + 2, to_cap + 60)).await.unwrap();
+    fixture.execute(&attempts(102, 160)).await.unwrap();
+    let kept = store.ticket_events(id).await.unwrap();
+    assert_eq!(kept.len(), 200);
+    assert_eq!(kept[0].kind, first_kind);
+    let numbered: Vec<i64> = kept[1..].iter().map(|event| event.polls).collect();
+    assert_eq!(numbered, (to_cap - 138..=to_cap + 60).collect::<Vec<_>>(), "the latest 199 after the first");
+    let tried: Vec<i64> = store.webhook_attempts_of_ticket(id).await.unwrap().iter().map(|a| a.attempt).collect();
+    assert_eq!(tried, [1].into_iter().chain(62..=160).collect::<Vec<_>>());
 }
