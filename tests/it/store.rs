@@ -188,6 +188,13 @@ fn failed_deliveries(row: &Ticket, urls: &[&str]) -> Vec<NewDelivery> {
         .collect()
 }
 
+/// Claims every row due at `at(1)` (up to 10) under the lease `d#1`, and returns the lease.
+async fn claim_due_as_d1(store: &Store) -> Lease {
+    let lease = Lease("d#1".to_owned());
+    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    lease
+}
+
 async fn insert_due_at(store: &Store, id: &str, due: DateTime<Utc>) -> RowId {
     let ticket = store.insert_ticket(&new_ticket(id)).await.unwrap();
     let lease = Lease("setup#0".to_owned());
@@ -291,8 +298,7 @@ async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner
 async fn the_final_state_and_its_deliveries_commit_together(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
-    let lease = Lease("d#1".to_owned());
-    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let lease = claim_due_as_d1(store).await;
     let finish = Finish {
         state: TicketState::Failed,
         polled: true,
@@ -322,8 +328,7 @@ async fn the_final_state_and_its_deliveries_commit_together(fixture: Fixture) {
 async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_state_commits(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
-    let lease = Lease("d#1".to_owned());
-    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let lease = claim_due_as_d1(store).await;
     let finish = Finish { state: TicketState::Failed, polled: true, request_id: None, answer: None, error: None };
     let too_long = format!("http://a.example/{}", "x".repeat(3000));
     let written = store
@@ -721,8 +726,7 @@ async fn eight_concurrent_claimers_never_get_the_same_row(fixture: Fixture) {
 async fn deliveries_are_claimed_once_per_lease_with_at_most_per_url_in_flight(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
-    let lease = Lease("d#1".to_owned());
-    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let lease = claim_due_as_d1(store).await;
     let finish = Finish { state: TicketState::Failed, polled: true, request_id: None, answer: None, error: None };
     let urls = ["http://a.example/1", "http://a.example/2", "http://b.example/1"];
     let written = store
@@ -784,8 +788,7 @@ async fn deliveries_handed_to_the_writer_go_to_its_loop_at_once_and_to_any_loop_
 ) {
     let store = &fixture.store;
     let (sent, orphaned) = (insert_due_at(store, "sent", at(0)).await, insert_due_at(store, "orphaned", at(0)).await);
-    let lease = Lease("d#1".to_owned());
-    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
+    let lease = claim_due_as_d1(store).await;
     let handoff = Handoff { lease: Lease("d#webhook-written".to_owned()), lease_for: Duration::from_secs(60) };
     let finish = Finish { state: TicketState::Failed, polled: true, request_id: None, answer: None, error: None };
     let finish_handed = |id: RowId, now: DateTime<Utc>| {
@@ -1003,15 +1006,8 @@ async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte
 async fn the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
-    let lease = Lease("d#1".to_owned());
-    store.claim_due_tickets(&lease, at(1), Duration::from_secs(10), 10, Duration::from_secs(3600)).await.unwrap();
-    let finish = Finish {
-        state: TicketState::Failed,
-        polled: false,
-        request_id: None,
-        answer: None,
-        error: Some(("Refused".to_owned(), "refused".to_owned())),
-    };
+    let lease = claim_due_as_d1(store).await;
+    let finish = Finish { state: TicketState::Failed, polled: true, request_id: None, answer: None, error: None };
     store
         .record_final(&lease, id, at(2), &finish, |row| Announcement {
             deliveries: failed_deliveries(row, &["http://a.example/hook"]),
