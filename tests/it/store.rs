@@ -1018,23 +1018,17 @@ async fn the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count(
         .unwrap();
     let delivery = store.deliveries_of_ticket(id.0).await.unwrap()[0].id;
     let time = flink_ticketd::clock::format_instant(at(3));
-    let events = |from: i64, to: i64| -> String {
-        (from..=to)
-            .map(|n| {
-                format!(
-                    "INSERT INTO ticket_events (ticket, at, kind, state, polls) VALUES ({id}, '{time}', 'status', 'failed', {n});"
-                )
-            })
-            .collect()
+    // One INSERT statement per row numbered `from..=to`, as the daemon's writes insert them.
+    let rows = |table: &str, values: &dyn Fn(i64) -> String, from: i64, to: i64| -> String {
+        (from..=to).map(|n| format!("INSERT INTO {table} VALUES ({});", values(n))).collect()
     };
-    let attempts = |from: i64, to: i64| -> String {
-        (from..=to)
-            .map(|n| {
-                format!(
-                    "INSERT INTO webhook_attempts (delivery, attempt, at, duration_ms) VALUES ({delivery}, {n}, '{time}', 1);"
-                )
-            })
-            .collect()
+    let events = |from, to| {
+        let values = |n| format!("{id}, '{time}', 'status', 'failed', {n}");
+        rows("ticket_events (ticket, at, kind, state, polls)", &values, from, to)
+    };
+    let attempts = |from, to| {
+        let values = |n| format!("{delivery}, {n}, '{time}', 1");
+        rows("webhook_attempts (delivery, attempt, at, duration_ms)", &values, from, to)
     };
     // The events the final state wrote come first; numbered rows follow.
     let written = store.ticket_events(id).await.unwrap().len();
