@@ -15,6 +15,7 @@ pub mod maintenance;
 pub mod pages;
 pub mod postgres;
 pub mod recorder;
+mod results;
 mod row;
 mod session;
 mod sqlite;

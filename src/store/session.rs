@@ -17,7 +17,7 @@ pub(super) enum Session<'c> {
 }
 
 /// The poll results of a batch, for [`Session::record_many`].
-pub(super) use super::sqlite::results::{PollResult, ResultWrite};
+pub(super) use super::results::{PollResult, ResultWrite};
 
 impl Session<'_> {
     /// Opens the transaction (`BEGIN IMMEDIATE` on SQLite, so it waits for the write lock up

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::store::sqlite::results::{RESULT_COLUMNS, ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
+use crate::store::results::{RESULT_COLUMNS, ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows, fenced by lease and state.
 /// Returns, for each write in order, whether it was written. The caller owns the transaction.

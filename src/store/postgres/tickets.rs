@@ -13,7 +13,7 @@ use sqlx::postgres::PgRow;
 use super::results::record_many_on;
 use super::{PgStore, deliveries, guarded, in_transaction, instant_text};
 use crate::domain::{RowId, RunSample, TicketKind, TicketState};
-use crate::store::sqlite::results::{PollResult, ResultWrite};
+use crate::store::results::{PollResult, ResultWrite};
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
 /// Every column of `tickets` as `row.rs` reads it, from the table (or CTE) aliased `t`.

@@ -9,8 +9,9 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::SqliteStore;
 use super::deliveries;
-use super::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite, record_many_on};
+use super::results::record_many_on;
 use crate::domain::{RowId, RunSample, TicketKind, TicketState};
+use crate::store::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite};
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
 impl SqliteStore {
