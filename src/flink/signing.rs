@@ -90,9 +90,9 @@ pub fn sign(input: &SigningInput<'_>, access_key_id: &str, access_key_secret: &s
         &payload_hash,
     ]
     .join("\n");
-    let hashed_canonical_request = lower_hex(&Sha256::digest(canonical_request.as_bytes()));
+    let hashed_canonical_request = hex::encode(Sha256::digest(canonical_request.as_bytes()));
     let string_to_sign = format!("{ALGORITHM}\n{hashed_canonical_request}");
-    let signature = lower_hex(&hmac_sha256(access_key_secret.as_bytes(), string_to_sign.as_bytes()));
+    let signature = hex::encode(hmac_sha256(access_key_secret.as_bytes(), string_to_sign.as_bytes()));
     let authorization =
         format!("{ALGORITHM} Credential={access_key_id},SignedHeaders={signed_headers},Signature={signature}");
     Signed {
@@ -110,18 +110,7 @@ pub fn sign(input: &SigningInput<'_>, access_key_id: &str, access_key_secret: &s
 
 /// Lowercase hex SHA-256 of `body`; `e3b0c442…b855` for an empty body.
 pub fn payload_hash(body: &[u8]) -> String {
-    lower_hex(&Sha256::digest(body))
-}
-
-/// Lowercase hex of `bytes` (what `hex::encode` gives, written byte by byte from a table).
-fn lower_hex(bytes: &[u8]) -> String {
-    const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(HEX_LOWER[usize::from(byte >> 4)]));
-        out.push(char::from(HEX_LOWER[usize::from(byte & 0x0f)]));
-    }
-    out
+    hex::encode(Sha256::digest(body))
 }
 
 /// Percent-encodes one path parameter or query component: UTF-8 bytes, `A-Z a-z 0-9 - _ . ~`

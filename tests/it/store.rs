@@ -1031,8 +1031,9 @@ async fn the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count(
         rows("webhook_attempts (delivery, attempt, at, duration_ms)", &values, from, to)
     };
     // The events the final state wrote come first; numbered rows follow.
-    let written = store.ticket_events(id).await.unwrap().len();
-    let first_kind = store.ticket_events(id).await.unwrap()[0].kind.clone();
+    let written = store.ticket_events(id).await.unwrap();
+    let first_kind = written[0].kind.clone();
+    let written = written.len();
     let to_cap = i64::try_from(200 - written).unwrap();
     fixture.execute(&events(1, to_cap)).await.unwrap();
     fixture.execute(&attempts(1, 100)).await.unwrap();
