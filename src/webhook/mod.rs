@@ -39,6 +39,10 @@ pub fn plan(ticket: &Ticket, config: &WebhookSettings) -> Announcement {
             }
         }
     }
+    if urls.is_empty() {
+        // Nothing to send: the payload is not built.
+        return Announcement { deliveries: Vec::new(), webhook_note: note, handoff: None };
+    }
     let mut seen = std::collections::HashSet::new();
     urls.retain(|url| seen.insert(url.clone()));
     let payload = payload(ticket, event_type);
