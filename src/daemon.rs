@@ -85,10 +85,7 @@ pub fn poller(
         flink,
         clock,
         config.poll,
-        {
-            let settings = Arc::new(config.webhook.clone());
-            Arc::new(move |row: &store::Ticket| webhook::plan(row, &settings))
-        },
+        webhook::announcer(&config.webhook),
         limiter,
         max_in_flight,
         owner,

@@ -48,7 +48,7 @@ use crate::flink::{FlinkClient, FlinkError, Polled, TicketRef};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::service::Heartbeat;
-use crate::store::{Announce, Announcement, ChangeProbe, Finish, Handoff, Lease, RecordError, Recorder, Store, Ticket};
+use crate::store::{Announce, ChangeProbe, Finish, Handoff, Lease, RecordError, Recorder, Store, Ticket};
 use history::History;
 
 /// Longest the loop sleeps before looking for new rows: the safety net behind
@@ -193,8 +193,7 @@ impl Poller {
     /// for any delivery loop (a command following its own ticket runs none).
     #[must_use]
     pub fn with_delivery_handoff(mut self, handoff: Handoff) -> Poller {
-        let plan = Arc::clone(&self.announce);
-        self.announce = Arc::new(move |row: &Ticket| Announcement { handoff: Some(handoff.clone()), ..plan(row) });
+        self.announce = self.announce.with_handoff(handoff);
         self
     }
 
@@ -347,7 +346,7 @@ impl Poller {
         now: DateTime<Utc>,
         finish: &Finish,
     ) -> Result<bool, RecordError> {
-        let written = self.recorder.record_final(lease, ticket.id, now, finish, Arc::clone(&self.announce)).await?;
+        let written = self.recorder.record_final(lease, ticket.id, now, finish, self.announce.clone()).await?;
         let Some(deliveries) = written else { return Ok(false) };
         let polls = ticket.polls + i64::from(finish.polled);
         self.metrics.observe_finished(ticket.kind, finish.state, polls);

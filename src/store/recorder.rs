@@ -12,6 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
+use super::deliveries::Handoff;
 use super::session::{PollResult, ResultWrite, Session};
 use super::tickets::{Announcement, Finish, Reschedule, Ticket};
 use super::{Backend, Lease, Store, is_retryable};
@@ -20,9 +21,52 @@ use crate::domain::RowId;
 /// Most writes one transaction takes.
 pub const MAX_BATCH: usize = 256;
 
-/// Builds a final state's announcement from the final row (see `Store::record_final`). It may
-/// run more than once when a batch is retried, so it must not have side effects.
-pub type Announce = std::sync::Arc<dyn Fn(&Ticket) -> Announcement + Send + Sync>;
+/// Plans a final state's announcement from the final row (see `Store::record_final`). The plan
+/// may run more than once when a batch is retried, so it must not have side effects.
+#[derive(Clone)]
+pub struct Announce {
+    plan: Arc<dyn Fn(&Ticket) -> Announcement + Send + Sync>,
+    every_ticket: bool,
+}
+
+impl Announce {
+    /// Every final state is planned by `plan` (receivers are configured for every ticket).
+    pub fn every_ticket(plan: impl Fn(&Ticket) -> Announcement + Send + Sync + 'static) -> Announce {
+        Announce { plan: Arc::new(plan), every_ticket: true }
+    }
+
+    /// Only the final states of tickets naming a receiver of their own (`webhook_url`) are planned
+    /// by `plan`; the others have nothing to announce, and their final rows are not read back.
+    pub fn own_receivers_only(plan: impl Fn(&Ticket) -> Announcement + Send + Sync + 'static) -> Announce {
+        Announce { plan: Arc::new(plan), every_ticket: false }
+    }
+
+    /// The announcement of `row`'s final state.
+    pub fn plan(&self, row: &Ticket) -> Announcement {
+        (self.plan)(row)
+    }
+
+    /// The same announcements, written under the delivery lease `handoff`.
+    #[must_use]
+    pub fn with_handoff(self, handoff: Handoff) -> Announce {
+        let plan = self.plan;
+        Announce {
+            plan: Arc::new(move |row: &Ticket| Announcement { handoff: Some(handoff.clone()), ..plan(row) }),
+            every_ticket: self.every_ticket,
+        }
+    }
+
+    /// Whether a final row with (or without) a receiver of its own may have anything to announce.
+    fn reads_row(&self, own_receiver: bool) -> bool {
+        self.every_ticket || own_receiver
+    }
+}
+
+impl std::fmt::Debug for Announce {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Announce").field("every_ticket", &self.every_ticket).finish_non_exhaustive()
+    }
+}
 
 /// A handle for recording poll results through the group-commit task. Cheap to clone; the task
 /// ends when the last clone is dropped.
@@ -242,99 +286,19 @@ async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> 
     }
 }
 
-/// [`try_batch`] on one connection.
+/// What one job's write came to, before its caller is answered.
+enum Outcome {
+    Progress(Result<bool, sqlx::Error>),
+    Final(Result<Option<usize>, sqlx::Error>),
+}
+
+/// [`try_batch`] on one connection. The caller discards the connection when this fails, which
+/// ends the transaction.
 async fn try_batch_on(mut session: Session<'_>, jobs: &mut Vec<Job>, isolation: Isolation) -> Result<(), BatchError> {
-    enum Outcome {
-        Progress(Result<bool, sqlx::Error>),
-        Final(Result<Option<usize>, sqlx::Error>),
-    }
-    // The caller discards the connection when this fails, which ends the transaction.
-    session.begin().await?;
-    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(jobs.len());
-    if isolation == Isolation::Shared {
-        // Every row update of the batch in one statement (SQLite's writer spends its time on
-        // round trips, not rows), then the announcements of the final states.
-        let writes: Vec<ResultWrite<'_>> = jobs
-            .iter()
-            .map(|job| match job {
-                Job::Progress { lease, id, now, update, .. } => {
-                    ResultWrite { lease, id: *id, now: *now, result: PollResult::Progress(update) }
-                }
-                Job::Final { lease, id, now, finish, .. } => {
-                    ResultWrite { lease, id: *id, now: *now, result: PollResult::Final(finish) }
-                }
-            })
-            .collect();
-        let written = session.record_many(&writes).await.map_err(BatchError::Job)?;
-        // Results are matched to their writes by position, that is by (row, lease): two jobs for
-        // one row (a lapsed lease's and the new owner's) get each their own answer.
-        let finished: Vec<RowId> = jobs
-            .iter()
-            .zip(&written)
-            .filter_map(|(job, written)| match job {
-                Job::Final { id, .. } if *written => Some(*id),
-                _ => None,
-            })
-            .collect();
-        let final_rows: std::collections::HashMap<RowId, Ticket> = if finished.is_empty() {
-            std::collections::HashMap::new()
-        } else {
-            let rows = session.tickets(&finished).await.map_err(BatchError::Job)?;
-            rows.into_iter().map(|row| (row.id, row)).collect()
-        };
-        for (job, written) in jobs.iter().zip(written) {
-            let outcome = match job {
-                Job::Progress { .. } => Outcome::Progress(Ok(written)),
-                Job::Final { .. } if !written => Outcome::Final(Ok(None)),
-                Job::Final { id, now, announce, .. } => match final_rows.get(id) {
-                    None => Outcome::Final(Ok(None)),
-                    Some(row) => {
-                        let count =
-                            session.write_announcement(*id, *now, &announce(row)).await.map_err(BatchError::Job)?;
-                        Outcome::Final(Ok(Some(count)))
-                    }
-                },
-            };
-            outcomes.push(Some(outcome));
-        }
-    } else {
-        outcomes.resize_with(jobs.len(), || None);
-    }
-    for (job, slot) in jobs.iter().zip(outcomes.iter_mut()) {
-        if slot.is_some() {
-            continue;
-        }
-        if isolation == Isolation::PerJob {
-            session.execute("SAVEPOINT job").await?;
-        }
-        let outcome = match job {
-            Job::Progress { lease, id, now, update, .. } => {
-                Outcome::Progress(session.record_progress(lease, *id, *now, update).await)
-            }
-            Job::Final { lease, id, now, finish, announce, .. } => {
-                Outcome::Final(session.record_final(lease, *id, *now, finish, |row| announce(row)).await)
-            }
-        };
-        let failed = matches!(&outcome, Outcome::Progress(Err(_)) | Outcome::Final(Err(_)));
-        match isolation {
-            Isolation::Shared if failed => {
-                let (Outcome::Progress(Err(error)) | Outcome::Final(Err(error))) = outcome else {
-                    unreachable!("failed is true only for errors")
-                };
-                return Err(BatchError::Job(error));
-            }
-            Isolation::Shared => {}
-            Isolation::PerJob => {
-                if failed {
-                    session.execute("ROLLBACK TO job").await?;
-                }
-                session.execute("RELEASE job").await?;
-            }
-        }
-        *slot = Some(outcome);
-    }
-    session.execute("COMMIT").await?;
-    let outcomes = outcomes.into_iter().map(|outcome| outcome.expect("every job has an outcome"));
+    let outcomes = match isolation {
+        Isolation::Shared => write_shared(&mut session, jobs).await?,
+        Isolation::PerJob => write_per_job(&mut session, jobs).await?,
+    };
     for (job, outcome) in jobs.drain(..).zip(outcomes) {
         // A caller that gave up waiting (shutdown) no longer needs its answer.
         match (job, outcome) {
@@ -344,4 +308,91 @@ async fn try_batch_on(mut session: Session<'_>, jobs: &mut Vec<Job>, isolation: 
         }
     }
     Ok(())
+}
+
+/// The batch in one transaction with no savepoints: every row update in one statement (SQLite's
+/// writer spends its time on round trips, not rows), then the announcements of the final states
+/// that have any. A batch of progress only commits in the same call; so does nothing else, since
+/// a final state's announcement is planned from the final row, read inside the transaction.
+async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Outcome>, BatchError> {
+    let writes: Vec<ResultWrite<'_>> = jobs
+        .iter()
+        .map(|job| match job {
+            Job::Progress { lease, id, now, update, .. } => {
+                ResultWrite { lease, id: *id, now: *now, result: PollResult::Progress(update) }
+            }
+            Job::Final { lease, id, now, finish, .. } => {
+                ResultWrite { lease, id: *id, now: *now, result: PollResult::Final(finish) }
+            }
+        })
+        .collect();
+    let finals = jobs.iter().any(|job| matches!(job, Job::Final { .. }));
+    // A busy or lost database fails the transaction (retried as a whole); anything else is a
+    // write the database refused, which the per-job path finds.
+    let written = session
+        .begin_and_record(&writes, !finals)
+        .await
+        .map_err(|error| if is_retryable(&error) { BatchError::Transaction(error) } else { BatchError::Job(error) })?;
+    // Results are matched to their writes by position, that is by (row, lease): two jobs for
+    // one row (a lapsed lease's and the new owner's) get each their own answer.
+    let announced: Vec<RowId> = jobs
+        .iter()
+        .zip(&written)
+        .filter_map(|(job, written)| match (job, written) {
+            (Job::Final { id, announce, .. }, Some(written)) if announce.reads_row(written.own_receiver) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let final_rows: std::collections::HashMap<RowId, Ticket> = if announced.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        let rows = session.tickets(&announced).await.map_err(BatchError::Job)?;
+        rows.into_iter().map(|row| (row.id, row)).collect()
+    };
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for (job, written) in jobs.iter().zip(written) {
+        let outcome = match job {
+            Job::Progress { .. } => Outcome::Progress(Ok(written.is_some())),
+            Job::Final { .. } if written.is_none() => Outcome::Final(Ok(None)),
+            Job::Final { id, now, announce, .. } => match final_rows.get(id) {
+                // No receiver for this ticket: nothing to announce.
+                None => Outcome::Final(Ok(Some(0))),
+                Some(row) => {
+                    let count =
+                        session.write_announcement(*id, *now, &announce.plan(row)).await.map_err(BatchError::Job)?;
+                    Outcome::Final(Ok(Some(count)))
+                }
+            },
+        };
+        outcomes.push(outcome);
+    }
+    if finals {
+        session.execute("COMMIT").await?;
+    }
+    Ok(outcomes)
+}
+
+/// The batch in one transaction with a savepoint per job: a failing write is rolled back alone
+/// and reported to its caller.
+async fn write_per_job(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Outcome>, BatchError> {
+    session.begin().await?;
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        session.execute("SAVEPOINT job").await?;
+        let outcome = match job {
+            Job::Progress { lease, id, now, update, .. } => {
+                Outcome::Progress(session.record_progress(lease, *id, *now, update).await)
+            }
+            Job::Final { lease, id, now, finish, announce, .. } => {
+                Outcome::Final(session.record_final(lease, *id, *now, finish, |row| announce.plan(row)).await)
+            }
+        };
+        if matches!(&outcome, Outcome::Progress(Err(_)) | Outcome::Final(Err(_))) {
+            session.execute("ROLLBACK TO job").await?;
+        }
+        session.execute("RELEASE job").await?;
+        outcomes.push(outcome);
+    }
+    session.execute("COMMIT").await?;
+    Ok(outcomes)
 }

@@ -153,6 +153,13 @@ impl ResultWrite<'_> {
     }
 }
 
+/// A result write that found its row under its lease, still pending, and changed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::store) struct Written {
+    /// The row names a receiver of its own (`webhook_url`), as the write left it.
+    pub(in crate::store) own_receiver: bool,
+}
+
 /// Most rows one multi-row write names (23 bound values each, well below SQLite's limit).
 pub(in crate::store) const ROWS_PER_STATEMENT: usize = 256;
 

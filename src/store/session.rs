@@ -17,7 +17,7 @@ pub(super) enum Session<'c> {
 }
 
 /// The poll results of a batch, for [`Session::record_many`].
-pub(super) use super::results::{PollResult, ResultWrite};
+pub(super) use super::results::{PollResult, ResultWrite, Written};
 
 impl Session<'_> {
     /// Opens the transaction (`BEGIN IMMEDIATE` on SQLite, so it waits for the write lock up
@@ -38,11 +38,27 @@ impl Session<'_> {
         }
     }
 
-    /// See `sqlite::results::record_many_on`.
-    pub(super) async fn record_many(&mut self, writes: &[ResultWrite<'_>]) -> Result<Vec<bool>, sqlx::Error> {
+    /// Opens the transaction ([`Session::begin`]) and writes a batch of poll results (see
+    /// `sqlite::results::record_many_on`), then commits when `commit` is set. On SQLite all of it
+    /// is one call to the connection's thread.
+    pub(super) async fn begin_and_record(
+        &mut self,
+        writes: &[ResultWrite<'_>],
+        commit: bool,
+    ) -> Result<Vec<Option<Written>>, sqlx::Error> {
         match self {
-            Session::Sqlite(connection) => sqlite::results::record_many_on(connection, writes).await,
-            Session::Postgres(connection) => postgres::results::record_many_on(connection, writes).await,
+            Session::Sqlite(connection) => {
+                let around = sqlite::results::Around { begin: true, commit };
+                sqlite::results::record_many_on(connection, writes, around).await
+            }
+            Session::Postgres(connection) => {
+                sqlx::query("BEGIN").execute(&mut **connection).await?;
+                let written = postgres::results::record_many_on(connection, writes).await?;
+                if commit {
+                    sqlx::query("COMMIT").execute(&mut **connection).await?;
+                }
+                Ok(written)
+            }
         }
     }
 

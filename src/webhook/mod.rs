@@ -15,7 +15,7 @@ pub use settings::{
 
 use crate::clock::format_instant;
 use crate::domain::{ConfigIssue, RawJson, TicketKind, TicketState, TicketStatus, ValidationIssue};
-use crate::store::{Announcement, NewDelivery, Ticket};
+use crate::store::{Announce, Announcement, NewDelivery, Ticket};
 
 /// Why a ticket's own `webhook_url` was not used.
 pub const TICKET_URL_NOT_ALLOWED: &str = "webhook_url ignored: webhook.allow_ticket_urls is false";
@@ -58,6 +58,14 @@ pub fn plan(ticket: &Ticket, config: &WebhookSettings) -> Announcement {
         })
         .collect();
     Announcement { deliveries, webhook_note: note, handoff: None }
+}
+
+/// Plans each final state's announcement with [`plan`]. With no receivers configured only the
+/// tickets naming their own are announced, so the others' final rows are not read back.
+pub fn announcer(config: &WebhookSettings) -> Announce {
+    let settings = std::sync::Arc::new(config.clone());
+    let plan = move |row: &Ticket| plan(row, &settings);
+    if config.urls.is_empty() { Announce::own_receivers_only(plan) } else { Announce::every_ticket(plan) }
 }
 
 /// Why a ticket's own receiver URL is not used.

@@ -151,6 +151,7 @@ on_both_backends!(
     claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased,
     a_failing_write_in_a_group_commit_fails_alone,
     the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_live_lease_meet_in_one_batch,
+    with_no_receiver_configured_the_recorder_announces_the_tickets_naming_their_own_as_the_final_row_says,
     the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone,
     the_change_probe_wakes_on_a_commit_by_another_connection,
     eight_concurrent_claimers_never_get_the_same_row,
@@ -503,17 +504,18 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
     );
     let (recorder, task) = store.recorder();
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
-    let announce_one = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
-        deliveries: vec![NewDelivery {
-            ticket: row.id.0,
-            url: "http://a.example/hook".to_owned(),
-            webhook_id: format!("tkt_{}_0.succeeded", row.id),
-            event_type: "ticket.succeeded".to_owned(),
-            payload: "{}".to_owned(),
-        }],
-        webhook_note: None,
-        handoff: None,
-    });
+    let announce_one =
+        flink_ticketd::store::Announce::every_ticket(|row: &flink_ticketd::store::Ticket| Announcement {
+            deliveries: vec![NewDelivery {
+                ticket: row.id.0,
+                url: "http://a.example/hook".to_owned(),
+                webhook_id: format!("tkt_{}_0.succeeded", row.id),
+                event_type: "ticket.succeeded".to_owned(),
+                payload: "{}".to_owned(),
+            }],
+            webhook_note: None,
+            handoff: None,
+        });
     // Another program's trigger refuses the final state of "bad" (the store cannot tell it from
     // a constraint of the table's own).
     fixture.refuse_final_state_of("bad").await;
@@ -586,7 +588,7 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     assert_eq!(taken.len(), 2, "the old leases lapsed at 2s");
     let (recorder, task) = store.recorder();
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
-    let announce = std::sync::Arc::new(|row: &flink_ticketd::store::Ticket| Announcement {
+    let announce = flink_ticketd::store::Announce::every_ticket(|row: &flink_ticketd::store::Ticket| Announcement {
         deliveries: vec![NewDelivery {
             ticket: row.id.0,
             url: "http://a.example/hook".to_owned(),
@@ -626,6 +628,82 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     let second_row = store.ticket(second).await.unwrap().unwrap();
     assert_eq!((second_row.state.as_str(), second_row.running_streak), ("pending", 1));
     assert!(store.deliveries_of_ticket(second.0).await.unwrap().is_empty(), "no announcement for a pending row");
+}
+
+async fn with_no_receiver_configured_the_recorder_announces_the_tickets_naming_their_own_as_the_final_row_says(
+    fixture: Fixture,
+) {
+    let store = &fixture.store;
+    let plain = insert_due_at(store, "plain", at(0)).await;
+    let named = insert_due_at(store, "named", at(0)).await;
+    let late = insert_due_at(store, "late", at(0)).await;
+    let running = insert_due_at(store, "running", at(0)).await;
+    let lease = claim_due_as_d1(store).await;
+    fixture
+        .execute("UPDATE tickets SET webhook_url = 'http://a.example/named' WHERE ticket_id = 'named'")
+        .await
+        .unwrap();
+    let (recorder, task) = store.recorder();
+    // The plan sees only rows naming a receiver, and names it in the delivery.
+    let planned = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&planned);
+    let announce = flink_ticketd::store::Announce::own_receivers_only(move |row: &Ticket| {
+        seen.lock().unwrap().push(row.key.ticket_id.clone());
+        Announcement {
+            deliveries: row
+                .webhook_url
+                .iter()
+                .map(|url| NewDelivery {
+                    ticket: row.id.0,
+                    url: url.clone(),
+                    webhook_id: format!("tkt_{}_0.succeeded", row.id),
+                    event_type: "ticket.succeeded".to_owned(),
+                    payload: "{}".to_owned(),
+                })
+                .collect(),
+            webhook_note: None,
+            handoff: None,
+        }
+    });
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    let reschedule = Reschedule {
+        next_poll_at: at(30),
+        running_streak: 1,
+        error_streak: 0,
+        polled: true,
+        request_id: None,
+        answer: None,
+        error: None,
+        running_seen_ms: None,
+        note: String::new(),
+    };
+    // "late" gets its receiver while its poll runs: the final row, not the claimed one, decides.
+    fixture.execute("UPDATE tickets SET webhook_url = 'http://a.example/late' WHERE ticket_id = 'late'").await.unwrap();
+    let (plain_result, named_result, late_result, running_result) = tokio::join!(
+        recorder.record_final(&lease, plain, at(2), &finish, announce.clone()),
+        recorder.record_final(&lease, named, at(2), &finish, announce.clone()),
+        recorder.record_final(&lease, late, at(2), &finish, announce.clone()),
+        recorder.record_progress(&lease, running, at(2), &reschedule),
+    );
+    drop(recorder);
+    task.await.unwrap();
+    assert!(matches!(plain_result, Ok(Some(0))), "{plain_result:?}");
+    assert!(matches!(named_result, Ok(Some(1))), "{named_result:?}");
+    assert!(matches!(late_result, Ok(Some(1))), "{late_result:?}");
+    assert!(matches!(running_result, Ok(true)), "{running_result:?}");
+    let mut planned = planned.lock().unwrap().clone();
+    planned.sort();
+    assert_eq!(planned, ["late", "named"], "the plan ran for the rows naming a receiver only");
+    for (id, state, urls) in [
+        (plain, TicketState::Succeeded, vec![]),
+        (named, TicketState::Succeeded, vec!["http://a.example/named"]),
+        (late, TicketState::Succeeded, vec!["http://a.example/late"]),
+        (running, TicketState::Pending, vec![]),
+    ] {
+        assert_eq!(store.ticket(id).await.unwrap().unwrap().state, state);
+        let deliveries = store.deliveries_of_ticket(id.0).await.unwrap();
+        assert_eq!(deliveries.iter().map(|delivery| delivery.url.as_str()).collect::<Vec<_>>(), urls);
+    }
 }
 
 async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone(fixture: Fixture) {
@@ -1002,7 +1080,8 @@ async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte
 
 /// The caps of `ticket_events` (the first and the latest 199) and `webhook_attempts` (the first and
 /// the latest 99) delete nothing up to the cap, and from one row past it keep exactly the first
-/// and the latest: rows inserted one statement at a time, as the daemon's writes insert them.
+/// and the latest: rows written one statement at a time, as the daemon's writes write them (an
+/// event by the ticket update that records it, an attempt by its own insert).
 async fn the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count(fixture: Fixture) {
     let store = &fixture.store;
     let id = insert_due_at(store, "t", at(0)).await;
@@ -1018,13 +1097,15 @@ async fn the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count(
         .unwrap();
     let delivery = store.deliveries_of_ticket(id.0).await.unwrap()[0].id;
     let time = flink_ticketd::clock::format_instant(at(3));
-    // One INSERT statement per row numbered `from..=to`, as the daemon's writes insert them.
+    // One INSERT statement per attempt numbered `from..=to`, as the delivery loop inserts them.
     let rows = |table: &str, values: &dyn Fn(i64) -> String, from: i64, to: i64| -> String {
         (from..=to).map(|n| format!("INSERT INTO {table} VALUES ({});", values(n))).collect()
     };
-    let events = |from, to| {
-        let values = |n| format!("{id}, '{time}', 'status', 'failed', {n}");
-        rows("ticket_events (ticket, at, kind, state, polls)", &values, from, to)
+    // An event per update: a new status, recorded with the update's poll count.
+    let events = |from: i64, to: i64| -> String {
+        (from..=to)
+            .map(|n| format!("UPDATE tickets SET polls = {n}, ticket_status = 'S{n}' WHERE id = {id};"))
+            .collect()
     };
     let attempts = |from, to| {
         let values = |n| format!("{delivery}, {n}, '{time}', 1");

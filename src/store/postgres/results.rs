@@ -1,19 +1,19 @@
 //! How poll results are written on PostgreSQL: many rows in one `UPDATE … FROM (VALUES …)`,
 //! fenced by lease and state, column by column what `sqlite/results.rs` does.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-use crate::store::results::{RESULT_COLUMNS, ROWS_PER_STATEMENT, ResultWrite, statement_chunks};
+use crate::store::results::{RESULT_COLUMNS, ROWS_PER_STATEMENT, ResultWrite, Written, statement_chunks};
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows, fenced by lease and state.
 /// Returns, for each write in order, whether it was written. The caller owns the transaction.
 pub(in crate::store) async fn record_many_on(
     connection: &mut PgConnection,
     writes: &[ResultWrite<'_>],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let mut written = vec![false; writes.len()];
+) -> Result<Vec<Option<Written>>, sqlx::Error> {
+    let mut written = vec![None; writes.len()];
     for chunk in statement_chunks(writes) {
         debug_assert!(chunk.len() <= ROWS_PER_STATEMENT);
         let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
@@ -54,11 +54,11 @@ pub(in crate::store) async fn record_many_on(
         query.push(
             "
             WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
-            RETURNING tickets.id",
+            RETURNING tickets.id, tickets.webhook_url IS NOT NULL",
         );
-        let ids: HashSet<i64> = query.build_query_scalar().fetch_all(&mut *connection).await?.into_iter().collect();
+        let rows: HashMap<i64, bool> = query.build_query_as().fetch_all(&mut *connection).await?.into_iter().collect();
         for index in chunk {
-            written[index] = ids.contains(&writes[index].id.0);
+            written[index] = rows.get(&writes[index].id.0).map(|&own_receiver| Written { own_receiver });
         }
     }
     Ok(written)
