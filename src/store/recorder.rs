@@ -312,8 +312,7 @@ async fn try_batch_on(mut session: Session<'_>, jobs: &mut Vec<Job>, isolation: 
 
 /// The batch in one transaction with no savepoints: every row update in one statement (SQLite's
 /// writer spends its time on round trips, not rows), then the announcements of the final states
-/// that have any. A batch of progress only commits in the same call; so does nothing else, since
-/// a final state's announcement is planned from the final row, read inside the transaction.
+/// that have any, planned from the final rows read inside the transaction.
 async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Outcome>, BatchError> {
     let writes: Vec<ResultWrite<'_>> = jobs
         .iter()
@@ -326,11 +325,10 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
             }
         })
         .collect();
-    let finals = jobs.iter().any(|job| matches!(job, Job::Final { .. }));
     // A busy or lost database fails the transaction (retried as a whole); anything else is a
     // write the database refused, which the per-job path finds.
     let written = session
-        .begin_and_record(&writes, !finals)
+        .begin_and_record(&writes)
         .await
         .map_err(|error| if is_retryable(&error) { BatchError::Transaction(error) } else { BatchError::Job(error) })?;
     // Results are matched to their writes by position, that is by (row, lease): two jobs for
@@ -366,9 +364,7 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
         };
         outcomes.push(outcome);
     }
-    if finals {
-        session.execute("COMMIT").await?;
-    }
+    session.execute("COMMIT").await?;
     Ok(outcomes)
 }
 

@@ -39,25 +39,16 @@ impl Session<'_> {
     }
 
     /// Opens the transaction ([`Session::begin`]) and writes a batch of poll results (see
-    /// `sqlite::results::record_many_on`), then commits when `commit` is set. On SQLite all of it
-    /// is one call to the connection's thread.
+    /// `sqlite::results::record_many_on`). On SQLite both go to the connection's thread in one call.
     pub(super) async fn begin_and_record(
         &mut self,
         writes: &[ResultWrite<'_>],
-        commit: bool,
     ) -> Result<Vec<Option<Written>>, sqlx::Error> {
         match self {
-            Session::Sqlite(connection) => {
-                let around = sqlite::results::Around { begin: true, commit };
-                sqlite::results::record_many_on(connection, writes, around).await
-            }
+            Session::Sqlite(connection) => sqlite::results::record_many_on(connection, writes, true).await,
             Session::Postgres(connection) => {
                 sqlx::query("BEGIN").execute(&mut **connection).await?;
-                let written = postgres::results::record_many_on(connection, writes).await?;
-                if commit {
-                    sqlx::query("COMMIT").execute(&mut **connection).await?;
-                }
-                Ok(written)
+                postgres::results::record_many_on(connection, writes).await
             }
         }
     }

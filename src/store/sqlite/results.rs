@@ -6,44 +6,31 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::store::results::{RESULT_COLUMNS, ResultWrite, Written, statement_chunks};
 
-/// What [`record_many_on`] runs around the writes, in the same call to the connection's thread
-/// (SQLite runs several statements in one call, so a batch costs one trip instead of three).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(in crate::store) struct Around {
-    /// `BEGIN IMMEDIATE` first: the writes open the transaction.
-    pub(in crate::store) begin: bool,
-    /// `COMMIT` last: the writes end it.
-    pub(in crate::store) commit: bool,
-}
-
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
 /// result is written; the one-row writes call it too), fenced by lease and state. Returns, for
 /// each write in order, whether it was written: a result counts as written only when its own
 /// (row, lease) matched, never because another write to the same row did. A final state's
 /// announcement is the caller's to write (see `tickets::write_announcement_on`). The caller owns
-/// the transaction, which `around` may open and close.
+/// the transaction; with `begin` set the writes open it, with a `BEGIN IMMEDIATE` sent in the same
+/// call to the connection's thread (SQLite runs several statements in one call).
 ///
 /// [`ROWS_PER_STATEMENT`]: crate::store::results::ROWS_PER_STATEMENT
 pub(in crate::store) async fn record_many_on(
     connection: &mut SqliteConnection,
     writes: &[ResultWrite<'_>],
-    around: Around,
+    begin: bool,
 ) -> Result<Vec<Option<Written>>, sqlx::Error> {
     let mut written = vec![None; writes.len()];
     let chunks = statement_chunks(writes);
-    let last = chunks.len().saturating_sub(1);
-    if chunks.is_empty() && around != Around::default() {
-        let statements = [around.begin.then_some("BEGIN IMMEDIATE"), around.commit.then_some("COMMIT")];
-        for statement in statements.into_iter().flatten() {
-            sqlx::query(statement).execute(&mut *connection).await?;
-        }
+    if chunks.is_empty() && begin {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
     }
     for (number, chunk) in chunks.into_iter().enumerate() {
         let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
         let chunk_ids: Vec<(i64, usize)> = chunk.iter().map(|&index| (writes[index].id.0, index)).collect();
         let chunk = chunk_writes.as_slice();
-        let begin = if around.begin && number == 0 { "BEGIN IMMEDIATE; " } else { "" };
-        let mut query = QueryBuilder::<Sqlite>::new(format!("{begin}WITH v ({RESULT_COLUMNS}) AS ("));
+        let opening = if begin && number == 0 { "BEGIN IMMEDIATE; " } else { "" };
+        let mut query = QueryBuilder::<Sqlite>::new(format!("{opening}WITH v ({RESULT_COLUMNS}) AS ("));
         query.push_values(chunk, |mut row, write| {
             write.values().bind(&mut row);
         });
@@ -84,9 +71,6 @@ pub(in crate::store) async fn record_many_on(
             WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
             RETURNING tickets.id, tickets.webhook_url IS NOT NULL",
         );
-        if around.commit && number == last {
-            query.push("; COMMIT");
-        }
         // RETURNING names rows, not writes; within one statement each row has one write (see
         // `statement_chunks`), so a returned row identifies its write.
         let rows: std::collections::HashMap<i64, bool> =

@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::SqliteStore;
 use super::deliveries;
-use super::results::{Around, record_many_on};
+use super::results::record_many_on;
 use crate::domain::{RowId, RunSample, TicketKind, TicketState};
 use crate::store::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite};
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
@@ -474,7 +474,7 @@ pub(in crate::store) async fn record_progress_on(
     update: &Reschedule,
 ) -> Result<bool, sqlx::Error> {
     let write = ResultWrite { lease, id, now, result: PollResult::Progress(update) };
-    Ok(record_many_on(connection, &[write], Around::default()).await?[0].is_some())
+    Ok(record_many_on(connection, &[write], false).await?[0].is_some())
 }
 
 /// The rows with these IDs, as the caller's transaction sees them.
@@ -534,7 +534,7 @@ pub(in crate::store) async fn record_final_on(
     announce: impl FnOnce(&Ticket) -> Announcement,
 ) -> Result<Option<usize>, sqlx::Error> {
     let write = ResultWrite { lease, id, now, result: PollResult::Final(finish) };
-    if record_many_on(connection, &[write], Around::default()).await?[0].is_none() {
+    if record_many_on(connection, &[write], false).await?[0].is_none() {
         return Ok(None);
     }
     let Some(ticket) = tickets_on(connection, &[id]).await?.pop() else {
