@@ -67,13 +67,13 @@ fn main() {
         // Daemon and bare loop alternate, so that a slow spell of a shared machine lands on both;
         // the ratio is the median of each round's own ratio.
         let mut rounds_run = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            let daemon = daemon_throughput(&sim, &base, tickets, concurrency, 0).await;
-            let bare = bare_loop(&sim, tickets * 2, concurrency).await;
-            rounds_run.push((daemon, bare));
+        for round in 1..=rounds {
+            let daemon = daemon_throughput(&sim, &base, &format!("bench-r{round}"), tickets, concurrency, 0).await;
+            let bare = bare_loop(&sim, &format!("bare-r{round}"), tickets * 2, concurrency).await;
+            rounds_run.push(Round { daemon, bare });
         }
         println!("\nthroughput (the simulator in this process, the daemon in its own; {rounds} rounds, medians)");
-        for (round, (daemon, bare)) in rounds_run.iter().enumerate() {
+        for (round, Round { daemon, bare }) in rounds_run.iter().enumerate() {
             println!(
                 "  round {}: daemon {:>6.0} polls/s ({} polls in {:.2} s from first poll to last answer, {:.2} s from start), {:.3} ms CPU/poll, {:.1} MB; bare loop {:>6.0} requests/s; ratio {:.2}",
                 round + 1,
@@ -83,20 +83,20 @@ fn main() {
                 daemon.elapsed.as_secs_f64(),
                 daemon.cpu_ms_per_poll,
                 daemon.peak_rss_mb,
-                bare.0,
-                daemon.polls_per_sec / bare.0
+                bare,
+                daemon.polls_per_sec / bare
             );
         }
-        let median = |value: &dyn Fn(&(Throughput, (f64, Duration))) -> f64| -> f64 {
+        let median = |value: &dyn Fn(&Round) -> f64| -> f64 {
             let values: Vec<f64> = rounds_run.iter().map(value).collect();
             percentile(&values, 0.5)
         };
-        let daemon_polls = median(&|(daemon, _)| daemon.polls_per_sec);
+        let daemon_polls = median(&|round| round.daemon.polls_per_sec);
         println!("  daemon:     {daemon_polls:>8.0} polls/s");
-        println!("  bare loop:  {:>8.0} requests/s ({} requests a round)", median(&|(_, bare)| bare.0), tickets * 2);
-        println!("  ratio:      {:>8.2} (target >= 0.50)", median(&|(daemon, bare)| daemon.polls_per_sec / bare.0));
-        println!("  daemon CPU: {:>8.3} ms per poll (target <= 0.12)", median(&|(daemon, _)| daemon.cpu_ms_per_poll));
-        let peak_rss = rounds_run.iter().map(|(daemon, _)| daemon.peak_rss_mb).fold(0.0, f64::max);
+        println!("  bare loop:  {:>8.0} requests/s ({} requests a round)", median(&|round| round.bare), tickets * 2);
+        println!("  ratio:      {:>8.2} (target >= 0.50)", median(&|round| round.daemon.polls_per_sec / round.bare));
+        println!("  daemon CPU: {:>8.3} ms per poll (target <= 0.12)", median(&|round| round.daemon.cpu_ms_per_poll));
+        let peak_rss = rounds_run.iter().map(|round| round.daemon.peak_rss_mb).fold(0.0, f64::max);
         println!("  daemon RSS: {peak_rss:>8.1} MB peak, the largest of the rounds (target < 40)");
 
         let (idle, wake) = idle_and_wakeup(&sim, &base, 10_000, Duration::from_secs(idle_secs), wakeups).await;
@@ -113,7 +113,7 @@ fn main() {
         adaptive_replay(replays);
 
         if history_rows > 0 {
-            let loaded = daemon_throughput(&sim, &base, tickets, concurrency, history_rows).await;
+            let loaded = daemon_throughput(&sim, &base, "history-bench", tickets, concurrency, history_rows).await;
             println!("\nwith {history_rows} finished tickets in the table");
             println!(
                 "  daemon:     {:>8.0} polls/s, {:.3} ms CPU per poll; empty table {:.0} polls/s: {:.2}x slower (target <= 1.5)",
@@ -172,6 +172,12 @@ fn adaptive_replay(runs: u64) {
     println!("  (goal for the learned schedule: <= 4.5 polls/ticket, lag mean <= 15%, p90 <= 35%)");
 }
 
+/// One round of parts 1 and 2: the daemon's run and the bare loop's requests per second.
+struct Round {
+    daemon: Throughput,
+    bare: f64,
+}
+
 struct Throughput {
     polls: u64,
     /// From spawning the daemon until every ticket was final.
@@ -185,16 +191,18 @@ struct Throughput {
     list_ms: Option<(f64, f64)>,
 }
 
+/// The throughput run; `label` keeps each run's ticket IDs apart in the simulator's memory.
 async fn daemon_throughput(
     sim: &Simulator,
     base: &Path,
+    label: &str,
     tickets: usize,
     concurrency: usize,
     history_rows: usize,
 ) -> Throughput {
     let dir = tempfile::tempdir_in(base).expect("a temp dir");
     let db = dir.path().join("bench.db");
-    let prefix = if history_rows > 0 { "history-bench-" } else { "bench-" };
+    let prefix = &format!("{label}-");
     let config = write_config(dir.path(), &db, sim, concurrency, Schedule::Fast);
     migrate(&config);
     if history_rows > 0 {
@@ -302,7 +310,9 @@ fn time_list(config: &Path) -> (f64, f64) {
     (times[0], times[2])
 }
 
-async fn bare_loop(sim: &Simulator, requests: usize, concurrency: usize) -> (f64, Duration) {
+/// The bare loop's requests per second; `label` keeps each run's ticket IDs apart in the
+/// simulator's memory.
+async fn bare_loop(sim: &Simulator, label: &str, requests: usize, concurrency: usize) -> f64 {
     let client = FlinkClient::new(
         &ClientSettings {
             endpoints: Endpoints {
@@ -332,13 +342,14 @@ async fn bare_loop(sim: &Simulator, requests: usize, concurrency: usize) -> (f64
         .map(|_| {
             let client = client.clone();
             let next = Arc::clone(&next);
+            let label = label.to_owned();
             tokio::spawn(async move {
                 loop {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= requests {
                         break;
                     }
-                    let ticket_id = format!("bare-{}", n / 2);
+                    let ticket_id = format!("{label}-{}", n / 2);
                     let polled = client
                         .get_deploy_result(TicketRef {
                             namespace: "ns",
@@ -355,8 +366,7 @@ async fn bare_loop(sim: &Simulator, requests: usize, concurrency: usize) -> (f64
     for worker in workers {
         worker.await.unwrap();
     }
-    let elapsed = started.elapsed();
-    (requests as f64 / elapsed.as_secs_f64(), elapsed)
+    requests as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Part 3 and 4: CPU use of the daemon waiting with `tickets` pending tickets not yet due, as a
