@@ -189,6 +189,21 @@ fn failed_deliveries(row: &Ticket, urls: &[&str]) -> Vec<NewDelivery> {
         .collect()
 }
 
+/// A poll that found the ticket running: its first running answer, next poll at `at(30)`.
+fn running_again() -> Reschedule {
+    Reschedule {
+        next_poll_at: at(30),
+        running_streak: 1,
+        error_streak: 0,
+        polled: true,
+        request_id: None,
+        answer: None,
+        error: None,
+        running_seen_ms: None,
+        note: String::new(),
+    }
+}
+
 /// Claims every row due at `at(1)` (up to 10) under the lease `d#1`, and returns the lease.
 async fn claim_due_as_d1(store: &Store) -> Lease {
     let lease = Lease("d#1".to_owned());
@@ -599,17 +614,7 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
         webhook_note: None,
         handoff: None,
     });
-    let reschedule = Reschedule {
-        next_poll_at: at(30),
-        running_streak: 1,
-        error_streak: 0,
-        polled: true,
-        request_id: None,
-        answer: None,
-        error: None,
-        running_seen_ms: None,
-        note: String::new(),
-    };
+    let reschedule = running_again();
     // Submitted together on this single-threaded runtime, the four land in one batch: on each
     // row the lapsed lease's result comes first.
     let (old_progress, new_final, old_final, new_progress) = tokio::join!(
@@ -638,11 +643,11 @@ async fn with_no_receiver_configured_the_recorder_announces_the_tickets_naming_t
     let named = insert_due_at(store, "named", at(0)).await;
     let late = insert_due_at(store, "late", at(0)).await;
     let running = insert_due_at(store, "running", at(0)).await;
-    let lease = claim_due_as_d1(store).await;
     fixture
         .execute("UPDATE tickets SET webhook_url = 'http://a.example/named' WHERE ticket_id = 'named'")
         .await
         .unwrap();
+    let lease = claim_due_as_d1(store).await;
     let (recorder, task) = store.recorder();
     // The plan sees only rows naming a receiver, and names it in the delivery.
     let planned = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -666,17 +671,7 @@ async fn with_no_receiver_configured_the_recorder_announces_the_tickets_naming_t
         }
     });
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
-    let reschedule = Reschedule {
-        next_poll_at: at(30),
-        running_streak: 1,
-        error_streak: 0,
-        polled: true,
-        request_id: None,
-        answer: None,
-        error: None,
-        running_seen_ms: None,
-        note: String::new(),
-    };
+    let reschedule = running_again();
     // "late" gets its receiver while its poll runs: the final row, not the claimed one, decides.
     fixture.execute("UPDATE tickets SET webhook_url = 'http://a.example/late' WHERE ticket_id = 'late'").await.unwrap();
     let (plain_result, named_result, late_result, running_result) = tokio::join!(
