@@ -16,7 +16,7 @@ pub(super) enum Session<'c> {
     Postgres(&'c mut sqlx::PgConnection),
 }
 
-/// The poll results of a batch, for [`Session::record_many`].
+/// The poll results of a batch, for [`Session::begin_and_record`].
 pub(super) use super::results::{PollResult, ResultWrite, Written};
 
 impl Session<'_> {
