@@ -292,17 +292,7 @@ async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner
         1
     );
 
-    let stale = Reschedule {
-        next_poll_at: at(100),
-        running_streak: 9,
-        error_streak: 0,
-        polled: true,
-        request_id: None,
-        answer: None,
-        error: None,
-        running_seen_ms: None,
-        note: String::new(),
-    };
+    let stale = Reschedule { next_poll_at: at(100), running_streak: 9, ..running_again() };
     assert!(!store.record_progress(&old, id, at(13), &stale).await.unwrap(), "the old owner is fenced off");
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
     assert_eq!(store.record_final(&old, id, at(13), &finish, |_| Announcement::default()).await.unwrap(), None);
