@@ -20,14 +20,18 @@ pub(super) enum Session<'c> {
 pub(super) use super::results::{PollResult, ResultWrite, Written};
 
 impl Session<'_> {
-    /// Opens the transaction (`BEGIN IMMEDIATE` on SQLite, so it waits for the write lock up
-    /// front).
-    pub(super) async fn begin(&mut self) -> Result<(), sqlx::Error> {
-        self.execute(match self {
+    /// The statement that opens a transaction: `BEGIN IMMEDIATE` on SQLite, so that it waits for
+    /// the write lock up front.
+    fn opening(&self) -> &'static str {
+        match self {
             Session::Sqlite(_) => "BEGIN IMMEDIATE",
             Session::Postgres(_) => "BEGIN",
-        })
-        .await
+        }
+    }
+
+    /// Opens the transaction ([`Session::opening`]).
+    pub(super) async fn begin(&mut self) -> Result<(), sqlx::Error> {
+        self.execute(self.opening()).await
     }
 
     /// Runs one statement without parameters (`COMMIT`, savepoints).
@@ -44,10 +48,11 @@ impl Session<'_> {
         &mut self,
         writes: &[ResultWrite<'_>],
     ) -> Result<Vec<Option<Written>>, sqlx::Error> {
+        let opening = self.opening();
         match self {
-            Session::Sqlite(connection) => sqlite::results::record_many_on(connection, writes, true).await,
+            Session::Sqlite(connection) => sqlite::results::record_many_on(connection, writes, Some(opening)).await,
             Session::Postgres(connection) => {
-                sqlx::query("BEGIN").execute(&mut **connection).await?;
+                sqlx::query(opening).execute(&mut **connection).await?;
                 postgres::results::record_many_on(connection, writes).await
             }
         }

@@ -11,26 +11,30 @@ use crate::store::results::{RESULT_COLUMNS, ResultWrite, Written, statement_chun
 /// each write in order, whether it was written: a result counts as written only when its own
 /// (row, lease) matched, never because another write to the same row did. A final state's
 /// announcement is the caller's to write (see `tickets::write_announcement_on`). The caller owns
-/// the transaction; with `begin` set the writes open it, with a `BEGIN IMMEDIATE` sent in the same
+/// the transaction; with an `opening` statement the writes open it, the statement sent in the same
 /// call to the connection's thread (SQLite runs several statements in one call).
 ///
 /// [`ROWS_PER_STATEMENT`]: crate::store::results::ROWS_PER_STATEMENT
 pub(in crate::store) async fn record_many_on(
     connection: &mut SqliteConnection,
     writes: &[ResultWrite<'_>],
-    begin: bool,
+    opening: Option<&str>,
 ) -> Result<Vec<Option<Written>>, sqlx::Error> {
     let mut written = vec![None; writes.len()];
     let chunks = statement_chunks(writes);
-    if chunks.is_empty() && begin {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *connection).await?;
+    if let (true, Some(opening)) = (chunks.is_empty(), opening) {
+        sqlx::query(opening).execute(&mut *connection).await?;
     }
     for (number, chunk) in chunks.into_iter().enumerate() {
         let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
         let chunk_ids: Vec<(i64, usize)> = chunk.iter().map(|&index| (writes[index].id.0, index)).collect();
         let chunk = chunk_writes.as_slice();
-        let opening = if begin && number == 0 { "BEGIN IMMEDIATE; " } else { "" };
-        let mut query = QueryBuilder::<Sqlite>::new(format!("{opening}WITH v ({RESULT_COLUMNS}) AS ("));
+        let mut sql = match opening {
+            Some(opening) if number == 0 => format!("{opening}; "),
+            _ => String::new(),
+        };
+        sql.push_str(&format!("WITH v ({RESULT_COLUMNS}) AS ("));
+        let mut query = QueryBuilder::<Sqlite>::new(sql);
         query.push_values(chunk, |mut row, write| {
             write.values().bind(&mut row);
         });

@@ -474,7 +474,7 @@ pub(in crate::store) async fn record_progress_on(
     update: &Reschedule,
 ) -> Result<bool, sqlx::Error> {
     let write = ResultWrite { lease, id, now, result: PollResult::Progress(update) };
-    Ok(record_many_on(connection, &[write], false).await?[0].is_some())
+    Ok(record_many_on(connection, &[write], None).await?[0].is_some())
 }
 
 /// The rows with these IDs, as the caller's transaction sees them.
@@ -534,7 +534,7 @@ pub(in crate::store) async fn record_final_on(
     announce: impl FnOnce(&Ticket) -> Announcement,
 ) -> Result<Option<usize>, sqlx::Error> {
     let write = ResultWrite { lease, id, now, result: PollResult::Final(finish) };
-    if record_many_on(connection, &[write], false).await?[0].is_none() {
+    if record_many_on(connection, &[write], None).await?[0].is_none() {
         return Ok(None);
     }
     let Some(ticket) = tickets_on(connection, &[id]).await?.pop() else {
