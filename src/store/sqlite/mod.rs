@@ -169,6 +169,10 @@ async fn connect_writer(settings: &StoreSettings, options: &SqliteConnectOptions
         .max_connections(1)
         .min_connections(1)
         .acquire_timeout(settings.busy_timeout + Duration::from_secs(30))
+        // A ping before every use (the pool's default) is a round trip to the connection's
+        // thread that a file in this process cannot fail: the recorder and every claim would
+        // pay it once per batch.
+        .test_before_acquire(false)
         // The writer walks the queue's indexes all day: a larger page cache than the readers'
         // 2 MiB (in KiB), yet small enough that the cache does not dominate the daemon's memory.
         .connect_with(options.clone().pragma("cache_size", "-4096"))
