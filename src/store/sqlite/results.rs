@@ -38,6 +38,18 @@ pub(in crate::store) async fn record_many_on(
         query.push_values(chunk, |mut row, write| {
             write.values().bind(&mut row);
         });
+        // The statement's text names its row count, and the connection keeps every text it
+        // prepares (a few hundred kB of program each at the larger sizes): rows of NULLs, which
+        // match no ticket, round the count up to a power of two, so that a handful of texts
+        // serve every batch.
+        for _ in chunk.len()..chunk.len().next_power_of_two() {
+            query.push(", (");
+            let mut row = query.separated(", ");
+            for _ in 0..RESULT_COLUMNS.split(',').count() {
+                row.push_bind(None::<i64>);
+            }
+            query.push(")");
+        }
         // Column by column what the one-row writes do: an answer replaces the answer columns
         // and clears the error, an error replaces the error columns, neither keeps them; a final
         // state sets `state` and `finished_at` and clears the schedule note, a reschedule the due
