@@ -398,7 +398,7 @@ fn to_chrono(duration: Duration) -> chrono::Duration {
 /// The poll loop's queue: due tickets, each polled by [`Poller::handle`] in its `ticket` span.
 impl claim_loop::Queue for Poller {
     type Item = Ticket;
-    type Error = sqlx::Error;
+    type Error = RecordError;
 
     const ROWS: &'static str = "tickets";
     const ROW: &'static str = "ticket";
@@ -465,12 +465,12 @@ impl claim_loop::Queue for Poller {
         self.pull_back_after_clock_step(now).await;
     }
 
-    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        self.store.next_due_at().await
+    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, RecordError> {
+        Ok(self.store.next_due_at().await?)
     }
 
-    async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<Ticket>, sqlx::Error> {
-        self.store.claim_due_tickets(lease, now, self.poll.lease, limit, self.poll.deadline).await
+    async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<Ticket>, RecordError> {
+        self.recorder.claim_due_tickets(lease, now, self.poll.lease, limit, self.poll.deadline).await
     }
 
     fn span(&self, ticket: &Ticket) -> tracing::Span {

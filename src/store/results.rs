@@ -153,6 +153,15 @@ impl ResultWrite<'_> {
     }
 }
 
+/// What a batch of result writes did: each write's [`Written`], in order, and the tickets of the
+/// claim made in the same call, if one was.
+#[derive(Debug)]
+pub(in crate::store) struct Recorded {
+    pub(in crate::store) written: Vec<Option<Written>>,
+    /// `None` when no claim was made (none was asked for, or the backend leaves it to the caller).
+    pub(in crate::store) claimed: Option<Result<Vec<crate::store::Ticket>, sqlx::Error>>,
+}
+
 /// A result write that found its row under its lease, still pending, and changed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::store) struct Written {

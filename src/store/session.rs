@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::tickets::DueClaim;
 use super::{Announcement, Finish, Lease, Reschedule, Ticket};
 use super::{postgres, sqlite};
 use crate::domain::RowId;
@@ -17,7 +18,7 @@ pub(super) enum Session<'c> {
 }
 
 /// The poll results of a batch, for [`Session::begin_and_record`].
-pub(super) use super::results::{PollResult, ResultWrite, Written};
+pub(super) use super::results::{PollResult, Recorded, ResultWrite};
 
 impl Session<'_> {
     /// The statement that opens a transaction: `BEGIN IMMEDIATE` on SQLite, so that it waits for
@@ -42,19 +43,34 @@ impl Session<'_> {
         }
     }
 
-    /// Opens the transaction ([`Session::begin`]) and writes a batch of poll results (see
-    /// `sqlite::results::record_many_on`). On SQLite both go to the connection's thread in one call.
+    /// Opens the transaction ([`Session::begin`]), writes a batch of poll results (see
+    /// `sqlite::results::record_and_claim_on`) and, on SQLite, makes `claim` after them: all in
+    /// one call to the connection's thread. PostgreSQL leaves the claim to the caller
+    /// ([`Recorded::claimed`] is `None`): a failed statement there would abort the transaction
+    /// and lose its writes.
     pub(super) async fn begin_and_record(
         &mut self,
         writes: &[ResultWrite<'_>],
-    ) -> Result<Vec<Option<Written>>, sqlx::Error> {
+        claim: Option<&DueClaim>,
+    ) -> Result<Recorded, sqlx::Error> {
         let opening = self.opening();
         match self {
-            Session::Sqlite(connection) => sqlite::results::record_many_on(connection, writes, Some(opening)).await,
+            Session::Sqlite(connection) => {
+                sqlite::results::record_and_claim_on(connection, writes, Some(opening), claim).await
+            }
             Session::Postgres(connection) => {
                 sqlx::query(opening).execute(&mut **connection).await?;
-                postgres::results::record_many_on(connection, writes).await
+                let written = postgres::results::record_many_on(connection, writes).await?;
+                Ok(Recorded { written, claimed: None })
             }
+        }
+    }
+
+    /// Claims due tickets (see `sqlite::tickets::claim_due_on`), outside a transaction or in one.
+    pub(super) async fn claim_due(&mut self, claim: &DueClaim) -> Result<Vec<Ticket>, sqlx::Error> {
+        match self {
+            Session::Sqlite(connection) => sqlite::tickets::claim_due_on(connection, claim).await,
+            Session::Postgres(connection) => postgres::tickets::claim_due_on(connection, claim).await,
         }
     }
 

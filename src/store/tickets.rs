@@ -13,6 +13,17 @@ use crate::domain::{
     Answer, ConfigIssue, RawJson, RowId, TicketKey, TicketKind, TicketState, TicketStatus, ValidationIssue,
 };
 
+/// What [`Store::claim_due_tickets`] takes: up to `limit` tickets due at `now`, leased to `lease`
+/// for `lease_for`; a row without a deadline gets `created_at + default_deadline`.
+#[derive(Debug, Clone)]
+pub(super) struct DueClaim {
+    pub lease: Lease,
+    pub now: DateTime<Utc>,
+    pub lease_for: Duration,
+    pub limit: u32,
+    pub default_deadline: Duration,
+}
+
 /// A row of `tickets`, read once at the store's boundary: the state as a [`TicketState`], instants
 /// as `DateTime<Utc>`, the validation issues as a list. Only the store produces it (see
 /// `store/row.rs` for how each column is read, and what a value that cannot be read becomes).
@@ -244,7 +255,8 @@ impl Store {
         limit: u32,
         default_deadline: Duration,
     ) -> Result<Vec<Ticket>, sqlx::Error> {
-        dispatch!(self, backend => backend.claim_due_tickets(lease, now, lease_for, limit, default_deadline).await)
+        let claim = DueClaim { lease: lease.clone(), now, lease_for, limit, default_deadline };
+        dispatch!(self, backend => backend.claim_due_tickets(&claim).await)
     }
 
     /// Claims one ticket, like [`Store::claim_due_tickets`] but only row `id`: `None` when it is not

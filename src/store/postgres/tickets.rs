@@ -14,6 +14,7 @@ use super::results::record_many_on;
 use super::{PgStore, deliveries, guarded, in_transaction, instant_text};
 use crate::domain::{RowId, RunSample, TicketKind, TicketState};
 use crate::store::results::{PollResult, ResultWrite};
+use crate::store::tickets::DueClaim;
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
 /// Every column of `tickets` as `row.rs` reads it, from the table (or CTE) aliased `t`.
@@ -146,45 +147,9 @@ impl PgStore {
         })
     }
 
-    /// One statement: the due rows are locked in queue order, skipping rows another claim holds
-    /// (`FOR UPDATE SKIP LOCKED`), and leased; concurrent claimers never get the same row.
-    pub(in crate::store) async fn claim_due_tickets(
-        &self,
-        lease: &Lease,
-        now: DateTime<Utc>,
-        lease_for: Duration,
-        limit: u32,
-        default_deadline: Duration,
-    ) -> Result<Vec<Ticket>, sqlx::Error> {
-        let sql = format!(
-            "WITH due AS (
-                 SELECT id, next_poll_at AS was_due FROM tickets
-                 WHERE state = 'pending' AND next_poll_at <= $3::timestamptz
-                 ORDER BY next_poll_at, id LIMIT $5
-                 FOR UPDATE SKIP LOCKED
-             ),
-             claimed AS (
-                 UPDATE tickets
-                 SET lease_owner = $1, lease_until = $2::timestamptz, next_poll_at = $2::timestamptz,
-                     updated_at = $3::timestamptz,
-                     deadline_at = COALESCE(tickets.deadline_at, tickets.created_at + make_interval(secs => $4))
-                 FROM due WHERE tickets.id = due.id
-                 RETURNING tickets.*, due.was_due
-             )
-             SELECT {} FROM claimed AS t ORDER BY t.was_due, t.id",
-            *TICKET_COLUMNS
-        );
-        let rows = guarded!(self, connection => {
-            sqlx::query(&sql)
-                .bind(&lease.0)
-                .bind(lease_end(now, lease_for))
-                .bind(at(now))
-                .bind(seconds(default_deadline))
-                .bind(i64::from(limit))
-                .fetch_all(&mut *connection)
-                .await
-        })?;
-        rows.iter().map(read).collect()
+    /// One statement (see [`claim_due_on`]).
+    pub(in crate::store) async fn claim_due_tickets(&self, claim: &DueClaim) -> Result<Vec<Ticket>, sqlx::Error> {
+        guarded!(self, connection => claim_due_on(connection, claim).await)
     }
 
     pub(in crate::store) async fn claim_ticket(
@@ -399,6 +364,45 @@ impl PgStore {
             sqlx::query_as("SELECT state, count(*) FROM tickets GROUP BY state").fetch_all(&mut *connection).await
         })
     }
+}
+
+/// Claims due tickets in one statement: the due rows are locked in queue order, skipping rows
+/// another claim holds (`FOR UPDATE SKIP LOCKED`), and leased; concurrent claimers never get the
+/// same row.
+pub(in crate::store) async fn claim_due_on(
+    connection: &mut PgConnection,
+    claim: &DueClaim,
+) -> Result<Vec<Ticket>, sqlx::Error> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH due AS (
+                 SELECT id, next_poll_at AS was_due FROM tickets
+                 WHERE state = 'pending' AND next_poll_at <= $3::timestamptz
+                 ORDER BY next_poll_at, id LIMIT $5
+                 FOR UPDATE SKIP LOCKED
+             ),
+             claimed AS (
+                 UPDATE tickets
+                 SET lease_owner = $1, lease_until = $2::timestamptz, next_poll_at = $2::timestamptz,
+                     updated_at = $3::timestamptz,
+                     deadline_at = COALESCE(tickets.deadline_at, tickets.created_at + make_interval(secs => $4))
+                 FROM due WHERE tickets.id = due.id
+                 RETURNING tickets.*, due.was_due
+             )
+             SELECT {} FROM claimed AS t ORDER BY t.was_due, t.id",
+            *TICKET_COLUMNS
+        )
+    });
+    let DueClaim { lease, now, lease_for, limit, default_deadline } = claim;
+    let rows = sqlx::query(&SQL)
+        .bind(&lease.0)
+        .bind(lease_end(*now, *lease_for))
+        .bind(at(*now))
+        .bind(seconds(*default_deadline))
+        .bind(i64::from(*limit))
+        .fetch_all(&mut *connection)
+        .await?;
+    rows.iter().map(read).collect()
 }
 
 /// One progress write on a given connection (the caller owns any transaction).

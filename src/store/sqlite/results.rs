@@ -2,9 +2,12 @@
 //! the one place that says which column a result sets. The recorder's batches and the one-row
 //! writes of `tickets.rs` both go through [`record_many_on`].
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use futures_util::TryStreamExt as _;
+use sqlx::{Either, Executor as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
-use crate::store::results::{RESULT_COLUMNS, ResultWrite, Written, statement_chunks};
+use super::tickets;
+use crate::store::results::{RESULT_COLUMNS, Recorded, ResultWrite, Written, statement_chunks};
+use crate::store::tickets::DueClaim;
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
 /// result is written; the one-row writes call it too), fenced by lease and state. Returns, for
@@ -20,11 +23,32 @@ pub(in crate::store) async fn record_many_on(
     writes: &[ResultWrite<'_>],
     opening: Option<&str>,
 ) -> Result<Vec<Option<Written>>, sqlx::Error> {
+    Ok(record_and_claim_on(connection, writes, opening, None).await?.written)
+}
+
+/// [`record_many_on`], then `claim` (see `tickets::push_claim`) in the same call as the last
+/// statement, inside the caller's transaction. A claim that fails leaves the writes in place: its
+/// error is [`Recorded::claimed`]'s, and the transaction goes on.
+pub(in crate::store) async fn record_and_claim_on(
+    connection: &mut SqliteConnection,
+    writes: &[ResultWrite<'_>],
+    opening: Option<&str>,
+    claim: Option<&DueClaim>,
+) -> Result<Recorded, sqlx::Error> {
     let mut written = vec![None; writes.len()];
     let chunks = statement_chunks(writes);
-    if let (true, Some(opening)) = (chunks.is_empty(), opening) {
-        sqlx::query(opening).execute(&mut *connection).await?;
+    if chunks.is_empty() {
+        if let Some(opening) = opening {
+            sqlx::query(opening).execute(&mut *connection).await?;
+        }
+        let claimed = match claim {
+            Some(claim) => Some(tickets::claim_due_on(connection, claim).await),
+            None => None,
+        };
+        return Ok(Recorded { written, claimed });
     }
+    let last = chunks.len() - 1;
+    let mut claimed = None;
     for (number, chunk) in chunks.into_iter().enumerate() {
         let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
         let chunk_ids: Vec<(i64, usize)> = chunk.iter().map(|&index| (writes[index].id.0, index)).collect();
@@ -87,13 +111,47 @@ pub(in crate::store) async fn record_many_on(
             WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
             RETURNING tickets.id, tickets.webhook_url IS NOT NULL",
         );
+        let claim = claim.filter(|_| number == last);
+        if let Some(claim) = claim {
+            query.push("; ");
+            tickets::push_claim(&mut query, claim);
+        }
+        // Each statement ends with a `Left`: the writes' rows come before the statements ahead
+        // of the claim have ended, the claim's after.
+        let ahead_of_claim = if number == 0 && opening.is_some() { 2 } else { 1 };
+        let mut ended = 0;
+        let mut updated = std::collections::HashMap::new();
+        let mut claim_rows = Vec::new();
+        let mut claim_failed = None;
+        {
+            let mut results = connection.fetch_many(query.build());
+            loop {
+                match results.try_next().await {
+                    Ok(Some(Either::Left(_))) => ended += 1,
+                    Ok(Some(Either::Right(row))) if ended < ahead_of_claim => {
+                        updated.insert(row.try_get::<i64, _>(0)?, row.try_get::<bool, _>(1)?);
+                    }
+                    Ok(Some(Either::Right(row))) => claim_rows.push(row),
+                    Ok(None) => break,
+                    Err(error) if claim.is_some() && ended == ahead_of_claim => {
+                        claim_failed = Some(error);
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
         // RETURNING names rows, not writes; within one statement each row has one write (see
         // `statement_chunks`), so a returned row identifies its write.
-        let rows: std::collections::HashMap<i64, bool> =
-            query.build_query_as().fetch_all(&mut *connection).await?.into_iter().collect();
         for (id, index) in chunk_ids {
-            written[index] = rows.get(&id).map(|&own_receiver| Written { own_receiver });
+            written[index] = updated.get(&id).map(|&own_receiver| Written { own_receiver });
+        }
+        if let Some(claim) = claim {
+            claimed = Some(match claim_failed {
+                Some(error) => Err(error),
+                None => tickets::claimed_tickets(connection, &claim_rows, claim).await,
+            });
         }
     }
-    Ok(written)
+    Ok(Recorded { written, claimed })
 }

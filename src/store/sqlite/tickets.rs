@@ -12,6 +12,7 @@ use super::deliveries;
 use super::results::record_many_on;
 use crate::domain::{RowId, RunSample, TicketKind, TicketState};
 use crate::store::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite};
+use crate::store::tickets::DueClaim;
 use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
 
 impl SqliteStore {
@@ -117,45 +118,11 @@ impl SqliteStore {
         .rows_affected())
     }
 
-    /// Claims up to `limit` due pending tickets in one atomic statement, earliest first.
-    ///
-    /// Each claimed row gets `lease_owner = lease` and `lease_until = next_poll_at = now +
-    /// lease_for`, so no other claim can take it until the lease lapses, and a killed daemon's rows
-    /// come due again by themselves. A row without a deadline gets `created_at + default_deadline`,
-    /// fixed from then on.
-    pub(in crate::store) async fn claim_due_tickets(
-        &self,
-        lease: &Lease,
-        now: DateTime<Utc>,
-        lease_for: Duration,
-        limit: u32,
-        default_deadline: Duration,
-    ) -> Result<Vec<Ticket>, sqlx::Error> {
-        let now_text = at(now);
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
-        let rows = sqlx::query(
-            "UPDATE tickets
-             SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
-                 deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
-             WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
-                          WHERE state = 'pending' AND next_poll_at <= ?3
-                          ORDER BY next_poll_at LIMIT ?5)
-             RETURNING *",
-        )
-        .bind(&lease.0)
-        .bind(&until)
-        .bind(&now_text)
-        .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
-        let mut tickets = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if let Some(ticket) = self.readable_claim(row, lease, now).await? {
-                tickets.push(ticket);
-            }
-        }
-        Ok(tickets)
+    /// Claims up to `limit` due pending tickets in one atomic statement, earliest first (see
+    /// [`claim_due_on`]).
+    pub(in crate::store) async fn claim_due_tickets(&self, claim: &DueClaim) -> Result<Vec<Ticket>, sqlx::Error> {
+        let mut connection = self.writer.acquire().await?;
+        claim_due_on(&mut connection, claim).await
     }
 
     /// Claims one ticket, like [`Store::claim_due_tickets`] but only row `id`: `None` when it is not
@@ -171,6 +138,7 @@ impl SqliteStore {
     ) -> Result<Option<Ticket>, sqlx::Error> {
         let now_text = at(now);
         let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        let mut connection = self.writer.acquire().await?;
         let row = sqlx::query(
             "UPDATE tickets
              SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
@@ -183,10 +151,10 @@ impl SqliteStore {
         .bind(&now_text)
         .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
         .bind(id.0)
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *connection)
         .await?;
         match row {
-            Some(row) => self.readable_claim(&row, lease, now).await,
+            Some(row) => readable_claim_on(&mut connection, &row, lease, now).await,
             None => Ok(None),
         }
     }
@@ -391,39 +359,99 @@ impl SqliteStore {
     pub(in crate::store) async fn count_tickets_by_state(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
         sqlx::query_as("SELECT state, count(*) FROM tickets GROUP BY state").fetch_all(&self.reader).await
     }
+}
 
-    /// A row just claimed with `lease`, as a [`Ticket`]; `None` when a value in it cannot be read
-    /// (the schema's checks refuse such values, so only a write with the checks switched off
-    /// leaves one). Such a row is failed on the spot with `InvalidTicket` and a message naming the
-    /// column, its unreadable values replaced, so that it never holds back the rest of its batch
-    /// and never comes back. It is not announced: its values cannot be trusted.
-    async fn readable_claim(
-        &self,
-        row: &SqliteRow,
-        lease: &Lease,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Ticket>, sqlx::Error> {
-        let column = match row::read_ticket(row) {
-            Ok(ticket) => return Ok(Some(ticket)),
-            Err(unreadable) => unreadable.column,
-        };
-        let id: i64 = row.try_get("id")?;
-        let message = format!("column {column} holds a value the daemon cannot read");
-        let failed = sqlx::query(FAIL_UNREADABLE)
-            .bind(id)
-            .bind(&lease.0)
-            .bind(&message)
-            .bind(at(now))
-            .execute(&self.writer)
-            .await;
-        match failed {
-            Ok(_) => tracing::error!(row = id, column, "ticket failed: a value in it cannot be read (InvalidTicket)"),
-            // The row keeps its lease and is claimed again once it lapses; the rest of the batch
-            // goes on.
-            Err(error) => tracing::error!(row = id, column, error = %error, "failing an unreadable ticket failed"),
+/// Claims up to `claim.limit` due pending tickets in one atomic statement, earliest first (see
+/// [`push_claim`]).
+pub(in crate::store) async fn claim_due_on(
+    connection: &mut SqliteConnection,
+    claim: &DueClaim,
+) -> Result<Vec<Ticket>, sqlx::Error> {
+    let mut query = QueryBuilder::<Sqlite>::new("");
+    push_claim(&mut query, claim);
+    let rows = query.build().fetch_all(&mut *connection).await?;
+    claimed_tickets(connection, &rows, claim).await
+}
+
+/// Appends the claim statement to `query`, with its values: up to `claim.limit` due pending
+/// tickets, earliest first, in one atomic statement, returning the claimed rows.
+///
+/// Each claimed row gets `lease_owner = lease` and `lease_until = next_poll_at = now +
+/// lease_for`, so no other claim can take it until the lease lapses, and a killed daemon's rows
+/// come due again by themselves. A row without a deadline gets `created_at + default_deadline`,
+/// fixed from then on. Its parameters are positional, so that it can follow other statements in
+/// one call (see `results::record_and_claim_on`).
+pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) {
+    let DueClaim { lease, now, lease_for, limit, default_deadline } = claim;
+    let until = at(*now + chrono::Duration::from_std(*lease_for).unwrap_or(chrono::Duration::MAX));
+    query
+        .push("UPDATE tickets SET lease_owner = ")
+        .push_bind(lease.0.clone())
+        .push(", lease_until = ")
+        .push_bind(until.clone())
+        .push(", next_poll_at = ")
+        .push_bind(until)
+        .push(", updated_at = ")
+        .push_bind(at(*now))
+        .push(", deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ")
+        .push_bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
+        .push(
+            "))
+             WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
+                          WHERE state = 'pending' AND next_poll_at <= ",
+        )
+        .push_bind(at(*now))
+        .push(" ORDER BY next_poll_at LIMIT ")
+        .push_bind(i64::from(*limit))
+        .push(") RETURNING *");
+}
+
+/// The rows a claim returned, as tickets (see [`readable_claim_on`]).
+pub(in crate::store) async fn claimed_tickets(
+    connection: &mut SqliteConnection,
+    rows: &[SqliteRow],
+    claim: &DueClaim,
+) -> Result<Vec<Ticket>, sqlx::Error> {
+    let mut tickets = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(ticket) = readable_claim_on(connection, row, &claim.lease, claim.now).await? {
+            tickets.push(ticket);
         }
-        Ok(None)
     }
+    Ok(tickets)
+}
+
+/// A row just claimed with `lease`, as a [`Ticket`]; `None` when a value in it cannot be read
+/// (the schema's checks refuse such values, so only a write with the checks switched off leaves
+/// one). Such a row is failed on the spot with `InvalidTicket` and a message naming the column,
+/// its unreadable values replaced, so that it never holds back the rest of its batch and never
+/// comes back. It is not announced: its values cannot be trusted.
+async fn readable_claim_on(
+    connection: &mut SqliteConnection,
+    row: &SqliteRow,
+    lease: &Lease,
+    now: DateTime<Utc>,
+) -> Result<Option<Ticket>, sqlx::Error> {
+    let column = match row::read_ticket(row) {
+        Ok(ticket) => return Ok(Some(ticket)),
+        Err(unreadable) => unreadable.column,
+    };
+    let id: i64 = row.try_get("id")?;
+    let message = format!("column {column} holds a value the daemon cannot read");
+    let failed = sqlx::query(FAIL_UNREADABLE)
+        .bind(id)
+        .bind(&lease.0)
+        .bind(&message)
+        .bind(at(now))
+        .execute(&mut *connection)
+        .await;
+    match failed {
+        Ok(_) => tracing::error!(row = id, column, "ticket failed: a value in it cannot be read (InvalidTicket)"),
+        // The row keeps its lease and is claimed again once it lapses; the rest of the batch
+        // goes on.
+        Err(error) => tracing::error!(row = id, column, error = %error, "failing an unreadable ticket failed"),
+    }
+    Ok(None)
 }
 
 /// Ends a claimed row that cannot be read: `failed` / `InvalidTicket` with message `?3` at `?4`,
