@@ -221,28 +221,46 @@ impl Recorder {
     }
 }
 
+/// Most batches in a row written on one checkout of SQLite's writer connection.
+const BATCHES_PER_CHECKOUT: usize = 8;
+
 async fn run(store: Store, mut receiver: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // SQLite's writer connection, kept from one batch to the next while jobs keep coming: a
+    // checkout costs a task and a round trip to the connection's thread when it is given back.
+    // It goes back when the queue runs dry, or after a few batches, so that the other writes of
+    // this process (webhook deliveries, maintenance) wait no longer than that.
+    let mut writer = None;
+    let mut batches = 0;
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write_batch(&store, std::mem::take(&mut batch)).await;
+        write_batch(&store, std::mem::take(&mut batch), &mut writer).await;
+        batches += 1;
+        if receiver.is_empty() || batches == BATCHES_PER_CHECKOUT {
+            writer = None;
+            batches = 0;
+        }
     }
 }
+
+/// The SQLite writer connection the recorder holds between batches, if any.
+type Writer = Option<sqlx::pool::PoolConnection<sqlx::Sqlite>>;
 
 /// Writes one batch, retrying the whole transaction with jittered backoff (an in-process retry,
 /// nothing persisted) while another program holds the write lock past `busy_timeout`. Every job
 /// gets an answer.
-async fn write_batch(store: &Store, jobs: Vec<Job>) {
+async fn write_batch(store: &Store, jobs: Vec<Job>, writer: &mut Writer) {
     use backon::Retryable as _;
-    let jobs = tokio::sync::Mutex::new(jobs);
-    let shared = &jobs;
+    let state = tokio::sync::Mutex::new((jobs, writer.take()));
+    let shared = &state;
     let policy = super::busy_retry_policy();
     let result = (move || async move {
-        let mut jobs = shared.lock().await;
+        let mut state = shared.lock().await;
+        let (jobs, writer) = &mut *state;
         // Fast path: the whole batch in one transaction, one statement per write. A write that
         // fails (a constraint, in practice never) sends the batch down the slow path, where
         // each write has a savepoint of its own and fails alone.
-        match try_batch(store, &mut jobs, Isolation::Shared).await {
-            Err(BatchError::Job(_)) => try_batch(store, &mut jobs, Isolation::PerJob).await,
+        match try_batch(store, jobs, Isolation::Shared, writer).await {
+            Err(BatchError::Job(_)) => try_batch(store, jobs, Isolation::PerJob, writer).await,
             other => other,
         }
         .map_err(BatchError::into_sqlx)
@@ -258,9 +276,10 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
         }
     })
     .await;
+    let (jobs, kept) = state.into_inner();
+    *writer = kept;
     if let Err(error) = result {
         let error = Arc::new(error);
-        let jobs = jobs.into_inner();
         tracing::error!(
             error = %error,
             writes = jobs.iter().filter(|job| job.write().is_some()).count(),
@@ -306,15 +325,26 @@ impl From<sqlx::Error> for BatchError {
 }
 
 /// One transaction over the batch. On success every job is answered and `jobs` is emptied; on an
-/// error nothing is answered (the connection is discarded, which ends the transaction) and `jobs` is left as it
-/// was, for another try.
-async fn try_batch(store: &Store, jobs: &mut Vec<Job>, isolation: Isolation) -> Result<(), BatchError> {
+/// error nothing is answered (the connection is discarded, which ends the transaction) and `jobs`
+/// is left as it was, for another try. On SQLite the batch runs on `writer` when one is held,
+/// and the connection is held there after a success.
+async fn try_batch(
+    store: &Store,
+    jobs: &mut Vec<Job>,
+    isolation: Isolation,
+    writer: &mut Writer,
+) -> Result<(), BatchError> {
     match &store.backend {
         Backend::Sqlite(backend) => {
-            let mut connection = backend.writer.acquire().await?;
+            let mut connection = match writer.take() {
+                Some(connection) => connection,
+                None => backend.writer.acquire().await?,
+            };
             let result = try_batch_on(Session::Sqlite(&mut connection), jobs, isolation).await;
             if result.is_err() {
                 super::sqlite::discard_after_failed_transaction(&mut connection);
+            } else {
+                *writer = Some(connection);
             }
             result
         }
