@@ -1,14 +1,16 @@
 //! The one claim loop behind both of the daemon's queues (tickets to poll, webhook deliveries to
 //! send): gather free slots, wait until the earliest row is due (per the database), claim what is
 //! due under a named lease, and hand each claimed item to its handler in a `TaskTracker`, one
-//! slot per item.
+//! slot per item. A queue may ask for items claimed ahead ([`Shape::ahead`]): held in hand, they
+//! fill slots the moment those free, while the next claim waits its turn at the database.
 //!
 //! A queue says what its items are and how to look for, claim and handle them by implementing
 //! [`Queue`]. [`claim_once`] is one step (claim what is due now and hand it out); [`step_once`]
 //! is the same step run to completion, which tests drive until [`Step::Idle`];
-//! [`run_until_cancelled`] is the daemon's loop around [`claim_once`]. No SQL and no HTTP here:
-//! both are behind the queue's methods.
+//! [`run_until_cancelled`] is the daemon's loop. No SQL and no HTTP here: both are behind the
+//! queue's methods.
 
+use std::collections::VecDeque;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
@@ -45,6 +47,11 @@ pub struct Shape {
     /// Longest the loop sleeps before looking for new or newly due rows: the safety net for
     /// rows other programs write, should [`Queue::outside_change`] miss them or not be offered.
     pub wake_interval: Duration,
+    /// Items the loop claims beyond its free slots while rows keep coming due, kept ready for the
+    /// next slots to free (0: claim for free slots only). A claim waits its turn at the database;
+    /// without items in hand, every slot that frees meanwhile stays empty until the next claim
+    /// returns.
+    pub ahead: usize,
 }
 
 /// A queue of rows that come due, as the claim loop sees it.
@@ -109,7 +116,7 @@ pub trait Queue: Send + Sync + 'static {
 pub async fn claim_once<Q: Queue>(
     queue: &Arc<Q>,
     lease: &Lease,
-    mut slots: OwnedSemaphorePermit,
+    slots: OwnedSemaphorePermit,
     tracker: &TaskTracker,
 ) -> Result<Step, Q::Error> {
     let limit = u32::try_from(slots.num_permits()).unwrap_or(u32::MAX);
@@ -119,10 +126,23 @@ pub async fn claim_once<Q: Queue>(
         return Ok(Step::Idle);
     }
     let claimed = items.len();
-    for item in items {
-        let slot = slots.split(1).expect("the claim returns at most one item per slot");
+    let mut ready = items.into_iter().map(|item| (item, lease.clone())).collect();
+    hand_out(queue, &mut ready, slots, tracker);
+    Ok(Step::Claimed(claimed))
+}
+
+/// Spawns the handling of ready items in `tracker`, earliest claimed first, one per slot of
+/// `slots`, while both last. Slots left over are given back.
+fn hand_out<Q: Queue>(
+    queue: &Arc<Q>,
+    ready: &mut VecDeque<(Q::Item, Lease)>,
+    mut slots: OwnedSemaphorePermit,
+    tracker: &TaskTracker,
+) {
+    while slots.num_permits() > 0 {
+        let Some((item, lease)) = ready.pop_front() else { break };
+        let slot = slots.split(1).expect("a permit is left");
         let queue = Arc::clone(queue);
-        let lease = lease.clone();
         let span = queue.span(&item);
         tracker.spawn(
             async move {
@@ -132,7 +152,6 @@ pub async fn claim_once<Q: Queue>(
             .instrument(span),
         );
     }
-    Ok(Step::Claimed(claimed))
 }
 
 /// One step run to completion: claims what is due now (up to [`Shape::max_in_flight`] items)
@@ -166,13 +185,16 @@ pub async fn drain<Q: Queue>(queue: &Arc<Q>) -> Result<usize, Q::Error> {
 /// Claims and hands out until `shutdown` is cancelled. Items in flight run in `tracker`; the
 /// caller waits for them (with a grace period) after this returns.
 ///
-/// Each turn takes a free slot (beating the heartbeat while every slot is busy: the loop is
-/// waiting, not stuck), gathers up to [`Shape::batch`] slots for at most [`Shape::window`] while
-/// items are in flight, waits until a row is due, takes every slot still free and claims for
-/// them under the lease `{prefix}{n}`. After a full claim more rows are probably due, so the
-/// next turn claims again without looking first. When a row was due but none could be claimed
-/// (another claim took it, or a queue limits what it hands out), the loop waits for an item to
-/// finish, or for [`Shape::wake_interval`].
+/// With nothing in hand, a turn takes a free slot (beating the heartbeat while every slot is
+/// busy: the loop is waiting, not stuck), gathers up to [`Shape::batch`] slots for at most
+/// [`Shape::window`] while items are in flight, waits until a row is due, and claims for every
+/// free slot, plus [`Shape::ahead`] items to keep in hand, under the lease `{prefix}{n}`.
+/// Claimed items go to free slots as soon as there are any. After a full claim more rows are
+/// probably due: once half of the items in hand are gone, the next claim starts without looking
+/// first, and runs while the loop goes on handing out what it holds. When a row was due but
+/// none could be claimed (another claim took it, or a queue limits what it hands out), the loop
+/// waits for an item to finish, or for [`Shape::wake_interval`]. Items still in hand, and a
+/// claim still running, when the loop stops keep their lease until the caller releases it.
 pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: CancellationToken, tracker: TaskTracker) {
     let shape = queue.shape();
     let max_in_flight = shape.max_in_flight.max(1);
@@ -181,74 +203,151 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
     let mut claims: u64 = 0;
     let mut more_due = false;
     let mut claims_failing = false;
+    let mut ready = VecDeque::new();
+    let mut claiming: Option<Claiming<Q>> = None;
     loop {
-        let mut slots = tokio::select! {
+        let free = free_slots(&semaphore);
+        hand_out(&queue, &mut ready, free, &tracker);
+        if claiming.is_none() {
+            if ready.is_empty() {
+                let Some(slots) = slots_for_a_claim(&*queue, &semaphore, more_due, &shutdown).await else { break };
+                claims += 1;
+                claiming = Some(Claiming::start(&queue, claims, slots, shape.ahead, !more_due));
+            } else if more_due && ready.len() <= shape.ahead / 2 {
+                claims += 1;
+                let slots = free_slots(&semaphore);
+                claiming = Some(Claiming::start(&queue, claims, slots, shape.ahead - ready.len(), false));
+            }
+        }
+        let claimed = async {
+            match claiming.as_mut() {
+                Some(claiming) => (&mut claiming.claim).await,
+                None => std::future::pending().await,
+            }
+        };
+        let slot =
+            async { if ready.is_empty() { std::future::pending().await } else { heartbeat.acquire(&semaphore).await } };
+        tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            slot = heartbeat.acquire(&semaphore) => slot,
-        };
-        if slots.num_permits() < shape.batch && semaphore.available_permits() + 1 < max_in_flight {
-            let window = tokio::time::sleep(shape.window);
-            tokio::pin!(window);
-            while slots.num_permits() < shape.batch {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => break,
-                    slot = Arc::clone(&semaphore).acquire_owned() => {
-                        slots.merge(slot.expect("the semaphore is never closed"));
+            claimed = claimed => {
+                let Claiming { slots, wanted, looked, .. } = claiming.take().expect("a claim was running");
+                heartbeat.beat();
+                match claimed {
+                    Ok(items) => {
+                        claims_failing = false;
+                        more_due = items.len() == wanted;
+                        let idle = items.is_empty();
+                        ready.extend(items);
+                        hand_out(&queue, &mut ready, slots, &tracker);
+                        if idle && looked {
+                            tokio::select! {
+                                biased;
+                                () = shutdown.cancelled() => break,
+                                () = queue.wake().notified() => {}
+                                () = heartbeat.sleep(shape.wake_interval) => {}
+                            }
+                        }
                     }
-                    () = &mut window => break,
-                }
-            }
-        }
-        let looked = !more_due;
-        if looked && !wait_until_due(&*queue, &shutdown).await {
-            break;
-        }
-        if shutdown.is_cancelled() {
-            break;
-        }
-        if let Ok(rest) =
-            Arc::clone(&semaphore).try_acquire_many_owned(u32::try_from(semaphore.available_permits()).unwrap_or(0))
-        {
-            slots.merge(rest);
-        }
-        claims += 1;
-        let lease = Lease(format!("{}{claims}", queue.lease_prefix()));
-        let wanted = slots.num_permits();
-        match claim_once(&queue, &lease, slots, &tracker).await {
-            Ok(Step::Claimed(claimed)) => {
-                claims_failing = false;
-                more_due = claimed == wanted;
-            }
-            Ok(Step::Idle) => {
-                claims_failing = false;
-                more_due = false;
-                if looked {
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => break,
-                        () = queue.wake().notified() => {}
-                        () = heartbeat.sleep(shape.wake_interval) => {}
+                    Err(error) => {
+                        drop(slots);
+                        more_due = false;
+                        // Once per run of failures (a lost database fails every claim until it is back).
+                        if claims_failing {
+                            debug!(error = %error, "claiming due {} failed again", Q::ROWS);
+                        } else {
+                            error!(error = %error, "claiming due {} failed", Q::ROWS);
+                        }
+                        claims_failing = true;
+                        // Items in hand go out first, as slots free; the pause comes once they are gone.
+                        if ready.is_empty() {
+                            tokio::select! {
+                                () = shutdown.cancelled() => break,
+                                () = heartbeat.sleep(shape.wake_interval) => {}
+                            }
+                        }
                     }
                 }
             }
-            Err(error) => {
-                more_due = false;
-                // Once per run of failures (a lost database fails every claim until it is back).
-                if claims_failing {
-                    debug!(error = %error, "claiming due {} failed again", Q::ROWS);
-                } else {
-                    error!(error = %error, "claiming due {} failed", Q::ROWS);
+            slot = slot => hand_out(&queue, &mut ready, slot, &tracker),
+        }
+    }
+}
+
+/// Claimed items, each with the lease it was claimed under, or why the claim failed.
+type Claimed<Q> = Result<Vec<(<Q as Queue>::Item, Lease)>, <Q as Queue>::Error>;
+
+/// A claim running while the loop hands out what it holds.
+struct Claiming<Q: Queue> {
+    claim: std::pin::Pin<Box<dyn Future<Output = Claimed<Q>> + Send>>,
+    /// Slots held for the claim's items since the claim started.
+    slots: OwnedSemaphorePermit,
+    /// Items asked for: a claim that gets them all leaves more due.
+    wanted: usize,
+    /// Whether the loop looked for a due row before this claim.
+    looked: bool,
+}
+
+impl<Q: Queue> Claiming<Q> {
+    /// Claims, under the lease `{prefix}{number}`, for every slot of `slots` and `ahead` items
+    /// more.
+    fn start(queue: &Arc<Q>, number: u64, slots: OwnedSemaphorePermit, ahead: usize, looked: bool) -> Claiming<Q> {
+        let lease = Lease(format!("{}{number}", queue.lease_prefix()));
+        let wanted = slots.num_permits() + ahead;
+        let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
+        let queue = Arc::clone(queue);
+        let claim = Box::pin(async move {
+            let items = queue.claim(&lease, queue.now(), limit).await?;
+            Ok(items.into_iter().map(|item| (item, lease.clone())).collect())
+        });
+        Claiming { claim, slots, wanted, looked }
+    }
+}
+
+/// Every slot free now (none, when none is).
+fn free_slots(semaphore: &Arc<Semaphore>) -> OwnedSemaphorePermit {
+    let free = u32::try_from(semaphore.available_permits()).unwrap_or(0);
+    Arc::clone(semaphore).try_acquire_many_owned(free).expect("only the loop takes slots")
+}
+
+/// The slots for a claim when nothing is in hand: a free slot, then up to [`Shape::batch`] of
+/// them gathered for at most [`Shape::window`] while items are in flight, then (unless more rows
+/// were due) a wait until a row is due, then every slot still free. `None` when cancelled.
+async fn slots_for_a_claim<Q: Queue>(
+    queue: &Q,
+    semaphore: &Arc<Semaphore>,
+    more_due: bool,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    let shape = queue.shape();
+    let max_in_flight = shape.max_in_flight.max(1);
+    let mut slots = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => return None,
+        slot = queue.heartbeat().acquire(semaphore) => slot,
+    };
+    if slots.num_permits() < shape.batch && semaphore.available_permits() + 1 < max_in_flight {
+        let window = tokio::time::sleep(shape.window);
+        tokio::pin!(window);
+        while slots.num_permits() < shape.batch {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                slot = Arc::clone(semaphore).acquire_owned() => {
+                    slots.merge(slot.expect("the semaphore is never closed"));
                 }
-                claims_failing = true;
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = heartbeat.sleep(shape.wake_interval) => {}
-                }
+                () = &mut window => break,
             }
         }
     }
+    if !more_due && !wait_until_due(queue, shutdown).await {
+        return None;
+    }
+    if shutdown.is_cancelled() {
+        return None;
+    }
+    slots.merge(free_slots(semaphore));
+    Some(slots)
 }
 
 /// Waits until a row is due: looks up the earliest due time, then sleeps until then (at most the
@@ -328,6 +427,7 @@ mod tests {
     struct Rows {
         rows: Mutex<Vec<Row>>,
         max_in_flight: usize,
+        ahead: usize,
         heartbeat: Heartbeat,
         wake: Notify,
         written: Notify,
@@ -344,6 +444,10 @@ mod tests {
 
     impl Rows {
         fn new(max_in_flight: usize, due: &[i64], gated: bool) -> Arc<Rows> {
+            Rows::claiming_ahead(max_in_flight, 0, due, gated)
+        }
+
+        fn claiming_ahead(max_in_flight: usize, ahead: usize, due: &[i64], gated: bool) -> Arc<Rows> {
             let rows = due.iter().enumerate().map(|(id, secs)| Row {
                 id,
                 due: start() + chrono::Duration::seconds(*secs),
@@ -352,6 +456,7 @@ mod tests {
             Arc::new(Rows {
                 rows: Mutex::new(rows.collect()),
                 max_in_flight,
+                ahead,
                 // Long, so that only a wake or a write ends a wait.
                 heartbeat: Heartbeat::new(Duration::from_secs(3600)),
                 wake: Notify::new(),
@@ -365,6 +470,10 @@ mod tests {
                 finished: watch::channel(0).0,
                 leases: Mutex::new(Vec::new()),
             })
+        }
+
+        fn leased(&self) -> usize {
+            self.rows.lock().unwrap().iter().filter(|row| row.leased).count()
         }
 
         fn handled(&self) -> Vec<usize> {
@@ -403,6 +512,7 @@ mod tests {
                 batch: 1,
                 window: Duration::ZERO,
                 wake_interval: Duration::from_secs(3600),
+                ahead: self.ahead,
             }
         }
 
@@ -432,7 +542,7 @@ mod tests {
 
         async fn claim(&self, lease: &Lease, now: DateTime<Utc>, limit: u32) -> Result<Vec<usize>, Self::Error> {
             let free = self.max_in_flight - self.in_flight.load(Ordering::SeqCst);
-            assert!(limit as usize <= free, "claimed for {limit} items with {free} slots free");
+            assert!(limit as usize <= free + self.ahead, "claimed for {limit} items with {free} slots free");
             self.leases.lock().unwrap().push(lease.0.clone());
             let mut rows = self.rows.lock().unwrap();
             let mut claimed = Vec::new();
@@ -496,6 +606,41 @@ mod tests {
         assert!(leases.iter().enumerate().all(|(n, lease)| *lease == format!("test#{}", n + 1)), "{leases:?}");
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+    }
+
+    #[tokio::test]
+    async fn items_claimed_ahead_wait_in_hand_for_slots_and_each_is_handled_once() {
+        let rows = Rows::claiming_ahead(3, 4, &[0; 20], true);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        rows.wait_started(3).await;
+        // The first claim took one item per free slot and four more; more than half of those are
+        // still in hand, so no second claim has started.
+        assert_eq!(rows.leased(), 7);
+        assert_eq!(rows.leases.lock().unwrap().len(), 1);
+        rows.gate.add_permits(20);
+        rows.wait_finished(20).await;
+        assert_eq!(rows.most_in_flight.load(Ordering::SeqCst), 3, "items in hand never run without a slot");
+        assert_eq!(rows.handled(), (0..20).collect::<Vec<_>>(), "each item once");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+    }
+
+    #[tokio::test]
+    async fn items_in_hand_when_the_loop_stops_keep_their_lease_and_are_not_started() {
+        let rows = Rows::claiming_ahead(2, 2, &[0; 6], true);
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        rows.wait_started(2).await;
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+        tracker.close();
+        rows.gate.add_permits(6);
+        tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.expect("the items finish");
+        assert_eq!(rows.handled(), vec![0, 1], "only the items with a slot ran");
+        assert_eq!(rows.leased(), 2, "the two in hand are still leased, for the caller to release");
     }
 
     #[tokio::test]

@@ -368,6 +368,16 @@ impl Poller {
     }
 }
 
+/// How many tickets the claim loop claims beyond its free slots (see `claim_loop::Shape::ahead`):
+/// as many as there are slots, so that the slots freeing while a claim waits its turn at the
+/// database are filled at once; fewer when the rate limit would hold a ticket in hand past half
+/// its lease. An item in hand starts after at most the polls in flight and the items ahead of it
+/// have gone out, at `rate` requests per second.
+fn claim_ahead(max_in_flight: usize, rate: f64, lease: Duration) -> usize {
+    let startable = rate * lease.as_secs_f64() / 2.0 - max_in_flight as f64;
+    if startable < 1.0 { 0 } else { max_in_flight.min(startable as usize) }
+}
+
 fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
     match outcome {
         Ok(polled) => {
@@ -411,6 +421,7 @@ impl claim_loop::Queue for Poller {
             batch: (self.max_in_flight / 4).max(1),
             window: CLAIM_WINDOW,
             wake_interval: self.wake_interval,
+            ahead: claim_ahead(self.max_in_flight, self.limiter.configured_rate(), self.poll.lease),
         }
     }
 
@@ -486,5 +497,24 @@ impl claim_loop::Queue for Poller {
     async fn process(self: Arc<Self>, ticket: Ticket, lease: Lease, slot: tokio::sync::OwnedSemaphorePermit) {
         // Boxed: a poll's future is several KiB, and a small task is cheaper to spawn and move.
         Box::pin(Poller::handle(&self, ticket, &lease, Some(slot))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_are_claimed_ahead_only_while_the_rate_limit_starts_them_within_half_a_lease() {
+        let minute = Duration::from_secs(60);
+        // The defaults: 16 slots at 10 requests per second start 300 polls in half a lease.
+        assert_eq!(claim_ahead(16, 10.0, minute), 16);
+        // A rate with room for the slots and a few more: only those few.
+        assert_eq!(claim_ahead(16, 1.0, minute), 14);
+        // No room past the polls in flight: nothing is held.
+        assert_eq!(claim_ahead(64, 1.0, minute), 0);
+        assert_eq!(claim_ahead(30, 1.0, minute), 0);
+        // An unlimited rate: as many as there are slots.
+        assert_eq!(claim_ahead(64, 1_000_000.0, minute), 64);
     }
 }

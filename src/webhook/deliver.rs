@@ -321,6 +321,7 @@ impl claim_loop::Queue for Deliverer {
             batch: 1,
             window: Duration::ZERO,
             wake_interval: WAKE_INTERVAL,
+            ahead: 0,
         }
     }
 
