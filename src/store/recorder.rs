@@ -8,9 +8,10 @@
 //! batch commits.
 //!
 //! On SQLite the poller's claims go through the same task ([`Recorder::claim_due_tickets`]): a
-//! claim waiting with results is made inside their transaction and sent with its `COMMIT`, so
-//! that a poll cycle (the results of the polls that just ended, the claim for the slots they
-//! freed) costs the single writer two calls and one commit instead of three calls and two.
+//! claim waiting with results is made inside their transaction, in the same call as their
+//! `UPDATE`, so that a poll cycle (the results of the polls that just ended, the claim for the
+//! slots they freed) costs the single writer two calls and one commit instead of three calls and
+//! two.
 
 use std::sync::Arc;
 
