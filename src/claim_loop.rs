@@ -572,6 +572,20 @@ mod tests {
         }
     }
 
+    /// Runs the loop over `rows`: its shutdown token, its tracker and its task.
+    fn start_loop(rows: &Arc<Rows>) -> (CancellationToken, TaskTracker, tokio::task::JoinHandle<()>) {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let run = tokio::spawn(run_until_cancelled(Arc::clone(rows), shutdown.clone(), tracker.clone()));
+        (shutdown, tracker, run)
+    }
+
+    /// Cancels the loop and waits for it to stop.
+    async fn stop_loop(shutdown: &CancellationToken, run: tokio::task::JoinHandle<()>) {
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+    }
+
     #[tokio::test]
     async fn steps_claim_each_due_item_once_and_then_are_idle() {
         let rows = Rows::new(4, &[0, 0, 0, 0, 0, 0, 0, 0, 0, -5, 60], false);
@@ -593,9 +607,7 @@ mod tests {
     #[tokio::test]
     async fn the_loop_never_has_more_items_in_flight_than_slots_and_claims_each_once() {
         let rows = Rows::new(3, &[0; 20], true);
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        let (shutdown, _tracker, run) = start_loop(&rows);
         rows.wait_started(3).await;
         assert_eq!(rows.in_flight.load(Ordering::SeqCst), 3);
         rows.gate.add_permits(20);
@@ -604,16 +616,13 @@ mod tests {
         assert_eq!(rows.handled(), (0..20).collect::<Vec<_>>());
         let leases = rows.leases.lock().unwrap().clone();
         assert!(leases.iter().enumerate().all(|(n, lease)| *lease == format!("test#{}", n + 1)), "{leases:?}");
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+        stop_loop(&shutdown, run).await;
     }
 
     #[tokio::test]
     async fn items_claimed_ahead_wait_in_hand_for_slots_and_each_is_handled_once() {
         let rows = Rows::claiming_ahead(3, 4, &[0; 20], true);
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        let (shutdown, _tracker, run) = start_loop(&rows);
         rows.wait_started(3).await;
         // The first claim took one item per free slot and four more; more than half of those are
         // still in hand, so no second claim has started.
@@ -623,19 +632,15 @@ mod tests {
         rows.wait_finished(20).await;
         assert_eq!(rows.most_in_flight.load(Ordering::SeqCst), 3, "items in hand never run without a slot");
         assert_eq!(rows.handled(), (0..20).collect::<Vec<_>>(), "each item once");
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+        stop_loop(&shutdown, run).await;
     }
 
     #[tokio::test]
     async fn items_in_hand_when_the_loop_stops_keep_their_lease_and_are_not_started() {
         let rows = Rows::claiming_ahead(2, 2, &[0; 6], true);
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        let (shutdown, tracker, run) = start_loop(&rows);
         rows.wait_started(2).await;
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+        stop_loop(&shutdown, run).await;
         tracker.close();
         rows.gate.add_permits(6);
         tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await.expect("the items finish");
@@ -646,12 +651,9 @@ mod tests {
     #[tokio::test]
     async fn the_loop_stops_on_cancel_and_leaves_claimed_items_to_finish_in_the_tracker() {
         let rows = Rows::new(2, &[0, 3600], true);
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        let (shutdown, tracker, run) = start_loop(&rows);
         rows.wait_started(1).await;
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(30), run).await.expect("the loop stops").expect("it joins");
+        stop_loop(&shutdown, run).await;
         tracker.close();
         assert!(!tracker.is_empty(), "the claimed item is still running");
         rows.gate.add_permits(1);
@@ -662,15 +664,12 @@ mod tests {
     #[tokio::test]
     async fn rows_written_in_process_are_claimed_at_once_not_after_the_wake_interval() {
         let rows = Rows::new(2, &[3600], false);
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let run = tokio::spawn(run_until_cancelled(Arc::clone(&rows), shutdown.clone(), tracker.clone()));
+        let (shutdown, _tracker, run) = start_loop(&rows);
         rows.rows.lock().unwrap().push(Row { id: 7, due: start(), leased: false });
         // Every timer of the loop is an hour long: only the notice can bring the row in time.
         rows.written.notify_one();
         rows.wait_finished(1).await;
         assert_eq!(rows.handled(), vec![7]);
-        shutdown.cancel();
-        run.await.expect("the loop joins");
+        stop_loop(&shutdown, run).await;
     }
 }
