@@ -210,7 +210,9 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
         hand_out(&queue, &mut ready, free, &tracker);
         if claiming.is_none() {
             if ready.is_empty() {
-                let Some(slots) = slots_for_a_claim(&*queue, &semaphore, more_due, &shutdown).await else { break };
+                let Some(slots) = slots_for_a_claim(&*queue, &shape, &semaphore, more_due, &shutdown).await else {
+                    break;
+                };
                 claims += 1;
                 claiming = Some(Claiming::start(&queue, claims, slots, shape.ahead, !more_due));
             } else if more_due && ready.len() <= shape.ahead / 2 {
@@ -315,11 +317,11 @@ fn free_slots(semaphore: &Arc<Semaphore>) -> OwnedSemaphorePermit {
 /// were due) a wait until a row is due, then every slot still free. `None` when cancelled.
 async fn slots_for_a_claim<Q: Queue>(
     queue: &Q,
+    shape: &Shape,
     semaphore: &Arc<Semaphore>,
     more_due: bool,
     shutdown: &CancellationToken,
 ) -> Option<OwnedSemaphorePermit> {
-    let shape = queue.shape();
     let max_in_flight = shape.max_in_flight.max(1);
     let mut slots = tokio::select! {
         biased;

@@ -336,3 +336,8 @@ pub fn is_busy(error: &sqlx::Error) -> bool {
 fn at(instant: DateTime<Utc>) -> String {
     format_instant(instant)
 }
+
+/// The end of a lease taken at `now` for `lease_for`, as stored.
+fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> String {
+    at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX))
+}

@@ -283,7 +283,7 @@ async fn write_batch(store: &Store, jobs: Vec<Job>, writer: &mut Writer) {
         let error = Arc::new(error);
         tracing::error!(
             error = %error,
-            writes = jobs.iter().filter(|job| job.write().is_some()).count(),
+            writes = jobs.iter().filter(|job| job.claim().is_none()).count(),
             "writing poll results failed; those tickets are polled again when their leases lapse"
         );
         for job in jobs {
@@ -442,7 +442,7 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
         .begin_and_record(&writes, first_claim)
         .await
         .map_err(|error| if is_retryable(&error) { BatchError::Transaction(error) } else { BatchError::Job(error) })?;
-    let results: Vec<&Job> = jobs.iter().filter(|job| job.write().is_some()).collect();
+    let results: Vec<&Job> = jobs.iter().filter(|job| job.claim().is_none()).collect();
     // Results are matched to their writes by position, that is by (row, lease): two jobs for
     // one row (a lapsed lease's and the new owner's) get each their own answer.
     let announced: Vec<RowId> = results
@@ -491,7 +491,7 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
 async fn write_per_job(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Outcome>, BatchError> {
     session.begin().await?;
     let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs.iter().filter(|job| job.write().is_some()) {
+    for job in jobs.iter().filter(|job| job.claim().is_none()) {
         session.execute("SAVEPOINT job").await?;
         let outcome = match job {
             Job::Progress { lease, id, now, update, .. } => {

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use super::{PgStore, guarded, instant_text};
 use crate::store::deliveries::Inserted;
-use crate::store::{AttemptRecord, Delivery, DeliveryState, Handoff, Lease, NewDelivery, Resend, at};
+use crate::store::{AttemptRecord, Delivery, DeliveryState, Handoff, Lease, NewDelivery, Resend, at, lease_end};
 
 /// Every column of `webhook_deliveries` as [`Delivery`] reads it, from the table aliased `d`.
 pub(super) static DELIVERY_COLUMNS: LazyLock<String> = LazyLock::new(|| {
@@ -124,7 +124,7 @@ impl PgStore {
         limit: u32,
         per_url: u32,
     ) -> Result<Vec<Delivery>, sqlx::Error> {
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        let until = lease_end(now, lease_for);
         let horizon = at(handoff.map_or(now, |handoff| handoff.until(now)));
         let sql = format!(
             "WITH busy AS (

@@ -15,7 +15,7 @@ use super::{PgStore, deliveries, guarded, in_transaction, instant_text};
 use crate::domain::{RowId, RunSample, TicketKind, TicketState};
 use crate::store::results::{PollResult, ResultWrite};
 use crate::store::tickets::DueClaim;
-use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
+use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, lease_end, row};
 
 /// Every column of `tickets` as `row.rs` reads it, from the table (or CTE) aliased `t`.
 pub(super) static TICKET_COLUMNS: LazyLock<String> = LazyLock::new(|| {
@@ -45,10 +45,6 @@ pub(super) fn read(row: &PgRow) -> Result<Ticket, sqlx::Error> {
 /// `deadline` as an interval in seconds, for `created_at + make_interval(secs => …)`.
 fn seconds(deadline: Duration) -> f64 {
     deadline.as_secs_f64()
-}
-
-fn lease_end(now: DateTime<Utc>, lease_for: Duration) -> String {
-    at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX))
 }
 
 impl PgStore {

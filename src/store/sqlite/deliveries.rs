@@ -8,7 +8,7 @@ use sqlx::SqliteConnection;
 
 use super::SqliteStore;
 use crate::store::deliveries::Inserted;
-use crate::store::{AttemptRecord, Delivery, DeliveryState, Handoff, Lease, NewDelivery, Resend, at};
+use crate::store::{AttemptRecord, Delivery, DeliveryState, Handoff, Lease, NewDelivery, Resend, at, lease_end};
 
 /// Inserts one delivery inside the caller's transaction. A row the outbox refuses is reported as
 /// [`Inserted::Refused`], never dropped silently; in particular a (`webhook_id`, `url`) already in
@@ -111,7 +111,7 @@ impl SqliteStore {
         per_url: u32,
     ) -> Result<Vec<Delivery>, sqlx::Error> {
         let now_text = at(now);
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        let until = lease_end(now, lease_for);
         // Handed rows lie within one lease of now: the index range read stops there.
         let horizon = handoff.map_or_else(|| now_text.clone(), |handoff| at(handoff.until(now)));
         // `busy` counts live leases of attempts in flight per receiver (a handed row not yet

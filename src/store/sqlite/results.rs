@@ -48,6 +48,7 @@ pub(in crate::store) async fn record_and_claim_on(
         return Ok(Recorded { written, claimed });
     }
     let last = chunks.len() - 1;
+    let columns = RESULT_COLUMNS.split(',').count();
     let mut claimed = None;
     for (number, chunk) in chunks.into_iter().enumerate() {
         let chunk_writes: Vec<ResultWrite<'_>> = chunk.iter().map(|&index| writes[index]).collect();
@@ -69,7 +70,7 @@ pub(in crate::store) async fn record_and_claim_on(
         for _ in chunk.len()..chunk.len().next_power_of_two() {
             query.push(", (");
             let mut row = query.separated(", ");
-            for _ in 0..RESULT_COLUMNS.split(',').count() {
+            for _ in 0..columns {
                 row.push_bind(None::<i64>);
             }
             query.push(")");

@@ -13,7 +13,7 @@ use super::results::record_many_on;
 use crate::domain::{RowId, RunSample, TicketKind, TicketState};
 use crate::store::results::{PollResult, ROWS_PER_STATEMENT, ResultWrite};
 use crate::store::tickets::DueClaim;
-use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, row};
+use crate::store::{Announcement, Finish, Lease, NewTicket, Reschedule, Ticket, at, lease_end, row};
 
 impl SqliteStore {
     /// Inserts a ticket as a user's `INSERT` would.
@@ -137,7 +137,7 @@ impl SqliteStore {
         default_deadline: Duration,
     ) -> Result<Option<Ticket>, sqlx::Error> {
         let now_text = at(now);
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        let until = lease_end(now, lease_for);
         let mut connection = self.writer.acquire().await?;
         let row = sqlx::query(
             "UPDATE tickets
@@ -169,7 +169,7 @@ impl SqliteStore {
         now: DateTime<Utc>,
         lease_for: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let until = at(now + chrono::Duration::from_std(lease_for).unwrap_or(chrono::Duration::MAX));
+        let until = lease_end(now, lease_for);
         let updated = sqlx::query(
             "UPDATE tickets SET lease_until = ?1, next_poll_at = ?1
              WHERE id = ?2 AND lease_owner = ?3 AND state = 'pending'",
@@ -383,7 +383,7 @@ pub(in crate::store) async fn claim_due_on(
 /// one call (see `results::record_and_claim_on`).
 pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) {
     let DueClaim { lease, now, lease_for, limit, default_deadline } = claim;
-    let until = at(*now + chrono::Duration::from_std(*lease_for).unwrap_or(chrono::Duration::MAX));
+    let until = lease_end(*now, *lease_for);
     query
         .push("UPDATE tickets SET lease_owner = ")
         .push_bind(lease.0.clone())
