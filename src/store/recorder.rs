@@ -11,7 +11,8 @@
 //! claim waiting with results is made inside their transaction, in the same call as their
 //! `UPDATE`, so that a poll cycle (the results of the polls that just ended, the claim for the
 //! slots they freed) costs the single writer two calls and one commit instead of three calls and
-//! two.
+//! two. After each batch, SQLite's WAL is copied back into the file by `sqlite::checkpoint`, off
+//! the writer's path.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::deliveries::Handoff;
 use super::session::{PollResult, ResultWrite, Session};
+use super::sqlite::checkpoint::Checkpointer;
 use super::tickets::{Announcement, DueClaim, Finish, Reschedule, Ticket};
 use super::{Backend, Lease, Store, is_retryable};
 use crate::domain::RowId;
@@ -154,7 +156,11 @@ impl Store {
     /// at shutdown (it ends once every handle is dropped and the last batch is written).
     pub fn recorder(&self) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (jobs, receiver) = mpsc::channel(MAX_BATCH * 4);
-        let task = tokio::spawn(run(self.clone(), receiver));
+        let checkpointer = match &self.backend {
+            Backend::Sqlite(backend) => Some(backend.checkpointer()),
+            Backend::Postgres(_) => None,
+        };
+        let task = tokio::spawn(run(self.clone(), receiver, checkpointer));
         (Recorder { jobs, store: self.clone() }, task)
     }
 }
@@ -225,7 +231,7 @@ impl Recorder {
 /// Most batches in a row written on one checkout of SQLite's writer connection.
 const BATCHES_PER_CHECKOUT: usize = 8;
 
-async fn run(store: Store, mut receiver: mpsc::Receiver<Job>) {
+async fn run(store: Store, mut receiver: mpsc::Receiver<Job>, checkpointer: Option<Checkpointer>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // SQLite's writer connection, kept from one batch to the next while jobs keep coming: a
     // checkout costs a task and a round trip to the connection's thread when it is given back.
@@ -235,6 +241,9 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<Job>) {
     let mut batches = 0;
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         write_batch(&store, std::mem::take(&mut batch), &mut writer).await;
+        if let Some(checkpointer) = &checkpointer {
+            checkpointer.committed();
+        }
         batches += 1;
         if receiver.is_empty() || batches == BATCHES_PER_CHECKOUT {
             writer = None;

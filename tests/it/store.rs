@@ -163,6 +163,44 @@ on_both_backends!(
     the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count,
 );
 
+/// On SQLite, what the recorder commits reaches the database file itself a moment later: the WAL
+/// is copied back off the writer's path, long before it grows to the writer's own threshold.
+#[tokio::test]
+async fn on_sqlite_the_recorders_commits_reach_the_database_file_without_the_writer_checkpointing() {
+    let fixture = Fixture::sqlite().await;
+    let Backend::Sqlite { path, .. } = &fixture.backend else { unreachable!("a SQLite fixture") };
+    let store = &fixture.store;
+    let id = insert_due_at(store, "copied", at(0)).await;
+    let lease = claim_due_as_d1(store).await;
+    let (recorder, task) = store.recorder();
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    let nothing_to_announce = flink_ticketd::store::Announce::own_receivers_only(|_: &Ticket| Announcement {
+        deliveries: Vec::new(),
+        webhook_note: None,
+        handoff: None,
+    });
+    let recorded = recorder.record_final(&lease, id, at(2), &finish, nothing_to_announce).await;
+    assert!(matches!(recorded, Ok(Some(0))), "{recorded:?}");
+
+    // A copy of the database file without its WAL shows what has been copied back so far.
+    let copy = path.with_file_name("copy.db");
+    let state = crate::harness::eventually("the final state in the database file itself", || async {
+        std::fs::copy(path, &copy).ok()?;
+        let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&copy).immutable(true).read_only(true);
+        let mut connection = sqlx::ConnectOptions::connect(&options).await.ok()?;
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM tickets WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&mut connection)
+            .await
+            .ok()?;
+        state.filter(|state| state.as_str() != "pending")
+    })
+    .await;
+    assert_eq!(state, "succeeded");
+    drop(recorder);
+    task.await.unwrap();
+}
+
 /// An instant `seconds` after a base ten minutes ahead of the moment this test first asked (each
 /// test runs on its own thread), so that rows placed with it are in the near future of the rows the
 /// database stamps with its own clock, whatever the date.

@@ -8,6 +8,7 @@
 //! front instead of failing half-way. Reads use a small separate pool.
 
 pub(super) mod changes;
+pub(super) mod checkpoint;
 pub(super) mod deliveries;
 pub(super) mod history;
 pub(super) mod maintenance;
@@ -110,6 +111,13 @@ impl SqliteStore {
         }
     }
 
+    /// Starts checkpointing the WAL after the writer's commits, off the writer's path (see
+    /// [`checkpoint`]). Its connection never creates the file: one removed under the daemon
+    /// stays removed, for `check_file` to notice.
+    pub(super) fn checkpointer(&self) -> checkpoint::Checkpointer {
+        checkpoint::Checkpointer::start((*self.writer.connect_options()).clone().create_if_missing(false))
+    }
+
     /// Whether the database answers a trivial query.
     pub(super) async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.reader).await.is_ok()
@@ -175,7 +183,14 @@ async fn connect_writer(settings: &StoreSettings, options: &SqliteConnectOptions
         .test_before_acquire(false)
         // The writer walks the queue's indexes all day: a larger page cache than the readers'
         // 2 MiB (in KiB), yet small enough that the cache does not dominate the daemon's memory.
-        .connect_with(options.clone().pragma("cache_size", "-4096"))
+        // While the recorder writes, the WAL is copied back by a connection of its own (see
+        // `checkpoint`); the writer's own checkpoint is the backstop.
+        .connect_with(
+            options
+                .clone()
+                .pragma("cache_size", "-4096")
+                .pragma("wal_autocheckpoint", checkpoint::WRITER_CHECKPOINT_PAGES.to_string()),
+        )
         .await
         .with_context(|| format!("opening sqlite database at {}", settings.path.display()))
 }
