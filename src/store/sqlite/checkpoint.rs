@@ -6,8 +6,8 @@
 //! on a connection of its own, a short while after each commit, in SQLite's `PASSIVE` mode
 //! (which never waits for, nor blocks, the writer or a reader). The writer's own checkpoint
 //! stays as the backstop: it runs when the WAL outgrows [`WRITER_CHECKPOINT_PAGES`] anyway (a
-//! reader holding an old snapshot, writes faster than the copying), and by then most of the
-//! pages are already copied.
+//! steady stream of writes that leaves the copying no moment to catch up, or a reader holding an
+//! old snapshot), and by then most of the pages are already copied.
 
 use std::time::Duration;
 
