@@ -229,7 +229,7 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
         };
         let slot =
             async { if ready.is_empty() { std::future::pending().await } else { heartbeat.acquire(&semaphore).await } };
-        tokio::select! {
+        let pause = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             claimed = claimed => {
@@ -242,14 +242,7 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
                         let idle = items.is_empty();
                         ready.extend(items);
                         hand_out(&queue, &mut ready, slots, &tracker);
-                        if idle && looked {
-                            tokio::select! {
-                                biased;
-                                () = shutdown.cancelled() => break,
-                                () = queue.wake().notified() => {}
-                                () = heartbeat.sleep(shape.wake_interval) => {}
-                            }
-                        }
+                        (idle && looked).then_some(Pause::UntilWoken)
                     }
                     Err(error) => {
                         drop(slots);
@@ -262,18 +255,41 @@ pub async fn run_until_cancelled<Q: Queue>(queue: Arc<Q>, shutdown: Cancellation
                         }
                         claims_failing = true;
                         // Items in hand go out first, as slots free; the pause comes once they are gone.
-                        if ready.is_empty() {
-                            tokio::select! {
-                                () = shutdown.cancelled() => break,
-                                () = heartbeat.sleep(shape.wake_interval) => {}
-                            }
-                        }
+                        ready.is_empty().then_some(Pause::AfterFailure)
                     }
                 }
             }
-            slot = slot => hand_out(&queue, &mut ready, slot, &tracker),
+            slot = slot => {
+                hand_out(&queue, &mut ready, slot, &tracker);
+                None
+            }
+        };
+        let go_on = match pause {
+            None => true,
+            Some(Pause::UntilWoken) => tokio::select! {
+                biased;
+                () = shutdown.cancelled() => false,
+                () = queue.wake().notified() => true,
+                () = heartbeat.sleep(shape.wake_interval) => true,
+            },
+            Some(Pause::AfterFailure) => tokio::select! {
+                () = shutdown.cancelled() => false,
+                () = heartbeat.sleep(shape.wake_interval) => true,
+            },
+        };
+        if !go_on {
+            break;
         }
     }
+}
+
+/// Why the loop waits before its next turn.
+enum Pause {
+    /// The claim looked, found a row due, and got none: until an item finishes, or the wake
+    /// interval.
+    UntilWoken,
+    /// The claim failed and nothing is in hand: the wake interval.
+    AfterFailure,
 }
 
 /// Claimed items, each with the lease it was claimed under, or why the claim failed.

@@ -203,15 +203,13 @@ impl Recorder {
         limit: u32,
         default_deadline: std::time::Duration,
     ) -> Result<Vec<Ticket>, RecordError> {
+        let claim = DueClaim { lease: lease.clone(), now, lease_for, limit, default_deadline };
         match &self.store.backend {
             Backend::Sqlite(_) => {
-                let claim = DueClaim { lease: lease.clone(), now, lease_for, limit, default_deadline };
                 let (reply, answer) = oneshot::channel();
                 self.submit(Job::Claim { claim, reply }, answer).await
             }
-            Backend::Postgres(_) => {
-                Ok(self.store.claim_due_tickets(lease, now, lease_for, limit, default_deadline).await?)
-            }
+            Backend::Postgres(backend) => Ok(backend.claim_due_tickets(&claim).await?),
         }
     }
 
@@ -438,10 +436,7 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
     let writes: Vec<ResultWrite<'_>> = jobs.iter().filter_map(Job::write).collect();
     let mut claims = jobs.iter().filter_map(Job::claim);
     if writes.is_empty() {
-        let mut claimed = Vec::new();
-        for claim in claims {
-            claimed.push(session.claim_due(claim).await);
-        }
+        let claimed = claim_each(session, claims).await;
         return Ok(in_job_order(jobs, Vec::new(), claimed));
     }
     let first_claim = claims.next();
@@ -489,9 +484,7 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
     session.execute("COMMIT").await?;
     let mut claimed: Vec<_> = recorded.claimed.into_iter().collect();
     let left_to_us = if claimed.is_empty() { first_claim } else { None };
-    for claim in left_to_us.into_iter().chain(claims) {
-        claimed.push(session.claim_due(claim).await);
-    }
+    claimed.extend(claim_each(session, left_to_us.into_iter().chain(claims)).await);
     Ok(in_job_order(jobs, outcomes, claimed))
 }
 
@@ -518,9 +511,18 @@ async fn write_per_job(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Ou
         outcomes.push(outcome);
     }
     session.execute("COMMIT").await?;
+    let claimed = claim_each(session, jobs.iter().filter_map(Job::claim)).await;
+    Ok(in_job_order(jobs, outcomes, claimed))
+}
+
+/// Makes each claim in turn, one statement each, outside the batch's transaction.
+async fn claim_each<'a>(
+    session: &mut Session<'_>,
+    claims: impl Iterator<Item = &'a DueClaim>,
+) -> Vec<Result<Vec<Ticket>, sqlx::Error>> {
     let mut claimed = Vec::new();
-    for claim in jobs.iter().filter_map(Job::claim) {
+    for claim in claims {
         claimed.push(session.claim_due(claim).await);
     }
-    Ok(in_job_order(jobs, outcomes, claimed))
+    claimed
 }

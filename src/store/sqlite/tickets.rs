@@ -384,6 +384,7 @@ pub(in crate::store) async fn claim_due_on(
 pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) {
     let DueClaim { lease, now, lease_for, limit, default_deadline } = claim;
     let until = lease_end(*now, *lease_for);
+    let now = at(*now);
     query
         .push("UPDATE tickets SET lease_owner = ")
         .push_bind(lease.0.clone())
@@ -392,7 +393,7 @@ pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: 
         .push(", next_poll_at = ")
         .push_bind(until)
         .push(", updated_at = ")
-        .push_bind(at(*now))
+        .push_bind(now.clone())
         .push(", deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ")
         .push_bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
         .push(
@@ -400,7 +401,7 @@ pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: 
              WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
                           WHERE state = 'pending' AND next_poll_at <= ",
         )
-        .push_bind(at(*now))
+        .push_bind(now)
         .push(" ORDER BY next_poll_at LIMIT ")
         .push_bind(i64::from(*limit))
         .push(") RETURNING *");
