@@ -147,3 +147,80 @@ async fn a_ticket_keeps_its_first_event_and_its_latest_199() {
     assert_eq!(events.last().map(|event| event.polls), Some(260));
     assert_eq!(events[1].polls, 62, "the oldest events after the first are the ones dropped");
 }
+
+/// Every event of the database: id, ticket, kind, status and detail, oldest first.
+async fn events_of(connection: &mut sqlx::SqliteConnection) -> Vec<(i64, i64, String, Option<String>, Option<String>)> {
+    sqlx::query_as("SELECT id, ticket, kind, ticket_status, detail FROM ticket_events ORDER BY id")
+        .fetch_all(connection)
+        .await
+        .expect("the events are read")
+}
+
+#[tokio::test]
+async fn upgrading_keeps_every_event_its_id_and_the_id_counter() {
+    use flink_ticketd::store::{MIGRATOR, Store, StoreSettings};
+    use sqlx::Connection as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let url = format!("sqlite://{}", path.display());
+    // A database as the release before rebuilt ticket_events left it, with a history whose
+    // newest event was removed, so that the id counter is past the largest id left.
+    let before = {
+        let old = sqlx::migrate::Migrator {
+            migrations: MIGRATOR
+                .iter()
+                .filter(|migration| migration.version < 20261207000001)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        std::fs::File::create(&path).unwrap();
+        let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        old.run(&mut connection).await.expect("the old migrations apply");
+        sqlx::raw_sql(
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('a', 'ns', 'ws'), ('b', 'ns', 'ws');
+             UPDATE tickets SET polls = 1, ticket_status = 'EXECUTING';
+             UPDATE tickets SET polls = 2, ticket_status = 'FINISHED', state = 'succeeded',
+                                finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE ticket_id = 'a';
+             DELETE FROM ticket_events WHERE id = (SELECT max(id) FROM ticket_events);",
+        )
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        let before = events_of(&mut connection).await;
+        connection.close().await.unwrap();
+        before
+    };
+    assert_eq!(before.len(), 5, "first poll and status of both, status and final of one, less the final: {before:?}");
+
+    let store =
+        Store::open(&StoreSettings { path: path.clone(), busy_timeout: Duration::from_secs(5), max_readers: 2 })
+            .await
+            .expect("the store opens and migrates");
+    store.close().await;
+
+    let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    assert_eq!(events_of(&mut connection).await, before, "every event keeps its id and its values");
+    sqlx::raw_sql(
+        "UPDATE tickets SET polls = 2, ticket_status = 'FAILED', state = 'failed',
+                            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE ticket_id = 'b'",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let after = events_of(&mut connection).await;
+    let new: Vec<_> = after[before.len()..].iter().map(|(id, _, kind, _, _)| (*id, kind.as_str())).collect();
+    assert_eq!(new, [(7, "status"), (8, "final")], "new events start above the removed one, in order");
+    let unknown = sqlx::raw_sql(
+        "INSERT INTO ticket_events (ticket, at, kind, state, polls) VALUES (1, '2026-01-01T00:00:00.000Z', 'savepoint', 'pending', 0)",
+    )
+    .execute(&mut connection)
+    .await
+    .expect_err("an unknown event kind is refused");
+    assert!(unknown.to_string().contains("kind_must_be_known"), "{unknown}");
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut connection).await.unwrap();
+    assert_eq!(integrity, "ok");
+    connection.close().await.unwrap();
+}
