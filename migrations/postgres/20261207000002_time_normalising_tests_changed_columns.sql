@@ -1,0 +1,3 @@
+-- The SQLite migration of this version narrows its time-normalising trigger to the columns an
+-- update changes. PostgreSQL stores times as timestamptz and has no such trigger; this file keeps
+-- both backends' migration lists the same.
