@@ -164,8 +164,8 @@ async fn upgrading_keeps_every_event_its_id_and_the_id_counter() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old.db");
     let url = format!("sqlite://{}", path.display());
-    // A database as the release before rebuilt ticket_events left it, with a history whose
-    // newest event was removed, so that the id counter is past the largest id left.
+    // A database with every migration before the one that rebuilds ticket_events, and a history
+    // whose newest event was removed, so that the id counter is past the largest id left.
     let before = {
         let old = sqlx::migrate::Migrator {
             migrations: MIGRATOR
@@ -180,7 +180,7 @@ async fn upgrading_keeps_every_event_its_id_and_the_id_counter() {
         let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
         old.run(&mut connection).await.expect("the old migrations apply");
         sqlx::raw_sql(
-            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('a', 'ns', 'ws'), ('b', 'ns', 'ws');
+            "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('a', 'ns', 'ws'), ('b', 'ns', 'ws'), ('c', 'ns', 'ws');
              UPDATE tickets SET polls = 1, ticket_status = 'EXECUTING';
              UPDATE tickets SET polls = 2, ticket_status = 'FINISHED', state = 'succeeded',
                                 finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE ticket_id = 'a';
@@ -193,7 +193,7 @@ async fn upgrading_keeps_every_event_its_id_and_the_id_counter() {
         connection.close().await.unwrap();
         before
     };
-    assert_eq!(before.len(), 5, "first poll and status of both, status and final of one, less the final: {before:?}");
+    assert_eq!(before.len(), 7, "first poll and status of each, status and final of one, less the final: {before:?}");
 
     let store =
         Store::open(&StoreSettings { path: path.clone(), busy_timeout: Duration::from_secs(5), max_readers: 2 })
@@ -205,16 +205,18 @@ async fn upgrading_keeps_every_event_its_id_and_the_id_counter() {
     assert_eq!(events_of(&mut connection).await, before, "every event keeps its id and its values");
     sqlx::raw_sql(
         "UPDATE tickets SET polls = 2, ticket_status = 'FAILED', state = 'failed',
-                            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE ticket_id = 'b'",
+                            finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE ticket_id = 'b';
+         UPDATE tickets SET state = 'expired', finished_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE ticket_id = 'c'",
     )
     .execute(&mut connection)
     .await
     .unwrap();
     let after = events_of(&mut connection).await;
     let new: Vec<_> = after[before.len()..].iter().map(|(id, _, kind, _, _)| (*id, kind.as_str())).collect();
-    assert_eq!(new, [(7, "status"), (8, "final")], "new events start above the removed one, in order");
+    assert_eq!(new, [(9, "status"), (10, "final"), (11, "final")], "new events start above the removed one, in order");
     let unknown = sqlx::raw_sql(
-        "INSERT INTO ticket_events (ticket, at, kind, state, polls) VALUES (1, '2026-01-01T00:00:00.000Z', 'savepoint', 'pending', 0)",
+        "INSERT INTO ticket_events (ticket, at, kind, state, polls)
+         VALUES (1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'savepoint', 'pending', 0)",
     )
     .execute(&mut connection)
     .await
