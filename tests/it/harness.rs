@@ -530,6 +530,26 @@ pub async fn stored_text(path: &Path, id: RowId, column: &str) -> Option<String>
     text
 }
 
+/// A new SQLite database at `path` as an earlier release left it: every migration before
+/// `version` applied, foreign keys on. Returns the connection, for the rows that release wrote.
+pub async fn database_before(path: &Path, version: i64) -> sqlx::SqliteConnection {
+    let earlier = sqlx::migrate::Migrator {
+        migrations: flink_ticketd::store::MIGRATOR
+            .iter()
+            .filter(|migration| migration.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    std::fs::File::create(path).expect("the database file is created");
+    let mut connection =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("a plain connection");
+    sqlx::raw_sql("PRAGMA foreign_keys = ON").execute(&mut connection).await.expect("foreign keys on");
+    earlier.run(&mut connection).await.expect("the earlier migrations apply");
+    connection
+}
+
 /// A SQL string literal.
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

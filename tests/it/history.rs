@@ -158,7 +158,7 @@ async fn events_of(connection: &mut sqlx::SqliteConnection) -> Vec<(i64, i64, St
 
 #[tokio::test]
 async fn upgrading_keeps_every_event_its_id_and_the_id_counter() {
-    use flink_ticketd::store::{MIGRATOR, Store, StoreSettings};
+    use flink_ticketd::store::{Store, StoreSettings};
     use sqlx::Connection as _;
 
     let dir = tempfile::tempdir().unwrap();
@@ -167,18 +167,7 @@ async fn upgrading_keeps_every_event_its_id_and_the_id_counter() {
     // A database with every migration before the one that rebuilds ticket_events, and a history
     // whose newest event was removed, so that the id counter is past the largest id left.
     let before = {
-        let old = sqlx::migrate::Migrator {
-            migrations: MIGRATOR
-                .iter()
-                .filter(|migration| migration.version < 20261207000001)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into(),
-            ..sqlx::migrate::Migrator::DEFAULT
-        };
-        std::fs::File::create(&path).unwrap();
-        let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        old.run(&mut connection).await.expect("the old migrations apply");
+        let mut connection = crate::harness::database_before(&path, 20261207000001).await;
         sqlx::raw_sql(
             "INSERT INTO tickets (ticket_id, namespace, workspace) VALUES ('a', 'ns', 'ws'), ('b', 'ns', 'ws'), ('c', 'ns', 'ws');
              UPDATE tickets SET polls = 1, ticket_status = 'EXECUTING';

@@ -339,19 +339,7 @@ async fn the_kinds_migration_keeps_every_row_id_and_delivery_and_makes_them_depl
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("before-kinds.db");
     {
-        let migrator = sqlx::migrate::Migrator {
-            migrations: flink_ticketd::store::MIGRATOR
-                .iter()
-                .filter(|migration| migration.version < 20261203000003)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into(),
-            ..sqlx::migrate::Migrator::DEFAULT
-        };
-        std::fs::File::create(&path).unwrap();
-        let mut connection = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-        sqlx::raw_sql("PRAGMA foreign_keys = ON").execute(&mut connection).await.unwrap();
-        migrator.run(&mut connection).await.expect("the earlier migrations apply");
+        let mut connection = crate::harness::database_before(&path, 20261203000003).await;
         sqlx::raw_sql(
             "INSERT INTO tickets (id, ticket_id, namespace, workspace) VALUES (4, 'kept', 'ns', 'ws');
              INSERT INTO tickets (id, ticket_id, namespace, workspace, state, finished_at, validation_errors)

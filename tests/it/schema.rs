@@ -173,19 +173,7 @@ async fn the_migration_keeps_every_row_and_id_and_starts_ids_above_every_id_ever
     let path = dir.path().join("old.db");
     // A database as the previous release left it: every migration before this one.
     {
-        let migrator = sqlx::migrate::Migrator {
-            migrations: flink_ticketd::store::MIGRATOR
-                .iter()
-                .filter(|migration| migration.version < 20261203000001)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into(),
-            ..sqlx::migrate::Migrator::DEFAULT
-        };
-        std::fs::File::create(&path).unwrap();
-        let mut connection = shell(&path).await;
-        sqlx::raw_sql("PRAGMA foreign_keys = ON").execute(&mut connection).await.unwrap();
-        migrator.run(&mut connection).await.expect("the old migrations apply");
+        let mut connection = crate::harness::database_before(&path, 20261203000001).await;
         let shanghai_now = (Utc::now() + chrono::Duration::hours(8)).format("%Y-%m-%dT%H:%M:%S+08:00");
         sqlx::raw_sql(&format!(
             "INSERT INTO tickets (id, ticket_id, namespace, workspace) VALUES (3, 'kept', 'ns', 'ws');
