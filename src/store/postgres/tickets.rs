@@ -159,9 +159,7 @@ impl PgStore {
         let sql = format!(
             "WITH t AS (
                  UPDATE tickets
-                 SET lease_owner = $1, lease_until = $2::timestamptz, next_poll_at = $2::timestamptz,
-                     updated_at = $3::timestamptz,
-                     deadline_at = COALESCE(deadline_at, created_at + make_interval(secs => $4))
+                 SET {CLAIM_SET}
                  WHERE id = $5 AND state = 'pending' AND next_poll_at <= $3::timestamptz
                  RETURNING *
              )
@@ -362,6 +360,13 @@ impl PgStore {
     }
 }
 
+/// What a claim sets, in both claim statements: `lease_owner = $1` and `lease_until =
+/// next_poll_at = $2` (the lease's end), `updated_at = $3` (now), and for a row without a
+/// deadline `created_at + $4` seconds, fixed from then on.
+const CLAIM_SET: &str = "lease_owner = $1, lease_until = $2::timestamptz, next_poll_at = $2::timestamptz,
+                     updated_at = $3::timestamptz,
+                     deadline_at = COALESCE(tickets.deadline_at, tickets.created_at + make_interval(secs => $4))";
+
 /// Claims due tickets in one statement: the due rows are locked in queue order, skipping rows
 /// another claim holds (`FOR UPDATE SKIP LOCKED`), and leased; concurrent claimers never get the
 /// same row.
@@ -379,9 +384,7 @@ pub(in crate::store) async fn claim_due_on(
              ),
              claimed AS (
                  UPDATE tickets
-                 SET lease_owner = $1, lease_until = $2::timestamptz, next_poll_at = $2::timestamptz,
-                     updated_at = $3::timestamptz,
-                     deadline_at = COALESCE(tickets.deadline_at, tickets.created_at + make_interval(secs => $4))
+                 SET {CLAIM_SET}
                  FROM due WHERE tickets.id = due.id
                  RETURNING tickets.*, due.was_due
              )

@@ -136,23 +136,17 @@ impl SqliteStore {
         lease_for: Duration,
         default_deadline: Duration,
     ) -> Result<Option<Ticket>, sqlx::Error> {
-        let now_text = at(now);
-        let until = lease_end(now, lease_for);
+        let claim = DueClaim { lease: lease.clone(), now, lease_for, limit: 1, default_deadline };
+        let mut query = QueryBuilder::<Sqlite>::new("");
+        let now_text = push_claim_set(&mut query, &claim);
+        query
+            .push(" WHERE id = ")
+            .push_bind(id.0)
+            .push(" AND state = 'pending' AND next_poll_at <= ")
+            .push_bind(now_text)
+            .push(" RETURNING *");
         let mut connection = self.writer.acquire().await?;
-        let row = sqlx::query(
-            "UPDATE tickets
-             SET lease_owner = ?1, lease_until = ?2, next_poll_at = ?2, updated_at = ?3,
-                 deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?4))
-             WHERE id = ?5 AND state = 'pending' AND next_poll_at <= ?3
-             RETURNING *",
-        )
-        .bind(&lease.0)
-        .bind(&until)
-        .bind(&now_text)
-        .bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .bind(id.0)
-        .fetch_optional(&mut *connection)
-        .await?;
+        let row = query.build().fetch_optional(&mut *connection).await?;
         match row {
             Some(row) => readable_claim_on(&mut connection, &row, lease, now).await,
             None => Ok(None),
@@ -374,15 +368,31 @@ pub(in crate::store) async fn claim_due_on(
 }
 
 /// Appends the claim statement to `query`, with its values: up to `claim.limit` due pending
-/// tickets, earliest first, in one atomic statement, returning the claimed rows.
+/// tickets, earliest first, in one atomic statement, returning the claimed rows (what each row
+/// gets: [`push_claim_set`]). Its parameters are positional, so that it can follow other
+/// statements in one call (see `results::record_and_claim_on`).
+pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) {
+    let now = push_claim_set(query, claim);
+    query
+        .push(
+            " WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
+                          WHERE state = 'pending' AND next_poll_at <= ",
+        )
+        .push_bind(now)
+        .push(" ORDER BY next_poll_at LIMIT ")
+        .push_bind(i64::from(claim.limit))
+        .push(") RETURNING *");
+}
+
+/// Appends `UPDATE tickets SET` and what a claim sets, with its values; returns `claim.now` as
+/// stored, for the caller's `WHERE`.
 ///
 /// Each claimed row gets `lease_owner = lease` and `lease_until = next_poll_at = now +
 /// lease_for`, so no other claim can take it until the lease lapses, and a killed daemon's rows
 /// come due again by themselves. A row without a deadline gets `created_at + default_deadline`,
-/// fixed from then on. Its parameters are positional, so that it can follow other statements in
-/// one call (see `results::record_and_claim_on`).
-pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) {
-    let DueClaim { lease, now, lease_for, limit, default_deadline } = claim;
+/// fixed from then on.
+fn push_claim_set(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) -> String {
+    let DueClaim { lease, now, lease_for, limit: _, default_deadline } = claim;
     let until = lease_end(*now, *lease_for);
     let now = at(*now);
     query
@@ -396,15 +406,8 @@ pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: 
         .push_bind(now.clone())
         .push(", deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ")
         .push_bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .push(
-            "))
-             WHERE id IN (SELECT id FROM tickets INDEXED BY tickets_due
-                          WHERE state = 'pending' AND next_poll_at <= ",
-        )
-        .push_bind(now)
-        .push(" ORDER BY next_poll_at LIMIT ")
-        .push_bind(i64::from(*limit))
-        .push(") RETURNING *");
+        .push("))");
+    now
 }
 
 /// The rows a claim returned, as tickets (see [`readable_claim_on`]).
