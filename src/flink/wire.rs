@@ -27,7 +27,7 @@ pub struct Reply {
 /// `httpCode` that is absent or 200. `retry_after` is the server's hint from the headers.
 pub fn parse_reply(http_status: u16, retry_after: Option<Duration>, body: &[u8]) -> Result<Reply, FlinkError> {
     let parsed: Option<Value> = serde_json::from_slice(body).ok().filter(Value::is_object);
-    let Some(envelope) = parsed else {
+    let Some(mut envelope) = parsed else {
         let error = ApiError {
             http_status: Some(http_status),
             code: None,
@@ -49,7 +49,7 @@ pub fn parse_reply(http_status: u16, retry_after: Option<Duration>, body: &[u8])
     let http_code = integer_field(&envelope, &["httpCode"]);
     let ok_status = (200..300).contains(&http_status);
     if ok_status && success == Some(true) && http_code.is_none_or(|code| code == 200) {
-        let data = envelope.get("data").filter(|data| !data.is_null()).cloned();
+        let data = envelope.as_object_mut().and_then(|fields| fields.remove("data")).filter(|data| !data.is_null());
         let raw_data = data.as_ref().and_then(|_| raw_data(body));
         return Ok(Reply { request_id, data, raw_data });
     }
