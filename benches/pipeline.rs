@@ -75,7 +75,7 @@ fn main() {
         println!("\nthroughput (the simulator in this process, the daemon in its own; {rounds} rounds, medians)");
         for (round, Round { daemon, bare }) in rounds_run.iter().enumerate() {
             println!(
-                "  round {}: daemon {:>6.0} polls/s ({} polls in {:.2} s from first poll to last answer, {:.2} s from start), {:.3} ms CPU/poll, {:.1} MB; bare loop {:>6.0} requests/s; ratio {:.2}",
+                "  round {}: daemon {:>6.0} polls/s ({} polls in {:.2} s from first poll to last answer, {:.2} s from start), {:.3} ms CPU/poll, {:.1} MB; bare loop {:>6.0} requests/s; ratio {:.3}",
                 round + 1,
                 daemon.polls_per_sec,
                 daemon.polls,
@@ -94,7 +94,7 @@ fn main() {
         let daemon_polls = median(&|round| round.daemon.polls_per_sec);
         println!("  daemon:     {daemon_polls:>8.0} polls/s");
         println!("  bare loop:  {:>8.0} requests/s ({} requests a round)", median(&|round| round.bare), tickets * 2);
-        println!("  ratio:      {:>8.2} (target >= 0.50)", median(&|round| round.daemon.polls_per_sec / round.bare));
+        println!("  ratio:      {:>8.3} (target >= 0.500)", median(&|round| round.daemon.polls_per_sec / round.bare));
         println!("  daemon CPU: {:>8.3} ms per poll (target <= 0.12)", median(&|round| round.daemon.cpu_ms_per_poll));
         let peak_rss = rounds_run.iter().map(|round| round.daemon.peak_rss_mb).fold(0.0, f64::max);
         println!("  daemon RSS: {peak_rss:>8.1} MB peak, the largest of the rounds (target < 40)");

@@ -278,8 +278,9 @@ impl FlinkClient {
             .timeout(settings.request_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
-            // The poller retries on its own schedule; without a retry policy, reqwest does not copy
-            // every request in case it has to send it again.
+            // The poller retries on its own schedule. reqwest's default policy retries only HTTP/2
+            // and HTTP/3 refusals, which this HTTP/1.1 client never meets, yet copies every
+            // request in case it has to send it again.
             .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(concat!("flink-ticketd/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &settings.ca_file {
