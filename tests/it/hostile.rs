@@ -1,6 +1,7 @@
 //! Hostile input: property tests for the API response parser, the path encoder, the config
 //! loader and the simulator's scenario parser (no panic, whatever the input), the response body
-//! cap and oversized headers through real sockets, and rows with hostile values inserted by SQL
+//! cap, oversized headers and a connection dropped before the answer (the request is never sent
+//! again) through real sockets, and rows with hostile values inserted by SQL
 //! (refused by constraints, or failed with a clear `error_code`, and never a request to any path
 //! but the API's own).
 //!
@@ -365,6 +366,71 @@ async fn giant_and_countless_response_headers_are_network_errors_that_expire_the
         assert!(ticket.polls >= 1);
         daemon.stop().await.expect("clean shutdown");
     }
+}
+
+#[tokio::test]
+async fn a_connection_dropped_before_the_answer_is_one_network_error_and_the_request_is_sent_once() {
+    // A deploy sent twice would deploy twice: neither the client nor the HTTP stack may send a
+    // request again on its own. The server counts each request before it drops the connection,
+    // so the count is final by the time the client sees the drop.
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use flink_ticketd::flink::{CredentialProvider, Credentials, DeployRequest, FlinkClient, TicketRef};
+    use tokio::io::AsyncReadExt as _;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let address = listener.local_addr().expect("a bound address");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            });
+        }
+    });
+
+    let env = TestEnv::new("").await;
+    let mut settings = env.config(|_| {}).flink.client;
+    settings.endpoints.override_url = Some(format!("http://{address}").parse().expect("a URL"));
+    let credentials = CredentialProvider::fixed(
+        "test",
+        Credentials {
+            access_key_id: crate::harness::KEY_ID.to_owned(),
+            access_key_secret: secrecy::SecretString::from(crate::harness::KEY_SECRET.to_owned()),
+            security_token: None,
+        },
+    );
+    let client = FlinkClient::new(&settings, credentials, Arc::new(flink_ticketd::clock::SystemClock))
+        .expect("the client builds");
+
+    let ticket = TicketRef { namespace: "ns", workspace: "ws", ticket_id: "t-dropped", region: None };
+    let polled = client.get_deploy_result(ticket).await.expect_err("no answer came");
+    assert!(matches!(polled, FlinkError::Network(_)), "{polled}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "the poll was sent once");
+
+    let deploy = DeployRequest {
+        namespace: "ns",
+        workspace: "ws",
+        draft_id: "d-1",
+        target: None,
+        skip_validate: false,
+        region: None,
+    };
+    let deployed = client.deploy_draft(&deploy).await.expect_err("no answer came");
+    assert!(matches!(deployed, FlinkError::Network(_)), "{deployed}");
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "the deploy was sent once");
 }
 
 #[tokio::test]
