@@ -4,6 +4,7 @@
 //! unreadable value never hides a row.
 
 use chrono::{DateTime, Utc};
+use serde::de::IgnoredAny;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow as _, Row as _};
 
@@ -20,15 +21,22 @@ pub(super) struct Unreadable {
 }
 
 /// Reads a row strictly: `Err` names the first column whose value cannot be read as its type, a
-/// state outside the `CHECK` constraint, or an instant that is not one. A claimed row always has
-/// a deadline (the claim sets it from `created_at` when it was empty), so a missing one blames
-/// `created_at`.
+/// state outside the `CHECK` constraint, an instant that is not one, or a value its column's
+/// check refuses (see [`read_ticket_from`]). A claimed row always has a deadline (the claim sets
+/// it from `created_at` when it was empty), so a missing one blames `created_at`.
 pub(super) fn read_ticket(row: &SqliteRow) -> Result<Ticket, Unreadable> {
-    read_ticket_from(row)
+    // SQLite keeps a flag as an integer: a `bool` reads any integer, the check takes 0 and 1.
+    match row.try_get::<Option<i64>, _>("deploy_success") {
+        Ok(None | Some(0 | 1)) => read_ticket_from(row),
+        _ => Err(Unreadable { column: "deploy_success".to_owned() }),
+    }
 }
 
 /// [`read_ticket`] for a row of any backend whose columns decode as `StoredTicket`'s (text
-/// instants, JSON as text).
+/// instants, JSON as text). Besides types, it refuses what the table's checks refuse and a result
+/// write would keep: SQLite tests a column's check whenever a statement writes the column, even
+/// with the value the row already had, so a negative count or JSON that is not JSON would have
+/// every write of the row refused, and the row would never finish.
 pub(super) fn read_ticket_from<R: sqlx::Row>(row: &R) -> Result<Ticket, Unreadable>
 where
     for<'r> StoredTicket: sqlx::FromRow<'r, R>,
@@ -47,7 +55,24 @@ where
     };
     let instant = |text: &str, column: &str| parse_instant(text).ok_or_else(|| unreadable(column));
     let optional = |text: &Option<String>, column: &str| text.as_deref().map(|text| instant(text, column)).transpose();
-    Ok(Ticket {
+    let counts = [
+        ("polls", Some(stored.polls)),
+        ("running_streak", Some(stored.running_streak)),
+        ("error_streak", Some(stored.error_streak)),
+        ("retries", Some(stored.retries)),
+        ("running_seen_ms", stored.running_seen_ms),
+    ];
+    if let Some((column, _)) = counts.into_iter().find(|(_, count)| count.is_some_and(|count| count < 0)) {
+        return Err(unreadable(column));
+    }
+    if !is_json_array(&stored.validation_errors) {
+        return Err(unreadable("validation_errors"));
+    }
+    if stored.config_errors.as_deref().is_some_and(|text| !is_json_array(text)) {
+        return Err(unreadable("config_errors"));
+    }
+    let has_result_json = stored.result_json.is_some();
+    let ticket = Ticket {
         id: RowId(stored.id),
         state: stored.state.parse().map_err(|_| unreadable("state"))?,
         kind: stored.kind.parse().map_err(|_| unreadable("kind"))?,
@@ -58,7 +83,17 @@ where
         finished_at: optional(&stored.finished_at, "finished_at")?,
         lease_until: optional(&stored.lease_until, "lease_until")?,
         ..stored.into_ticket_leniently()
-    })
+    };
+    // The lenient read keeps `result_json` only when it is JSON.
+    if has_result_json && ticket.result_json.is_none() {
+        return Err(unreadable("result_json"));
+    }
+    Ok(ticket)
+}
+
+/// Whether `text` is a JSON array, as the checks on the issue columns demand.
+fn is_json_array(text: &str) -> bool {
+    serde_json::from_str::<Vec<IgnoredAny>>(text).is_ok()
 }
 
 /// Reads a row of a backend whose column types already guarantee readable values (PostgreSQL):

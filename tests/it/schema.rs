@@ -434,6 +434,50 @@ async fn a_row_with_an_unreadable_value_fails_alone_and_is_still_listed() {
 }
 
 #[tokio::test]
+async fn a_row_holding_a_value_its_check_refuses_fails_at_claim_instead_of_never_finishing() {
+    // Each value reads as its column's type but breaks the column's check (written with the checks
+    // switched off). A result write keeps these columns when the API answers no result, SQLite
+    // tests a written column's check even when its value is unchanged, and the write is refused:
+    // such a row would be polled again and again and never finish, not even expire.
+    let bad = [
+        ("t-issues", "validation_errors = 'not json'", "validation_errors"),
+        ("t-config", "config_errors = '{}'", "config_errors"),
+        ("t-result", "result_json = '{\"ticketStatus\":'", "result_json"),
+        ("t-flag", "deploy_success = 5", "deploy_success"),
+        ("t-polls", "polls = -1", "polls"),
+        ("t-streak", "running_streak = -2", "running_streak"),
+        ("t-seen", "running_seen_ms = -5", "running_seen_ms"),
+    ];
+    let scenario: String = bad
+        .iter()
+        .map(|(ticket_id, _, _)| format!("[[tickets]]\nid = \"{ticket_id}\"\nsteps = [{{ not_found = true }}]\n"))
+        .collect();
+    let env = TestEnv::new(&scenario).await;
+    env.store().await.close().await;
+    env.insert("t-good", "ns", "ws").await;
+    for (ticket_id, set, _) in bad {
+        env.insert(ticket_id, "ns", "ws").await;
+        run_sql_without_checks(&env.db_path, &format!("UPDATE tickets SET {set} WHERE ticket_id = '{ticket_id}'"))
+            .await;
+    }
+    let driven = env.driven(|_| {}).await;
+    driven.settle().await;
+
+    assert_eq!(env.ticket("t-good").await.state, TicketState::Succeeded, "the others are not held back");
+    for (ticket_id, _, column) in bad {
+        let row = env.ticket(ticket_id).await;
+        assert_eq!((row.state.as_str(), row.error_code.as_deref()), ("failed", Some("InvalidTicket")), "{row:?}");
+        assert!(row.error_message.as_deref().unwrap_or("").contains(column), "{ticket_id}: {row:?}");
+        assert_eq!(env.sim.polls_of(ticket_id), 0, "{ticket_id} is never polled");
+    }
+    driven.stop().await;
+    let listed = env.cli(&["list", "--json"]);
+    assert_eq!(listed.code, Some(0), "{}", listed.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&listed.stdout).expect("list --json prints JSON");
+    assert_eq!(rows.as_array().map(Vec::len), Some(bad.len() + 1), "{rows}");
+}
+
+#[tokio::test]
 async fn an_unknown_region_is_refused_at_insert_and_the_webhook_url_scheme_ignores_case() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("region.db");
