@@ -471,6 +471,12 @@ async fn a_row_holding_a_value_its_check_refuses_fails_at_claim_instead_of_never
         assert_eq!(env.sim.polls_of(ticket_id), 0, "{ticket_id} is never polled");
     }
     driven.stop().await;
+    // The failed rows hold nothing their checks refuse any more (SQLite's check covers CHECK
+    // constraints), so a later write of them, such as `retry`, is not refused.
+    let mut connection = shell(&env.db_path).await;
+    let checked: Vec<String> = sqlx::query_scalar("PRAGMA quick_check").fetch_all(&mut connection).await.unwrap();
+    connection.close().await.expect("the connection closes");
+    assert_eq!(checked, ["ok"]);
     let listed = env.cli(&["list", "--json"]);
     assert_eq!(listed.code, Some(0), "{}", listed.stderr);
     let rows: serde_json::Value = serde_json::from_str(&listed.stdout).expect("list --json prints JSON");

@@ -494,7 +494,10 @@ const FAIL_UNREADABLE: &str = "UPDATE tickets SET
                               THEN running_streak ELSE 0 END,
         error_streak = CASE WHEN typeof(error_streak) = 'integer' AND error_streak >= 0
                             THEN error_streak ELSE 0 END,
-        retries = CASE WHEN typeof(retries) = 'integer' AND retries >= 0 THEN retries ELSE 0 END
+        retries = CASE WHEN typeof(retries) = 'integer' AND retries >= 0 THEN retries ELSE 0 END,
+        running_seen_ms = CASE WHEN typeof(running_seen_ms) = 'integer' AND running_seen_ms >= 0
+                               THEN running_seen_ms END,
+        schedule_note = NULL
     WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'";
 
 /// [`Store::record_progress`] on a given connection (the caller owns any transaction).
