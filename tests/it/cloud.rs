@@ -417,24 +417,13 @@ fn fixture(name: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn extra_ca_bundle_lets_the_daemon_reach_an_endpoint_with_a_private_certificate() {
-    use flink_ticketd::flink::{CredentialProvider, Credentials, FlinkClient, FlinkError, TicketRef};
+    use flink_ticketd::flink::{FlinkError, TicketRef};
 
     let env = TestEnv::new("").await;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let endpoint = Url::parse(&tls_front(env.sim.local_addr(), shutdown.clone()).await).expect("a URL");
 
-    let mut settings = env.config(|_| {}).flink.client;
-    settings.endpoints.override_url = Some(endpoint.clone());
-    let credentials = CredentialProvider::fixed(
-        "test",
-        Credentials {
-            access_key_id: crate::harness::KEY_ID.to_owned(),
-            access_key_secret: secrecy::SecretString::from(KEY_SECRET.to_owned()),
-            security_token: None,
-        },
-    );
-    let untrusting = FlinkClient::new(&settings, credentials, Arc::new(flink_ticketd::clock::SystemClock))
-        .expect("the client builds");
+    let untrusting = env.client_for(endpoint.clone());
     let ticket = TicketRef { namespace: "ns", workspace: "ws", ticket_id: "t-0", region: None };
     let refused = untrusting.get_deploy_result(ticket).await.expect_err("the private CA is not trusted by default");
     assert!(matches!(&refused, FlinkError::Network(message) if message.contains("certificate")), "{refused}");

@@ -18,6 +18,7 @@ use flink_ticketd::claim_loop;
 use flink_ticketd::clock::{Clock, ManualClock, SystemClock};
 use flink_ticketd::config::{self, Config};
 use flink_ticketd::domain::{RowId, TicketState};
+use flink_ticketd::flink::{CredentialProvider, Credentials, FlinkClient};
 use flink_ticketd::poller::Poller;
 use flink_ticketd::service::MAX_HEARTBEAT;
 use flink_ticketd::simulator::{Scenario, Simulator, SimulatorSettings};
@@ -140,6 +141,21 @@ level = "info"
         let mut config = config::load(Some(&self.config_file())).expect("the test config is valid");
         adjust(&mut config);
         config
+    }
+
+    /// The daemon's API client with the test key, sending to `endpoint` instead of the simulator.
+    pub fn client_for(&self, endpoint: url::Url) -> FlinkClient {
+        let mut settings = self.config(|_| {}).flink.client;
+        settings.endpoints.override_url = Some(endpoint);
+        let credentials = CredentialProvider::fixed(
+            "test",
+            Credentials {
+                access_key_id: KEY_ID.to_owned(),
+                access_key_secret: secrecy::SecretString::from(KEY_SECRET.to_owned()),
+                security_token: None,
+            },
+        );
+        FlinkClient::new(&settings, credentials, Arc::new(SystemClock)).expect("the client builds")
     }
 
     /// Opens the database the daemons use (migrated).

@@ -376,7 +376,7 @@ async fn a_connection_dropped_before_the_answer_is_one_network_error_and_the_req
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use flink_ticketd::flink::{CredentialProvider, Credentials, DeployRequest, FlinkClient, TicketRef};
+    use flink_ticketd::flink::{DeployRequest, TicketRef};
     use tokio::io::AsyncReadExt as _;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
@@ -402,18 +402,7 @@ async fn a_connection_dropped_before_the_answer_is_one_network_error_and_the_req
     });
 
     let env = TestEnv::new("").await;
-    let mut settings = env.config(|_| {}).flink.client;
-    settings.endpoints.override_url = Some(format!("http://{address}").parse().expect("a URL"));
-    let credentials = CredentialProvider::fixed(
-        "test",
-        Credentials {
-            access_key_id: crate::harness::KEY_ID.to_owned(),
-            access_key_secret: secrecy::SecretString::from(crate::harness::KEY_SECRET.to_owned()),
-            security_token: None,
-        },
-    );
-    let client = FlinkClient::new(&settings, credentials, Arc::new(flink_ticketd::clock::SystemClock))
-        .expect("the client builds");
+    let client = env.client_for(format!("http://{address}").parse().expect("a URL"));
 
     let ticket = TicketRef { namespace: "ns", workspace: "ws", ticket_id: "t-dropped", region: None };
     let polled = client.get_deploy_result(ticket).await.expect_err("no answer came");
