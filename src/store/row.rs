@@ -23,7 +23,8 @@ pub(super) struct Unreadable {
 /// Reads a row strictly: `Err` names the first column whose value cannot be read as its type, a
 /// state outside the `CHECK` constraint, an instant that is not one, or a value its column's
 /// check refuses (see [`read_ticket_from`]). A claimed row always has a deadline (the claim sets
-/// it from `created_at` when it was empty), so a missing one blames `created_at`.
+/// it from `created_at` when it was empty), so a missing one blames `created_at`, or the deadline
+/// itself when `created_at` is a time (the claim cleared a deadline that was not one).
 pub(super) fn read_ticket(row: &SqliteRow) -> Result<Ticket, Unreadable> {
     // SQLite keeps a flag as an integer: a `bool` reads any integer, the check takes 0 and 1.
     match row.try_get::<Option<i64>, _>("deploy_success") {
@@ -50,6 +51,8 @@ where
     })?;
     let unreadable = |column: &str| Unreadable { column: column.to_owned() };
     let deadline_at = match stored.deadline_at.as_deref() {
+        // The claim sets a missing deadline from `created_at`, and clears one that is not a time.
+        None if parse_instant(&stored.created_at).is_some() => return Err(unreadable("deadline_at")),
         None => return Err(unreadable("created_at")),
         Some(text) => Some(parse_instant(text).ok_or_else(|| unreadable("deadline_at"))?),
     };

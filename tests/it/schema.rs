@@ -435,11 +435,13 @@ async fn a_row_with_an_unreadable_value_fails_alone_and_is_still_listed() {
 
 #[tokio::test]
 async fn a_row_holding_a_value_its_check_refuses_fails_at_claim_instead_of_never_finishing() {
-    // Each value reads as its column's type but breaks the column's check (written with the checks
-    // switched off). A result write keeps these columns when the API answers no result, SQLite
-    // tests a written column's check even when its value is unchanged, and the write is refused:
-    // such a row would be polled again and again and never finish, not even expire.
+    // Each value breaks its column's check (written with the checks switched off). SQLite tests a
+    // written column's check even when its value is unchanged. A result write keeps the answer
+    // columns and counts when the API answers no result, so such a row would be polled again and
+    // again and never finish, not even expire; a claim keeps the deadline, so a deadline that is
+    // not a time would have every claim refused, and no other ticket polled.
     let bad = [
+        ("t-deadline", "deadline_at = 'garbage'", "deadline_at"),
         ("t-issues", "validation_errors = 'not json'", "validation_errors"),
         ("t-config", "config_errors = '{}'", "config_errors"),
         ("t-result", "result_json = '{\"ticketStatus\":'", "result_json"),

@@ -391,6 +391,11 @@ pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: 
 /// lease_for`, so no other claim can take it until the lease lapses, and a killed daemon's rows
 /// come due again by themselves. A row without a deadline gets `created_at + default_deadline`,
 /// fixed from then on.
+///
+/// A deadline that is not a real time (only a write with the checks switched off leaves one) is
+/// cleared instead of kept: SQLite tests a written column's check even when its value is
+/// unchanged, so keeping it would refuse the whole claim, and with it every other due row. The
+/// claimed row then has no deadline, and `readable_claim_on` fails it.
 fn push_claim_set(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) -> String {
     let DueClaim { lease, now, lease_for, limit: _, default_deadline } = claim;
     let until = lease_end(*now, *lease_for);
@@ -404,9 +409,9 @@ fn push_claim_set(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) -> Str
         .push_bind(until)
         .push(", updated_at = ")
         .push_bind(now.clone())
-        .push(", deadline_at = COALESCE(deadline_at, strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ")
+        .push(", deadline_at = CASE WHEN deadline_at IS NULL THEN strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ")
         .push_bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .push("))");
+        .push(") WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline_at)) IS deadline_at THEN deadline_at END");
     now
 }
 
