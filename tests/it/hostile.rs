@@ -9,6 +9,8 @@
 //! environment variable away.
 
 use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flink_ticketd::config;
@@ -298,23 +300,36 @@ fn deeply_nested_and_invalid_utf8_answers_are_decode_errors() {
     assert!(error.message.unwrap_or_default().contains("unparsable response body"));
 }
 
-/// One answer of a raw HTTP server: whatever bytes the test wants, then the connection closes.
-async fn raw_http_server(response: Vec<u8>) -> String {
+/// A raw HTTP server on 127.0.0.1: for each request, read up to the end of its head, it counts
+/// the request, writes `response` (whatever bytes the test wants; none leaves the request
+/// unanswered) and closes the connection. Returns its URL and the count, which takes in a request
+/// before the connection closes.
+async fn raw_http_server(response: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
     let address = listener.local_addr().expect("a bound address");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&requests);
     tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         while let Ok((mut stream, _)) = listener.accept().await {
-            let response = response.clone();
+            let (response, counted) = (response.clone(), Arc::clone(&counted));
             tokio::spawn(async move {
-                let mut request = vec![0u8; 64 * 1024];
-                let _ = stream.read(&mut request).await;
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.write_all(&response).await;
                 let _ = stream.shutdown().await;
             });
         }
     });
-    format!("http://{address}")
+    (format!("http://{address}"), requests)
 }
 
 #[tokio::test]
@@ -349,7 +364,7 @@ async fn giant_and_countless_response_headers_are_network_errors_that_expire_the
     let countless = format!("HTTP/1.1 200 OK\r\n{countless}content-length: 2\r\n\r\n{{}}");
     for response in [giant, countless] {
         let env = TestEnv::new("").await;
-        let endpoint = raw_http_server(response.into_bytes()).await;
+        let (endpoint, _) = raw_http_server(response.into_bytes()).await;
         let daemon = env
             .spawn_daemon(|config| {
                 config.flink.client.endpoints.override_url = Some(endpoint.parse().expect("a URL"));
@@ -373,36 +388,11 @@ async fn a_connection_dropped_before_the_answer_is_one_network_error_and_the_req
     // A deploy sent twice would deploy twice: neither the client nor the HTTP stack may send a
     // request again on its own. The server counts each request before it drops the connection,
     // so the count is final by the time the client sees the drop.
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use flink_ticketd::flink::{DeployRequest, TicketRef};
-    use tokio::io::AsyncReadExt as _;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
-    let address = listener.local_addr().expect("a bound address");
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&requests);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counted = Arc::clone(&counted);
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => request.extend_from_slice(&buffer[..read]),
-                    }
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                drop(stream);
-            });
-        }
-    });
-
+    let (endpoint, requests) = raw_http_server(Vec::new()).await;
     let env = TestEnv::new("").await;
-    let client = env.client_for(format!("http://{address}").parse().expect("a URL"));
+    let client = env.client_for(endpoint.parse().expect("a URL"));
 
     let ticket = TicketRef { namespace: "ns", workspace: "ws", ticket_id: "t-dropped", region: None };
     let polled = client.get_deploy_result(ticket).await.expect_err("no answer came");

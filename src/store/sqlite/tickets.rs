@@ -384,6 +384,14 @@ pub(in crate::store) fn push_claim(query: &mut QueryBuilder<'_, Sqlite>, claim: 
         .push(") RETURNING *");
 }
 
+/// SQL that is true when `$column` holds a real time in the stored form, as the column's check
+/// demands: the text reads back as itself.
+macro_rules! is_real_time {
+    ($column:literal) => {
+        concat!("strftime('%Y-%m-%dT%H:%M:%fZ', julianday(", $column, ")) IS ", $column)
+    };
+}
+
 /// Appends `UPDATE tickets SET` and what a claim sets, with its values; returns `claim.now` as
 /// stored, for the caller's `WHERE`.
 ///
@@ -411,7 +419,7 @@ fn push_claim_set(query: &mut QueryBuilder<'_, Sqlite>, claim: &DueClaim) -> Str
         .push_bind(now.clone())
         .push(", deadline_at = CASE WHEN deadline_at IS NULL THEN strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ")
         .push_bind(format!("+{:.3} seconds", default_deadline.as_secs_f64()))
-        .push(") WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline_at)) IS deadline_at THEN deadline_at END");
+        .push(concat!(") WHEN ", is_real_time!("deadline_at"), " THEN deadline_at END"));
     now
 }
 
@@ -466,13 +474,16 @@ async fn readable_claim_on(
 /// Ends a claimed row that cannot be read: `failed` / `InvalidTicket` with message `?3` at `?4`,
 /// every value that cannot be read replaced by the column's default, so that the row can be read
 /// (and listed) from then on.
-const FAIL_UNREADABLE: &str = "UPDATE tickets SET
+const FAIL_UNREADABLE: &str = concat!(
+    "UPDATE tickets SET
         state = 'failed', error_code = 'InvalidTicket', error_message = ?3,
         finished_at = ?4, updated_at = ?4, next_poll_at = ?4, lease_owner = NULL, lease_until = NULL,
-        created_at = CASE WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(created_at)) IS created_at
-                          THEN created_at ELSE ?4 END,
-        deadline_at = CASE WHEN strftime('%Y-%m-%dT%H:%M:%fZ', julianday(deadline_at)) IS deadline_at
-                           THEN deadline_at END,
+        created_at = CASE WHEN ",
+    is_real_time!("created_at"),
+    " THEN created_at ELSE ?4 END,
+        deadline_at = CASE WHEN ",
+    is_real_time!("deadline_at"),
+    " THEN deadline_at END,
         ticket_status = CASE WHEN typeof(ticket_status) IN ('text', 'null') THEN ticket_status
                              ELSE CAST(ticket_status AS TEXT) END,
         deployment_id = CASE WHEN typeof(deployment_id) IN ('text', 'null') THEN deployment_id
@@ -503,7 +514,8 @@ const FAIL_UNREADABLE: &str = "UPDATE tickets SET
         running_seen_ms = CASE WHEN typeof(running_seen_ms) = 'integer' AND running_seen_ms >= 0
                                THEN running_seen_ms END,
         schedule_note = NULL
-    WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'";
+    WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'"
+);
 
 /// [`Store::record_progress`] on a given connection (the caller owns any transaction).
 pub(in crate::store) async fn record_progress_on(
