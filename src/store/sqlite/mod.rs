@@ -171,6 +171,14 @@ fn connect_options(settings: &StoreSettings) -> anyhow::Result<SqliteConnectOpti
         .pragma("temp_store", "memory"))
 }
 
+/// Rows the writer connection's thread hands over before it waits for the caller to take them.
+/// One call of the recorder returns a row per result written (at most `MAX_BATCH`) and one per
+/// ticket claimed (its free slots and the tickets it claims ahead): with sqlx's default of 50,
+/// the thread stopped two or three times in such a call, each time until the recorder's task
+/// (queued behind the poll tasks) came to take the rows, and the database waited with it. The
+/// buffer grows only as rows come, and the recorder keeps a call's rows anyway.
+const WRITER_ROW_BUFFER: usize = 1024;
+
 /// The one writer connection.
 async fn connect_writer(settings: &StoreSettings, options: &SqliteConnectOptions) -> anyhow::Result<SqlitePool> {
     SqlitePoolOptions::new()
@@ -189,6 +197,7 @@ async fn connect_writer(settings: &StoreSettings, options: &SqliteConnectOptions
             options
                 .clone()
                 .pragma("cache_size", "-4096")
+                .row_buffer_size(WRITER_ROW_BUFFER)
                 .pragma("wal_autocheckpoint", checkpoint::WRITER_CHECKPOINT_PAGES.to_string()),
         )
         .await
