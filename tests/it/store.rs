@@ -161,6 +161,7 @@ on_both_backends!(
     the_user_commands_read_what_the_daemon_wrote,
     every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte,
     the_history_caps_keep_the_first_row_and_the_latest_ones_at_every_count,
+    a_claim_and_batches_of_more_rows_than_the_writer_hands_over_at_once_lose_none,
 );
 
 /// On SQLite, what the recorder commits reaches the database file itself a moment later: the WAL
@@ -611,6 +612,49 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
     // A stale lease writes nothing, in a batch as alone.
     let stale = recorder_for(store).record_progress(&Lease("other#9".to_owned()), progress, at(3), &reschedule).await;
     assert!(matches!(stale, Ok(false)), "{stale:?}");
+}
+
+/// SQLite's writer hands at most 1024 rows over before it waits for them to be taken. One call of
+/// the recorder here writes 100 results and claims 1500 rows, 1600 rows in all: every result is
+/// answered, and every claimed row arrives.
+async fn a_claim_and_batches_of_more_rows_than_the_writer_hands_over_at_once_lose_none(fixture: Fixture) {
+    const WRITES: usize = 100;
+    const CLAIMED: usize = 1500;
+    let store = &fixture.store;
+    let values: Vec<String> = (0..WRITES + CLAIMED).map(|n| format!("('many-{n}', 'ns', 'ws')")).collect();
+    fixture
+        .execute(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
+        .await
+        .unwrap();
+    let deadline = Duration::from_secs(3600);
+    let first = Lease("many#1".to_owned());
+    let polled = store.claim_due_tickets(&first, at(0), Duration::from_secs(600), 100, deadline).await.unwrap();
+    assert_eq!(polled.len(), WRITES);
+    let (recorder, task) = store.recorder();
+    let second = Lease("many#2".to_owned());
+    let reschedule = running_again();
+    // Submitted together on this single-threaded runtime, the results and the claim land in one
+    // batch: on SQLite, one call returns a row per result, then the claimed rows.
+    let (written, claimed) = tokio::join!(
+        futures_util::future::join_all(polled.iter().map(|ticket| recorder.record_progress(
+            &first,
+            ticket.id,
+            at(1),
+            &reschedule
+        ))),
+        recorder.claim_due_tickets(&second, at(0), Duration::from_secs(600), 2000, deadline),
+    );
+    drop(recorder);
+    task.await.unwrap();
+    assert!(written.iter().all(|write| matches!(write, Ok(true))), "every result is written: {written:?}");
+    let claimed = claimed.unwrap();
+    let ids: std::collections::BTreeSet<RowId> = claimed.iter().map(|ticket| ticket.id).collect();
+    assert_eq!((claimed.len(), ids.len()), (CLAIMED, CLAIMED), "every other row is claimed, once");
+    assert!(polled.iter().all(|ticket| !ids.contains(&ticket.id)), "the rows just rescheduled are not due");
+    assert!(
+        store.claim_due_tickets(&second, at(2), Duration::from_secs(60), 2000, deadline).await.unwrap().is_empty(),
+        "no row is left behind"
+    );
 }
 
 fn recorder_for(store: &Store) -> flink_ticketd::store::Recorder {
