@@ -110,9 +110,7 @@ async fn output_piped_into_a_reader_that_stops_early_ends_quietly() {
     use std::io::Read as _;
     let env = TestEnv::new("").await;
     env.store().await.close().await;
-    let values: Vec<String> = (0..400).map(|n| format!("('t-{n}', 'ns', 'ws')")).collect();
-    env.execute_sql(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
-        .await;
+    env.execute_sql(&crate::harness::insert_tickets_sql((0..400).map(|n| format!("t-{n}")))).await;
     // Far more JSON than a pipe holds: the writer meets a closed pipe, as with `| head -1`.
     let mut child = std::process::Command::new(crate::harness::binary())
         .arg("--config")

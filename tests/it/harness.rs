@@ -566,6 +566,13 @@ pub async fn database_before(path: &Path, version: i64) -> sqlx::SqliteConnectio
     connection
 }
 
+/// One plain `INSERT` queuing a deploy ticket in namespace `ns`, workspace `ws` for each ID, as a
+/// user's script would.
+pub fn insert_tickets_sql(ticket_ids: impl IntoIterator<Item = String>) -> String {
+    let values: Vec<String> = ticket_ids.into_iter().map(|id| format!("({}, 'ns', 'ws')", quote(&id))).collect();
+    format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", "))
+}
+
 /// A SQL string literal.
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))

@@ -97,9 +97,7 @@ async fn an_outage_over_many_tickets_costs_a_few_probes_and_readyz_and_the_metri
     let env = TestEnv::new("default = [{ html = true, http_status = 502 }]").await;
     env.store().await.close().await;
     let ids: Vec<String> = (0..300).map(|n| format!("t-{n}")).collect();
-    let values: Vec<String> = ids.iter().map(|id| format!("('{id}', 'ns', 'ws')")).collect();
-    env.execute_sql(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
-        .await;
+    env.execute_sql(&crate::harness::insert_tickets_sql(ids.iter().cloned())).await;
     let daemon = env.spawn_binary(&[("FLINK_TICKETD_HTTP__LISTEN", "127.0.0.1:0")]);
     let address = daemon.http_address().await;
 

@@ -348,9 +348,7 @@ async fn two_daemons_on_one_file_never_poll_a_ticket_at_once() {
     )
     .await;
     env.store().await.close().await;
-    let values: Vec<String> = (0..150).map(|n| format!("('t-{n}', 'ns', 'ws')")).collect();
-    env.execute_sql(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
-        .await;
+    env.execute_sql(&crate::harness::insert_tickets_sql((0..150).map(|n| format!("t-{n}")))).await;
     let one = env.spawn_daemon(|config| config.flink.max_in_flight = 8).await;
     let two = env.spawn_daemon(|config| config.flink.max_in_flight = 8).await;
     env.wait_all_final().await;

@@ -621,28 +621,25 @@ async fn a_claim_and_batches_of_more_rows_than_the_writer_hands_over_at_once_los
     const WRITES: usize = 100;
     const CLAIMED: usize = 1500;
     let store = &fixture.store;
-    let values: Vec<String> = (0..WRITES + CLAIMED).map(|n| format!("('many-{n}', 'ns', 'ws')")).collect();
     fixture
-        .execute(&format!("INSERT INTO tickets (ticket_id, namespace, workspace) VALUES {}", values.join(", ")))
+        .execute(&crate::harness::insert_tickets_sql((0..WRITES + CLAIMED).map(|n| format!("many-{n}"))))
         .await
         .unwrap();
     let deadline = Duration::from_secs(3600);
     let first = Lease("many#1".to_owned());
-    let polled = store.claim_due_tickets(&first, at(0), Duration::from_secs(600), 100, deadline).await.unwrap();
+    let limit = |rows: usize| u32::try_from(rows).expect("a small count");
+    let polled =
+        store.claim_due_tickets(&first, at(0), Duration::from_secs(600), limit(WRITES), deadline).await.unwrap();
     assert_eq!(polled.len(), WRITES);
     let (recorder, task) = store.recorder();
     let second = Lease("many#2".to_owned());
     let reschedule = running_again();
     // Submitted together on this single-threaded runtime, the results and the claim land in one
     // batch: on SQLite, one call returns a row per result, then the claimed rows.
+    let results = polled.iter().map(|ticket| recorder.record_progress(&first, ticket.id, at(1), &reschedule));
     let (written, claimed) = tokio::join!(
-        futures_util::future::join_all(polled.iter().map(|ticket| recorder.record_progress(
-            &first,
-            ticket.id,
-            at(1),
-            &reschedule
-        ))),
-        recorder.claim_due_tickets(&second, at(0), Duration::from_secs(600), 2000, deadline),
+        futures_util::future::join_all(results),
+        recorder.claim_due_tickets(&second, at(0), Duration::from_secs(600), limit(WRITES + CLAIMED), deadline),
     );
     drop(recorder);
     task.await.unwrap();
@@ -652,7 +649,11 @@ async fn a_claim_and_batches_of_more_rows_than_the_writer_hands_over_at_once_los
     assert_eq!((claimed.len(), ids.len()), (CLAIMED, CLAIMED), "every other row is claimed, once");
     assert!(polled.iter().all(|ticket| !ids.contains(&ticket.id)), "the rows just rescheduled are not due");
     assert!(
-        store.claim_due_tickets(&second, at(2), Duration::from_secs(60), 2000, deadline).await.unwrap().is_empty(),
+        store
+            .claim_due_tickets(&second, at(2), Duration::from_secs(60), limit(WRITES + CLAIMED), deadline)
+            .await
+            .unwrap()
+            .is_empty(),
         "no row is left behind"
     );
 }
