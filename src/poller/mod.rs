@@ -369,13 +369,14 @@ impl Poller {
 }
 
 /// How many tickets the claim loop claims beyond its free slots (see `claim_loop::Shape::ahead`):
-/// as many as there are slots, so that the slots freeing while a claim waits its turn at the
-/// database are filled at once; fewer when the rate limit would hold a ticket in hand past half
-/// its lease. An item in hand starts after at most the polls in flight and the items ahead of it
-/// have gone out, at `rate` requests per second.
+/// twice as many as there are slots; fewer when the rate limit would hold a ticket in hand past
+/// half its lease. The loop starts its next claim once half of them are gone, so the half still
+/// in hand fills every slot once while that claim waits its turn at the database (on SQLite, for
+/// the batch being written and then its own). An item in hand starts after at most the polls in
+/// flight and the items ahead of it have gone out, at `rate` requests per second.
 fn claim_ahead(max_in_flight: usize, rate: f64, lease: Duration) -> usize {
     let startable = rate * lease.as_secs_f64() / 2.0 - max_in_flight as f64;
-    if startable < 1.0 { 0 } else { max_in_flight.min(startable as usize) }
+    if startable < 1.0 { 0 } else { (2 * max_in_flight).min(startable as usize) }
 }
 
 fn log_outcome(ticket: &Ticket, outcome: &Result<Polled, FlinkError>) {
@@ -508,13 +509,16 @@ mod tests {
     fn tickets_are_claimed_ahead_only_while_the_rate_limit_starts_them_within_half_a_lease() {
         let minute = Duration::from_secs(60);
         // The defaults: 16 slots at 10 requests per second start 300 polls in half a lease.
-        assert_eq!(claim_ahead(16, 10.0, minute), 16);
+        assert_eq!(claim_ahead(16, 10.0, minute), 32);
+        // Room for part of twice the slots: what the rate starts in time; more room: twice.
+        assert_eq!(claim_ahead(16, 1.5, minute), 29);
+        assert_eq!(claim_ahead(16, 2.0, minute), 32);
         // A rate with room for the slots and a few more: only those few.
         assert_eq!(claim_ahead(16, 1.0, minute), 14);
         // No room past the polls in flight: nothing is held.
         assert_eq!(claim_ahead(64, 1.0, minute), 0);
         assert_eq!(claim_ahead(30, 1.0, minute), 0);
-        // An unlimited rate: as many as there are slots.
-        assert_eq!(claim_ahead(64, 1_000_000.0, minute), 64);
+        // An unlimited rate: twice as many as there are slots.
+        assert_eq!(claim_ahead(64, 1_000_000.0, minute), 128);
     }
 }
