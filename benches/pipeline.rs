@@ -4,7 +4,7 @@
 //!    database with 20 000 tickets that finish on their second poll, limits lifted. Reports
 //!    polls/s, the daemon's CPU time per poll and its peak RSS.
 //! 2. The practical limit: the same 40 000 signed requests driven through a bare loop of our
-//!    client at the same concurrency, no database.
+//!    client at the same concurrency, no database, before and after each daemon run.
 //! 3. Idle cost: the daemon with 10 000 pending tickets not yet due; reports its CPU use as a
 //!    share of one core.
 //! 4. Wake-up: with those 10 000 tickets waiting, rows inserted by another connection, one at a
@@ -64,18 +64,21 @@ fn main() {
         println!("flink-ticketd pipeline benchmark: {tickets} tickets, concurrency {concurrency}, {} cores", cores());
         println!("  databases under {} ({})", base.display(), file_system_of(&base));
         println!("  daemon binary {}", daemon_binary().display());
-        // Daemon and bare loop alternate, so that a slow spell of a shared machine lands on both;
-        // the ratio is the median of each round's own ratio.
+        // Daemon and bare loop alternate, a bare loop on either side of each daemon run, so that
+        // a slow spell of a shared machine lands on both: a round's reference is the mean of the
+        // bare loops around it, and the ratio is the median of each round's own ratio.
         let mut rounds_run = Vec::with_capacity(rounds);
+        let mut bare_before = bare_loop(&sim, "bare-r0", tickets * 2, concurrency).await;
         for round in 1..=rounds {
             let daemon = daemon_throughput(&sim, &base, &format!("bench-r{round}"), tickets, concurrency, 0).await;
-            let bare = bare_loop(&sim, &format!("bare-r{round}"), tickets * 2, concurrency).await;
-            rounds_run.push(Round { daemon, bare });
+            let bare_after = bare_loop(&sim, &format!("bare-r{round}"), tickets * 2, concurrency).await;
+            rounds_run.push(Round { daemon, bare: (bare_before + bare_after) / 2.0 });
+            bare_before = bare_after;
         }
         println!("\nthroughput (the simulator in this process, the daemon in its own; {rounds} rounds, medians)");
         for (round, Round { daemon, bare }) in rounds_run.iter().enumerate() {
             println!(
-                "  round {}: daemon {:>6.0} polls/s ({} polls in {:.2} s from first poll to last answer, {:.2} s from start), {:.3} ms CPU/poll, {:.1} MB; bare loop {:>6.0} requests/s; ratio {:.3}",
+                "  round {}: daemon {:>6.0} polls/s ({} polls in {:.2} s from first poll to last answer, {:.2} s from start), {:.3} ms CPU/poll, {:.1} MB; bare loop {:>6.0} requests/s (before and after); ratio {:.3}",
                 round + 1,
                 daemon.polls_per_sec,
                 daemon.polls,
@@ -175,6 +178,7 @@ fn adaptive_replay(runs: u64) {
 /// One round of parts 1 and 2: the daemon's run and the bare loop's requests per second.
 struct Round {
     daemon: Throughput,
+    /// The mean requests per second of the bare loops run before and after the daemon's.
     bare: f64,
 }
 
