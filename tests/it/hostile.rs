@@ -300,10 +300,10 @@ fn deeply_nested_and_invalid_utf8_answers_are_decode_errors() {
     assert!(error.message.unwrap_or_default().contains("unparsable response body"));
 }
 
-/// A raw HTTP server on 127.0.0.1: for each request, read up to the end of its head, it counts
+/// A raw HTTP server on 127.0.0.1. For each request it reads up to the end of the head, counts
 /// the request, writes `response` (whatever bytes the test wants; none leaves the request
-/// unanswered) and closes the connection. Returns its URL and the count, which takes in a request
-/// before the connection closes.
+/// unanswered) and closes the connection. Returns its URL and the count; a request is counted
+/// before its connection closes.
 async fn raw_http_server(response: Vec<u8>) -> (String, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
