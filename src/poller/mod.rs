@@ -346,7 +346,7 @@ impl Poller {
         now: DateTime<Utc>,
         finish: &Finish,
     ) -> Result<bool, RecordError> {
-        let written = self.recorder.record_final(lease, ticket.id, now, finish, self.announce.clone()).await?;
+        let written = self.recorder.record_final(lease, ticket, now, finish, self.announce.clone()).await?;
         let Some(deliveries) = written else { return Ok(false) };
         let polls = ticket.polls + i64::from(finish.polled);
         self.metrics.observe_finished(ticket.kind, finish.state, polls);

@@ -10,8 +10,9 @@
 //! On SQLite the poller's claims go through the same task ([`Recorder::claim_due_tickets`]): a
 //! claim waiting with results is made inside their transaction, in the same call as their
 //! `UPDATE`, so that a poll cycle (the results of the polls that just ended, the claim for the
-//! slots they freed) costs the single writer two calls and one commit instead of three calls and
-//! two. After each batch, SQLite's WAL is copied back into the file by `sqlite::checkpoint`, off
+//! slots they freed) costs the single writer one commit instead of two. When no final state of
+//! the batch can have anything to announce, the `COMMIT` goes in that same call too
+//! ([`Commit::InCall`]): one call per cycle instead of two. After each batch, SQLite's WAL is copied back into the file by `sqlite::checkpoint`, off
 //! the writer's path.
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::deliveries::Handoff;
-use super::session::{PollResult, ResultWrite, Session};
+use super::session::{Commit, PollResult, ResultWrite, Session};
 use super::sqlite::checkpoint::Checkpointer;
 use super::tickets::{Announcement, DueClaim, Finish, Reschedule, Ticket};
 use super::{Backend, Lease, Store, is_retryable};
@@ -98,6 +99,8 @@ enum Job {
         now: DateTime<Utc>,
         finish: Finish,
         announce: Announce,
+        /// The row named a receiver of its own when it was claimed.
+        claimed_receiver: bool,
         reply: oneshot::Sender<Result<Option<usize>, Arc<sqlx::Error>>>,
     },
     Claim {
@@ -125,6 +128,15 @@ impl Job {
         match self {
             Job::Claim { claim, .. } => Some(claim),
             Job::Progress { .. } | Job::Final { .. } => None,
+        }
+    }
+
+    /// Whether this job is a final state that may have anything to announce, judged by its row
+    /// as claimed.
+    fn may_announce(&self) -> bool {
+        match self {
+            Job::Final { announce, claimed_receiver, .. } => announce.reads_row(*claimed_receiver),
+            Job::Progress { .. } | Job::Claim { .. } => false,
         }
     }
 }
@@ -179,17 +191,26 @@ impl Recorder {
         self.submit(job, answer).await
     }
 
-    /// [`Store::record_final`], committed with whatever else is waiting.
+    /// [`Store::record_final`] for `claimed`, the row as it was claimed, committed with whatever
+    /// else is waiting.
     pub async fn record_final(
         &self,
         lease: &Lease,
-        id: RowId,
+        claimed: &Ticket,
         now: DateTime<Utc>,
         finish: &Finish,
         announce: Announce,
     ) -> Result<Option<usize>, RecordError> {
         let (reply, answer) = oneshot::channel();
-        let job = Job::Final { lease: lease.clone(), id, now, finish: finish.clone(), announce, reply };
+        let job = Job::Final {
+            lease: lease.clone(),
+            id: claimed.id,
+            now,
+            finish: finish.clone(),
+            announce,
+            claimed_receiver: claimed.webhook_url.is_some(),
+            reply,
+        };
         self.submit(job, answer).await
     }
 
@@ -429,9 +450,10 @@ async fn try_batch_on(mut session: Session<'_>, jobs: &mut Vec<Job>, isolation: 
 /// The batch in one transaction with no savepoints: every row update in one statement (SQLite's
 /// writer spends its time on round trips, not rows) with the batch's claim after them (on
 /// SQLite in the same call, see [`Session::begin_and_record`]), then the announcements of the
-/// final states that have any, planned from the final rows read inside the transaction. Claims
-/// the backend left to the caller, and any further claims, follow the commit. Claims with no
-/// results to write need no transaction.
+/// final states that have any, planned from the final rows read inside the transaction. A batch
+/// whose final states have nothing to announce, judged by their rows as claimed, commits in that
+/// same call on SQLite ([`Commit::InCall`]). Claims the backend left to the caller, and any
+/// further claims, follow the commit. Claims with no results to write need no transaction.
 async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Outcome>, BatchError> {
     let writes: Vec<ResultWrite<'_>> = jobs.iter().filter_map(Job::write).collect();
     let mut claims = jobs.iter().filter_map(Job::claim);
@@ -442,8 +464,9 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
     let first_claim = claims.next();
     // A busy or lost database fails the transaction (retried as a whole); anything else is a
     // write the database refused, which the per-job path finds.
+    let commit = if jobs.iter().any(Job::may_announce) { Commit::ByCaller } else { Commit::InCall };
     let recorded = session
-        .begin_and_record(&writes, first_claim)
+        .begin_and_record(&writes, first_claim, commit)
         .await
         .map_err(|error| if is_retryable(&error) { BatchError::Transaction(error) } else { BatchError::Job(error) })?;
     let results: Vec<&Job> = jobs.iter().filter(|job| job.claim().is_none()).collect();
@@ -457,6 +480,7 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
             _ => None,
         })
         .collect();
+    debug_assert!(announced.is_empty() || !recorded.committed, "a batch committed in the call announces nothing");
     let final_rows: std::collections::HashMap<RowId, Ticket> = if announced.is_empty() {
         std::collections::HashMap::new()
     } else {
@@ -481,7 +505,9 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
         };
         outcomes.push(outcome);
     }
-    session.execute("COMMIT").await?;
+    if !recorded.committed {
+        session.execute("COMMIT").await?;
+    }
     let mut claimed: Vec<_> = recorded.claimed.into_iter().collect();
     let left_to_us = if claimed.is_empty() { first_claim } else { None };
     claimed.extend(claim_each(session, left_to_us.into_iter().chain(claims)).await);

@@ -153,13 +153,26 @@ impl ResultWrite<'_> {
     }
 }
 
-/// What a batch of result writes did: each write's [`Written`], in order, and the tickets of the
-/// claim made in the same call, if one was.
+/// Who commits a batch of result writes (see `sqlite::results::record_and_claim_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::store) enum Commit {
+    /// The caller, once it has written the final states' announcements.
+    ByCaller,
+    /// The call that writes the batch, when none of its final states can have anything to
+    /// announce: each is written only to a row that still names no receiver of its own. SQLite
+    /// only; PostgreSQL leaves every commit to the caller.
+    InCall,
+}
+
+/// What a batch of result writes did: each write's [`Written`], in order, the tickets of the
+/// claim made in the same call, if one was, and whether the call committed.
 #[derive(Debug)]
 pub(in crate::store) struct Recorded {
     pub(in crate::store) written: Vec<Option<Written>>,
     /// `None` when no claim was made (none was asked for, or the backend leaves it to the caller).
     pub(in crate::store) claimed: Option<Result<Vec<crate::store::Ticket>, sqlx::Error>>,
+    /// The transaction was committed in the call ([`Commit::InCall`] on SQLite).
+    pub(in crate::store) committed: bool,
 }
 
 /// A result write that found its row under its lease, still pending, and changed it.

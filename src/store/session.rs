@@ -18,7 +18,7 @@ pub(super) enum Session<'c> {
 }
 
 /// The poll results of a batch, for [`Session::begin_and_record`].
-pub(super) use super::results::{PollResult, Recorded, ResultWrite};
+pub(super) use super::results::{Commit, PollResult, Recorded, ResultWrite};
 
 impl Session<'_> {
     /// The statement that opens a transaction: `BEGIN IMMEDIATE` on SQLite, so that it waits for
@@ -45,23 +45,25 @@ impl Session<'_> {
 
     /// Opens the transaction ([`Session::begin`]), writes a batch of poll results (see
     /// `sqlite::results::record_and_claim_on`) and, on SQLite, makes `claim` after them: all in
-    /// one call to the connection's thread. PostgreSQL leaves the claim to the caller
-    /// ([`Recorded::claimed`] is `None`): a failed statement there would abort the transaction
-    /// and lose its writes.
+    /// one call to the connection's thread, with `COMMIT` too when `commit` says so. PostgreSQL
+    /// leaves the claim to the caller ([`Recorded::claimed`] is `None`): a failed statement there
+    /// would abort the transaction and lose its writes. It leaves the commit to the caller too, as
+    /// every statement there is a round trip of its own anyway.
     pub(super) async fn begin_and_record(
         &mut self,
         writes: &[ResultWrite<'_>],
         claim: Option<&DueClaim>,
+        commit: Commit,
     ) -> Result<Recorded, sqlx::Error> {
         let opening = self.opening();
         match self {
             Session::Sqlite(connection) => {
-                sqlite::results::record_and_claim_on(connection, writes, Some(opening), claim).await
+                sqlite::results::record_and_claim_on(connection, writes, Some(opening), claim, commit).await
             }
             Session::Postgres(connection) => {
                 sqlx::query(opening).execute(&mut **connection).await?;
                 let written = postgres::results::record_many_on(connection, writes).await?;
-                Ok(Recorded { written, claimed: None })
+                Ok(Recorded { written, claimed: None, committed: false })
             }
         }
     }

@@ -152,6 +152,7 @@ on_both_backends!(
     a_failing_write_in_a_group_commit_fails_alone,
     the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_live_lease_meet_in_one_batch,
     with_no_receiver_configured_the_recorder_announces_the_tickets_naming_their_own_as_the_final_row_says,
+    a_receiver_added_while_its_ticket_is_polled_is_announced_when_the_batch_reads_no_final_row_back,
     the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone,
     the_change_probe_wakes_on_a_commit_by_another_connection,
     eight_concurrent_claimers_never_get_the_same_row,
@@ -180,7 +181,7 @@ async fn on_sqlite_the_recorders_commits_reach_the_database_file_without_the_wri
         webhook_note: None,
         handoff: None,
     });
-    let recorded = recorder.record_final(&lease, id, at(2), &finish, nothing_to_announce).await;
+    let recorded = recorder.record_final(&lease, &row(store, id).await, at(2), &finish, nothing_to_announce).await;
     assert!(matches!(recorded, Ok(Some(0))), "{recorded:?}");
 
     // A copy of the database file without its WAL shows what has been copied back so far.
@@ -575,11 +576,12 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
         running_seen_ms: None,
         note: String::new(),
     };
+    let (good_row, bad_row) = (row(store, good).await, row(store, bad).await);
     // Submitted together, the three land in one batch.
     let (good_result, progress_result, bad_result) = tokio::join!(
-        recorder.record_final(&lease, good, at(2), &finish, announce_one),
+        recorder.record_final(&lease, &good_row, at(2), &finish, announce_one),
         recorder.record_progress(&lease, progress, at(2), &reschedule),
-        recorder.record_final(&lease, bad, at(2), &finish, announce_broken),
+        recorder.record_final(&lease, &bad_row, at(2), &finish, announce_broken),
     );
     assert!(matches!(good_result, Ok(Some(1))), "{good_result:?}");
     assert!(matches!(progress_result, Ok(true)), "{progress_result:?}");
@@ -658,6 +660,11 @@ async fn a_claim_and_batches_of_more_rows_than_the_writer_hands_over_at_once_los
     );
 }
 
+/// Row `id` as it is now: for the recorder, the row as it was claimed.
+async fn row(store: &Store, id: RowId) -> Ticket {
+    store.ticket(id).await.unwrap().unwrap()
+}
+
 fn recorder_for(store: &Store) -> flink_ticketd::store::Recorder {
     store.recorder().0
 }
@@ -688,12 +695,13 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
         handoff: None,
     });
     let reschedule = running_again();
+    let (first_claimed, second_claimed) = (row(store, first).await, row(store, second).await);
     // Submitted together on this single-threaded runtime, the four land in one batch: on each
     // row the lapsed lease's result comes first.
     let (old_progress, new_final, old_final, new_progress) = tokio::join!(
         recorder.record_progress(&old, first, at(4), &reschedule),
-        recorder.record_final(&new, first, at(4), &finish, announce.clone()),
-        recorder.record_final(&old, second, at(4), &finish, announce.clone()),
+        recorder.record_final(&new, &first_claimed, at(4), &finish, announce.clone()),
+        recorder.record_final(&old, &second_claimed, at(4), &finish, announce.clone()),
         recorder.record_progress(&new, second, at(4), &reschedule),
     );
     drop(recorder);
@@ -727,30 +735,18 @@ async fn with_no_receiver_configured_the_recorder_announces_the_tickets_naming_t
     let seen = std::sync::Arc::clone(&planned);
     let announce = flink_ticketd::store::Announce::own_receivers_only(move |row: &Ticket| {
         seen.lock().unwrap().push(row.key.ticket_id.clone());
-        Announcement {
-            deliveries: row
-                .webhook_url
-                .iter()
-                .map(|url| NewDelivery {
-                    ticket: row.id.0,
-                    url: url.clone(),
-                    webhook_id: format!("tkt_{}_0.succeeded", row.id),
-                    event_type: "ticket.succeeded".to_owned(),
-                    payload: "{}".to_owned(),
-                })
-                .collect(),
-            webhook_note: None,
-            handoff: None,
-        }
+        Announcement { deliveries: own_receiver_deliveries(row), webhook_note: None, handoff: None }
     });
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
     let reschedule = running_again();
-    // "late" gets its receiver while its poll runs: the final row, not the claimed one, decides.
+    let claimed = [row(store, plain).await, row(store, named).await, row(store, late).await];
+    // "late" gets its receiver while its poll runs: in a batch that reads final rows back
+    // anyway ("named" has a receiver), the final row, not the claimed one, decides.
     fixture.execute("UPDATE tickets SET webhook_url = 'http://a.example/late' WHERE ticket_id = 'late'").await.unwrap();
     let (plain_result, named_result, late_result, running_result) = tokio::join!(
-        recorder.record_final(&lease, plain, at(2), &finish, announce.clone()),
-        recorder.record_final(&lease, named, at(2), &finish, announce.clone()),
-        recorder.record_final(&lease, late, at(2), &finish, announce.clone()),
+        recorder.record_final(&lease, &claimed[0], at(2), &finish, announce.clone()),
+        recorder.record_final(&lease, &claimed[1], at(2), &finish, announce.clone()),
+        recorder.record_final(&lease, &claimed[2], at(2), &finish, announce.clone()),
         recorder.record_progress(&lease, running, at(2), &reschedule),
     );
     drop(recorder);
@@ -772,6 +768,113 @@ async fn with_no_receiver_configured_the_recorder_announces_the_tickets_naming_t
         let deliveries = store.deliveries_of_ticket(id.0).await.unwrap();
         assert_eq!(deliveries.iter().map(|delivery| delivery.url.as_str()).collect::<Vec<_>>(), urls);
     }
+}
+
+/// One delivery to the ticket's own receiver, if it names one.
+fn own_receiver_deliveries(row: &Ticket) -> Vec<NewDelivery> {
+    row.webhook_url
+        .iter()
+        .map(|url| NewDelivery {
+            ticket: row.id.0,
+            url: url.clone(),
+            webhook_id: format!("tkt_{}_0.succeeded", row.id),
+            event_type: "ticket.succeeded".to_owned(),
+            payload: "{}".to_owned(),
+        })
+        .collect()
+}
+
+async fn a_receiver_added_while_its_ticket_is_polled_is_announced_when_the_batch_reads_no_final_row_back(
+    fixture: Fixture,
+) {
+    let store = &fixture.store;
+    let plain = insert_due_at(store, "plain", at(0)).await;
+    let late = insert_due_at(store, "late", at(0)).await;
+    let lease = claim_due_as_d1(store).await;
+    let claimed = [row(store, plain).await, row(store, late).await];
+    let (recorder, task) = store.recorder();
+    let announce = flink_ticketd::store::Announce::own_receivers_only(|row: &Ticket| Announcement {
+        deliveries: own_receiver_deliveries(row),
+        webhook_note: None,
+        handoff: None,
+    });
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    // Neither row named a receiver when claimed; "late" gets one while its poll runs.
+    fixture.execute("UPDATE tickets SET webhook_url = 'http://a.example/late' WHERE ticket_id = 'late'").await.unwrap();
+    let (plain_result, late_result) = tokio::join!(
+        recorder.record_final(&lease, &claimed[0], at(2), &finish, announce.clone()),
+        recorder.record_final(&lease, &claimed[1], at(2), &finish, announce.clone()),
+    );
+    assert!(matches!(plain_result, Ok(Some(0))), "{plain_result:?}");
+    assert_eq!(row(store, plain).await.state, TicketState::Succeeded);
+    let late_result = match &fixture.backend {
+        // SQLite commits such a batch in the call that writes it, without reading final rows
+        // back: the final state of a row that gained a receiver is kept out, and the ticket is
+        // handed back to be polled again at once.
+        Backend::Sqlite { .. } => {
+            assert!(matches!(late_result, Ok(None)), "{late_result:?}");
+            let handed_back = row(store, late).await;
+            assert_eq!((handed_back.state, handed_back.lease_owner), (TicketState::Pending, None));
+            assert!(store.deliveries_of_ticket(late.0).await.unwrap().is_empty());
+            let again = Lease("d#2".to_owned());
+            let reclaimed = store
+                .claim_due_tickets(&again, at(3), Duration::from_secs(10), 10, Duration::from_secs(3600))
+                .await
+                .unwrap();
+            assert_eq!(reclaimed.iter().map(|ticket| ticket.id).collect::<Vec<_>>(), [late]);
+            recorder.record_final(&again, &reclaimed[0], at(4), &finish, announce).await
+        }
+        // PostgreSQL reads the final rows back inside every batch.
+        Backend::Postgres(_) => late_result,
+    };
+    assert!(matches!(late_result, Ok(Some(1))), "{late_result:?}");
+    drop(recorder);
+    task.await.unwrap();
+    assert_eq!(row(store, late).await.state, TicketState::Succeeded);
+    let deliveries = store.deliveries_of_ticket(late.0).await.unwrap();
+    assert_eq!(deliveries.iter().map(|delivery| delivery.url.as_str()).collect::<Vec<_>>(), ["http://a.example/late"]);
+}
+
+/// On SQLite a claim made in the same call as a batch that commits there, and refused, leaves
+/// the batch committed and the writer free for the next one.
+#[tokio::test]
+async fn on_sqlite_a_refused_claim_in_a_batchs_call_leaves_its_writes_committed() {
+    let fixture = Fixture::sqlite().await;
+    let store = &fixture.store;
+    let done = insert_due_at(store, "done", at(0)).await;
+    let lease = claim_due_as_d1(store).await;
+    let next = insert_due_at(store, "next", at(0)).await;
+    fixture
+        .execute(
+            "CREATE TRIGGER refuse_claims BEFORE UPDATE OF lease_owner ON tickets
+             WHEN NEW.lease_owner = 'refused#1' BEGIN SELECT RAISE(ABORT, 'claims refused'); END",
+        )
+        .await
+        .unwrap();
+    let (recorder, task) = store.recorder();
+    let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
+    let announce = flink_ticketd::store::Announce::own_receivers_only(|_: &Ticket| Announcement::default());
+    let refused = Lease("refused#1".to_owned());
+    let deadline = Duration::from_secs(3600);
+    let claimed = row(store, done).await;
+    // Submitted together on this single-threaded runtime, the two land in one batch.
+    let (final_result, claim_result) = tokio::join!(
+        recorder.record_final(&lease, &claimed, at(2), &finish, announce),
+        recorder.claim_due_tickets(&refused, at(2), Duration::from_secs(10), 10, deadline),
+    );
+    assert!(matches!(final_result, Ok(Some(0))), "{final_result:?}");
+    let error = claim_result.expect_err("the trigger refuses the claim").to_string();
+    assert!(error.contains("claims refused"), "{error}");
+    // Another connection sees the final state: the batch committed.
+    assert_eq!(row(store, done).await.state, TicketState::Succeeded);
+    // The writer takes the next batch.
+    let taken = recorder
+        .claim_due_tickets(&Lease("d#2".to_owned()), at(3), Duration::from_secs(10), 10, deadline)
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|ticket| ticket.id).collect::<Vec<_>>(), [next]);
+    drop(recorder);
+    task.await.unwrap();
 }
 
 async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_leased_ones_alone(fixture: Fixture) {

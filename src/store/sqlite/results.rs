@@ -6,7 +6,8 @@ use futures_util::TryStreamExt as _;
 use sqlx::{Either, Executor as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use super::tickets;
-use crate::store::results::{RESULT_COLUMNS, Recorded, ResultWrite, Written, statement_chunks};
+use crate::store::at;
+use crate::store::results::{Commit, PollResult, RESULT_COLUMNS, Recorded, ResultWrite, Written, statement_chunks};
 use crate::store::tickets::DueClaim;
 
 /// Poll results, one statement per [`ROWS_PER_STATEMENT`] rows (the one place that says how a
@@ -23,18 +24,25 @@ pub(in crate::store) async fn record_many_on(
     writes: &[ResultWrite<'_>],
     opening: Option<&str>,
 ) -> Result<Vec<Option<Written>>, sqlx::Error> {
-    Ok(record_and_claim_on(connection, writes, opening, None).await?.written)
+    Ok(record_and_claim_on(connection, writes, opening, None, Commit::ByCaller).await?.written)
 }
 
 /// [`record_many_on`], then `claim` (see `tickets::push_claim`) in the same call as the last
 /// statement, inside the caller's transaction. A claim that fails leaves the writes in place: its
 /// error is [`Recorded::claimed`]'s, and the transaction goes on.
+///
+/// With [`Commit::InCall`], `COMMIT` follows in the same call, and each final state is written
+/// only to a row that still names no receiver of its own (`webhook_url`), so that no final row
+/// needs reading back for an announcement. A final state kept out that way hands its ticket back
+/// (see [`hand_back_kept_out`]) to be polled again at once, and announced from its new final row.
 pub(in crate::store) async fn record_and_claim_on(
     connection: &mut SqliteConnection,
     writes: &[ResultWrite<'_>],
     opening: Option<&str>,
     claim: Option<&DueClaim>,
+    commit: Commit,
 ) -> Result<Recorded, sqlx::Error> {
+    let in_call = commit == Commit::InCall;
     let mut written = vec![None; writes.len()];
     let chunks = statement_chunks(writes);
     if chunks.is_empty() {
@@ -45,7 +53,10 @@ pub(in crate::store) async fn record_and_claim_on(
             Some(claim) => Some(tickets::claim_due_on(connection, claim).await),
             None => None,
         };
-        return Ok(Recorded { written, claimed });
+        if in_call {
+            sqlx::query("COMMIT").execute(&mut *connection).await?;
+        }
+        return Ok(Recorded { written, claimed, committed: in_call });
     }
     let last = chunks.len() - 1;
     let columns = RESULT_COLUMNS.split(',').count();
@@ -109,16 +120,23 @@ pub(in crate::store) async fn record_and_claim_on(
                 error_message = CASE WHEN v.error_code IS NOT NULL THEN v.error_message
                                      WHEN v.has_answer THEN NULL ELSE tickets.error_message END
             FROM v
-            WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease
-            RETURNING tickets.id, tickets.webhook_url IS NOT NULL",
+            WHERE tickets.id = v.id AND tickets.state = 'pending' AND tickets.lease_owner = v.lease",
         );
+        if in_call {
+            query.push(" AND (v.final_state IS NULL OR tickets.webhook_url IS NULL)");
+        }
+        query.push(" RETURNING tickets.id, tickets.webhook_url IS NOT NULL");
         let claim = claim.filter(|_| number == last);
         if let Some(claim) = claim {
             query.push("; ");
             tickets::push_claim(&mut query, claim);
         }
+        if in_call && number == last {
+            query.push("; COMMIT");
+        }
         // Each statement ends with a `Left`: the writes' rows come before the statements ahead
-        // of the claim have ended, the claim's after.
+        // of the claim have ended, the claim's after. An error after the claim's `Left` is the
+        // `COMMIT`'s, and fails the call.
         let ahead_of_claim = if number == 0 && opening.is_some() { 2 } else { 1 };
         let mut ended = 0;
         let mut updated = std::collections::HashMap::new();
@@ -148,11 +166,52 @@ pub(in crate::store) async fn record_and_claim_on(
             written[index] = updated.get(&id).map(|&own_receiver| Written { own_receiver });
         }
         if let Some(claim) = claim {
+            // A failed statement ends the call: the `COMMIT` after the claim did not run.
+            if in_call && claim_failed.is_some() {
+                sqlx::query("COMMIT").execute(&mut *connection).await?;
+            }
             claimed = Some(match claim_failed {
                 Some(error) => Err(error),
                 None => tickets::claimed_tickets(connection, &claim_rows, claim).await,
             });
         }
     }
-    Ok(Recorded { written, claimed })
+    if in_call {
+        hand_back_kept_out(connection, writes, &written).await;
+    }
+    Ok(Recorded { written, claimed, committed: in_call })
+}
+
+/// Hands back each ticket whose final state [`Commit::InCall`] kept out because its row gained a
+/// receiver since it was claimed: the lease is cleared and the ticket due at the write's time, so
+/// that it is polled again at once rather than when its lease lapses. A final state not written because its lease had lapsed matches nothing here:
+/// the row's lease is another's by then. The batch is committed already, so a failure here only
+/// leaves the ticket to come back when its lease lapses.
+async fn hand_back_kept_out(
+    connection: &mut SqliteConnection,
+    writes: &[ResultWrite<'_>],
+    written: &[Option<Written>],
+) {
+    let unwritten_finals = writes
+        .iter()
+        .zip(written)
+        .filter(|(write, written)| matches!(write.result, PollResult::Final(_)) && written.is_none());
+    for (write, _) in unwritten_finals {
+        let handed_back = sqlx::query(
+            "UPDATE tickets SET lease_owner = NULL, lease_until = NULL, next_poll_at = ?3
+             WHERE id = ?1 AND state = 'pending' AND lease_owner = ?2 AND webhook_url IS NOT NULL",
+        )
+        .bind(write.id.0)
+        .bind(&write.lease.0)
+        .bind(at(write.now))
+        .execute(&mut *connection)
+        .await;
+        if let Err(error) = handed_back {
+            tracing::warn!(
+                error = %error,
+                id = write.id.0,
+                "handing back a ticket whose final state waits for its new receiver failed; it is polled again when its lease lapses"
+            );
+        }
+    }
 }
