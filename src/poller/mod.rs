@@ -291,7 +291,10 @@ impl Poller {
         match written {
             Ok(true) => {}
             Ok(false) => {
-                warn!("lease lost: the ticket changed under us (lease lapsed, or cancelled); result not recorded")
+                warn!(
+                    "lease lost: the ticket changed under us (lease lapsed, cancelled, or given a webhook_url, \
+                     which hands it back to be polled again); result not recorded"
+                )
             }
             // The recorder logged the failed batch this write was in, once for all its tickets.
             Err(error @ RecordError::Database(_)) => {

@@ -12,8 +12,8 @@
 //! `UPDATE`, so that a poll cycle (the results of the polls that just ended, the claim for the
 //! slots they freed) costs the single writer one commit instead of two. When no final state of
 //! the batch can have anything to announce, the `COMMIT` goes in that same call too
-//! ([`Commit::InCall`]): one call per cycle instead of two. After each batch, SQLite's WAL is copied back into the file by `sqlite::checkpoint`, off
-//! the writer's path.
+//! ([`Commit::InCall`]): one call per cycle instead of two. After each batch, SQLite's WAL is
+//! copied back into the file by `sqlite::checkpoint`, off the writer's path.
 
 use std::sync::Arc;
 

@@ -184,9 +184,10 @@ pub(in crate::store) async fn record_and_claim_on(
 
 /// Hands back each ticket whose final state [`Commit::InCall`] kept out because its row gained a
 /// receiver since it was claimed: the lease is cleared and the ticket due at the write's time, so
-/// that it is polled again at once rather than when its lease lapses. A final state not written because its lease had lapsed matches nothing here:
-/// the row's lease is another's by then. The batch is committed already, so a failure here only
-/// leaves the ticket to come back when its lease lapses.
+/// that it is polled again at once rather than when its lease lapses. A final state not written
+/// because its lease had lapsed matches nothing here: the row's lease is another's by then. The
+/// batch is committed already, so a failure here only leaves the ticket to come back when its
+/// lease lapses.
 async fn hand_back_kept_out(
     connection: &mut SqliteConnection,
     writes: &[ResultWrite<'_>],
@@ -206,12 +207,18 @@ async fn hand_back_kept_out(
         .bind(at(write.now))
         .execute(&mut *connection)
         .await;
-        if let Err(error) = handed_back {
-            tracing::warn!(
+        match handed_back {
+            Ok(done) if done.rows_affected() > 0 => tracing::info!(
+                id = write.id.0,
+                "the ticket was given a webhook_url while it was polled; handed back to be polled again and announced"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(
                 error = %error,
                 id = write.id.0,
-                "handing back a ticket whose final state waits for its new receiver failed; it is polled again when its lease lapses"
-            );
+                "handing back a ticket given a webhook_url while it was polled failed; it is polled again when its \
+                 lease lapses"
+            ),
         }
     }
 }
