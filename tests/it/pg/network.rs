@@ -40,15 +40,17 @@ steps = [{ status = "EXECUTING", delay_ms = 10 }, { status = "EXECUTING", delay_
     let proxy = Proxy::start(server_address(&database)).await;
     let vars = [("FLINK_TICKETD_POLL__LEASE", "2s")];
     let mut cut_off = fleet.spawn(0, &proxy.url_for(database.url()), "", &vars);
-    let other = fleet.spawn(1, database.url(), "", &vars);
     let address = wait_ready(&cut_off).await;
-    wait_ready(&other).await;
     fleet.insert("p-", 1, 60).await;
     eventually("the daemon behind the proxy to be at work", || async {
         let polled = fleet.env.sim.requests().iter().filter(|request| request.access_key_id == Some(key(0))).count();
         (polled >= 5).then_some(())
     })
     .await;
+    // The other daemon starts once the first has tickets in hand: started together, either may
+    // claim all 60 at once, and the first would then have nothing to be cut off from.
+    let other = fleet.spawn(1, database.url(), "", &vars);
+    wait_ready(&other).await;
 
     proxy.blackhole();
     let partitioned = Instant::now();
