@@ -462,9 +462,9 @@ async fn write_shared(session: &mut Session<'_>, jobs: &[Job]) -> Result<Vec<Out
         return Ok(in_job_order(jobs, Vec::new(), claimed));
     }
     let first_claim = claims.next();
+    let commit = if jobs.iter().any(Job::may_announce) { Commit::ByCaller } else { Commit::InCall };
     // A busy or lost database fails the transaction (retried as a whole); anything else is a
     // write the database refused, which the per-job path finds.
-    let commit = if jobs.iter().any(Job::may_announce) { Commit::ByCaller } else { Commit::InCall };
     let recorded = session
         .begin_and_record(&writes, first_claim, commit)
         .await
