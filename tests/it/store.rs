@@ -337,7 +337,7 @@ async fn a_lapsed_lease_lets_another_claim_take_the_row_and_fences_the_old_owner
     let finish = Finish { state: TicketState::Succeeded, polled: true, request_id: None, answer: None, error: None };
     assert_eq!(store.record_final(&old, id, at(13), &finish, |_| Announcement::default()).await.unwrap(), None);
     assert_eq!(store.record_final(&new, id, at(13), &finish, |_| Announcement::default()).await.unwrap(), Some(0));
-    let ticket = store.ticket(id).await.unwrap().unwrap();
+    let ticket = row(store, id).await;
     assert_eq!((ticket.state.as_str(), ticket.running_streak, ticket.polls), ("succeeded", 0, 1));
 }
 
@@ -361,7 +361,7 @@ async fn the_final_state_and_its_deliveries_commit_together(fixture: Fixture) {
         .await
         .unwrap();
     assert_eq!(written, Some(2));
-    assert_eq!(store.ticket(id).await.unwrap().unwrap().webhook_note.as_deref(), Some("note"));
+    assert_eq!(row(store, id).await.webhook_note.as_deref(), Some("note"));
     let deliveries = store.deliveries_of_ticket(id.0).await.unwrap();
     assert_eq!(deliveries.len(), 2);
     assert!(
@@ -385,9 +385,9 @@ async fn a_delivery_the_outbox_refuses_is_dropped_with_a_note_and_the_final_stat
         .await
         .expect("the final state commits");
     assert_eq!(written, Some(1), "only the delivery the outbox took is counted");
-    let row = store.ticket(id).await.unwrap().unwrap();
-    assert_eq!(row.state, TicketState::Failed);
-    let note = row.webhook_note.unwrap_or_default();
+    let failed = row(store, id).await;
+    assert_eq!(failed.state, TicketState::Failed);
+    let note = failed.webhook_note.unwrap_or_default();
     assert!(note.starts_with("first note; webhook to http://a.example/*** dropped"), "{note}");
     assert!(note.contains("dropped: the delivery could not be written"), "{note}");
     let deliveries = store.deliveries_of_ticket(id.0).await.unwrap();
@@ -490,9 +490,9 @@ async fn retry_cancel_and_release_change_only_what_they_should(fixture: Fixture)
     assert!(!store.retry_ticket(id, at(1), at(100)).await.unwrap(), "a pending ticket is not retried");
     assert!(store.cancel_ticket(id, at(1)).await.unwrap());
     assert!(!store.cancel_ticket(id, at(2)).await.unwrap(), "only pending tickets are cancelled");
-    assert_eq!(store.ticket(id).await.unwrap().unwrap().state, TicketState::Cancelled);
+    assert_eq!(row(store, id).await.state, TicketState::Cancelled);
     assert!(store.retry_ticket(id, at(3), at(100)).await.unwrap());
-    let retried = store.ticket(id).await.unwrap().unwrap();
+    let retried = row(store, id).await;
     assert_eq!((retried.state.as_str(), retried.retries), ("pending", 1));
     assert_eq!(retried.deadline().unwrap(), at(100));
     assert_eq!(retried.finished_at, None);
@@ -530,7 +530,7 @@ async fn claim_ticket_takes_only_its_own_row_and_only_when_due_and_unleased(fixt
     assert_eq!((claimed.key.ticket_id.as_str(), claimed.lease_owner.as_deref()), ("mine", Some("deploy#1")));
     let held = Lease("daemon#7".to_owned());
     assert!(store.claim_ticket(&held, mine, at(11), lease_for, deadline).await.unwrap().is_none(), "leased");
-    assert_eq!(store.ticket(other).await.unwrap().unwrap().lease_owner, None, "other rows are left alone");
+    assert_eq!(row(store, other).await.lease_owner, None, "other rows are left alone");
 }
 
 async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
@@ -592,9 +592,9 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
     drop(recorder);
     task.await.unwrap();
 
-    assert_eq!(store.ticket(good).await.unwrap().unwrap().state, TicketState::Succeeded);
+    assert_eq!(row(store, good).await.state, TicketState::Succeeded);
     assert_eq!(store.deliveries_of_ticket(good.0).await.unwrap().len(), 1);
-    let progressed = store.ticket(progress).await.unwrap().unwrap();
+    let progressed = row(store, progress).await;
     assert_eq!(
         (
             progressed.state.as_str(),
@@ -604,11 +604,7 @@ async fn a_failing_write_in_a_group_commit_fails_alone(fixture: Fixture) {
         ("pending", 3, Some("EXECUTING"))
     );
     assert_eq!(progressed.next_poll_at, at(30));
-    assert_eq!(
-        store.ticket(bad).await.unwrap().unwrap().state,
-        TicketState::Pending,
-        "the refused write changed nothing"
-    );
+    assert_eq!(row(store, bad).await.state, TicketState::Pending, "the refused write changed nothing");
     assert!(store.deliveries_of_ticket(bad.0).await.unwrap().is_empty(), "nor wrote its deliveries");
 
     // A stale lease writes nothing, in a batch as alone.
@@ -710,8 +706,8 @@ async fn the_recorder_answers_each_result_by_row_and_lease_when_a_lapsed_and_a_l
     assert!(matches!(new_final, Ok(Some(1))), "{new_final:?}");
     assert!(matches!(old_final, Ok(None)), "the lapsed lease's final state was not written: {old_final:?}");
     assert!(matches!(new_progress, Ok(true)), "{new_progress:?}");
-    assert_eq!(store.ticket(first).await.unwrap().unwrap().state, TicketState::Succeeded);
-    let second_row = store.ticket(second).await.unwrap().unwrap();
+    assert_eq!(row(store, first).await.state, TicketState::Succeeded);
+    let second_row = row(store, second).await;
     assert_eq!((second_row.state.as_str(), second_row.running_streak), ("pending", 1));
     assert!(store.deliveries_of_ticket(second.0).await.unwrap().is_empty(), "no announcement for a pending row");
 }
@@ -764,7 +760,7 @@ async fn with_no_receiver_configured_the_recorder_announces_the_tickets_naming_t
         (late, TicketState::Succeeded, vec!["http://a.example/late"]),
         (running, TicketState::Pending, vec![]),
     ] {
-        assert_eq!(store.ticket(id).await.unwrap().unwrap().state, state);
+        assert_eq!(row(store, id).await.state, state);
         let deliveries = store.deliveries_of_ticket(id.0).await.unwrap();
         assert_eq!(deliveries.iter().map(|delivery| delivery.url.as_str()).collect::<Vec<_>>(), urls);
     }
@@ -887,11 +883,11 @@ async fn the_pull_back_after_a_clock_step_makes_unleased_rows_due_and_leaves_lea
         .await
         .unwrap();
     assert_eq!(claimed.iter().map(|row| row.id).collect::<Vec<_>>(), [held]);
-    let held_before = store.ticket(held).await.unwrap().unwrap();
+    let held_before = row(store, held).await;
 
     assert_eq!(store.pull_back_due_times(at(2), at(50)).await.unwrap(), 1);
-    assert_eq!(store.ticket(far).await.unwrap().unwrap().next_poll_at, at(2));
-    let held_after = store.ticket(held).await.unwrap().unwrap();
+    assert_eq!(row(store, far).await.next_poll_at, at(2));
+    let held_after = row(store, held).await;
     assert_eq!(
         (held_after.next_poll_at, held_after.lease_owner, held_after.lease_until),
         (held_before.next_poll_at, held_before.lease_owner, held_before.lease_until),
@@ -1236,15 +1232,15 @@ async fn every_kind_is_its_own_ticket_and_keeps_its_result_columns_byte_for_byte
         .await
         .unwrap();
 
-    let planned = store.ticket(planned.id).await.unwrap().unwrap();
+    let planned = row(store, planned.id).await;
     assert_eq!(planned.resource_plan.as_deref(), Some(plan), "the plan is kept byte for byte");
     assert_eq!(planned.result_json.as_ref().map(RawJson::as_str), Some(raw.as_str()), "so is the raw data");
     assert_eq!(planned.deployment_id.as_deref(), Some("dep-1"), "the deployment known at submit stays");
-    let validated = store.ticket(validated).await.unwrap().unwrap();
+    let validated = row(store, validated).await;
     assert_eq!((validated.config_errors, validated.deploy_success), (config_errors, Some(false)));
 
     assert!(store.retry_ticket(planned.id, at(602), at(4000)).await.unwrap());
-    let retried = store.ticket(planned.id).await.unwrap().unwrap();
+    let retried = row(store, planned.id).await;
     assert_eq!((retried.resource_plan, retried.result_json), (None, None), "retry clears the last answer");
     assert_eq!(retried.deployment_id.as_deref(), Some("dep-1"), "but not the deployment the plan is for");
 }
